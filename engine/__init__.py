@@ -1,0 +1,1 @@
+"""Steel Defect Studio engine: models, generation, training and evaluation (no UI, no SQL)."""

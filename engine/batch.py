@@ -1,0 +1,130 @@
+"""Headless jobs on folders: the CLI's `generate` and `finetune` (the UI goes through the same engine calls)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from engine.config import GenerationConfig, finetune_config
+from engine.data import list_images, load_rgb
+from engine.generate import generate, resolve_token
+from engine.models import load_pipeline, resolve_model
+from engine.train import TrainResult, images_from_folder, latest_checkpoint, train
+
+DEFAULT_STRENGTH = 0.6
+
+
+def init_images(init: Path) -> list[Path]:
+    """The init image, or every image in a folder; raises a readable error if there is none."""
+    init = Path(init)
+    if not init.exists():
+        raise FileNotFoundError(f"Init image or folder not found: {init}")
+    paths = list_images(init) if init.is_dir() else [init]
+    if not paths:
+        raise ValueError(f"No images in {init}.")
+    return paths
+
+
+def default_strength(pipe, class_name: str) -> float:
+    """The token's tuned strength when the adapter stores one, else the StableSDG default."""
+    info = getattr(pipe, "adapter_info", None)
+    token = info.tokens.get(class_name) if info else None
+    return token.default_strength if token and token.default_strength else DEFAULT_STRENGTH
+
+
+def generate_to_folder(
+    model: str | None,
+    adapter: Path | None,
+    class_name: str,
+    init: Path,
+    num: int,
+    out: Path,
+    strength: float | None = None,
+    steps: int = 20,
+    guidance: float | None = None,
+    seed: int = 0,
+    batch: int = 8,
+    window_size: int | None = None,
+    pipe=None,
+) -> list[Path]:
+    """Write `num` PNGs in total to `out`, cycling through the init images; returns the paths."""
+    if num < 1:
+        raise ValueError("--num must be at least 1.")
+    if strength is not None and not 0 < strength <= 1:
+        raise ValueError(f"Strength must be in (0, 1], got {strength}.")
+    sources = init_images(init)
+    pipe = pipe or load_pipeline(model, adapter)
+    resolve_token(pipe, class_name)
+    strength = strength if strength is not None else default_strength(pipe, class_name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    source_index = 0
+    while len(written) < num:
+        path = sources[source_index % len(sources)]
+        source_index += 1
+        count = min(batch, num - len(written))
+        extra = {"guidance_scale": guidance} if guidance is not None else {}
+        config = GenerationConfig(
+            class_name=class_name,
+            num_candidates=count,
+            strength=strength,
+            steps=steps,
+            seed=seed + len(written),
+            window_size=window_size,
+            **extra,
+        )
+        try:
+            image = load_rgb(path)
+        except OSError as error:
+            raise ValueError(f"Cannot read image {path}: {error}") from error
+        for candidate in generate(pipe, image, config).candidates:
+            candidate.params["source_file"] = path.name
+            target = out / f"{class_name}_{len(written):05d}.png"
+            target.write_bytes(candidate.png_bytes())
+            written.append(target)
+    return written
+
+
+def finetune_folder(
+    dataset: Path,
+    out: Path,
+    model: str | None = None,
+    classes: list[str] | None = None,
+    preset: str = "cpu-quick",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """TI + LoRA fine-tune on `<class>/<images>`; the run folder becomes a loadable adapter when complete."""
+    out = Path(out)
+    if out.exists() and latest_checkpoint(out) is not None and not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
+    resolved = resolve_model(model)
+    resolution = _resolution_of(resolved)
+    images = images_from_folder(dataset, classes, resolution)
+    found = sorted({im.class_name for im in images})
+    config = finetune_config(
+        preset,
+        model=resolved,
+        output_dir=str(out),
+        classes=classes or found,
+        max_train_steps=steps,
+        train_batch_size=batch_size,
+        seed=seed,
+        resolution=resolution,
+    )
+    return train(config, images, progress, should_stop)
+
+
+def _resolution_of(model_ref: str) -> int:
+    """The model's pixel resolution, read from its configs without loading weights."""
+    unet_config = UNet2DConditionModel.load_config(model_ref, subfolder="unet")
+    vae_config = AutoencoderKL.load_config(model_ref, subfolder="vae")
+    scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return int(unet_config["sample_size"] * scale)

@@ -1,0 +1,151 @@
+"""Job settings as dataclasses: one object per job, built alike by the CLI and the UI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+EMBEDDED_MODEL = Path(__file__).parent / "models" / "steel-prior"
+
+
+class ConfigMixin:
+    """JSON round-trip for the config dataclasses."""
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def load(cls, path: Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class GenerationConfig(ConfigMixin):
+    """One image-oriented generation request."""
+
+    class_name: str
+    num_candidates: int = 4
+    # 0.6 keeps the slab's layout and lets the token repaint texture; the paper's sweet spot for steel.
+    strength: float = 0.6
+    steps: int = 20
+    guidance_scale: float = 3.0
+    seed: int = 0
+    prompt_template: str = "a grayscale photo of a steel surface with {token}"
+    negative_prompt: str = ""
+    # Window (x, y) of the model-sized square inside a larger slab; None centres it.
+    window_x: int | None = None
+    window_y: int | None = None
+    window_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"Strength must be in (0, 1], got {self.strength}.")
+        if self.steps < 1 or self.steps > 500:
+            raise ValueError(f"Steps must be between 1 and 500, got {self.steps}.")
+        if int(self.steps * self.strength) < 1:
+            raise ValueError(
+                f"steps × strength must be at least 1 (got {self.steps} × {self.strength}); raise one of them."
+            )
+        if not 1 <= self.num_candidates <= 64:
+            raise ValueError(f"Number of candidates must be between 1 and 64, got {self.num_candidates}.")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"Seed must be between 0 and 2**32-1, got {self.seed}.")
+        if self.guidance_scale < 0 or self.guidance_scale > 30:
+            raise ValueError(f"Guidance scale must be between 0 and 30, got {self.guidance_scale}.")
+
+
+@dataclass
+class TrainConfig(ConfigMixin):
+    """One diffusion training job: pretraining a prior or TI + LoRA fine-tuning of defect tokens.
+
+    mode "pretrain" trains UNet and text encoder from captions; mode "finetune" trains one new token
+    per class (textual inversion) plus LoRA on the UNet attention, with everything else frozen.
+    """
+
+    mode: str = "finetune"
+    model: str = str(EMBEDDED_MODEL)
+    output_dir: str = "runs/run"
+    # Pretraining: where the finished model folder goes (default: output_dir) and whether to store fp16.
+    save_dir: str | None = None
+    save_half: bool = False
+    # Fine-tuning
+    classes: list[str] = field(default_factory=list)
+    init_words: dict[str, str] = field(default_factory=dict)
+    lora_rank: int = 8
+    lora_alpha: int = 8
+    ti_learning_rate: float = 5e-3
+    lora_learning_rate: float = 1e-3
+    # Shared
+    resolution: int = 128
+    train_batch_size: int = 16
+    max_train_steps: int = 300
+    learning_rate: float = 3e-4
+    lr_warmup_steps: int = 50
+    weight_decay: float = 1e-2
+    snr_gamma: float | None = 5.0
+    # Share of captions replaced by "" so classifier-free guidance has an unconditional model.
+    caption_dropout: float = 0.0
+    ema_decay: float | None = None
+    checkpointing_steps: int = 100
+    checkpoints_total_limit: int = 2
+    validation_steps: int = 0
+    seed: int = 0
+    mixed_precision: str = "no"
+    hflip: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("pretrain", "finetune"):
+            raise ValueError(f"mode must be 'pretrain' or 'finetune', got {self.mode!r}.")
+        if self.max_train_steps < 1:
+            raise ValueError("max_train_steps must be at least 1.")
+        if self.train_batch_size < 1:
+            raise ValueError("train_batch_size must be at least 1.")
+
+
+# Presets: CPU-quick is sized to fine-tune one class from ~20 images in a few minutes on 2 cores;
+# GPU-quality trains longer with a larger batch and rank.
+PRESETS: dict[str, dict] = {
+    "cpu-quick": {"train_batch_size": 8, "max_train_steps": 200, "lora_rank": 8, "checkpointing_steps": 50},
+    "cpu-thorough": {"train_batch_size": 16, "max_train_steps": 600, "lora_rank": 8, "checkpointing_steps": 100},
+    "gpu-quality": {
+        "train_batch_size": 32,
+        "max_train_steps": 2000,
+        "lora_rank": 16,
+        "checkpointing_steps": 250,
+        "mixed_precision": "bf16",
+    },
+}
+
+
+def finetune_config(preset: str = "cpu-quick", **overrides) -> TrainConfig:
+    """A fine-tune TrainConfig from a named preset plus overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(mode="finetune", **values)
+
+
+@dataclass
+class AutoencoderConfig(ConfigMixin):
+    """Training of the prior's AutoencoderKL."""
+
+    output_dir: str = "runs/vae"
+    resolution: int = 128
+    crop_size: int = 64
+    train_batch_size: int = 16
+    max_train_steps: int = 2000
+    learning_rate: float = 1e-3
+    kl_weight: float = 1e-6
+    spectral_weight: float = 0.1
+    checkpointing_steps: int = 250
+    seed: int = 0

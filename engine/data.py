@@ -1,0 +1,134 @@
+"""Reading steel images: ImageFolder trees, the NEU pool with its NEU-DET boxes, splits and clean crops."""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
+# Every sixth image of each class (by NEU index) is held out: 40 per class, never trained on.
+VALIDATION_EVERY = 6
+
+
+@dataclass
+class Box:
+    """A Pascal VOC box in pixel coordinates (xmax/ymax exclusive)."""
+
+    label: str
+    xmin: int
+    ymin: int
+    xmax: int
+    ymax: int
+
+
+@dataclass
+class LabelledImage:
+    """One image on disk with its class and optional boxes."""
+
+    path: Path
+    class_name: str
+    boxes: list[Box] = field(default_factory=list)
+    index: int = 0
+
+
+def parse_voc(xml_path: Path) -> list[Box]:
+    """Read the boxes of one Pascal VOC annotation file."""
+    root = ET.parse(xml_path).getroot()
+    boxes = []
+    for obj in root.iter("object"):
+        bb = obj.find("bndbox")
+        coords = [int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append(Box(obj.findtext("name", "").strip(), *coords))
+    return boxes
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in a folder, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_image_folder(root: Path) -> list[LabelledImage]:
+    """Read an ImageFolder tree `<class>/<images>`; raises if it holds no class folder with images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Dataset folder not found: {root}")
+    items = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        items += [LabelledImage(path, class_dir.name) for path in list_images(class_dir)]
+    if not items:
+        raise ValueError(f"No images in class subfolders of {root} (expected <class>/<image files>).")
+    return items
+
+
+def read_neu(root: Path) -> list[LabelledImage]:
+    """Read the NEU pool from its manifest, with NEU-DET boxes."""
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    if not manifest.exists():
+        raise FileNotFoundError(f"No manifest.csv in {root}; is this the NEU folder?")
+    items = []
+    with manifest.open() as f:
+        for row in csv.DictReader(f):
+            xml = root / row["annotation"] if row.get("annotation") else None
+            boxes = parse_voc(xml) if xml and xml.exists() else []
+            items.append(LabelledImage(root / row["image"], row["cls"], boxes, int(row["index"])))
+    return items
+
+
+def split_neu(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Split into (training pool, validation): every VALIDATION_EVERY-th image per class by index."""
+    pool, val = [], []
+    for cls in sorted({it.class_name for it in items}):
+        members = sorted((it for it in items if it.class_name == cls), key=lambda it: it.index)
+        for position, item in enumerate(members):
+            (val if position % VALIDATION_EVERY == 0 else pool).append(item)
+    return pool, val
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image upright (EXIF) as 8-bit RGB."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1) * 255
+            im = Image.fromarray(arr.astype(np.uint8))
+        return im.convert("RGB")
+
+
+def clean_regions(width: int, height: int, boxes: list[Box], min_size: int = 64) -> list[tuple[int, int, int, int]]:
+    """Box-free rectangles (x0, y0, x1, y1) at least `min_size` on each side: clean steel.
+
+    Greedy: for each row band and column band that no box touches, the largest free rectangle is kept.
+    """
+    occupied = np.zeros((height, width), dtype=bool)
+    for b in boxes:
+        occupied[max(b.ymin, 0) : min(b.ymax, height), max(b.xmin, 0) : min(b.xmax, width)] = True
+    free_rows = ~occupied.any(axis=1)
+    free_cols = ~occupied.any(axis=0)
+    regions = []
+    for start, stop in _runs(free_rows):
+        if stop - start >= min_size:
+            regions.append((0, start, width, stop))
+    for start, stop in _runs(free_cols):
+        if stop - start >= min_size:
+            regions.append((start, 0, stop, height))
+    return regions
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Start/stop of each run of True values."""
+    runs, start = [], None
+    for i, value in enumerate(list(mask) + [False]):
+        if value and start is None:
+            start = i
+        elif not value and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs

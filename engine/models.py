@@ -1,0 +1,137 @@
+"""The one place a diffusion pipeline is built: the embedded prior, a local SD folder or a hub id, plus adapters."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+
+from engine.config import EMBEDDED_MODEL
+
+# The defect tokens shipped with the embedded prior: an ordinary adapter run folder.
+EMBEDDED_TOKENS = EMBEDDED_MODEL.parent / "steel-prior-tokens"
+TOKENS_FILE = "tokens.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class TokenInfo:
+    """A learned defect token inside an adapter folder."""
+
+    class_name: str
+    token: str
+    embedding_file: str
+    init_word: str = ""
+    default_strength: float | None = None
+
+
+@dataclass
+class AdapterInfo:
+    """What an adapter run folder holds: one token per class and optionally a LoRA."""
+
+    path: Path
+    tokens: dict[str, TokenInfo] = field(default_factory=dict)
+    has_lora: bool = False
+    base_model_hash: str = ""
+
+    @property
+    def version(self) -> str:
+        return self.path.name
+
+
+def resolve_model(model_ref: str | os.PathLike | None) -> str:
+    """Map None/"default"/"embedded" to the shipped prior; check that a local folder is a diffusers model."""
+    if model_ref in (None, "", "default", "embedded"):
+        model_ref = EMBEDDED_MODEL
+    path = Path(model_ref).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"{path} is not a diffusers model folder (it has no model_index.json).")
+        return str(path.resolve())
+    if str(model_ref).count("/") == 1 and not str(model_ref).startswith((".", "/")):
+        return str(model_ref)
+    raise FileNotFoundError(f"Model not found: {model_ref} (give a diffusers folder or a hub id like org/name).")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float32 on CPU; bfloat16/float16 on CUDA."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterInfo:
+    """Read an adapter folder's `tokens.json`; raises if the folder is not a finished adapter."""
+    path = Path(path)
+    index = path / TOKENS_FILE
+    if not index.is_file():
+        raise ValueError(f"{path} is not a finished adapter folder (no {TOKENS_FILE}).")
+    data = json.loads(index.read_text())
+    tokens = {name: TokenInfo(class_name=name, **info) for name, info in data["tokens"].items()}
+    return AdapterInfo(path, tokens, (path / LORA_FILE).is_file(), data.get("base_model_hash", ""))
+
+
+@lru_cache(maxsize=8)
+def model_hash(model_ref: str) -> str:
+    """Short sha256 over a model folder's weight files (for a hub id, the id itself)."""
+    path = Path(model_ref)
+    if not path.is_dir():
+        return hashlib.sha256(model_ref.encode()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")):
+        if file.suffix in (".safetensors", ".bin", ".json", ".txt") and file.is_file():
+            digest.update(file.relative_to(path).as_posix().encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def load_pipeline(
+    model_ref: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> StableDiffusionImg2ImgPipeline:
+    """Build an img2img pipeline from a model folder or hub id, with an adapter folder's tokens and LoRA loaded.
+
+    `adapter=None` on the embedded model loads its shipped defect tokens. The adapter's info is kept on
+    `pipe.adapter_info` and the model hash on `pipe.model_hash`.
+    """
+    resolved = resolve_model(model_ref)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    offline = not Path(resolved).exists() and os.environ.get("HF_HUB_OFFLINE") == "1"
+    if offline:
+        raise FileNotFoundError(f"Model {resolved} is not a local folder and the hub is offline.")
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+        resolved, dtype=dtype, safety_checker=None, requires_safety_checker=False, feature_extractor=None
+    )
+    if adapter is None and Path(resolved) == EMBEDDED_MODEL.resolve() and (EMBEDDED_TOKENS / TOKENS_FILE).exists():
+        adapter = EMBEDDED_TOKENS
+    info = None
+    if adapter is not None:
+        info = read_adapter(adapter)
+        for token in info.tokens.values():
+            pipe.load_textual_inversion(str(info.path / token.embedding_file), token=token.token)
+        if info.has_lora:
+            pipe.load_lora_weights(str(info.path), weight_name=LORA_FILE)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.adapter_info = info
+    pipe.model_ref = resolved
+    pipe.model_hash = model_hash(resolved)
+    return pipe
+
+
+def model_resolution(pipe) -> int:
+    """The pixel size the model was trained at."""
+    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)

@@ -1,0 +1,290 @@
+"""Pretraining the embedded steel prior from a folder of steel images, in resumable stages.
+
+1. autoencoder: AutoencoderKL on random crops (L1 + spectral + KL), checkpointed;
+2. latents: every training image encoded once (the UNet stage never runs the encoder);
+3. diffusion: UNet + text encoder from scratch on generic captions, with the shared training loop;
+4. the result is saved as an ordinary diffusers folder that `load_pipeline` opens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.config import AutoencoderConfig, TrainConfig
+from engine.data import LabelledImage, clean_regions, load_rgb, read_image_folder, read_neu, split_neu
+from engine.prior import PriorSize, build_vae
+
+ProgressFn = Callable[[int, int, str], None]
+
+# Captions never name a class: the classes are what the defect tokens learn later.
+DEFECT_CAPTIONS = (
+    "a grayscale photo of a hot rolled steel strip surface",
+    "a grayscale photo of a steel surface with defects",
+    "a gray photo of a hot rolled steel surface",
+    "an industrial inspection image of a steel strip surface",
+)
+CLEAN_CAPTIONS = (
+    "a grayscale photo of a clean steel surface",
+    "a grayscale photo of a defect free steel surface",
+    "a clean hot rolled steel strip surface without defects",
+)
+# A clean crop must be at least this large (in source pixels) so that resizing it does not invent blur.
+MIN_CLEAN_CROP = 96
+
+
+@dataclass
+class PretrainSample:
+    """One training image (uint8, H×W×3 at the prior's resolution) and its caption."""
+
+    pixels: np.ndarray
+    caption: str
+
+
+def to_model_size(image: Image.Image, resolution: int) -> np.ndarray:
+    return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS))
+
+
+def collect_pretrain_samples(data: Path, resolution: int, seed: int = 0) -> list[PretrainSample]:
+    """Training images with generic captions: defect images, plus clean crops outside the NEU-DET boxes.
+
+    A NEU folder (with manifest.csv) keeps its validation split out; any other folder is read as
+    an ImageFolder tree or a flat folder of images, all used.
+    """
+    rng = random.Random(seed)
+    data = Path(data)
+    if (data / "manifest.csv").exists():
+        items, _ = split_neu(read_neu(data))
+    elif any(p.is_dir() for p in data.iterdir()):
+        items = read_image_folder(data)
+    else:
+        from engine.data import list_images
+
+        items = [LabelledImage(p, "") for p in list_images(data)]
+    if not items:
+        raise ValueError(f"No images found in {data}.")
+    samples = []
+    for item in items:
+        image = load_rgb(item.path)
+        samples.append(PretrainSample(to_model_size(image, resolution), rng.choice(DEFECT_CAPTIONS)))
+        for x0, y0, x1, y1 in clean_regions(image.width, image.height, item.boxes, MIN_CLEAN_CROP):
+            side = min(x1 - x0, y1 - y0)
+            cx = rng.randint(x0, x1 - side)
+            cy = rng.randint(y0, y1 - side)
+            crop = image.crop((cx, cy, cx + side, cy + side))
+            samples.append(PretrainSample(to_model_size(crop, resolution), rng.choice(CLEAN_CAPTIONS)))
+    return samples
+
+
+def pixels_to_tensor(batch: np.ndarray) -> torch.Tensor:
+    """uint8 N×H×W×3 -> float N×3×H×W in [-1, 1]."""
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def spectral_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between log-amplitude spectra: rewards keeping fine texture that plain L1 lets blur away."""
+    pred_amp = torch.fft.rfft2(prediction.float(), norm="ortho").abs()
+    target_amp = torch.fft.rfft2(target.float(), norm="ortho").abs()
+    return (torch.log1p(pred_amp) - torch.log1p(target_amp)).abs().mean()
+
+
+def train_autoencoder(
+    samples: list[PretrainSample],
+    config: AutoencoderConfig,
+    size: PriorSize,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """Train (or resume) the prior's AutoencoderKL; returns the trained model, also saved in `output_dir/final`."""
+    out = Path(config.output_dir)
+    final = out / "final"
+    if (final / "config.json").exists():
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(final)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    vae = build_vae(size)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s / config.max_train_steps, 1))),
+    )
+    start_step = 0
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_step = state["step"]
+    rng = np.random.default_rng(config.seed + start_step)
+    stack = np.stack([s.pixels for s in samples])
+    vae.train()
+    log = (out / "log.jsonl").open("a")
+    started = time.time()
+    for step in range(start_step, config.max_train_steps):
+        batch = _random_crops(stack, config.train_batch_size, config.crop_size, rng)
+        x = pixels_to_tensor(batch)
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        l1 = (reconstruction - x).abs().mean()
+        spectral = spectral_loss(reconstruction, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = l1 + config.spectral_weight * spectral + config.kl_weight * kl
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % 25 == 0:
+            log.write(
+                json.dumps(
+                    {
+                        "step": done,
+                        "l1": l1.item(),
+                        "spectral": spectral.item(),
+                        "kl": kl.item(),
+                        "elapsed_s": round(time.time() - started, 1),
+                    }
+                )
+                + "\n"
+            )
+            log.flush()
+        if progress:
+            progress(done, config.max_train_steps, f"autoencoder l1 {l1.item():.4f}")
+        stop = should_stop is not None and should_stop()
+        if done % config.checkpointing_steps == 0 or stop:
+            _atomic_save(
+                {
+                    "model": vae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": done,
+                },
+                checkpoint,
+            )
+        if stop:
+            raise InterruptedError(f"Autoencoder training stopped at step {done}; resume to continue.")
+    vae.eval()
+    vae.save_pretrained(final)
+    return vae
+
+
+def _random_crops(stack: np.ndarray, batch_size: int, crop: int, rng: np.random.Generator) -> np.ndarray:
+    n, h, w, _ = stack.shape
+    idx = rng.integers(0, n, batch_size)
+    ys = rng.integers(0, h - crop + 1, batch_size)
+    xs = rng.integers(0, w - crop + 1, batch_size)
+    crops = np.stack([stack[i, y : y + crop, x : x + crop] for i, y, x in zip(idx, ys, xs, strict=True)])
+    flips = rng.random(batch_size) < 0.5
+    crops[flips] = crops[flips, :, ::-1]
+    return crops
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def reconstruction_error(vae, images: np.ndarray, batch_size: int = 32) -> float:
+    """Mean absolute round-trip error on a [-1, 1] scale."""
+    errors = []
+    for i in range(0, len(images), batch_size):
+        x = pixels_to_tensor(images[i : i + batch_size])
+        errors.append((vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1) - x).abs().mean().item())
+    return float(np.mean(errors))
+
+
+@dataclass
+class PretrainResult:
+    """The pretrained prior and the figures the model card reports."""
+
+    model_dir: Path
+    autoencoder_l1: dict[str, float]
+    scaling_factor: float
+    diffusion: object
+
+
+def pretrain(
+    data: Path,
+    out: Path,
+    work_dir: Path | None = None,
+    size: PriorSize | None = None,
+    autoencoder: AutoencoderConfig | None = None,
+    diffusion: TrainConfig | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PretrainResult:
+    """Reproduce the prior from images: autoencoder, scaling factor, then UNet + text encoder; resumable."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from engine.prior import build_components
+    from engine.train import TrainingImage, train
+
+    size = size or PriorSize.embedded()
+    work = Path(work_dir) if work_dir else Path(str(out).rstrip("/") + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    autoencoder = autoencoder or AutoencoderConfig()
+    autoencoder.output_dir = str(work / "autoencoder")
+    autoencoder.resolution = size.resolution
+    samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed)
+
+    # 1. Autoencoder
+    vae = train_autoencoder(samples, autoencoder, size, progress, should_stop)
+    vae.eval()
+
+    # 2. Scaling factor: unit variance latents, as SD's 0.18215 was chosen
+    stack = np.stack([s.pixels for s in samples])
+    with torch.no_grad():
+        picks = stack[np.random.default_rng(0).choice(len(stack), min(256, len(stack)), replace=False)]
+        latents = torch.cat(
+            [vae.encode(pixels_to_tensor(picks[i : i + 32])).latent_dist.mean for i in range(0, len(picks), 32)]
+        )
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    l1 = {"all": reconstruction_error(vae, stack[:256])}
+
+    # 3. Untrained UNet + text encoder beside the trained autoencoder, saved as the starting folder
+    init = work / "init"
+    if not (init / "model_index.json").exists():
+        components = build_components(size, init / "tmp", seed=autoencoder.seed)
+        components["vae"] = vae
+        StableDiffusionImg2ImgPipeline(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        ).save_pretrained(str(init))
+        shutil.rmtree(init / "tmp", ignore_errors=True)
+
+    # 4. Diffusion training with the shared loop, saved to `out`
+    diffusion = diffusion or TrainConfig(
+        mode="pretrain",
+        max_train_steps=5000,
+        train_batch_size=32,
+        learning_rate=3e-4,
+        lr_warmup_steps=200,
+        ema_decay=0.999,
+        checkpointing_steps=250,
+        caption_dropout=0.1,
+        snr_gamma=5.0,
+    )
+    diffusion.mode = "pretrain"
+    diffusion.model = str(init)
+    diffusion.output_dir = str(work / "diffusion")
+    diffusion.save_dir = str(out)
+    diffusion.resolution = size.resolution
+    images = [TrainingImage(s.pixels, "", s.caption) for s in samples]
+    result = train(diffusion, images, progress, should_stop)
+    return PretrainResult(Path(out), l1, scaling, result)

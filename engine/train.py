@@ -1,0 +1,429 @@
+"""The one diffusion training loop: pretraining a prior and TI + LoRA fine-tuning are two configs of it.
+
+Order (as in diffusers' textual_inversion and train_dreambooth_lora examples): accelerator → load →
+freeze → attach trainable parts (new tokens, LoRA) → encode latents once → prepare → resume → loop →
+save in library formats → previews from the reloaded files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionImg2ImgPipeline,
+    UNet2DConditionModel,
+)
+from diffusers.training_utils import EMAModel, compute_snr
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from engine.config import TrainConfig
+from engine.models import LORA_FILE, TOKENS_FILE, model_hash, resolve_model
+
+ProgressFn = Callable[[int, int, str], None]
+StopFn = Callable[[], bool]
+
+# Captions for fine-tuning; the first is also the generation prompt's default.
+TOKEN_TEMPLATES = (
+    "a grayscale photo of a steel surface with {token}",
+    "a photo of {token} on a hot rolled steel strip",
+    "a steel strip surface with {token}",
+    "an inspection image of {token}",
+    "{token}",
+)
+# Sensible words to start each NEU token from (textual inversion initialisation).
+INIT_WORDS = {
+    "crazing": "cracks",
+    "inclusion": "inclusion",
+    "patches": "patches",
+    "pitted_surface": "pits",
+    "rolled-in_scale": "scale",
+    "scratches": "scratches",
+}
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass
+class TrainingImage:
+    """One training image at the model's resolution (uint8 H×W×3) with its class ('' in pretraining) and caption."""
+
+    pixels: np.ndarray
+    class_name: str = ""
+    caption: str = ""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    status: str
+    output_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    previews: list[Path] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float | None:
+        tail = self.losses[-50:]
+        return float(np.mean(tail)) if tail else None
+
+
+def token_for(class_name: str) -> str:
+    return f"<{class_name}>"
+
+
+def init_word_for(class_name: str, tokenizer: CLIPTokenizer) -> str:
+    """A known word close to the class name, to start its embedding from."""
+    if class_name in INIT_WORDS:
+        return INIT_WORDS[class_name]
+    for word in class_name.replace("-", "_").split("_"):
+        if len(tokenizer.encode(word, add_special_tokens=False)) == 1:
+            return word
+    return "defect"
+
+
+def train(
+    config: TrainConfig,
+    images: list[TrainingImage],
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+) -> TrainResult:
+    """Run (or resume) one training job; a stopped job keeps its last checkpoint and can be resumed."""
+    started = time.time()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.json")
+    if not images:
+        raise ValueError("No training images.")
+
+    # 1. Accelerator and seed
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(out))
+    set_seed(config.seed)
+
+    # 2. Load components and freeze what is not trained
+    model_ref = resolve_model(config.model)
+    tokenizer = CLIPTokenizer.from_pretrained(model_ref, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(model_ref, subfolder="text_encoder")
+    vae = AutoencoderKL.from_pretrained(model_ref, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(model_ref, subfolder="unet")
+    noise_scheduler = DDPMScheduler.from_pretrained(model_ref, subfolder="scheduler")
+    vae.requires_grad_(False)
+
+    # 3. Attach trainable parts
+    new_token_ids: dict[str, int] = {}
+    ema = None
+    if config.mode == "finetune":
+        new_token_ids = _add_tokens(config, tokenizer, text_encoder)
+        config.save(out / "config.json")
+        text_encoder.requires_grad_(False)
+        text_encoder.get_input_embeddings().weight.requires_grad_(True)
+        unet.requires_grad_(False)
+        unet.add_adapter(
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                init_lora_weights="gaussian",
+                target_modules=LORA_TARGETS,
+            )
+        )
+        lora_params = [p for p in unet.parameters() if p.requires_grad]
+        param_groups = [
+            {
+                "params": [text_encoder.get_input_embeddings().weight],
+                "lr": config.ti_learning_rate,
+                "weight_decay": 0.0,
+            },
+            {"params": lora_params, "lr": config.lora_learning_rate},
+        ]
+    else:
+        unet.requires_grad_(True)
+        text_encoder.requires_grad_(True)
+        param_groups = [
+            {"params": list(unet.parameters()) + list(text_encoder.parameters()), "lr": config.learning_rate}
+        ]
+        if config.ema_decay:
+            ema = EMAModel(
+                unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config
+            )
+            accelerator.register_for_checkpointing(ema)
+    original_embeddings = text_encoder.get_input_embeddings().weight.detach().clone()
+    keep_rows = torch.ones(len(tokenizer), dtype=torch.bool)
+    keep_rows[list(new_token_ids.values())] = False
+
+    # 4. Encode every image once (and its mirror): the loop never runs the encoder
+    latent_mean, latent_std, captions = _encode_images(vae, images, config, out)
+    input_ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    empty_ids = tokenizer(
+        "", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids[0]
+    scaling = vae.config.scaling_factor
+    shift = vae.config.shift_factor or 0.0
+
+    # 5. Optimizer, schedule, prepare
+    optimizer = torch.optim.AdamW(param_groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config))
+    unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    # 6. Resume from the newest checkpoint
+    global_step = 0
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = int(checkpoint.name.split("-")[1])
+    log_path = out / "log.jsonl"
+    losses: list[float] = []
+    generator = torch.Generator().manual_seed(config.seed + global_step)
+
+    # 7. Loop
+    unet.train()
+    text_encoder.train()
+    status = "completed"
+    while global_step < config.max_train_steps:
+        index = torch.randint(0, len(captions), (config.train_batch_size,), generator=generator)
+        with accelerator.accumulate(unet):
+            latents = latent_mean[index] + latent_std[index] * torch.randn(
+                latent_mean[index].shape, generator=generator
+            )
+            latents = ((latents - shift) * scaling).to(accelerator.device)
+            noise = torch.randn(latents.shape, generator=generator).to(accelerator.device)
+            timesteps = torch.randint(
+                0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator
+            ).to(accelerator.device)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            batch_ids = input_ids[index]
+            if config.caption_dropout > 0:
+                dropped = torch.rand(len(index), generator=generator) < config.caption_dropout
+                batch_ids[dropped] = empty_ids
+            hidden = text_encoder(batch_ids.to(accelerator.device))[0]
+            prediction = unet(noisy, timesteps, hidden).sample
+            if noise_scheduler.config.prediction_type == "v_prediction":
+                target = noise_scheduler.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+            loss = _diffusion_loss(prediction, target, timesteps, noise_scheduler, config.snr_gamma)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_([p for g in param_groups for p in g["params"]], 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if new_token_ids:
+                with torch.no_grad():
+                    weight = accelerator.unwrap_model(text_encoder).get_input_embeddings().weight
+                    weight[keep_rows] = original_embeddings[keep_rows].to(weight.dtype)
+        if ema is not None:
+            ema.step(unet.parameters())
+        global_step += 1
+        losses.append(loss.item())
+        if progress:
+            progress(
+                global_step,
+                config.max_train_steps,
+                f"step {global_step}/{config.max_train_steps} loss {loss.item():.4f}",
+            )
+        if global_step % 10 == 0:
+            with log_path.open("a") as log:
+                log.write(
+                    json.dumps(
+                        {
+                            "step": global_step,
+                            "loss": float(np.mean(losses[-10:])),
+                            "lr": lr_scheduler.get_last_lr()[0],
+                            "elapsed_s": round(time.time() - started, 1),
+                        }
+                    )
+                    + "\n"
+                )
+        stop_now = should_stop is not None and should_stop()
+        if global_step % config.checkpointing_steps == 0 or stop_now:
+            save_checkpoint(accelerator, out, global_step, config.checkpoints_total_limit)
+        if stop_now and global_step < config.max_train_steps:
+            status = "stopped"
+            break
+
+    # 8. Save in library formats (only a complete run writes its index file, last)
+    result = TrainResult(status, out, global_step, losses, time.time() - started)
+    if status == "completed":
+        unet = accelerator.unwrap_model(unet)
+        text_encoder = accelerator.unwrap_model(text_encoder)
+        if config.mode == "finetune":
+            _save_adapter(config, out, unet, text_encoder, new_token_ids, model_ref)
+        else:
+            if ema is not None:
+                ema.copy_to(unet.parameters())
+            _save_prior(config, vae, text_encoder, tokenizer, unet, model_ref)
+        result.wall_time_s = time.time() - started
+    accelerator.end_training()
+    return result
+
+
+def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> dict[str, int]:
+    """Add one token per class, initialised from its init word's embedding; returns class -> token id."""
+    if not config.classes:
+        raise ValueError("Fine-tuning needs at least one class.")
+    tokens = [token_for(c) for c in config.classes]
+    tokenizer.add_tokens(tokens)
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    weight = text_encoder.get_input_embeddings().weight
+    ids = {}
+    with torch.no_grad():
+        for class_name, token in zip(config.classes, tokens, strict=True):
+            word = config.init_words.get(class_name) or init_word_for(class_name, tokenizer)
+            config.init_words[class_name] = word
+            word_ids = tokenizer.encode(word, add_special_tokens=False)
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            weight[token_id] = weight[word_ids].mean(dim=0)
+            ids[class_name] = token_id
+    return ids
+
+
+@torch.no_grad()
+def _encode_images(vae: AutoencoderKL, images: list[TrainingImage], config: TrainConfig, out: Path):
+    """Latent mean/std of every image (and its horizontal mirror), cached in the run folder for resume."""
+    cache = out / "latents.pt"
+    if cache.exists():
+        data = torch.load(cache)
+        if data["count"] == len(images):
+            return data["mean"], data["std"], data["captions"]
+    pixels = np.stack([im.pixels for im in images])
+    if config.hflip:
+        pixels = np.concatenate([pixels, pixels[:, :, ::-1]])
+    rng = random.Random(config.seed)
+    captions = []
+    for _ in range(2 if config.hflip else 1):
+        for im in images:
+            if config.mode == "finetune":
+                captions.append(rng.choice(TOKEN_TEMPLATES).format(token=token_for(im.class_name)))
+            else:
+                captions.append(im.caption)
+    means, stds = [], []
+    for start in range(0, len(pixels), 32):
+        x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + 32])).permute(0, 3, 1, 2).float() / 127.5 - 1
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    torch.save({"count": len(images), "mean": mean, "std": std, "captions": captions}, cache)
+    return mean, std, captions
+
+
+def _diffusion_loss(prediction, target, timesteps, noise_scheduler, snr_gamma: float | None) -> torch.Tensor:
+    """MSE, optionally with min-SNR-gamma weighting (Hang et al. 2023) for faster convergence."""
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=snr_gamma) / snr
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        weights = torch.clamp(snr, max=snr_gamma) / (snr + 1)
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weights).mean()
+
+
+def _warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
+        return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / config.max_train_steps, 1.0))))
+
+    return factor
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The `checkpoint-N` folder with the largest N, if any."""
+    checkpoints = [p for p in Path(folder).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
+    """Save state to a temporary folder and rename it, so a kill never leaves a half checkpoint; prune old ones."""
+    final = out / f"checkpoint-{step}"
+    partial = out / f".partial-checkpoint-{step}"
+    shutil.rmtree(partial, ignore_errors=True)
+    accelerator.save_state(str(partial))
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    for old in checkpoints[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str) -> None:
+    """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete."""
+    weight = text_encoder.get_input_embeddings().weight.detach().cpu()
+    tokens = {}
+    for class_name, token_id in new_token_ids.items():
+        file = f"learned_embeds-{class_name}.safetensors"
+        save_file({token_for(class_name): weight[token_id].clone().contiguous()}, str(out / file))
+        tokens[class_name] = {
+            "token": token_for(class_name),
+            "embedding_file": file,
+            "init_word": config.init_words.get(class_name, ""),
+        }
+    lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionImg2ImgPipeline.save_lora_weights(str(out), unet_lora_layers=lora, weight_name=LORA_FILE)
+    index = {
+        "tokens": tokens,
+        "base_model": model_ref,
+        "base_model_hash": model_hash(model_ref),
+        "steps": config.max_train_steps,
+    }
+    tmp = out / (TOKENS_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=2))
+    tmp.replace(out / TOKENS_FILE)
+
+
+def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, model_ref: str) -> None:
+    """Save the pretrained prior as an ordinary diffusers folder (fp16 weights keep it small)."""
+    from engine.prior import build_scheduler
+
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    target = Path(config.save_dir) if config.save_dir else Path(config.output_dir) / "model"
+    pipe.to(torch.float16 if config.save_half else torch.float32).save_pretrained(str(target))
+
+
+def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int) -> list[TrainingImage]:
+    """Fine-tuning images from an ImageFolder tree, resized to the model's resolution."""
+    from engine.data import load_rgb, read_image_folder
+
+    items = read_image_folder(dataset)
+    if classes:
+        unknown = set(classes) - {it.class_name for it in items}
+        if unknown:
+            raise ValueError(f"No images for class(es) {', '.join(sorted(unknown))} in {dataset}.")
+        items = [it for it in items if it.class_name in classes]
+    return [TrainingImage(to_resolution(load_rgb(it.path), resolution), it.class_name) for it in items]
+
+
+def to_resolution(image: Image.Image, resolution: int) -> np.ndarray:
+    return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS))

@@ -1,0 +1,309 @@
+"""Steel Defect Studio: start the web app (default) or run a headless command.
+
+python launch.py                      # the app on http://127.0.0.1:7860
+python launch.py generate --token crazing --init slab.png --num 8 --out out/
+python launch.py finetune --dataset data/ --out runs/my-adapter
+python launch.py pretrain --data ../shared/data/neu --out engine/models/steel-prior
+python launch.py evaluate fidelity --generated out/ --real /tmp/neu-split/val --reference /tmp/neu-split/pool
+python launch.py evaluate recognition --train /tmp/neu-split/pool --test /tmp/neu-split/val --synthetic out/ --k 5
+python launch.py tune-strength --adapter runs/my-adapter --token crazing --val /tmp/neu-split/val
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+DEFAULT_DATA_DIR = Path("studio-data")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("STUDIO_DATA_DIR", DEFAULT_DATA_DIR)),
+        help="Folder for the database, images and runs (default ./studio-data).",
+    )
+    parser.add_argument("--model", default=None, help="Diffusers model folder or hub id (default: embedded prior).")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("STUDIO_DATABASE_URL"),
+        help="SQLAlchemy URL (default: SQLite in the data dir).",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Steel Defect Studio")
+    sub = parser.add_subparsers(dest="command")
+
+    app = sub.add_parser("app", help="Start the web app (the default command).")
+    add_app_arguments(app)
+
+    gen = sub.add_parser("generate", help="Generate defect images from init images (image-oriented).")
+    add_common(gen)
+    gen.add_argument("--token", required=True, help="Defect class (its learned token), e.g. crazing.")
+    gen.add_argument("--init", required=True, type=Path, help="An image or a folder of images to start from.")
+    gen.add_argument("--num", type=int, default=4, help="Number of PNGs to write in total.")
+    gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument("--adapter", type=Path, default=None, help="Adapter run folder (default: shipped tokens).")
+    gen.add_argument("--strength", type=float, default=None, help="0-1; default: the token's tuned strength or 0.6.")
+    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--guidance", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch", type=int, default=8, help="Candidates per model call.")
+    gen.add_argument("--window-size", type=int, default=None)
+
+    ft = sub.add_parser("finetune", help="Learn one token per class plus LoRA from <class>/<images>.")
+    add_common(ft)
+    ft.add_argument("--dataset", required=True, type=Path)
+    ft.add_argument("--out", required=True, type=Path)
+    ft.add_argument("--classes", nargs="*", default=None)
+    ft.add_argument("--preset", default="cpu-quick")
+    ft.add_argument("--steps", type=int, default=None)
+    ft.add_argument("--batch-size", type=int, default=None)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--resume", action="store_true", help="Continue from the run folder's last checkpoint.")
+
+    pre = sub.add_parser("pretrain", help="Pretrain the steel prior from a folder of images (resumable).")
+    pre.add_argument("--data", required=True, type=Path)
+    pre.add_argument("--out", required=True, type=Path)
+    pre.add_argument("--work-dir", type=Path, default=None, help="Checkpoints (default <out>.work).")
+    pre.add_argument("--size", choices=["embedded", "tiny"], default="embedded")
+    pre.add_argument("--autoencoder-steps", type=int, default=3000)
+    pre.add_argument("--steps", type=int, default=5000)
+    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument("--seed", type=int, default=0)
+
+    imp = sub.add_parser("import", help="Import images into the studio's dataset.")
+    add_common(imp)
+    imp.add_argument("--images", required=True, type=Path)
+    imp.add_argument("--role", choices=["clean", "defect"], default="defect")
+    imp.add_argument("--class", dest="class_name", default=None)
+    imp.add_argument("--annotations", type=Path, default=None, help="Pascal VOC XML folder.")
+
+    exp = sub.add_parser("export", help="Export the accepted dataset as a zip.")
+    add_common(exp)
+    exp.add_argument("--out", required=True, type=Path)
+
+    ver = sub.add_parser("verify-export", help="Check an export zip against its manifest.")
+    ver.add_argument("zip", type=Path)
+
+    add_evaluate_parsers(sub)
+    return parser
+
+
+def add_evaluate_parsers(sub) -> None:
+    """`evaluate fidelity|recognition|two-sample` and `tune-strength`; folders are `<class>/<images>` trees."""
+    ev = sub.add_parser("evaluate", help="Measure generated images against real ones.")
+    ev_sub = ev.add_subparsers(dest="evaluation", required=True)
+
+    fid = ev_sub.add_parser("fidelity", help="KID/FID per class and class recognition of generated images.")
+    fid.add_argument("--generated", required=True, type=Path)
+    fid.add_argument("--real", required=True, type=Path)
+    fid.add_argument("--reference", type=Path, default=None, help="A second real split: real-vs-real beside it.")
+    fid.add_argument("--inception-weights", type=Path, default=None, help="Inception weights file (torch-fidelity).")
+
+    rec = ev_sub.add_parser("recognition", help="Few-shot classifier accuracy with and without synthetic images.")
+    rec.add_argument("--train", required=True, type=Path, help="Real images the K shots are drawn from.")
+    rec.add_argument("--test", required=True, type=Path)
+    rec.add_argument("--synthetic", type=Path, default=None)
+    rec.add_argument("--classic", type=int, default=0, help="Classic augmentations per class (0: no such arm).")
+    rec.add_argument("--k", type=int, default=5, help="Real images per class.")
+    rec.add_argument("--seeds", type=int, default=3)
+    rec.add_argument("--steps", type=int, default=300, help="Optimizer steps per model, the same for every arm.")
+
+    two = ev_sub.add_parser("two-sample", help="Cross-validated accuracy of telling generated from real.")
+    two.add_argument("--generated", required=True, type=Path)
+    two.add_argument("--real", required=True, type=Path)
+    two.add_argument("--seeds", type=int, default=3)
+
+    tune = sub.add_parser("tune-strength", help="Choose a token's img2img strength by KID; store it in the adapter.")
+    tune.add_argument("--adapter", required=True, type=Path, help="Adapter run folder (its tokens.json is updated).")
+    tune.add_argument("--token", required=True, help="Defect class, e.g. crazing.")
+    tune.add_argument("--val", required=True, type=Path, help="Real validation images (<class>/ folders).")
+    tune.add_argument("--init", type=Path, default=None, help="Init images (default: pool/<class> beside --val).")
+    tune.add_argument("--strengths", type=float, nargs="+", default=None)
+    tune.add_argument("--num", type=int, default=16, help="Images generated per strength.")
+    tune.add_argument("--model", default=None, help="Diffusers model folder or hub id (default: embedded prior).")
+    tune.add_argument("--steps", type=int, default=20)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--no-save", action="store_true", help="Only print the table.")
+
+    for parser in (fid, rec, two, tune):
+        parser.add_argument("--feature-net", type=Path, default=None, help="Feature network folder (default: shipped).")
+        parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
+
+
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--auth", default=None, help="user:password[,user:password] or a users file.")
+    parser.add_argument(
+        "--allow-unauthenticated-remote",
+        action="store_true",
+        help="Allow binding to a non-loopback address without --auth.",
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from engine.batch import generate_to_folder
+
+    written = generate_to_folder(
+        model=args.model,
+        adapter=args.adapter,
+        class_name=args.token,
+        init=args.init,
+        num=args.num,
+        out=args.out,
+        strength=args.strength,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        batch=args.batch,
+        window_size=args.window_size,
+    )
+    print(f"Wrote {len(written)} images to {args.out}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from engine.batch import finetune_folder
+
+    result = finetune_folder(
+        dataset=args.dataset,
+        out=args.out,
+        model=args.model,
+        classes=args.classes,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        resume=args.resume,
+        progress=_print_progress,
+    )
+    print(f"\n{result.status}: {result.steps} steps in {result.wall_time_s:.0f} s, adapter in {result.output_dir}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from engine.config import AutoencoderConfig, TrainConfig
+    from engine.pretrain import pretrain
+    from engine.prior import PriorSize
+
+    size = PriorSize.embedded() if args.size == "embedded" else PriorSize.tiny()
+    diffusion = TrainConfig(
+        mode="pretrain",
+        max_train_steps=args.steps,
+        train_batch_size=args.batch_size,
+        learning_rate=3e-4,
+        lr_warmup_steps=min(200, args.steps // 10 + 1),
+        ema_decay=0.999,
+        checkpointing_steps=max(1, min(250, args.steps // 4)),
+        caption_dropout=0.1,
+        seed=args.seed,
+        save_half=args.size == "embedded",
+    )
+    autoencoder = AutoencoderConfig(
+        max_train_steps=args.autoencoder_steps,
+        seed=args.seed,
+        checkpointing_steps=max(1, min(250, args.autoencoder_steps // 4)),
+    )
+    result = pretrain(args.data, args.out, args.work_dir, size, autoencoder, diffusion, progress=_print_progress)
+    print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from engine.evaluate import fidelity, two_sample_test
+    from engine.features import load_feature_net
+    from engine.recognition import recognition
+
+    progress = None if args.json else _print_progress_stderr
+    if args.evaluation == "fidelity":
+        report = fidelity(
+            args.generated, args.real, args.reference, load_feature_net(args.feature_net), args.inception_weights
+        )
+    elif args.evaluation == "two-sample":
+        report = two_sample_test(args.generated, args.real, args.seeds, load_feature_net(args.feature_net))
+    else:
+        report = recognition(
+            args.train, args.test, args.synthetic, args.k, args.seeds, args.classic, args.steps, progress=progress
+        )
+    _print_report(report, args.json)
+
+
+def cmd_tune_strength(args: argparse.Namespace) -> None:
+    from engine.evaluate import DEFAULT_STRENGTHS, tune_adapter_strength
+    from engine.features import load_feature_net
+
+    report = tune_adapter_strength(
+        adapter=args.adapter,
+        class_name=args.token,
+        val_dir=args.val,
+        init=args.init,
+        strengths=args.strengths or DEFAULT_STRENGTHS,
+        num=args.num,
+        model=args.model,
+        steps=args.steps,
+        seed=args.seed,
+        save=not args.no_save,
+        feature_net=load_feature_net(args.feature_net),
+        progress=None if args.json else _print_progress_stderr,
+    )
+    _print_report(report, args.json)
+
+
+def _print_report(report, as_json: bool) -> None:
+    print(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+
+
+def _print_progress_stderr(step: int, total: int, message: str) -> None:
+    print(f"\r{message:<60}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+
+
+def _print_progress(step: int, total: int, message: str) -> None:
+    if step == total or step % 10 == 0:
+        print(f"\r{message}", end="", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["app", *argv]
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
+    commands = {
+        "generate": cmd_generate,
+        "finetune": cmd_finetune,
+        "pretrain": cmd_pretrain,
+        "evaluate": cmd_evaluate,
+        "tune-strength": cmd_tune_strength,
+    }
+    try:
+        if args.command in commands:
+            commands[args.command](args)
+        else:
+            from webapp.cli import run_service_command
+
+            return run_service_command(args)
+    except (CliError, ValueError, FileNotFoundError, NotADirectoryError, InterruptedError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

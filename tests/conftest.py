@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny SD-architecture models built from configs (no downloads), saved and reloaded for real."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def make_steel_like(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+    """A grey uint8 H×W×3 image: noise texture plus a class-specific mark (lines, blobs or flat)."""
+    base = rng.normal(128, 12, (size, size)).clip(0, 255)
+    if kind == "scratches":
+        for _ in range(2):
+            x = rng.integers(2, size - 2)
+            base[:, x - 1 : x + 1] = 40
+    elif kind == "inclusion":
+        for _ in range(3):
+            y, x = rng.integers(3, size - 3, 2)
+            base[y - 2 : y + 2, x - 2 : x + 2] = 220
+    image = base.astype(np.uint8)
+    return np.repeat(image[..., None], 3, axis=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny untrained SD-architecture img2img model folder."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from engine.prior import PriorSize, build_components
+    from engine.quiet import quiet_libraries
+
+    quiet_libraries()
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-model")
+    components = build_components(PriorSize.tiny(), folder / "tokenizer-src", seed=0)
+    StableDiffusionImg2ImgPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    ).save_pretrained(str(folder / "model"))
+    return folder / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """An ImageFolder tree with two classes of 4 synthetic 48 px images each."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("tiny-dataset")
+    rng = np.random.default_rng(0)
+    for kind in ("scratches", "inclusion"):
+        (root / kind).mkdir()
+        for i in range(4):
+            Image.fromarray(make_steel_like(rng, 48, kind)[..., 0]).save(root / kind / f"{kind}_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model, tiny_dataset, tmp_path_factory) -> Path:
+    """A finished TI + LoRA adapter for both tiny classes (4 steps)."""
+    from engine.batch import finetune_folder
+
+    out = tmp_path_factory.mktemp("tiny-adapter") / "run"
+    result = finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=4)
+    assert result.status == "completed"
+    return out

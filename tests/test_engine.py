@@ -1,0 +1,148 @@
+"""Engine behaviour on tiny real models: loading, image-oriented generation, TI + LoRA fine-tuning, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.batch import finetune_folder, generate_to_folder
+from engine.config import GenerationConfig, TrainConfig
+from engine.generate import generate, read_png_parameters
+from engine.models import load_pipeline, read_adapter, resolve_model
+from engine.train import latest_checkpoint
+from tests.conftest import make_steel_like
+
+
+def slab(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.normal(128, 15, (height, width)).clip(0, 255).astype(np.uint8))
+
+
+def test_resolve_model_refuses_a_folder_that_is_not_a_diffusers_model(tmp_path):
+    with pytest.raises(ValueError, match="not a diffusers model folder"):
+        resolve_model(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        resolve_model(tmp_path / "missing")
+
+
+def test_generation_config_guards_steps_times_strength():
+    with pytest.raises(ValueError, match="steps × strength"):
+        GenerationConfig(class_name="x", steps=3, strength=0.2)
+    with pytest.raises(ValueError, match="Strength"):
+        GenerationConfig(class_name="x", strength=1.5)
+
+
+def test_generate_writes_candidates_with_full_metadata(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    config = GenerationConfig(class_name="scratches", num_candidates=2, strength=0.5, steps=4, seed=7)
+    result = generate(pipe, slab(48, 48), config)
+    assert [c.seed for c in result.candidates] == [7, 8]
+    first, second = result.candidates
+    assert first.image.size == (48, 48) and first.image.mode == "L"
+    assert not np.array_equal(np.asarray(first.image), np.asarray(second.image))
+    params = read_png_parameters(first.png_bytes())
+    assert params["token"] == "<scratches>"
+    assert params["strength"] == 0.5 and params["steps"] == 4 and params["seed"] == 7
+    assert params["model_hash"] == pipe.model_hash and len(params["model_hash"]) == 12
+    assert params["adapter_version"] == tiny_adapter.name
+    assert len(params["source_sha256"]) == 64
+    with Image.open(__import__("io").BytesIO(first.png_bytes())) as im:
+        assert "Denoising strength: 0.5" in im.text["parameters"]
+
+
+def test_same_seed_reproduces_the_same_candidate(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    config = GenerationConfig(class_name="inclusion", num_candidates=1, strength=0.75, steps=4, seed=3)
+    a = generate(pipe, slab(32, 32), config).candidates[0].image
+    b = generate(pipe, slab(32, 32), config).candidates[0].image
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_large_slab_is_processed_in_a_window_and_pasted_back(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    source = slab(400, 64, seed=1)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2, window_x=100,
+                              window_y=0, window_size=64)
+    out = np.asarray(generate(pipe, source, config).candidates[0].image, dtype=np.int16)
+    original = np.asarray(source, dtype=np.int16)
+    assert out.shape == original.shape
+    assert np.array_equal(out[:, :100], original[:, :100])
+    assert np.array_equal(out[:, 164:], original[:, 164:])
+    assert np.abs(out[:, 110:154] - original[:, 110:154]).mean() > 1
+
+
+def test_window_outside_the_image_is_refused(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, window_x=300, window_size=64)
+    with pytest.raises(ValueError, match="does not fit"):
+        generate(pipe, slab(320, 64), config)
+
+
+def test_unknown_token_is_refused(tiny_model, tiny_adapter, tmp_path):
+    slab(32, 32).save(tmp_path / "slab.png")
+    with pytest.raises(ValueError, match="Unknown defect token 'rust'"):
+        generate_to_folder(str(tiny_model), tiny_adapter, "rust", tmp_path, 1, tmp_path / "out")
+
+
+def test_finetune_writes_library_formats_that_diffusers_loads_and_that_change_outputs(tiny_model, tiny_adapter):
+    info = read_adapter(tiny_adapter)
+    assert set(info.tokens) == {"scratches", "inclusion"} and info.has_lora
+    config = json.loads((tiny_adapter / "config.json").read_text())
+    assert config["mode"] == "finetune" and config["init_words"]["scratches"] == "scratches"
+
+    base = load_pipeline(tiny_model, adapter=None)
+    base.load_textual_inversion(str(tiny_adapter / info.tokens["scratches"].embedding_file), token="<scratches>")
+    adapted = load_pipeline(tiny_model, adapter=tiny_adapter)
+    image = slab(32, 32).convert("RGB")
+    kwargs = dict(prompt="a photo of <scratches>", image=image, strength=1.0, num_inference_steps=2,
+                  output_type="np")
+    without_lora = base(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    with_lora = adapted(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert np.abs(without_lora - with_lora).max() > 1e-4
+
+    learned = adapted.text_encoder.get_input_embeddings().weight[adapted.tokenizer.convert_tokens_to_ids("<scratches>")]
+    word = base.text_encoder.get_input_embeddings().weight[base.tokenizer.convert_tokens_to_ids("scratches</w>")]
+    assert not torch.allclose(learned, word)
+
+
+def test_finetune_stops_and_resumes_from_its_checkpoint(tiny_model, tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def stop_after_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    stopped = finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=2,
+                              should_stop=stop_after_two)
+    assert stopped.status == "stopped" and stopped.steps == 2
+    assert latest_checkpoint(out).name == "checkpoint-2"
+    assert not (out / "tokens.json").exists()
+    with pytest.raises(ValueError, match="resume"):
+        finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=2)
+    resumed = finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=2, resume=True)
+    assert resumed.status == "completed" and len(resumed.losses) == 2
+    assert read_adapter(out).tokens["inclusion"].token == "<inclusion>"
+
+
+def test_pretrain_mode_learns_and_saves_a_loadable_model(tiny_model, tmp_path):
+    from engine.train import TrainingImage, train
+
+    rng = np.random.default_rng(0)
+    images = [TrainingImage(make_steel_like(rng, 32, "scratches"), "", "a grayscale photo of a steel surface")
+              for _ in range(8)]
+    config = TrainConfig(mode="pretrain", model=str(tiny_model), output_dir=str(tmp_path / "pre"),
+                         max_train_steps=30, train_batch_size=8, learning_rate=2e-3, lr_warmup_steps=1,
+                         checkpointing_steps=15, snr_gamma=None, caption_dropout=0.1, ema_decay=0.9,
+                         resolution=32)
+    result = train(config, images)
+    assert result.status == "completed"
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
+    pipe = load_pipeline(tmp_path / "pre" / "model")
+    out = pipe(prompt="a steel surface", image=Image.fromarray(images[0].pixels), strength=1.0,
+               num_inference_steps=2, output_type="np").images
+    assert out.shape == (1, 32, 32, 3)

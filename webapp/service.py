@@ -1,0 +1,905 @@
+"""The use cases the UI and the CLI share: upload, generate, review, fine-tune, export. No Gradio here.
+
+Every change takes the acting `user` and stamps it on the rows it writes. Wrong input raises a ValueError
+(or FileNotFoundError) with one readable sentence, before anything is written.
+
+engine modules that import torch are imported inside the methods that run a model, so the storage-only
+commands (import, export, verify-export) start without loading torch.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engine.config import PRESETS, GenerationConfig, finetune_config
+from engine.data import list_images, parse_voc
+from storage import repository
+from storage.db import open_database
+from storage.export import ExportItem, export_item_for_sample, export_item_for_source, write_export
+from storage.export import verify_export as verify_export_zip
+from storage.files import FileStore, sha256_hex
+from storage.tables import SAMPLE_STATUSES, SOURCE_ROLES, utc_now
+from webapp.validation import normalise_upload
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, str], None]
+
+# The strength proposed for a class without a tuned one (GenerationConfig's documented default).
+DEFAULT_STRENGTH = GenerationConfig.strength
+# Two pipelines cover the usual review loop (two classes side by side) within ~1 GB on a CPU box.
+PIPELINE_CACHE_SIZE = 2
+# Previews after a fine-tune: the same seeds every time, so versions can be compared by eye.
+PREVIEW_SEEDS = (0, 1, 2)
+PREVIEW_STEPS = 20
+# Class names become tokens "<name>" and folder names, so they stay short and plain.
+CLASS_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+LOSS_PATTERN = re.compile(r"loss ([-+0-9.eE]+)")
+PAGE_SIZE = 500
+RUNS_STILL_OPEN = ("queued", "running")
+RUN_FOLDER_FORMAT = "run-{:04d}"
+
+
+# Results
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """An uploaded image as the UI lists it."""
+
+    id: int
+    role: str
+    class_name: str | None
+    name: str
+    width: int
+    height: int
+    path: Path
+    uploaded_by: str
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """The stored images (an image uploaded before is returned as its existing row) and what was changed."""
+
+    sources: list[SourceInfo]
+    changes: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        changed = [f"{name}: {', '.join(notes)}" for name, notes in self.changes.items() if notes]
+        ids = ", ".join(str(s.id) for s in self.sources)
+        return f"Stored {len(self.sources)} image(s) (ids {ids})." + (" " + "; ".join(changed) + "." if changed else "")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """A defect class: its token, the strength to propose and the adapter used to generate it."""
+
+    name: str
+    token: str
+    default_strength: float
+    tuned_strength: float | None
+    adapter_version: int | None
+    adapter_path: str | None
+
+
+@dataclass(frozen=True)
+class CandidateInfo:
+    """One stored candidate of a generation."""
+
+    sample_id: int
+    seed: int
+    path: Path
+    status: str = "pending"
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationOutcome:
+    """The candidates generated from one source image."""
+
+    source_id: int
+    class_name: str
+    candidates: list[CandidateInfo]
+    wall_time_s: float
+
+    @property
+    def sample_ids(self) -> list[int]:
+        return [c.sample_id for c in self.candidates]
+
+    def images(self) -> list[Image.Image]:
+        return [Image.open(c.path) for c in self.candidates]
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """A review decision: whether it was applied and the sample's state afterwards."""
+
+    sample_id: int
+    applied: bool
+    status: str
+    revision: int
+    message: str
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """Images per class: uploaded real defects and generated samples by review status."""
+
+    class_name: str
+    real: int = 0
+    pending: int = 0
+    accepted: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One generated sample in the dataset table."""
+
+    id: int
+    class_name: str
+    status: str
+    strength: float
+    seed: int
+    source_image_id: int
+    created_by: str
+    decided_by: str | None
+    reject_reason: str | None
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    counts: list[ClassCounts]
+    rows: list[SampleRow]
+
+
+@dataclass(frozen=True)
+class SampleDetails:
+    """A sample with every parameter that made it and its review history."""
+
+    id: int
+    class_name: str
+    status: str
+    revision: int
+    path: Path
+    source_image_id: int
+    params: dict[str, Any]
+    decisions: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class FineTuneStatus:
+    """Where a fine-tune run stands: live progress while it trains, its row's state afterwards."""
+
+    run_id: int
+    status: str
+    classes: list[str]
+    step: int
+    total: int
+    message: str
+    loss: float | None
+    previews: list[Path]
+    error: str | None = None
+    resumed_from: int | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in RUNS_STILL_OPEN
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written export zip."""
+
+    export_id: int
+    path: Path
+    sha256: str
+    n_items: int
+    counts: dict[str, dict[str, int]]
+
+
+@dataclass
+class _RunProgress:
+    """In-memory progress of a fine-tune thread, updated by the engine's progress callback."""
+
+    run_id: int
+    total: int
+    step: int = 0
+    message: str = "queued"
+    loss: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def report(self, step: int, total: int, message: str) -> None:
+        self.step, self.total, self.message = step, total, message
+        match = LOSS_PATTERN.search(message)
+        if match:
+            self.loss = float(match.group(1))
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+def check_class_name(name: str | None) -> str:
+    """A defect class name, stripped; raises ValueError unless it is 1-64 letters, digits, '_' or '-'."""
+    name = (name or "").strip()
+    if not CLASS_NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"Class name {name!r} must be 1-64 letters, digits, '_' or '-' (starting with no symbol).")
+    return name
+
+
+def verify_export(path: Path) -> list[str]:
+    """Problems found in an export zip (an empty list: it is intact)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Export zip not found: {path}")
+    return verify_export_zip(path)
+
+
+class StudioService:
+    """The studio's use cases over one data folder: database, file store, run folders and a pipeline cache."""
+
+    def __init__(self, data_dir: Path, model: str | None = None, database_url: str | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.model = model
+        self.database = open_database(self.data_dir, database_url)
+        self.files = FileStore(self.data_dir / "files")
+        self.runs_dir = self.data_dir / "runs"
+        self.exports_dir = self.data_dir / "exports"
+        self.preview_steps = PREVIEW_STEPS
+        self._pipelines: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
+        self._model_lock = threading.RLock()
+        self._runs: dict[int, _RunProgress] = {}
+        self._runs_lock = threading.Lock()
+        self._model_ref: str | None = None
+        self._fail_interrupted_runs()
+        self._register_shipped_adapter()
+
+    # Setup
+
+    @property
+    def model_ref(self) -> str:
+        """The resolved base model (a local folder or hub id); raises FileNotFoundError if it is missing."""
+        if self._model_ref is None:
+            from engine.models import resolve_model
+
+            self._model_ref = resolve_model(self.model)
+        return self._model_ref
+
+    def _uses_embedded_model(self) -> bool:
+        return self.model in (None, "", "default", "embedded")
+
+    def _register_shipped_adapter(self) -> None:
+        """On first start with the embedded model, register its shipped defect tokens as version 1 of each class."""
+        if not self._uses_embedded_model():
+            return
+        from engine.models import EMBEDDED_TOKENS, TOKENS_FILE, read_adapter
+
+        if not (EMBEDDED_TOKENS / TOKENS_FILE).is_file():
+            return
+        info = read_adapter(EMBEDDED_TOKENS)
+        path = str(EMBEDDED_TOKENS.resolve())
+        with self.database.session() as s:
+            known = {v.path for name in info.tokens for v in repository.list_adapter_versions(s, name)}
+        if path not in known:
+            self.register_adapter(EMBEDDED_TOKENS)
+
+    def _fail_interrupted_runs(self) -> None:
+        """Runs left queued or running by a previous process cannot still be training: mark them failed."""
+        with self.database.transaction() as s:
+            for run in repository.list_runs(s, limit=PAGE_SIZE):
+                if run.status in RUNS_STILL_OPEN:
+                    error = "Interrupted: the studio stopped during this run. Resume it to continue."
+                    repository.finish_run(s, run.id, "failed", error=error)
+
+    def close(self) -> None:
+        """Ask running fine-tunes to stop at their next step, wait briefly, and release the database."""
+        with self._runs_lock:
+            progresses = list(self._runs.values())
+        for progress in progresses:
+            progress.stop.set()
+        for progress in progresses:
+            if progress.thread is not None:
+                progress.thread.join(timeout=60)
+        with self._model_lock:
+            self._pipelines.clear()
+        self.database.dispose()
+
+    def register_adapter(self, path: Path, run_id: int | None = None) -> list[ClassInfo]:
+        """Make a finished adapter folder the active adapter of each class it holds (creating the classes).
+
+        A folder registered before becomes active again (a rollback); a new folder becomes the next version.
+        """
+        from engine.models import model_hash, read_adapter
+
+        path = Path(path).resolve()
+        info = read_adapter(path)
+        base_hash = model_hash(self.model_ref)
+        if info.base_model_hash and info.base_model_hash != base_hash:
+            raise ValueError(
+                f"Adapter {path.name} was trained on another base model (hash {info.base_model_hash}, "
+                f"this studio runs {base_hash})."
+            )
+        with self.database.transaction() as s:
+            for name, token in info.tokens.items():
+                defect_class = repository.ensure_defect_class(s, check_class_name(name), token.token, token.init_word)
+                if token.default_strength and defect_class.default_strength is None:
+                    repository.set_default_strength(s, name, token.default_strength)
+                earlier = [v for v in repository.list_adapter_versions(s, name) if v.path == str(path)]
+                if earlier:
+                    if not earlier[-1].is_active:
+                        repository.activate_adapter_version(s, earlier[-1].id)
+                else:
+                    repository.register_adapter_version(s, name, str(path), run_id=run_id)
+        return [c for c in self.list_classes() if c.name in info.tokens]
+
+    # Uploads
+
+    def upload_images(
+        self, files: Sequence[tuple[str, bytes]], role: str, class_name: str | None, user: str
+    ) -> UploadResult:
+        """Store uploaded images of one role (and class, for real defects); all are stored or none."""
+        return self._store_images([(name, data, class_name, []) for name, data in files], role, user)
+
+    def import_folder(
+        self,
+        images_dir: Path,
+        role: str,
+        class_name: str | None = None,
+        annotations_dir: Path | None = None,
+        user: str = "cli",
+    ) -> UploadResult:
+        """Import a folder: flat images of one class (or clean slabs), or `<class>/` subfolders of real defects.
+
+        With `annotations_dir`, a Pascal VOC file `<image stem>.xml` there gives an image's boxes.
+        """
+        # 1. Check inputs
+        images_dir = Path(images_dir)
+        if not images_dir.is_dir():
+            raise FileNotFoundError(f"Image folder not found: {images_dir}")
+        if annotations_dir is not None and not Path(annotations_dir).is_dir():
+            raise FileNotFoundError(f"Annotation folder not found: {annotations_dir}")
+        class_dirs = [d for d in sorted(images_dir.iterdir()) if d.is_dir() and list_images(d)]
+
+        # 2. Decide each file's class
+        if role == "clean" or class_name:
+            if class_dirs and not list_images(images_dir):
+                raise ValueError(f"{images_dir} holds class subfolders; import it without a class name as defects.")
+            paths = [(path, class_name) for path in list_images(images_dir)]
+        elif class_dirs:
+            paths = [(path, d.name) for d in class_dirs for path in list_images(d)]
+        else:
+            raise ValueError(f"Give a class name, or put the images of {images_dir} in <class>/ subfolders.")
+        if not paths:
+            raise ValueError(f"No images in {images_dir}.")
+
+        # 3. Read boxes and store everything in one go
+        entries = []
+        for path, image_class in paths:
+            xml = Path(annotations_dir) / f"{path.stem}.xml" if annotations_dir is not None else None
+            boxes = parse_voc(xml) if xml is not None and xml.is_file() else []
+            entries.append((path.name, path.read_bytes(), image_class, boxes))
+        return self._store_images(entries, role, user)
+
+    def _store_images(self, entries: list[tuple[str, bytes, str | None, list]], role: str, user: str) -> UploadResult:
+        """Validate every image first, then write rows and files in one transaction: a refusal writes nothing."""
+        # 1. Check inputs (UploadError names the file)
+        if role not in SOURCE_ROLES:
+            raise ValueError(f"Image role must be one of {', '.join(SOURCE_ROLES)}, got {role!r}.")
+        if not entries:
+            raise ValueError("No files were uploaded.")
+        checked = []
+        for name, data, class_name, boxes in entries:
+            if role == "defect":
+                class_name = check_class_name(class_name)
+            elif class_name:
+                raise ValueError("A clean slab has no defect class; leave the class empty.")
+            image = normalise_upload(name, data)
+            try:
+                repository.normalize_boxes(boxes, image.width, image.height)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from error
+            checked.append((image, class_name, boxes))
+
+        # 2. Rows first, files last, in one transaction
+        with self.database.transaction() as s:
+            rows = []
+            for image, class_name, boxes in checked:
+                sha256 = sha256_hex(image.png_bytes)
+                row = repository.add_source_image(
+                    s, sha256, role, class_name, image.name, image.width, image.height, boxes, user
+                )
+                if (row.role, row.class_name) != (role, class_name):
+                    kind = f"a real defect of class {row.class_name!r}" if row.role == "defect" else "a clean slab"
+                    raise ValueError(f"{image.name} is already stored as {kind} (image {row.id}).")
+                rows.append(row)
+            for image, _, _ in checked:
+                self.files.put(image.png_bytes, ".png")
+            sources = [self._source_info(row) for row in rows]
+        return UploadResult(sources, {image.name: image.changes for image, _, _ in checked})
+
+    def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
+        """Uploaded images, oldest first, optionally of one role and class."""
+        if role is not None and role not in SOURCE_ROLES:
+            raise ValueError(f"Image role must be one of {', '.join(SOURCE_ROLES)}, got {role!r}.")
+        with self.database.session() as s:
+            rows = _all_pages(lambda offset: repository.list_source_images(s, role, class_name, PAGE_SIZE, offset))
+            return [self._source_info(row) for row in rows]
+
+    def _source_info(self, row) -> SourceInfo:
+        return SourceInfo(
+            row.id,
+            row.role,
+            row.class_name,
+            row.original_name,
+            row.width,
+            row.height,
+            self.files.path(row.sha256),
+            row.uploaded_by,
+        )
+
+    # Classes
+
+    def list_classes(self) -> list[ClassInfo]:
+        """Every defect class with its token, proposed strength and active adapter."""
+        with self.database.session() as s:
+            classes = []
+            for defect_class in repository.list_defect_classes(s):
+                adapter = repository.active_adapter(s, defect_class.name)
+                classes.append(
+                    ClassInfo(
+                        name=defect_class.name,
+                        token=defect_class.token,
+                        default_strength=defect_class.default_strength or DEFAULT_STRENGTH,
+                        tuned_strength=defect_class.default_strength,
+                        adapter_version=adapter.version if adapter else None,
+                        adapter_path=adapter.path if adapter else None,
+                    )
+                )
+            return classes
+
+    def trainable_classes(self) -> list[str]:
+        """Class names with a learned token or uploaded real defect images: what a fine-tune can learn."""
+        with self.database.session() as s:
+            known = {c.name for c in repository.list_defect_classes(s)}
+        uploaded = {source.class_name for source in self.list_sources(role="defect") if source.class_name}
+        return sorted(known | uploaded)
+
+    # Generation and review
+
+    def generate_candidates(
+        self, source_id: int, config: GenerationConfig, user: str, progress: ProgressFn | None = None
+    ) -> GenerationOutcome:
+        """Generate candidates on a clean slab with a class's active adapter and store them as pending samples."""
+        from engine.generate import generate
+
+        # 1. Check inputs
+        with self.database.session() as s:
+            source = repository.get_source_image(s, source_id)
+            if source is None:
+                raise ValueError(f"There is no uploaded image with id {source_id}.")
+            if source.role != "clean":
+                raise ValueError(f"Image {source_id} is a real defect; generate on a clean slab.")
+            if repository.get_defect_class(s, config.class_name) is None:
+                known = ", ".join(c.name for c in repository.list_defect_classes(s)) or "none yet"
+                raise ValueError(f"Unknown defect class {config.class_name!r}; known classes: {known}.")
+            adapter = repository.active_adapter(s, config.class_name)
+            if adapter is None:
+                raise ValueError(f"Class {config.class_name!r} has no trained adapter yet; fine-tune it first.")
+            source_sha256, adapter_path, adapter_version = source.sha256, adapter.path, adapter.version
+        with Image.open(io.BytesIO(self.files.read(source_sha256))) as opened:
+            init_image = opened.copy()
+
+        # 2. Generate
+        with self._model_lock:
+            pipe = self._pipeline(adapter_path)
+            result = generate(pipe, init_image, config, progress)
+
+        # 3. Store each candidate (PNG with its parameters) and its row
+        stored = []
+        for candidate in result.candidates:
+            candidate.params.update(
+                adapter_version=adapter_version, adapter_folder=Path(adapter_path).name, source_image_id=source_id
+            )
+            stored.append((candidate, self.files.put(candidate.png_bytes(), ".png")))
+        with self.database.transaction() as s:
+            candidates = []
+            for candidate, sha256 in stored:
+                params = candidate.params
+                window = params["window"]
+                sample = repository.add_sample(
+                    s,
+                    sha256=sha256,
+                    class_name=config.class_name,
+                    source_image_id=source_id,
+                    model_hash=params["model_hash"],
+                    model_ref=params["model_ref"],
+                    token=params["token"],
+                    adapter_path=adapter_path,
+                    adapter_version=adapter_version,
+                    strength=config.strength,
+                    steps=config.steps,
+                    guidance=config.guidance_scale,
+                    seed=candidate.seed,
+                    prompt=params["prompt"],
+                    negative_prompt=params["negative_prompt"],
+                    width=params["width"],
+                    height=params["height"],
+                    window_json=window,
+                    # The repainted window bounds every change the model made: the defect's box.
+                    boxes_json=[
+                        {
+                            "label": config.class_name,
+                            "xmin": window["x"],
+                            "ymin": window["y"],
+                            "xmax": window["x"] + window["size"],
+                            "ymax": window["y"] + window["size"],
+                        }
+                    ],
+                    params_json=params,
+                    created_by=user,
+                )
+                candidates.append(CandidateInfo(sample.id, candidate.seed, self.files.path(sha256)))
+        return GenerationOutcome(source_id, config.class_name, candidates, result.wall_time_s)
+
+    def _pipeline(self, adapter_path: str | None):
+        """A cached pipeline for (base model, adapter folder); the least recently used one is dropped."""
+        from engine.models import load_pipeline
+
+        key = (self.model_ref, adapter_path)
+        with self._model_lock:
+            if key in self._pipelines:
+                self._pipelines.move_to_end(key)
+                return self._pipelines[key]
+            pipe = load_pipeline(self.model_ref, adapter_path)
+            self._pipelines[key] = pipe
+            while len(self._pipelines) > PIPELINE_CACHE_SIZE:
+                self._pipelines.popitem(last=False)
+            return pipe
+
+    def decide(
+        self, sample_id: int, status: str, reason: str | None, user: str, expected_revision: int | None = None
+    ) -> DecisionResult:
+        """Accept or reject a sample, unless someone changed it since `expected_revision` (None: do not check)."""
+        if status not in ("accepted", "rejected"):
+            raise ValueError(f"A decision is 'accepted' or 'rejected', got {status!r}.")
+        reason = (reason or "").strip() or None
+        with self.database.transaction() as s:
+            self._require_sample(s, sample_id)
+            outcome = repository.decide(s, sample_id, status, reason, user, expected_revision)
+        return DecisionResult(sample_id, outcome.applied, outcome.status, outcome.revision, outcome.message)
+
+    def undo(self, sample_id: int, user: str, expected_revision: int | None = None) -> DecisionResult:
+        """Put a decided sample back to pending (recorded as a decision)."""
+        with self.database.transaction() as s:
+            sample = self._require_sample(s, sample_id)
+            if sample.status == "pending":
+                raise ValueError(f"Sample {sample_id} is pending; there is no decision to undo.")
+            outcome = repository.undo_decision(s, sample_id, user, expected_revision)
+        return DecisionResult(sample_id, outcome.applied, outcome.status, outcome.revision, outcome.message)
+
+    @staticmethod
+    def _require_sample(s, sample_id: int):
+        sample = repository.get_sample(s, sample_id)
+        if sample is None:
+            raise ValueError(f"There is no sample with id {sample_id}.")
+        return sample
+
+    # Dataset
+
+    def dataset_view(self, class_name: str | None = None, status: str | None = None, limit: int = 200) -> DatasetView:
+        """Counts per class (real images and samples by status) and the newest samples matching the filters."""
+        if status is not None and status not in SAMPLE_STATUSES:
+            raise ValueError(f"Status must be one of {', '.join(SAMPLE_STATUSES)}, got {status!r}.")
+        real = defaultdict(int)
+        for source in self.list_sources(role="defect"):
+            real[source.class_name] += 1
+        with self.database.session() as s:
+            by_status = repository.counts_by_class_and_status(s)
+            names = sorted(set(real) | {name for name, _ in by_status})
+            counts = [
+                ClassCounts(name, real[name], *(by_status.get((name, st), 0) for st in SAMPLE_STATUSES))
+                for name in names
+            ]
+            samples = repository.list_samples(s, class_name, status, limit=limit)
+            rows = [
+                SampleRow(
+                    x.id,
+                    x.class_name,
+                    x.status,
+                    x.strength,
+                    x.seed,
+                    x.source_image_id,
+                    x.created_by,
+                    x.decided_by,
+                    x.reject_reason,
+                )
+                for x in samples
+            ]
+        return DatasetView(counts, rows)
+
+    def sample_details(self, sample_id: int) -> SampleDetails:
+        """A sample's image path, parameters and review history."""
+        with self.database.session() as s:
+            sample = self._require_sample(s, sample_id)
+            decisions = [
+                {"status": d.status, "reason": d.reason, "user": d.user, "at": d.at.isoformat(), "outcome": d.outcome}
+                for d in repository.list_decisions(s, sample_id)
+            ]
+            return SampleDetails(
+                sample.id,
+                sample.class_name,
+                sample.status,
+                sample.revision,
+                self.files.path(sample.sha256),
+                sample.source_image_id,
+                dict(sample.params_json),
+                decisions,
+            )
+
+    # Fine-tuning
+
+    def presets(self) -> list[str]:
+        return list(PRESETS)
+
+    def start_finetune(self, classes: Sequence[str], preset: str, steps: int | None, user: str) -> int:
+        """Snapshot the dataset of `classes` and fine-tune TI + LoRA on it in the background; returns the run id."""
+        # 1. Check inputs
+        classes = sorted({check_class_name(c) for c in classes})
+        if not classes:
+            raise ValueError("Choose at least one class to fine-tune.")
+        steps = int(steps) if steps else None
+        config = finetune_config(preset, max_train_steps=steps)
+        model_ref = self.model_ref
+        self._require_no_active_run()
+
+        # 2. Snapshot what it trains on
+        with self.database.transaction() as s:
+            snapshot = repository.dataset_snapshot(s, classes)
+            empty = [c for c in classes if not any(item["class_name"] == c for item in snapshot)]
+            if empty:
+                raise ValueError(
+                    f"No real defect images or accepted samples for {', '.join(empty)}; upload or accept some first."
+                )
+            settings = {"preset": preset, "steps": config.max_train_steps, "model": model_ref}
+            run_id = repository.create_run(s, classes, settings, user, snapshot=snapshot).id
+
+        # 3. Train in the background
+        self._launch_run(run_id, self.runs_dir / RUN_FOLDER_FORMAT.format(run_id), resume=False)
+        return run_id
+
+    def resume_finetune(self, run_id: int, user: str) -> int:
+        """Continue a stopped or failed run from its last checkpoint, as a new run on the same folder and data."""
+        from engine.models import TOKENS_FILE
+
+        self._require_no_active_run()
+        with self.database.transaction() as s:
+            run = repository.get_run(s, run_id)
+            if run is None:
+                raise ValueError(f"There is no fine-tune run with id {run_id}.")
+            if run.status not in ("stopped", "failed"):
+                raise ValueError(f"Run {run_id} is {run.status}; only a stopped or failed run can be resumed.")
+            out_dir = Path(run.out_dir or self.runs_dir / RUN_FOLDER_FORMAT.format(run_id))
+            if (out_dir / TOKENS_FILE).is_file():
+                raise ValueError(f"Run {run_id} was resumed before and its adapter is finished.")
+            settings = {**run.config_json, "resumed_from": run_id}
+            new_id = repository.create_run(
+                s, run.classes_json, settings, user, out_dir=str(out_dir), snapshot=run.dataset_snapshot_json
+            ).id
+        self._launch_run(new_id, out_dir, resume=True)
+        return new_id
+
+    def stop_finetune(self, run_id: int) -> None:
+        """Ask a running fine-tune to stop after its current step (it saves a checkpoint to resume from)."""
+        with self._runs_lock:
+            progress = self._runs.get(run_id)
+        if progress is None or not progress.alive:
+            raise ValueError(f"Run {run_id} is not running in this studio.")
+        progress.stop.set()
+        progress.message = "stopping after the current step…"
+
+    def wait_for_run(self, run_id: int, timeout_s: float | None = None) -> FineTuneStatus:
+        """Block until a run's thread ends (for the CLI and tests), then return its status."""
+        with self._runs_lock:
+            progress = self._runs.get(run_id)
+        if progress is not None and progress.thread is not None:
+            progress.thread.join(timeout_s)
+        return self.finetune_status(run_id)
+
+    def finetune_status(self, run_id: int) -> FineTuneStatus:
+        """A run's live progress while it trains, its recorded outcome afterwards."""
+        with self.database.session() as s:
+            run = repository.get_run(s, run_id)
+            if run is None:
+                raise ValueError(f"There is no fine-tune run with id {run_id}.")
+            status, classes, metrics, error = run.status, list(run.classes_json), dict(run.metrics_json), run.error
+            resumed_from = run.config_json.get("resumed_from")
+            total = int(run.config_json.get("steps") or 0)
+        with self._runs_lock:
+            progress = self._runs.get(run_id)
+        if progress is not None:
+            step, total, message, loss = progress.step, progress.total, progress.message, progress.loss
+        else:
+            step, loss = int(metrics.get("steps", 0)), metrics.get("final_loss")
+            message = error or status
+        if status not in RUNS_STILL_OPEN:
+            message = error or _finished_message(status, metrics)
+        previews = [Path(p) for p in metrics.get("previews", [])]
+        return FineTuneStatus(run_id, status, classes, step, total, message, loss, previews, error, resumed_from)
+
+    def latest_run_id(self) -> int | None:
+        """The newest fine-tune run, or None."""
+        with self.database.session() as s:
+            runs = repository.list_runs(s, limit=1)
+            return runs[0].id if runs else None
+
+    def _require_no_active_run(self) -> None:
+        with self._runs_lock:
+            active = [p.run_id for p in self._runs.values() if p.alive]
+        if active:
+            raise ValueError(f"Fine-tune run {active[0]} is still training; stop it or wait until it finishes.")
+
+    def _launch_run(self, run_id: int, out_dir: Path, resume: bool) -> None:
+        with self.database.session() as s:
+            total = int(repository.get_run(s, run_id).config_json["steps"])
+        progress = _RunProgress(run_id, total)
+        progress.thread = threading.Thread(
+            target=self._train_run, args=(progress, out_dir, resume), name=f"finetune-{run_id}", daemon=True
+        )
+        with self._runs_lock:
+            self._runs[run_id] = progress
+        progress.thread.start()
+
+    def _train_run(self, progress: _RunProgress, out_dir: Path, resume: bool) -> None:
+        """The background thread of one run: dataset folder → engine fine-tune → previews → adapter versions."""
+        from engine.batch import finetune_folder
+
+        run_id = progress.run_id
+        try:
+            # 1. Mark running and write the snapshot as an ImageFolder inside the run folder
+            with self.database.transaction() as s:
+                run = repository.start_run(s, run_id, out_dir=str(out_dir))
+                classes, settings, snapshot = run.classes_json, run.config_json, run.dataset_snapshot_json
+            progress.message = "writing the dataset snapshot"
+            dataset_dir = self._write_snapshot(snapshot, out_dir / "dataset")
+
+            # 2. Train (the engine saves checkpoints; a stop keeps the last one)
+            progress.message = "loading the model"
+            result = finetune_folder(
+                dataset_dir,
+                out_dir,
+                model=self.model_ref,
+                classes=classes,
+                preset=settings["preset"],
+                steps=settings["steps"],
+                resume=resume,
+                progress=progress.report,
+                should_stop=progress.stop.is_set,
+            )
+            metrics: dict[str, Any] = {
+                "steps": result.steps,
+                "final_loss": result.final_loss,
+                "wall_time_s": round(result.wall_time_s, 1),
+            }
+
+            # 3. A complete run: previews from the reloaded adapter, then it becomes each class's active adapter
+            if result.status == "completed":
+                progress.message = "writing previews"
+                metrics["previews"] = [str(p) for p in self._write_previews(out_dir, classes)]
+                registered = self.register_adapter(out_dir, run_id=run_id)
+                metrics["adapter_versions"] = {c.name: c.adapter_version for c in registered}
+            with self.database.transaction() as s:
+                repository.finish_run(s, run_id, result.status, metrics)
+        except Exception as error:
+            logger.exception("Fine-tune run %s failed", run_id)
+            with self.database.transaction() as s:
+                repository.finish_run(s, run_id, "failed", error=f"{type(error).__name__}: {error}")
+        finally:
+            with self._runs_lock:
+                self._runs.pop(run_id, None)
+
+    def _write_snapshot(self, snapshot: list[dict[str, Any]], dataset_dir: Path) -> Path:
+        """The snapshot's images as `<class>/<kind>-<id>.png` (files already there are kept, for resume)."""
+        for item in snapshot:
+            target = dataset_dir / item["class_name"] / f"{item['kind']}-{item['id']:06d}.png"
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.files.read(item["sha256"]))
+        return dataset_dir
+
+    def _write_previews(self, out_dir: Path, classes: list[str]) -> list[Path]:
+        """A few fixed-seed candidates per class from the reloaded adapter, on the first clean slab."""
+        from engine.generate import generate
+
+        clean = self.list_sources(role="clean")
+        preview_dir = out_dir / "previews"
+        preview_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for class_name in classes:
+            base = clean[0].path if clean else next((out_dir / "dataset" / class_name).glob("*.png"))
+            with Image.open(base) as opened:
+                init_image = opened.copy()
+            strength = next((c.default_strength for c in self.list_classes() if c.name == class_name), DEFAULT_STRENGTH)
+            steps = max(self.preview_steps, int(1 / strength) + 1)
+            config = GenerationConfig(
+                class_name, num_candidates=len(PREVIEW_SEEDS), strength=strength, steps=steps, seed=PREVIEW_SEEDS[0]
+            )
+            with self._model_lock:
+                result = generate(self._pipeline(str(out_dir.resolve())), init_image, config)
+            for candidate in result.candidates:
+                path = preview_dir / f"{class_name}-seed{candidate.seed}.png"
+                path.write_bytes(candidate.png_bytes())
+                written.append(path)
+        return written
+
+    # Export
+
+    def export_dataset(self, user: str, out: Path | None = None) -> ExportResult:
+        """Write the curated dataset (accepted samples and real defect images) as a zip and record it."""
+        with self.database.session() as s:
+            run_of_version = {}
+            for defect_class in repository.list_defect_classes(s):
+                for version in repository.list_adapter_versions(s, defect_class.name):
+                    run_of_version[(version.class_name, version.version)] = version.run_id
+            items: list[ExportItem] = []
+            accepted = _all_pages(
+                lambda offset: repository.list_samples(s, None, "accepted", PAGE_SIZE, offset, newest_first=False)
+            )
+            for sample in accepted:
+                run_id = run_of_version.get((sample.class_name, sample.adapter_version))
+                items.append(export_item_for_sample(sample, sample.source_image, run_id))
+            real = _all_pages(lambda offset: repository.list_source_images(s, "defect", None, PAGE_SIZE, offset))
+            items += [export_item_for_source(image) for image in real]
+        if not items:
+            raise ValueError("Nothing to export yet: accept some candidates or upload real defect images first.")
+        out = Path(out) if out is not None else self._new_export_path()
+        if out.exists():
+            raise ValueError(f"{out} already exists; choose another file name.")
+        summary = write_export(out, items, self.files, extra_manifest={"exported_by": user})
+        with self.database.transaction() as s:
+            export_id = repository.record_export(
+                s, str(out.resolve()), summary.sha256, summary.n_items, summary.formats, user
+            ).id
+        return ExportResult(export_id, out, summary.sha256, summary.n_items, summary.counts)
+
+    def verify_export(self, path: Path) -> list[str]:
+        """Problems found in an export zip (an empty list: it is intact)."""
+        return verify_export(path)
+
+    def _new_export_path(self) -> Path:
+        stamp = utc_now().strftime("%Y%m%d-%H%M%S")
+        path = self.exports_dir / f"steel-defects-{stamp}.zip"
+        counter = 2
+        while path.exists():
+            path, counter = self.exports_dir / f"steel-defects-{stamp}-{counter}.zip", counter + 1
+        return path
+
+
+def _all_pages(fetch: Callable[[int], list]) -> Iterator:
+    """Every row of a paged repository query."""
+    offset = 0
+    while True:
+        page = fetch(offset)
+        yield from page
+        if len(page) < PAGE_SIZE:
+            return
+        offset += PAGE_SIZE
+
+
+def _finished_message(status: str, metrics: dict[str, Any]) -> str:
+    loss = metrics.get("final_loss")
+    loss_text = f", final loss {loss:.4f}" if isinstance(loss, float) else ""
+    return f"{status} after {metrics.get('steps', 0)} steps{loss_text}"
