@@ -218,7 +218,8 @@ def fidelity(
 
     Only the generated tree's classes are compared; the real (and reference) tree must hold them all.
     With `reference_dir` (a second real split, disjoint from `real_dir`) the same distances are
-    computed reference vs real, which shows what 'as good as real' looks like at these set sizes.
+    computed reference vs real, which shows what 'as good as real' looks like at these set sizes
+    (the reference is subsampled to the generated count per class).
     """
     # 1. Check inputs
     generated = images_by_class(generated_dir)
@@ -239,6 +240,9 @@ def fidelity(
 
     gen_x, real_x, ref_x = load(generated, size), load(real, size), load(reference, size)
     gen_net = gen_x if net_size == size else load(generated, net_size)
+    # FID is biased by set size: the reference is cut to the generated count so both rows share the bias.
+    generator = torch.Generator().manual_seed(seed)
+    ref_x = {c: x[torch.randperm(len(x), generator=generator)[: len(gen_x[c])]] for c, x in ref_x.items()}
 
     # 3. Per class, then pooled over the classes
     rows = []

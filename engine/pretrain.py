@@ -92,10 +92,13 @@ def pixels_to_tensor(batch: np.ndarray) -> torch.Tensor:
 
 
 def spectral_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between log-amplitude spectra: rewards keeping fine texture that plain L1 lets blur away."""
+    """L1 between log-amplitude spectra: rewards keeping fine texture that plain L1 lets blur away.
+
+    The log makes a missing weak high frequency cost as much as a wrong strong low one.
+    """
     pred_amp = torch.fft.rfft2(prediction.float(), norm="ortho").abs()
     target_amp = torch.fft.rfft2(target.float(), norm="ortho").abs()
-    return (torch.log1p(pred_amp) - torch.log1p(target_amp)).abs().mean()
+    return (torch.log(pred_amp + 1e-2) - torch.log(target_amp + 1e-2)).abs().mean()
 
 
 def train_autoencoder(

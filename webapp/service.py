@@ -46,6 +46,7 @@ PREVIEW_STEPS = 20
 CLASS_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 LOSS_PATTERN = re.compile(r"loss ([-+0-9.eE]+)")
 PAGE_SIZE = 500
+SUMMARY_ITEMS = 10
 RUNS_STILL_OPEN = ("queued", "running")
 RUN_FOLDER_FORMAT = "run-{:04d}"
 
@@ -76,9 +77,13 @@ class UploadResult:
 
     @property
     def summary(self) -> str:
+        """One line for the UI and the CLI: how many were stored, their ids, and the first few conversions."""
+        ids = [s.id for s in self.sources]
+        id_text = ", ".join(map(str, ids)) if len(ids) <= SUMMARY_ITEMS else f"{min(ids)}…{max(ids)}"
         changed = [f"{name}: {', '.join(notes)}" for name, notes in self.changes.items() if notes]
-        ids = ", ".join(str(s.id) for s in self.sources)
-        return f"Stored {len(self.sources)} image(s) (ids {ids})." + (" " + "; ".join(changed) + "." if changed else "")
+        if len(changed) > SUMMARY_ITEMS:
+            changed = [*changed[:SUMMARY_ITEMS], f"and {len(changed) - SUMMARY_ITEMS} more converted"]
+        return f"Stored {len(ids)} image(s) (ids {id_text})." + (" " + "; ".join(changed) + "." if changed else "")
 
 
 @dataclass(frozen=True)
@@ -115,10 +120,16 @@ class GenerationOutcome:
 
     @property
     def sample_ids(self) -> list[int]:
+        """The stored samples' ids, in seed order."""
         return [c.sample_id for c in self.candidates]
 
     def images(self) -> list[Image.Image]:
-        return [Image.open(c.path) for c in self.candidates]
+        """The candidate images, loaded from the file store."""
+        images = []
+        for candidate in self.candidates:
+            with Image.open(candidate.path) as image:
+                images.append(image.copy())
+        return images
 
 
 @dataclass(frozen=True)
@@ -265,7 +276,6 @@ class StudioService:
         self._runs: dict[int, _RunProgress] = {}
         self._runs_lock = threading.Lock()
         self._model_ref: str | None = None
-        self._fail_interrupted_runs()
         self._register_shipped_adapter()
 
     # Setup
@@ -297,8 +307,11 @@ class StudioService:
         if path not in known:
             self.register_adapter(EMBEDDED_TOKENS)
 
-    def _fail_interrupted_runs(self) -> None:
-        """Runs left queued or running by a previous process cannot still be training: mark them failed."""
+    def fail_interrupted_runs(self) -> None:
+        """Mark runs left queued or running by a previous app process as failed (resumable).
+
+        Only the process that trains (the app) calls this at start: a CLI command beside a live app must not.
+        """
         with self.database.transaction() as s:
             for run in repository.list_runs(s, limit=PAGE_SIZE):
                 if run.status in RUNS_STILL_OPEN:
@@ -323,16 +336,8 @@ class StudioService:
 
         A folder registered before becomes active again (a rollback); a new folder becomes the next version.
         """
-        from engine.models import model_hash, read_adapter
-
         path = Path(path).resolve()
-        info = read_adapter(path)
-        base_hash = model_hash(self.model_ref)
-        if info.base_model_hash and info.base_model_hash != base_hash:
-            raise ValueError(
-                f"Adapter {path.name} was trained on another base model (hash {info.base_model_hash}, "
-                f"this studio runs {base_hash})."
-            )
+        info = self._read_matching_adapter(path)
         with self.database.transaction() as s:
             for name, token in info.tokens.items():
                 defect_class = repository.ensure_defect_class(s, check_class_name(name), token.token, token.init_word)
@@ -345,6 +350,19 @@ class StudioService:
                 else:
                     repository.register_adapter_version(s, name, str(path), run_id=run_id)
         return [c for c in self.list_classes() if c.name in info.tokens]
+
+    def _read_matching_adapter(self, path: Path):
+        """The adapter folder's info; raises ValueError if it was trained on another base model."""
+        from engine.models import model_hash, read_adapter
+
+        info = read_adapter(path)
+        base_hash = model_hash(self.model_ref)
+        if info.base_model_hash and info.base_model_hash != base_hash:
+            raise ValueError(
+                f"Adapter {Path(path).name} was trained on another base model (hash {info.base_model_hash}); "
+                f"this studio runs {base_hash}. Start the studio with that model or fine-tune again."
+            )
+        return info
 
     # Uploads
 
@@ -404,6 +422,8 @@ class StudioService:
         checked = []
         for name, data, class_name, boxes in entries:
             if role == "defect":
+                if not class_name:
+                    raise ValueError("Real defect images need a defect class; choose or type one.")
                 class_name = check_class_name(class_name)
             elif class_name:
                 raise ValueError("A clean slab has no defect class; leave the class empty.")
@@ -564,6 +584,8 @@ class StudioService:
             if key in self._pipelines:
                 self._pipelines.move_to_end(key)
                 return self._pipelines[key]
+            if adapter_path is not None:
+                self._read_matching_adapter(Path(adapter_path))
             pipe = load_pipeline(self.model_ref, adapter_path)
             self._pipelines[key] = pipe
             while len(self._pipelines) > PIPELINE_CACHE_SIZE:
@@ -653,6 +675,7 @@ class StudioService:
     # Fine-tuning
 
     def presets(self) -> list[str]:
+        """The fine-tune preset names, quickest first."""
         return list(PRESETS)
 
     def start_finetune(self, classes: Sequence[str], preset: str, steps: int | None, user: str) -> int:

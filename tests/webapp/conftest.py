@@ -19,6 +19,17 @@ def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and beside a background training job they slow 3× by contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def slab_png() -> Callable[[int, int, int], bytes]:
     """PNG bytes of a grey steel-like slab of a given size (different seeds give different images)."""

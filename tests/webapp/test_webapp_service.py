@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -174,3 +175,13 @@ def test_import_folder_reads_class_subfolders_and_voc_boxes(service: StudioServi
     assert service.trainable_classes() == ["inclusion", "scratches"]
     with pytest.raises(ValueError, match="class name"):
         service.import_folder(images / "scratches", "defect", user="cli")
+
+
+def test_an_adapter_of_another_base_model_is_refused(service: StudioService, tiny_adapter: Path, tmp_path: Path):
+    foreign = tmp_path / "foreign-adapter"
+    shutil.copytree(tiny_adapter, foreign, ignore=shutil.ignore_patterns("checkpoint-*", "latents.pt"))
+    index = json.loads((foreign / "tokens.json").read_text())
+    (foreign / "tokens.json").write_text(json.dumps({**index, "base_model_hash": "0" * 12}))
+    with pytest.raises(ValueError, match="trained on another base model"):
+        service.register_adapter(foreign)
+    assert {c.adapter_version for c in service.list_classes()} == {1}

@@ -1,0 +1,124 @@
+"""Benchmarks of the studio on this machine: preview, fine-tune, app start; wall time and peak memory.
+
+    python bench/bench_studio.py [--model M] [--finetune-data DIR] [--skip-finetune]
+
+Each case runs in its own subprocess so that peak memory (ru_maxrss) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PREVIEW = """
+import json, resource, sys, time
+import numpy as np
+from PIL import Image
+from engine.quiet import quiet_libraries
+quiet_libraries()
+from engine.config import GenerationConfig
+from engine.generate import generate
+from engine.models import load_pipeline
+t0 = time.perf_counter()
+pipe = load_pipeline(sys.argv[1] or None)
+load_s = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+slab = Image.fromarray(rng.normal(128, 14, (200, 200)).clip(0, 255).astype(np.uint8))
+name = sorted(pipe.adapter_info.tokens)[0]
+config = GenerationConfig(class_name=name, num_candidates=4, strength=0.6, steps=20)
+generate(pipe, slab, config)
+times = []
+for seed in range(3):
+    config.seed = seed
+    t = time.perf_counter(); generate(pipe, slab, config); times.append(time.perf_counter() - t)
+print(json.dumps({"load_s": load_s, "preview4_s": min(times), "preview4_median_s": sorted(times)[1],
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+FINETUNE = """
+import json, resource, sys, time
+from engine.quiet import quiet_libraries
+quiet_libraries()
+from engine.batch import finetune_folder
+steps = []
+t0 = time.perf_counter()
+def progress(step, total, message):
+    steps.append(time.perf_counter())
+result = finetune_folder(sys.argv[2], sys.argv[3], model=sys.argv[1] or None, preset="cpu-quick")
+total = time.perf_counter() - t0
+step_s = (steps[-1] - steps[9]) / (len(steps) - 10) if len(steps) > 10 else float("nan")
+print(json.dumps({"finetune_total_s": total, "steps": result.steps, "step_s": step_s,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_case(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def app_start(model: str) -> dict:
+    """Seconds from `python launch.py` to the first page answering, and the server's peak memory."""
+    import urllib.request
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        port = "7931"
+        command = [sys.executable, "launch.py", "--data-dir", data_dir, "--port", port]
+        if model:
+            command += ["--model", model]
+        t0 = time.perf_counter()
+        server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while time.perf_counter() - t0 < 120:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            first_page = time.perf_counter() - t0
+            status = Path(f"/proc/{server.pid}/status").read_text()
+            peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        finally:
+            server.terminate()
+            server.wait(10)
+    return {"app_first_page_s": first_page, "peak_mb": peak / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="")
+    parser.add_argument("--finetune-data", type=Path, default=None, help="ImageFolder with one class of ~20 images.")
+    parser.add_argument("--skip-finetune", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    preview = run_case(PREVIEW, args.model)
+    rows.append(("pipeline load", f"{preview['load_s']:.2f} s", ""))
+    rows.append(("preview, 4 candidates, 20 steps x 0.6", f"{preview['preview4_s']:.2f} s (median "
+                 f"{preview['preview4_median_s']:.2f})", f"{preview['peak_mb']:.0f} MB"))
+    if not args.skip_finetune and args.finetune_data:
+        with tempfile.TemporaryDirectory() as out:
+            ft = run_case(FINETUNE, args.model, str(args.finetune_data), str(Path(out) / "run"))
+        rows.append(("fine-tune step (cpu-quick batch)", f"{ft['step_s']:.2f} s", ""))
+        rows.append((f"fine-tune cpu-quick ({ft['steps']} steps)", f"{ft['finetune_total_s']:.0f} s",
+                     f"{ft['peak_mb']:.0f} MB"))
+    start = app_start(args.model)
+    rows.append(("app start to first page", f"{start['app_first_page_s']:.1f} s", f"{start['peak_mb']:.0f} MB"))
+    print(f"Steel Defect Studio benchmarks — {os.cpu_count()} CPU cores, torch threads default")
+    print(f"{'case':45} {'time':28} {'peak memory':>12}")
+    for name, value, memory in rows:
+        print(f"{name:45} {value:28} {memory:>12}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Fine-tuning from the curated dataset in the background: progress, stop, resume, new adapter version."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import GenerationConfig
+from webapp.service import StudioService
+
+RUN_TIMEOUT_S = 240
+
+
+def upload_training_data(service: StudioService, slab_png, class_name: str) -> None:
+    service.upload_images([("slab.png", slab_png(48, 40, 0))], "clean", None, "alice")
+    reals = [(f"{class_name}{i}.png", slab_png(32, 32, 100 + i)) for i in range(2)]
+    service.upload_images(reals, "defect", class_name, "alice")
+
+
+def test_a_finished_run_becomes_the_active_adapter_with_previews(service: StudioService, slab_png) -> None:
+    upload_training_data(service, slab_png, "scratches")
+    with pytest.raises(ValueError, match="No real defect images or accepted samples for inclusion"):
+        service.start_finetune(["inclusion"], "cpu-quick", 2, "alice")
+
+    run_id = service.start_finetune(["scratches"], "cpu-quick", 2, "alice")
+    status = service.wait_for_run(run_id, RUN_TIMEOUT_S)
+
+    assert status.status == "completed", status.message
+    assert (status.step, status.total) == (2, 2)
+    assert len(status.previews) == 3 and all(p.is_file() for p in status.previews)
+    classes = {c.name: c for c in service.list_classes()}
+    assert classes["scratches"].adapter_version == 2
+    assert classes["scratches"].adapter_path.endswith("run-0001")
+    assert classes["inclusion"].adapter_version == 1
+    source_id = service.list_sources(role="clean")[0].id
+    outcome = service.generate_candidates(source_id, GenerationConfig("scratches", steps=2, strength=1.0), "bob")
+    assert service.sample_details(outcome.sample_ids[0]).params["adapter_version"] == 2
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(service: StudioService, slab_png) -> None:
+    upload_training_data(service, slab_png, "inclusion")
+    run_id = service.start_finetune(["inclusion"], "cpu-quick", 3, "alice")
+    with pytest.raises(ValueError, match=f"run {run_id} is still training"):
+        service.start_finetune(["inclusion"], "cpu-quick", 3, "alice")
+    service.stop_finetune(run_id)
+
+    stopped = service.wait_for_run(run_id, RUN_TIMEOUT_S)
+    assert (stopped.status, stopped.step) == ("stopped", 1), stopped.message
+    assert service.list_classes()[0].adapter_version == 1
+
+    resumed_id = service.resume_finetune(run_id, "bob")
+    resumed = service.wait_for_run(resumed_id, RUN_TIMEOUT_S)
+    assert (resumed.status, resumed.step, resumed.resumed_from) == ("completed", 3, run_id), resumed.message
+    assert {c.name: c.adapter_version for c in service.list_classes()}["inclusion"] == 2
+    with pytest.raises(ValueError, match="resumed before"):
+        service.resume_finetune(run_id, "bob")
