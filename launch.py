@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch", type=int, default=8, help="Candidates per model call.")
     gen.add_argument("--window-size", type=int, default=None)
+    placement = gen.add_mutually_exclusive_group()
+    placement.add_argument(
+        "--mask", type=Path, default=None, help="Repaint only where this mask (init image size, white) is."
+    )
+    placement.add_argument(
+        "--auto-place", action="store_true", help="Repaint only masks placed like the class's real defects."
+    )
 
     ft = sub.add_parser("finetune", help="Learn one token per class plus LoRA from <class>/<images>.")
     add_common(ft)
@@ -73,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--steps", type=int, default=None)
     ft.add_argument("--batch-size", type=int, default=None)
     ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--checkpointing-steps", type=int, default=None, help="Save a checkpoint every N steps.")
     ft.add_argument("--resume", action="store_true", help="Continue from the run folder's last checkpoint.")
 
     pre = sub.add_parser("pretrain", help="Pretrain the steel prior from a folder of images (resumable).")
@@ -80,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--out", required=True, type=Path)
     pre.add_argument("--work-dir", type=Path, default=None, help="Checkpoints (default <out>.work).")
     pre.add_argument("--size", choices=["embedded", "tiny"], default="embedded")
-    pre.add_argument("--autoencoder-steps", type=int, default=3000)
+    pre.add_argument("--autoencoder-steps", type=int, default=2000)
     pre.add_argument("--steps", type=int, default=5000)
     pre.add_argument("--batch-size", type=int, default=32)
     pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
 
     imp = sub.add_parser("import", help="Import images into the studio's dataset.")
     add_common(imp)
@@ -173,8 +182,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         batch=args.batch,
         window_size=args.window_size,
+        mask=args.mask,
+        auto_place=args.auto_place,
     )
-    print(f"Wrote {len(written)} images to {args.out}")
+    masks = " (each with its <name>_mask.png)" if args.mask or args.auto_place else ""
+    print(f"Wrote {len(written)} images{masks} to {args.out}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -190,16 +202,22 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         resume=args.resume,
+        checkpointing_steps=args.checkpointing_steps,
         progress=_print_progress,
     )
-    print(f"\n{result.status}: {result.steps} steps in {result.wall_time_s:.0f} s, adapter in {result.output_dir}")
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
+    print(f"\n{result.status}: {result.steps} steps{resumed} in {result.wall_time_s:.0f} s, adapter in {result.output_dir}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    import torch
+
     from engine.config import AutoencoderConfig, TrainConfig
     from engine.pretrain import pretrain
     from engine.prior import PriorSize
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = PriorSize.embedded() if args.size == "embedded" else PriorSize.tiny()
     diffusion = TrainConfig(
         mode="pretrain",

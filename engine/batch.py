@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
 
 from engine.config import GenerationConfig, finetune_config
-from engine.data import list_images, load_rgb
+from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.generate import generate, resolve_token
 from engine.models import load_pipeline, resolve_model
 from engine.train import TrainResult, images_from_folder, latest_checkpoint, train
@@ -48,12 +49,24 @@ def generate_to_folder(
     batch: int = 8,
     window_size: int | None = None,
     pipe=None,
+    mask: Path | None = None,
+    auto_place: bool = False,
 ) -> list[Path]:
-    """Write `num` PNGs in total to `out`, cycling through the init images; returns the paths."""
+    """Write `num` PNGs in total to `out`, cycling through the init images; returns the paths.
+
+    With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
+    repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
+    """
     if num < 1:
         raise ValueError("--num must be at least 1.")
     if strength is not None and not 0 < strength <= 1:
         raise ValueError(f"Strength must be in (0, 1], got {strength}.")
+    # Every other setting is checked before the model loads (strength 1 stands in for a tuned default).
+    extra = {"guidance_scale": guidance} if guidance is not None else {}
+    GenerationConfig(class_name, min(batch, num), strength or 1.0, steps, seed=seed, window_size=window_size, **extra)
+    if mask is not None and auto_place:
+        raise ValueError("Give --mask or --auto-place, not both.")
+    mask_image = _read_mask(mask) if mask is not None else None
     sources = init_images(init)
     pipe = pipe or load_pipeline(model, adapter)
     resolve_token(pipe, class_name)
@@ -66,7 +79,6 @@ def generate_to_folder(
         path = sources[source_index % len(sources)]
         source_index += 1
         count = min(batch, num - len(written))
-        extra = {"guidance_scale": guidance} if guidance is not None else {}
         config = GenerationConfig(
             class_name=class_name,
             num_candidates=count,
@@ -74,18 +86,37 @@ def generate_to_folder(
             steps=steps,
             seed=seed + len(written),
             window_size=window_size,
+            auto_place=auto_place,
             **extra,
         )
         try:
             image = load_rgb(path)
         except OSError as error:
             raise ValueError(f"Cannot read image {path}: {error}") from error
-        for candidate in generate(pipe, image, config).candidates:
+        if mask_image is not None and mask_image.size != image.size:
+            size = f"{image.width}×{image.height}"
+            raise ValueError(f"The mask is {mask_image.width}×{mask_image.height} but {path.name} is {size}.")
+        for candidate in generate(pipe, image, config, mask=mask_image).candidates:
             candidate.params["source_file"] = path.name
             target = out / f"{class_name}_{len(written):05d}.png"
             target.write_bytes(candidate.png_bytes())
+            mask_bytes = candidate.mask_png()
+            if mask_bytes is not None:
+                target.with_name(target.stem + MASK_SUFFIX).write_bytes(mask_bytes)
             written.append(target)
     return written
+
+
+def _read_mask(path: Path) -> Image.Image:
+    """A mask image from disk (white = repaint); raises a readable error if it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Mask not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("L")
+    except OSError as error:
+        raise ValueError(f"Cannot read mask {path}: {error}") from error
 
 
 def finetune_folder(
@@ -100,6 +131,7 @@ def finetune_folder(
     resume: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkpointing_steps: int | None = None,
 ) -> TrainResult:
     """TI + LoRA fine-tune on `<class>/<images>`; the run folder becomes a loadable adapter when complete."""
     out = Path(out)
@@ -118,6 +150,7 @@ def finetune_folder(
         train_batch_size=batch_size,
         seed=seed,
         resolution=resolution,
+        checkpointing_steps=checkpointing_steps,
     )
     return train(config, images, progress, should_stop)
 

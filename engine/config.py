@@ -45,6 +45,8 @@ class GenerationConfig(ConfigMixin):
     window_x: int | None = None
     window_y: int | None = None
     window_size: int | None = None
+    # Without a drawn mask, place defect masks like real ones of the class (engine.placement) and repaint only them.
+    auto_place: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.strength <= 1.0:
@@ -110,6 +112,8 @@ class TrainConfig(ConfigMixin):
             raise ValueError("max_train_steps must be at least 1.")
         if self.train_batch_size < 1:
             raise ValueError("train_batch_size must be at least 1.")
+        if self.checkpointing_steps < 1:
+            raise ValueError("checkpointing_steps must be at least 1.")
 
 
 # Presets: CPU-quick is sized to fine-tune one class from ~20 images in a few minutes on 2 cores;

@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# `generate --mask/--auto-place` writes each image's mask beside it; folder readers skip those.
+MASK_SUFFIX = "_mask.png"
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 # Every sixth image of each class (by NEU index) is held out: 40 per class, never trained on.
 VALIDATION_EVERY = 6
@@ -49,8 +51,12 @@ def parse_voc(xml_path: Path) -> list[Box]:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in a folder, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files directly in a folder, sorted by name (masks written beside generated images are skipped)."""
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX) and p.is_file()
+    )
 
 
 def read_image_folder(root: Path) -> list[LabelledImage]:

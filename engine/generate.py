@@ -14,7 +14,20 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from engine.config import GenerationConfig
+from engine.masks import (
+    MASK_GROW_PX,
+    MaskWindow,
+    feather,
+    grow,
+    latent_mask,
+    mask_array,
+    mask_boxes,
+    mask_png,
+    mask_sha256,
+    plan_windows,
+)
 from engine.models import model_resolution
+from engine.quality import masked_quality
 
 ProgressFn = Callable[[int, int, str], None]
 # Width of the linear blend at a window's inner border, so a pasted window shows no seam.
@@ -29,9 +42,15 @@ class Candidate:
     image: Image.Image
     seed: int
     params: dict
+    # The drawn or auto-placed mask (bool, image-sized) of a masked repaint; None for a window img2img.
+    mask: np.ndarray | None = None
 
     def png_bytes(self) -> bytes:
         return png_with_metadata(self.image, self.params)
+
+    def mask_png(self) -> bytes | None:
+        """The mask as an 8-bit PNG (white = defect), or None."""
+        return None if self.mask is None else mask_png(self.mask)
 
 
 @dataclass
@@ -109,8 +128,15 @@ def generate(
     config: GenerationConfig,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    mask: Image.Image | np.ndarray | None = None,
 ) -> GenerationResult:
-    """N candidates from one source image: img2img on a window at the model's resolution, pasted back."""
+    """N candidates from one source image: img2img on a window at the model's resolution, pasted back.
+
+    With a `mask` (the source's size, white = repaint) or `config.auto_place`, only the masked region is
+    repainted and every pixel farther than MASK_GROW_PX from the mask keeps the source's value exactly.
+    """
+    if mask is not None or config.auto_place:
+        return _generate_masked(pipe, init_image, config, mask, progress, should_stop)
     started = time.time()
     # 1. Check inputs
     token = resolve_token(pipe, config.class_name)
@@ -153,7 +179,6 @@ def generate(
     weights = feather_mask(size, x, y, source.width, source.height)
     base = np.asarray(source, dtype=np.float32)
     source_hash = image_sha256(init_image)
-    info = getattr(pipe, "adapter_info", None)
     candidates = []
     for seed, output in zip(seeds, outputs, strict=True):
         patch = np.asarray(output.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32)
@@ -163,29 +188,196 @@ def generate(
         image = Image.fromarray(np.clip(merged + 0.5, 0, 255).astype(np.uint8))
         if gray:
             image = image.convert("L")
-        params = {
-            "software": SOFTWARE,
-            "class_name": config.class_name,
-            "token": token,
-            "prompt": prompt,
-            "negative_prompt": config.negative_prompt,
-            "strength": config.strength,
-            "steps": config.steps,
-            "guidance_scale": config.guidance_scale,
-            "seed": seed,
-            "sampler": type(pipe.scheduler).__name__,
-            "model_ref": getattr(pipe, "model_ref", ""),
-            "model_hash": getattr(pipe, "model_hash", ""),
-            "adapter_path": str(info.path) if info else None,
-            "adapter_version": info.version if info else None,
-            "source_sha256": source_hash,
-            "window": {"x": x, "y": y, "size": size},
-            "resolution": resolution,
-            "width": image.width,
-            "height": image.height,
-        }
+        params = _candidate_params(pipe, config, token, prompt, seed, source_hash, image)
+        params["window"] = {"x": x, "y": y, "size": size}
         candidates.append(Candidate(image, seed, params))
     return GenerationResult(candidates, time.time() - started)
+
+
+def _candidate_params(
+    pipe, config: GenerationConfig, token: str, prompt: str, seed: int, source_hash: str, image: Image.Image
+) -> dict:
+    """Every parameter that made a candidate, for its PNG metadata and its database row."""
+    info = getattr(pipe, "adapter_info", None)
+    return {
+        "software": SOFTWARE,
+        "class_name": config.class_name,
+        "token": token,
+        "prompt": prompt,
+        "negative_prompt": config.negative_prompt,
+        "strength": config.strength,
+        "steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "seed": seed,
+        "sampler": type(pipe.scheduler).__name__,
+        "model_ref": getattr(pipe, "model_ref", ""),
+        "model_hash": getattr(pipe, "model_hash", ""),
+        "adapter_path": str(info.path) if info else None,
+        "adapter_version": info.version if info else None,
+        "source_sha256": source_hash,
+        "resolution": model_resolution(pipe),
+        "width": image.width,
+        "height": image.height,
+    }
+
+
+@dataclass
+class _MaskJob:
+    """One window of one candidate's mask, denoised in a batch with others of the same canvas size."""
+
+    candidate: int
+    window: MaskWindow
+    seed: int
+
+
+def _part_seed(seed: int, part: int) -> int:
+    """The seed of a candidate's second, third, … window: distinct, and reproducible from the candidate's seed."""
+    return seed if part == 0 else int(np.random.SeedSequence([seed, part]).generate_state(1)[0])
+
+
+def _generate_masked(
+    pipe,
+    init_image: Image.Image,
+    config: GenerationConfig,
+    mask: Image.Image | np.ndarray | None,
+    progress: ProgressFn | None,
+    should_stop: Callable[[], bool] | None,
+) -> GenerationResult:
+    """Masked repaint (padding-mask-crop): each window around the mask is denoised at the model's resolution
+    with the known latents blended back after every step, then pasted through the feathered grown mask."""
+    from engine.placement import propose_masks
+
+    started = time.time()
+    # 1. Check inputs and get one mask per candidate (drawn once, or auto-placed from each candidate's seed)
+    token = resolve_token(pipe, config.class_name)
+    if mask is not None and config.auto_place:
+        raise ValueError("Give a mask or ask for auto-place, not both.")
+    if config.window_x is not None or config.window_y is not None:
+        raise ValueError("A masked repaint places its windows around the mask; leave the window position unset.")
+    source = init_image.convert("RGB")
+    width, height = source.size
+    _, _, base = choose_window(width, height, config)
+    seeds = [config.seed + i for i in range(config.num_candidates)]
+    if mask is not None:
+        masks = [mask_array(mask, width, height)] * len(seeds)
+    else:
+        masks = [mask_array(propose_masks(config.class_name, width, height, seed)[0], width, height) for seed in seeds]
+
+    # 2. Grow each mask and plan its windows (a drawn mask is planned once for all candidates)
+    resolution = model_resolution(pipe)
+    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    planned: dict[int, tuple[np.ndarray, list[MaskWindow]]] = {}
+    jobs: list[_MaskJob] = []
+    for index, (seed, drawn) in enumerate(zip(seeds, masks, strict=True)):
+        if id(drawn) not in planned:
+            grown = grow(drawn)
+            planned[id(drawn)] = (feather(grown), plan_windows(grown, base, resolution, multiple))
+        jobs += [_MaskJob(index, w, _part_seed(seed, part)) for part, w in enumerate(planned[id(drawn)][1])]
+
+    # 3. Denoise the windows, batched by canvas size
+    prompt = config.prompt_template.format(token=token)
+    batches: dict[tuple[int, int], list[int]] = {}
+    for number, job in enumerate(jobs):
+        batches.setdefault((job.window.model_width, job.window.model_height), []).append(number)
+    denoise_steps = int(config.steps * config.strength)
+    total = denoise_steps * len(batches)
+    outputs: dict[int, Image.Image] = {}
+    for batch_number, numbers in enumerate(batches.values()):
+        done = batch_number * denoise_steps
+
+        def on_step(step: int, pipeline, done: int = done) -> None:
+            if progress:
+                progress(done + step + 1, total, f"denoising step {done + step + 1}/{total}")
+            if should_stop is not None and should_stop():
+                pipeline._interrupt = True
+
+        images = _denoise_windows(pipe, source, [jobs[n] for n in numbers], prompt, config, on_step)
+        if should_stop is not None and should_stop():
+            raise InterruptedError("Generation was stopped.")
+        outputs.update(zip(numbers, images, strict=True))
+
+    # 4. Paste each window through its part of the feathered mask; measure and record each candidate
+    base_pixels = np.asarray(source, dtype=np.float32)
+    merged = [base_pixels.copy() for _ in seeds]
+    for number, job in enumerate(jobs):
+        w = job.window
+        weights = planned[id(masks[job.candidate])][0][w.y : w.y + w.height, w.x : w.x + w.width]
+        weights = (weights * w.region)[..., None]
+        patch = np.asarray(outputs[number].resize((w.width, w.height), Image.Resampling.LANCZOS), dtype=np.float32)
+        target = merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width]
+        merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width] = target * (1 - weights) + patch * weights
+    gray = is_grayscale(init_image)
+    source_hash = image_sha256(init_image)
+    candidates = []
+    for index, (seed, drawn) in enumerate(zip(seeds, masks, strict=True)):
+        image = Image.fromarray(np.clip(merged[index] + 0.5, 0, 255).astype(np.uint8))
+        if gray:
+            image = image.convert("L")
+        params = _candidate_params(pipe, config, token, prompt, seed, source_hash, image)
+        params.update(
+            window=None,
+            windows=[job.window.as_dict() for job in jobs if job.candidate == index],
+            mask_source="drawn" if mask is not None else "auto-place",
+            mask_sha256=mask_sha256(drawn),
+            mask_grow_px=MASK_GROW_PX,
+            boxes=mask_boxes(drawn, config.class_name),
+            quality=masked_quality(source, image, drawn),
+        )
+        candidates.append(Candidate(image, seed, params, drawn))
+    return GenerationResult(candidates, time.time() - started)
+
+
+def _denoise_windows(
+    pipe,
+    source: Image.Image,
+    jobs: list[_MaskJob],
+    prompt: str,
+    config: GenerationConfig,
+    on_step: Callable[[int, object], None],
+) -> list[Image.Image]:
+    """img2img on same-sized windows; after every step the latents outside each window's mask are replaced by
+    the window's own latents noised to the next timestep (diffusers' inpainting for a 4-channel UNet, as a step
+    callback so that it works for any number of latent channels)."""
+    windows = [job.window for job in jobs]
+    images = [
+        source.crop((w.x, w.y, w.x + w.width, w.y + w.height)).resize(
+            (w.model_width, w.model_height), Image.Resampling.LANCZOS
+        )
+        for w in windows
+    ]
+    vae = pipe.vae
+    with torch.inference_mode():
+        pixels = pipe.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
+        known = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+        noise = torch.stack(
+            [torch.randn(known.shape[1:], generator=torch.Generator().manual_seed(job.seed)) for job in jobs]
+        ).to(device=known.device, dtype=known.dtype)
+        repaint = torch.from_numpy(
+            np.stack([latent_mask(w.region, w.model_width, w.model_height, pipe.vae_scale_factor) for w in windows])
+        )[:, None].to(device=known.device, dtype=known.dtype)
+
+    def on_step_end(pipeline, step, timestep, callback_kwargs):
+        timesteps = pipeline.scheduler.timesteps[-pipeline.num_timesteps :]
+        if step + 1 < len(timesteps):
+            target = pipeline.scheduler.add_noise(known, noise, timesteps[step + 1].repeat(len(jobs)))
+        else:
+            target = known
+        latents = callback_kwargs["latents"]
+        callback_kwargs["latents"] = (target * (1 - repaint) + latents * repaint).to(latents.dtype)
+        on_step(step, pipeline)
+        return callback_kwargs
+
+    with torch.inference_mode():
+        return pipe(
+            prompt=[prompt] * len(jobs),
+            negative_prompt=[config.negative_prompt] * len(jobs) if config.negative_prompt else None,
+            image=images,
+            strength=config.strength,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            generator=[torch.Generator().manual_seed(job.seed) for job in jobs],
+            callback_on_step_end=on_step_end,
+        ).images
 
 
 def parameters_line(params: dict) -> str:

@@ -80,6 +80,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
     previews: list[Path] = field(default_factory=list)
+    # The checkpoint step this run continued from (None: it started from scratch).
+    resumed_from: int | None = None
 
     @property
     def final_loss(self) -> float | None:
@@ -193,6 +195,7 @@ def train(
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         global_step = int(checkpoint.name.split("-")[1])
+    resumed_from = global_step if checkpoint is not None else None
     log_path = out / "log.jsonl"
     losses: list[float] = []
     generator = torch.Generator().manual_seed(config.seed + global_step)
@@ -265,7 +268,7 @@ def train(
             break
 
     # 8. Save in library formats (only a complete run writes its index file, last)
-    result = TrainResult(status, out, global_step, losses, time.time() - started)
+    result = TrainResult(status, out, global_step, losses, time.time() - started, resumed_from=resumed_from)
     if status == "completed":
         unet = accelerator.unwrap_model(unet)
         text_encoder = accelerator.unwrap_model(text_encoder)

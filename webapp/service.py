@@ -49,6 +49,10 @@ PAGE_SIZE = 500
 SUMMARY_ITEMS = 10
 RUNS_STILL_OPEN = ("queued", "running")
 RUN_FOLDER_FORMAT = "run-{:04d}"
+# One upload batch is validated in memory before anything is stored: 2000 files (NEU holds 1800) and 1 GB
+# bound that memory, well above any real camera folder yet far below what would exhaust the host.
+MAX_BATCH_FILES = 2000
+MAX_BATCH_BYTES = 1024**3
 
 
 # Results
@@ -419,6 +423,14 @@ class StudioService:
             raise ValueError(f"Image role must be one of {', '.join(SOURCE_ROLES)}, got {role!r}.")
         if not entries:
             raise ValueError("No files were uploaded.")
+        total_bytes = sum(len(data) for _, data, _, _ in entries)
+        if len(entries) > MAX_BATCH_FILES:
+            raise ValueError(f"{len(entries)} files at once; the limit is {MAX_BATCH_FILES}, so upload them in parts.")
+        if total_bytes > MAX_BATCH_BYTES:
+            raise ValueError(
+                f"{total_bytes / 2**20:.0f} MB in one batch; the limit is {MAX_BATCH_BYTES // 2**20} MB, "
+                "so upload it in parts."
+            )
         checked = []
         for name, data, class_name, boxes in entries:
             if role == "defect":

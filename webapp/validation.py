@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,10 +21,15 @@ SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 # Transparent pixels have no steel in them; they are composited onto black, the camera's "no signal".
 ALPHA_BACKGROUND = 0
 EXIF_ORIENTATION_TAG = 0x0112
+# File names in messages: long enough to recognise, short enough for one line of a toast.
+MAX_SHOWN_NAME = 120
 
 
 class UploadError(ValueError):
     """An upload that cannot be used; the message is one readable sentence naming the file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,8 @@ class NormalisedImage:
 
 def normalise_upload(name: str, data: bytes) -> NormalisedImage:
     """Check an uploaded file and return it upright as an 8-bit L or RGB PNG; raise UploadError otherwise."""
-    # 1. Check the bytes
+    # 1. Check the bytes (the browser or camera chose the name: show it without folders or control characters)
+    name = display_name(name)
     if not data:
         raise UploadError(f"{name} is empty (0 bytes).")
     if len(data) > MAX_UPLOAD_BYTES:
@@ -69,6 +76,14 @@ def normalise_upload(name: str, data: bytes) -> NormalisedImage:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return NormalisedImage(name, buffer.getvalue(), image.width, image.height, image.mode, original_format, changes)
+
+
+def display_name(name: str) -> str:
+    """A file name as messages show it: no folders, no control characters, at most MAX_SHOWN_NAME characters."""
+    shown = "".join(c if c.isprintable() else "?" for c in re.split(r"[\\/]", name or "")[-1]).strip()
+    if len(shown) > MAX_SHOWN_NAME:
+        shown = shown[: MAX_SHOWN_NAME - 1] + "…"
+    return shown or "upload"
 
 
 def _open_checked(name: str, data: bytes) -> Image.Image:

@@ -1,0 +1,187 @@
+"""Defect masks: reading, boxes from connected components, the grown and feathered paste weights, and the
+windows (padding-mask-crop) in which a masked region is repainted at the model's resolution."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# Masks are grown a little before repainting so the defect's rim is generated too, then feathered over the
+# grown ring: pixels farther than GROW from the drawn mask are never touched.
+MASK_GROW_PX = 4
+MASK_FEATHER_PX = 4
+# Context the model sees around the mask's bounding box (diffusers' padding_mask_crop), in source pixels.
+MASK_MARGIN_PX = 32
+# Components smaller than this (stray brush dots) get no box of their own.
+MIN_BOX_AREA_PX = 4
+# A window much longer than wide is generated at a non-square size; beyond this the UNet leaves its training regime.
+MAX_WINDOW_ASPECT = 4.0
+# More components than this are repainted in one window instead of being grouped (grouping is quadratic).
+MAX_GROUPED_COMPONENTS = 64
+
+
+@dataclass(frozen=True)
+class MaskWindow:
+    """A rectangle of the source repainted in one pass, the model-sized canvas it maps to, and its part of the mask."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    model_width: int
+    model_height: int
+    # Bool mask (height × width) of the grown components this window repaints.
+    region: np.ndarray
+
+    def as_dict(self) -> dict[str, int]:
+        return {"x": self.x, "y": self.y, "width": self.width, "height": self.height}
+
+
+def mask_array(mask: Image.Image | np.ndarray, width: int, height: int) -> np.ndarray:
+    """A bool (height × width) mask from an image (white, > 127, is repainted) or an array; refuses a wrong size."""
+    if isinstance(mask, Image.Image):
+        if mask.size != (width, height):
+            raise ValueError(f"The mask is {mask.width}×{mask.height} but the image is {width}×{height}.")
+        array = np.asarray(mask.convert("L")) > 127
+    else:
+        array = np.asarray(mask)
+        if array.shape != (height, width):
+            raise ValueError(f"The mask has shape {array.shape} but the image is {width}×{height}.")
+        array = array > (127 if array.dtype == np.uint8 else 0)
+    if not array.any():
+        raise ValueError("The mask is empty: paint (white) where the defect should appear.")
+    return array
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A bool mask as an 8-bit image (0 and 255)."""
+    return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """The PNG bytes a mask is stored and exported as."""
+    buffer = io.BytesIO()
+    mask_image(mask).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_sha256(mask: np.ndarray) -> str:
+    """sha256 of `mask_png(mask)`: the file store's name for the mask."""
+    return hashlib.sha256(mask_png(mask)).hexdigest()
+
+
+def mask_boxes(mask: np.ndarray, label: str, min_area: int = MIN_BOX_AREA_PX) -> list[dict]:
+    """One box {label, xmin, ymin, xmax, ymax} (max exclusive) per 8-connected component, in reading order."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    boxes = []
+    for x, y, w, h, area in stats[1:count]:
+        if area >= min_area:
+            boxes.append({"label": label, "xmin": int(x), "ymin": int(y), "xmax": int(x + w), "ymax": int(y + h)})
+    return sorted(boxes, key=lambda b: (b["ymin"], b["xmin"]))
+
+
+def mask_from_boxes(boxes: list[dict], width: int, height: int) -> np.ndarray:
+    """A bool mask with every box filled."""
+    mask = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        xmin, ymin, xmax, ymax = (int(box[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+        if not (0 <= xmin < xmax <= width and 0 <= ymin < ymax <= height):
+            raise ValueError(f"Box {box} is empty or outside the {width}×{height} image.")
+        mask[ymin:ymax, xmin:xmax] = True
+    return mask
+
+
+def grow(mask: np.ndarray, pixels: int = MASK_GROW_PX) -> np.ndarray:
+    """The mask dilated by a disc of `pixels` radius."""
+    if pixels <= 0:
+        return mask.copy()
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel) > 0
+
+
+def feather(grown: np.ndarray, pixels: int = MASK_FEATHER_PX) -> np.ndarray:
+    """Paste weights: 0 outside `grown`, rising to 1 over `pixels` inside its border."""
+    distance = cv2.distanceTransform(grown.astype(np.uint8), cv2.DIST_L2, 3)
+    return np.clip(distance / max(pixels, 1), 0.0, 1.0).astype(np.float32)
+
+
+def _components(grown: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(grown.astype(np.uint8), connectivity=8)
+    return labels, [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:count]]
+
+
+def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _group_components(bboxes: list[tuple[int, int, int, int]], base: int, margin: int) -> list[list[int]]:
+    """Indices of components repainted together: merged while their joint box plus margin fits one base window."""
+    if len(bboxes) > MAX_GROUPED_COMPONENTS:
+        return [list(range(len(bboxes)))]
+    groups = [([i], box) for i, box in enumerate(bboxes)]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                box = _union(groups[i][1], groups[j][1])
+                if max(box[2] - box[0], box[3] - box[1]) + 2 * margin <= base:
+                    groups[i] = (groups[i][0] + groups[j][0], box)
+                    del groups[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [members for members, _ in groups]
+
+
+def _window_around(
+    box: tuple[int, int, int, int], width: int, height: int, base: int, margin: int
+) -> tuple[int, int, int, int]:
+    """(x, y, w, h): a window at least `base` (square where the image allows) holding the box plus margin."""
+    x0, y0, x1, y1 = box
+    side = max(base, x1 - x0 + 2 * margin, y1 - y0 + 2 * margin)
+    w, h = min(width, side), min(height, side)
+    x = min(max(round((x0 + x1 - w) / 2), 0), width - w)
+    y = min(max(round((y0 + y1 - h) / 2), 0), height - h)
+    return x, y, w, h
+
+
+def _model_size(w: int, h: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """The canvas a window is generated on: short side at the model's resolution, sides a multiple of `multiple`."""
+    if max(w, h) / min(w, h) > MAX_WINDOW_ASPECT:
+        raise ValueError(
+            f"The mask needs a {w}×{h} window, more than {MAX_WINDOW_ASPECT:g}× longer than wide; "
+            "split it into shorter parts or crop the slab."
+        )
+    scale = resolution / min(w, h)
+    return max(multiple, round(w * scale / multiple) * multiple), max(multiple, round(h * scale / multiple) * multiple)
+
+
+def plan_windows(
+    grown: np.ndarray, base: int, resolution: int, multiple: int, margin: int = MASK_MARGIN_PX
+) -> list[MaskWindow]:
+    """The windows that repaint a grown mask: nearby components share one, distant ones get their own."""
+    height, width = grown.shape
+    labels, bboxes = _components(grown)
+    windows = []
+    for members in _group_components(bboxes, base, margin):
+        box = bboxes[members[0]]
+        for index in members[1:]:
+            box = _union(box, bboxes[index])
+        x, y, w, h = _window_around(box, width, height, base, margin)
+        region = np.isin(labels[y : y + h, x : x + w], [index + 1 for index in members])
+        windows.append(MaskWindow(x, y, w, h, *_model_size(w, h, resolution, multiple), region))
+    return windows
+
+
+def latent_mask(region: np.ndarray, model_width: int, model_height: int, factor: int) -> np.ndarray:
+    """Float (h/f × w/f) mask of the latent cells that touch the region once it is scaled to the model's canvas."""
+    scaled = cv2.resize(region.astype(np.float32), (model_width, model_height), interpolation=cv2.INTER_AREA) > 0
+    cells = scaled.reshape(model_height // factor, factor, model_width // factor, factor)
+    return cells.any(axis=(1, 3)).astype(np.float32)

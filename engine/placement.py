@@ -1,0 +1,166 @@
+"""Auto-place: plausible defect masks per class, drawn from the statistics of real NEU-DET boxes.
+
+The statistics (box sizes and boxes per image of each class, from the training pool only) ship as
+`engine/models/placement-stats.json`; rebuild them with `python -m engine.placement --neu DATA/neu`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from engine.data import read_neu, split_neu
+from engine.masks import mask_image
+
+STATS_FILE = Path(__file__).parent / "models" / "placement-stats.json"
+# Shapes per class: scratches are thin lines across their box; inclusions small elongated ellipses;
+# the area defects irregular blobs that fill most of their box.
+SHAPES = {
+    "scratches": "line",
+    "inclusion": "ellipse",
+    "crazing": "blob",
+    "patches": "blob",
+    "pitted_surface": "blob",
+    "rolled-in_scale": "blob",
+}
+DEFAULT_SHAPE = "blob"
+# Sizes are NEU pixels (200 px images, the scale the prior learnt); smaller images shrink them proportionally.
+REFERENCE_SIZE = 200
+SIZE_JITTER = 0.15
+LINE_WIDTH_PX = (2, 5)
+PLACEMENT_TRIES = 20
+# A class without statistics gets the boxes of every class pooled, drawn as blobs.
+GENERIC = "generic"
+
+
+def box_statistics(neu_root: Path) -> dict:
+    """Per class: every box (w, h) of that label in the training pool, and how many such boxes each image has."""
+    pool, _ = split_neu(read_neu(neu_root))
+    sizes: dict[str, list[list[int]]] = defaultdict(list)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for item in pool:
+        own = [b for b in item.boxes if b.label == item.class_name]
+        for box in item.boxes:
+            sizes[box.label].append([box.xmax - box.xmin, box.ymax - box.ymin])
+        if own:
+            counts[item.class_name][len(own)] += 1
+    classes = {
+        name: {"boxes": sorted(sizes[name]), "per_image": {str(k): v for k, v in sorted(counts[name].items())}}
+        for name in sorted(counts)
+    }
+    return {
+        "source": "NEU-DET boxes of the training pool (engine.data.split_neu)",
+        "reference_size": REFERENCE_SIZE,
+        "classes": classes,
+    }
+
+
+def load_statistics(path: Path = STATS_FILE) -> dict:
+    """The shipped statistics; raises a readable error if the file is missing."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No placement statistics at {path}; run `python -m engine.placement --neu DIR`.")
+    return json.loads(Path(path).read_text())
+
+
+def _class_entry(class_name: str, classes: dict) -> tuple[str, dict]:
+    """The statistics of a class (matched ignoring case, '-' and ' '), else every class pooled."""
+    folded = {name.lower().replace("-", "_"): name for name in classes}
+    key = folded.get(class_name.lower().replace("-", "_").replace(" ", "_"))
+    if key is not None:
+        return key, classes[key]
+    per_image: Counter = Counter()
+    for entry in classes.values():
+        per_image.update({k: int(v) for k, v in entry["per_image"].items()})
+    return GENERIC, {"boxes": [size for entry in classes.values() for size in entry["boxes"]], "per_image": per_image}
+
+
+def _draw(shape: str, mask: np.ndarray, box: tuple[int, int, int, int], scale: float, rng: np.random.Generator) -> None:
+    """Paint one defect of `shape` inside box (x, y, w, h) onto the uint8 mask."""
+    x, y, w, h = box
+    if shape == "line":
+        thickness = max(1, round(rng.uniform(*LINE_WIDTH_PX) * max(scale, 0.5)))
+        # A scratch runs corner to corner of its box: thin boxes give straight lines, square ones diagonals.
+        if rng.random() < 0.5:
+            start, end = (x, y), (x + w - 1, y + h - 1)
+        else:
+            start, end = (x + w - 1, y), (x, y + h - 1)
+        cv2.line(mask, start, end, 255, thickness, lineType=cv2.LINE_8)
+    elif shape == "ellipse":
+        centre = (x + w // 2, y + h // 2)
+        cv2.ellipse(mask, centre, (max(1, w // 2), max(1, h // 2)), 0, 0, 360, 255, thickness=-1)
+    else:
+        # An irregular blob: the inscribed ellipse with a smooth random radius (three harmonics).
+        angles = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+        wobble = np.ones_like(angles)
+        for harmonic in (2, 3, 5):
+            wobble += rng.uniform(0, 0.25) * np.cos(harmonic * angles + rng.uniform(0, 2 * math.pi))
+        wobble = np.clip(wobble / wobble.max(), 0.35, 1.0)
+        cx, cy = x + w / 2, y + h / 2
+        points = np.stack([cx + (w / 2) * wobble * np.cos(angles), cy + (h / 2) * wobble * np.sin(angles)], axis=1)
+        cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 255)
+
+
+def _overlaps(box: tuple[int, int, int, int], placed: list[tuple[int, int, int, int]]) -> bool:
+    x, y, w, h = box
+    return any(x < px + pw and px < x + w and y < py + ph and py < y + h for px, py, pw, ph in placed)
+
+
+def propose_masks(
+    class_name: str, width: int, height: int, seed: int, n: int = 1, statistics: dict | None = None
+) -> list[Image.Image]:
+    """`n` plausible masks (8-bit, white = defect) of a class on a width × height image, reproducible by seed.
+
+    Each mask holds as many defects as a real image of the class has (sampled), each sized like a real box
+    (with ±15 % jitter) and drawn in the class's shape. An unknown class gets pooled sizes drawn as blobs.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}.")
+    if width < 8 or height < 8:
+        raise ValueError(f"The image is too small ({width}×{height}) to place a defect on.")
+    stats = statistics or load_statistics()
+    key, entry = _class_entry(class_name, stats["classes"])
+    shape = SHAPES.get(key, DEFAULT_SHAPE)
+    sizes = np.asarray(entry["boxes"], dtype=np.float64)
+    count_values = np.array([int(k) for k in entry["per_image"]])
+    count_weights = np.array(list(entry["per_image"].values()), dtype=np.float64)
+    scale = min(1.0, min(width, height) / stats.get("reference_size", REFERENCE_SIZE))
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(n):
+        mask = np.zeros((height, width), dtype=np.uint8)
+        placed: list[tuple[int, int, int, int]] = []
+        for _ in range(int(rng.choice(count_values, p=count_weights / count_weights.sum()))):
+            for _ in range(PLACEMENT_TRIES):
+                w, h = sizes[rng.integers(len(sizes))] * scale * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER, 2)
+                w, h = int(np.clip(round(w), 3, width)), int(np.clip(round(h), 3, height))
+                box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
+                if not _overlaps(box, placed):
+                    break
+            placed.append(box)
+            _draw(shape, mask, box, scale, rng)
+        masks.append(mask_image(mask > 0))
+    return masks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compute the auto-place statistics from the NEU training pool.")
+    parser.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
+    parser.add_argument("--out", type=Path, default=STATS_FILE)
+    args = parser.parse_args(argv)
+    stats = box_statistics(args.neu)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(stats, separators=(",", ":")) + "\n")
+    summary = {name: (len(c["boxes"]), sum(c["per_image"].values())) for name, c in stats["classes"].items()}
+    print(f"Wrote {args.out}: (boxes, images) per class {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

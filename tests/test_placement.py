@@ -1,0 +1,251 @@
+"""Masked repaint, boxes from masks, auto-place and per-sample quality, on the tiny model."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.batch import generate_to_folder
+from engine.config import GenerationConfig
+from engine.data import list_images
+from engine.generate import generate, read_png_parameters
+from engine.masks import grow, mask_boxes, mask_from_boxes, mask_image, plan_windows
+from engine.models import load_pipeline
+from engine.placement import box_statistics, load_statistics, propose_masks
+from engine.quality import PSNR_CEILING_DB, masked_quality
+
+
+def slab(width: int, height: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.normal(128, 15, (height, width)).clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model, tiny_adapter):
+    return load_pipeline(tiny_model, adapter=tiny_adapter)
+
+
+def rectangle_mask(width: int, height: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_masked_repaint_keeps_every_pixel_outside_the_grown_mask_and_changes_inside(pipe):
+    source = slab(96, 64)
+    mask = rectangle_mask(96, 64, 30, 20, 50, 30)
+    config = GenerationConfig(class_name="scratches", num_candidates=2, strength=1.0, steps=2, seed=5)
+    result = generate(pipe, source, config, mask=mask_image(mask))
+
+    original = np.asarray(source, dtype=np.int16)
+    outside = ~grow(mask)
+    for candidate in result.candidates:
+        out = np.asarray(candidate.image, dtype=np.int16)
+        assert candidate.image.size == source.size and candidate.image.mode == "L"
+        assert np.array_equal(out[outside], original[outside])
+        assert np.abs(out[mask] - original[mask]).mean() > 1
+        params = read_png_parameters(candidate.png_bytes())
+        assert params["boxes"] == [{"label": "scratches", "xmin": 30, "ymin": 20, "xmax": 50, "ymax": 30}]
+        assert params["mask_sha256"] == hashlib.sha256(candidate.mask_png()).hexdigest()
+        assert params["mask_source"] == "drawn"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(candidate.mask_png()))) > 0, mask)
+        quality = params["quality"]
+        assert quality["background_ssim"] > 0.8 and quality["background_psnr"] > 20
+        assert quality["mask_change"] > 0.005 and quality["mask_ssim"] < 0.9
+    first, second = (np.asarray(c.image) for c in result.candidates)
+    assert not np.array_equal(first, second)
+
+
+def test_masked_repaint_is_reproducible_by_seed(pipe):
+    mask = mask_image(rectangle_mask(48, 48, 10, 10, 20, 30))
+    config = GenerationConfig(class_name="inclusion", num_candidates=1, strength=0.9, steps=3, seed=11)
+    a = generate(pipe, slab(48, 48), config, mask=mask).candidates[0].image
+    b = generate(pipe, slab(48, 48), config, mask=mask).candidates[0].image
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_small_mask_on_a_large_slab_is_repainted_in_a_window_around_it(pipe):
+    source = slab(400, 64, seed=1)
+    mask = rectangle_mask(400, 64, 300, 24, 312, 40)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
+    candidate = generate(pipe, source, config, mask=mask_image(mask)).candidates[0]
+    (window,) = candidate.params["windows"]
+    # A square around the grown mask (20 × 24 px) plus a 32 px margin each side, cut to the slab's height.
+    assert (window["width"], window["height"]) == (24 + 64, 64)
+    assert window["x"] <= 300 and window["x"] + window["width"] >= 312
+    out, original = np.asarray(candidate.image, dtype=np.int16), np.asarray(source, dtype=np.int16)
+    assert np.array_equal(out[:, :290], original[:, :290])
+    assert np.abs(out[mask] - original[mask]).mean() > 1
+
+
+def test_distant_components_get_their_own_windows_and_near_ones_share_one():
+    mask = rectangle_mask(600, 100, 20, 40, 30, 60) | rectangle_mask(600, 100, 40, 40, 50, 60)
+    mask |= rectangle_mask(600, 100, 560, 10, 570, 20)
+    windows = plan_windows(grow(mask), base=128, resolution=32, multiple=16)
+    assert len(windows) == 2
+    near, far = sorted(windows, key=lambda w: w.x)
+    assert near.x <= 20 and near.x + near.width >= 50 and far.x + far.width >= 570
+    assert near.region.sum() == grow(mask)[:, :300].sum() and far.region.sum() == grow(mask)[:, 300:].sum()
+    assert (near.width, near.height, near.model_width, near.model_height) == (128, 100, 48, 32)
+
+
+def test_long_masks_get_a_non_square_window_and_too_long_ones_are_refused():
+    (window,) = plan_windows(rectangle_mask(400, 100, 50, 40, 250, 50), base=100, resolution=32, multiple=16)
+    assert (window.width, window.height) == (264, 100) and window.model_height == 32
+    assert window.model_width == 80
+    with pytest.raises(ValueError, match="longer than wide"):
+        plan_windows(rectangle_mask(1000, 100, 10, 40, 900, 50), base=100, resolution=32, multiple=16)
+
+
+def test_boxes_are_the_connected_components_of_the_mask():
+    mask = rectangle_mask(80, 60, 5, 5, 15, 25) | rectangle_mask(80, 60, 40, 30, 70, 35)
+    mask[50, 50] = True
+    assert mask_boxes(mask, "inclusion") == [
+        {"label": "inclusion", "xmin": 5, "ymin": 5, "xmax": 15, "ymax": 25},
+        {"label": "inclusion", "xmin": 40, "ymin": 30, "xmax": 70, "ymax": 35},
+    ]
+    boxes = mask_boxes(mask, "inclusion")
+    assert np.array_equal(mask_from_boxes(boxes, 80, 60), mask & ~rectangle_mask(80, 60, 50, 50, 51, 51))
+
+
+def test_wrong_masks_are_refused(pipe):
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
+    with pytest.raises(ValueError, match="empty"):
+        generate(pipe, slab(48, 48), config, mask=Image.new("L", (48, 48)))
+    with pytest.raises(ValueError, match="40×40 but the image is 48×48"):
+        generate(pipe, slab(48, 48), config, mask=Image.new("L", (40, 40), 255))
+    with pytest.raises(ValueError, match="not both"):
+        generate(pipe, slab(48, 48), GenerationConfig("scratches", 1, 1.0, 2, auto_place=True), mask=slab(48, 48))
+
+
+def test_auto_place_gives_each_candidate_its_own_mask_with_boxes(pipe):
+    config = GenerationConfig(class_name="scratches", num_candidates=2, strength=1.0, steps=2, seed=3, auto_place=True)
+    first, second = generate(pipe, slab(64, 64), config).candidates
+    assert first.params["mask_source"] == "auto-place" and first.params["boxes"]
+    assert not np.array_equal(first.mask, second.mask)
+    again = generate(pipe, slab(64, 64), GenerationConfig("scratches", 1, 1.0, 2, seed=4, auto_place=True))
+    assert np.array_equal(again.candidates[0].mask, second.mask)
+    outside = ~grow(first.mask)
+    assert np.array_equal(np.asarray(first.image)[outside], np.asarray(slab(64, 64))[outside])
+
+
+def elongation(mask: Image.Image) -> list[float]:
+    """Long over short side of each component's minimum-area rectangle."""
+    count, labels = cv2.connectedComponents((np.asarray(mask) > 0).astype(np.uint8))
+    ratios = []
+    for label in range(1, count):
+        points = np.argwhere(labels == label)[:, ::-1].astype(np.float32)
+        (_, _), (w, h), _ = cv2.minAreaRect(points)
+        ratios.append(max(w, h) / max(min(w, h), 1.0))
+    return ratios
+
+
+def component_areas(mask: Image.Image) -> list[int]:
+    _, _, stats, _ = cv2.connectedComponentsWithStats((np.asarray(mask) > 0).astype(np.uint8))
+    return [int(area) for area in stats[1:, cv2.CC_STAT_AREA]]
+
+
+def test_auto_place_shapes_follow_the_class():
+    scratches = [r for m in propose_masks("scratches", 200, 200, seed=0, n=20) for r in elongation(m)]
+    assert np.median(scratches) > 5
+    inclusion = [a for m in propose_masks("inclusion", 200, 200, seed=0, n=20) for a in component_areas(m)]
+    crazing_masks = propose_masks("crazing", 200, 200, seed=0, n=20)
+    crazing = [a for m in crazing_masks for a in component_areas(m)]
+    assert np.median(inclusion) < 0.03 * 200 * 200 < 0.1 * 200 * 200 < np.median(crazing)
+    assert np.median([r for m in crazing_masks for r in elongation(m)]) < 5
+    for name in ("rust", "Rolled-in scale"):
+        (unknown,) = propose_masks(name, 120, 80, seed=1)
+        assert unknown.size == (120, 80) and (np.asarray(unknown) > 0).any()
+    assert [np.asarray(m).tobytes() for m in propose_masks("patches", 64, 48, seed=2, n=2)] == [
+        np.asarray(m).tobytes() for m in propose_masks("patches", 64, 48, seed=2, n=2)
+    ]
+
+
+def test_shipped_statistics_come_from_the_training_pool(tmp_path):
+    stats = load_statistics()
+    assert set(stats["classes"]) == {
+        "crazing",
+        "inclusion",
+        "patches",
+        "pitted_surface",
+        "rolled-in_scale",
+        "scratches",
+    }
+    # 200 images per class, a sixth held out (engine.data.split_neu): only the training pool's images count.
+    assert all(sum(c["per_image"].values()) <= 200 for c in stats["classes"].values())
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (tmp_path / "manifest.csv").write_text(
+        "image,cls,index,annotation\n"
+        + "".join(f"images/s{i}.png,scratches,{i},annotations/s{i}.xml\n" for i in range(1, 8))
+    )
+    for i in range(1, 8):
+        (annotations / f"s{i}.xml").write_text(
+            "<annotation><object><name>scratches</name><bndbox><xmin>10</xmin><ymin>0</ymin>"
+            f"<xmax>{14 + i}</xmax><ymax>150</ymax></bndbox></object></annotation>"
+        )
+    computed = box_statistics(tmp_path)
+    assert computed["classes"]["scratches"]["per_image"] == {"1": 6}
+    assert [w for w, _ in computed["classes"]["scratches"]["boxes"]] == [6, 7, 9, 10, 11, 12]
+    json.dumps(computed)
+
+
+def test_quality_of_an_unchanged_image_is_perfect_and_a_changed_mask_is_measured():
+    source = slab(40, 40)
+    mask = rectangle_mask(40, 40, 10, 10, 20, 20)
+    same = masked_quality(source, source, mask)
+    assert same["background_psnr"] == PSNR_CEILING_DB and same["background_ssim"] == 1.0
+    assert same["mask_change"] == 0.0
+    changed = np.asarray(source).copy()
+    changed[mask] = 255 - changed[mask]
+    quality = masked_quality(source, Image.fromarray(changed), mask)
+    assert quality["background_psnr"] == PSNR_CEILING_DB and quality["background_ssim"] < 1.0
+    assert quality["mask_change"] > 0.1 and quality["mask_ssim"] < 0.5
+
+
+def test_cli_generation_with_a_mask_writes_the_mask_beside_each_image(pipe, tmp_path):
+    slab(48, 48).save(tmp_path / "slab.png")
+    mask_image(rectangle_mask(48, 48, 8, 8, 20, 40)).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    written = generate_to_folder(
+        None,
+        None,
+        "scratches",
+        tmp_path / "slab.png",
+        2,
+        out,
+        strength=1.0,
+        steps=2,
+        pipe=pipe,
+        mask=tmp_path / "mask.png",
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scratches_00000.png",
+        "scratches_00000_mask.png",
+        "scratches_00001.png",
+        "scratches_00001_mask.png",
+    ]
+    assert list_images(out) == written
+    params = read_png_parameters(written[0].read_bytes())
+    assert (
+        params["boxes"][0]["xmin"] == 8
+        and params["mask_sha256"] == hashlib.sha256((out / "scratches_00000_mask.png").read_bytes()).hexdigest()
+    )
+    with pytest.raises(ValueError, match="not both"):
+        generate_to_folder(
+            None,
+            None,
+            "scratches",
+            tmp_path / "slab.png",
+            1,
+            out,
+            pipe=pipe,
+            mask=tmp_path / "mask.png",
+            auto_place=True,
+        )
