@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="Export the accepted dataset as a zip.")
     add_common(exp)
     exp.add_argument("--out", required=True, type=Path)
+    exp.add_argument(
+        "--formats",
+        nargs="*",
+        choices=["masks", "coco", "yolo", "voc"],
+        default=["masks", "coco", "yolo", "voc"],
+        help="Formats beside the ImageFolder images and manifest (default: all).",
+    )
 
     ver = sub.add_parser("verify-export", help="Check an export zip against its manifest.")
     ver.add_argument("zip", type=Path)
@@ -206,7 +213,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         progress=_print_progress,
     )
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
-    print(f"\n{result.status}: {result.steps} steps{resumed} in {result.wall_time_s:.0f} s, adapter in {result.output_dir}")
+    took = f"{result.wall_time_s:.0f} s"
+    print(f"\n{result.status}: {result.steps} steps{resumed} in {took}, adapter in {result.output_dir}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

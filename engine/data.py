@@ -108,6 +108,11 @@ def load_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def to_square_pixels(image: Image.Image, resolution: int) -> np.ndarray:
+    """uint8 H×W×3 pixels of an image resized to resolution × resolution."""
+    return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS))
+
+
 def clean_regions(width: int, height: int, boxes: list[Box], min_size: int = 64) -> list[tuple[int, int, int, int]]:
     """Box-free rectangles (x0, y0, x1, y1) at least `min_size` on each side: clean steel.
 

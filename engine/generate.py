@@ -27,6 +27,7 @@ from engine.masks import (
     plan_windows,
 )
 from engine.models import model_resolution
+from engine.placement import propose_masks
 from engine.quality import masked_quality
 
 ProgressFn = Callable[[int, int, str], None]
@@ -245,8 +246,6 @@ def _generate_masked(
 ) -> GenerationResult:
     """Masked repaint (padding-mask-crop): each window around the mask is denoised at the model's resolution
     with the known latents blended back after every step, then pasted through the feathered grown mask."""
-    from engine.placement import propose_masks
-
     started = time.time()
     # 1. Check inputs and get one mask per candidate (drawn once, or auto-placed from each candidate's seed)
     token = resolve_token(pipe, config.class_name)

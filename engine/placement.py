@@ -102,8 +102,10 @@ def _draw(shape: str, mask: np.ndarray, box: tuple[int, int, int, int], scale: f
         for harmonic in (2, 3, 5):
             wobble += rng.uniform(0, 0.25) * np.cos(harmonic * angles + rng.uniform(0, 2 * math.pi))
         wobble = np.clip(wobble / wobble.max(), 0.35, 1.0)
-        cx, cy = x + w / 2, y + h / 2
-        points = np.stack([cx + (w / 2) * wobble * np.cos(angles), cy + (h / 2) * wobble * np.sin(angles)], axis=1)
+        outline = np.stack([wobble * np.cos(angles), wobble * np.sin(angles)], axis=1)
+        # Stretched so the blob's bounding box is the sampled box, as the real boxes bound real defects.
+        outline = (outline - outline.min(0)) / np.maximum(outline.max(0) - outline.min(0), 1e-6)
+        points = np.array([x, y]) + outline * np.array([w - 1, h - 1])
         cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 255)
 
 

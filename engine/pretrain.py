@@ -19,10 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from engine.config import AutoencoderConfig, TrainConfig
-from engine.data import LabelledImage, clean_regions, load_rgb, read_image_folder, read_neu, split_neu
+from engine.data import (
+    LabelledImage,
+    clean_regions,
+    list_images,
+    load_rgb,
+    read_image_folder,
+    read_neu,
+    split_neu,
+    to_square_pixels,
+)
 from engine.prior import PriorSize, build_vae
 
 ProgressFn = Callable[[int, int, str], None]
@@ -51,10 +59,6 @@ class PretrainSample:
     caption: str
 
 
-def to_model_size(image: Image.Image, resolution: int) -> np.ndarray:
-    return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS))
-
-
 def collect_pretrain_samples(data: Path, resolution: int, seed: int = 0) -> list[PretrainSample]:
     """Training images with generic captions: defect images, plus clean crops outside the NEU-DET boxes.
 
@@ -68,21 +72,19 @@ def collect_pretrain_samples(data: Path, resolution: int, seed: int = 0) -> list
     elif any(p.is_dir() for p in data.iterdir()):
         items = read_image_folder(data)
     else:
-        from engine.data import list_images
-
         items = [LabelledImage(p, "") for p in list_images(data)]
     if not items:
         raise ValueError(f"No images found in {data}.")
     samples = []
     for item in items:
         image = load_rgb(item.path)
-        samples.append(PretrainSample(to_model_size(image, resolution), rng.choice(DEFECT_CAPTIONS)))
+        samples.append(PretrainSample(to_square_pixels(image, resolution), rng.choice(DEFECT_CAPTIONS)))
         for x0, y0, x1, y1 in clean_regions(image.width, image.height, item.boxes, MIN_CLEAN_CROP):
             side = min(x1 - x0, y1 - y0)
             cx = rng.randint(x0, x1 - side)
             cy = rng.randint(y0, y1 - side)
             crop = image.crop((cx, cy, cx + side, cy + side))
-            samples.append(PretrainSample(to_model_size(crop, resolution), rng.choice(CLEAN_CAPTIONS)))
+            samples.append(PretrainSample(to_square_pixels(crop, resolution), rng.choice(CLEAN_CAPTIONS)))
     return samples
 
 

@@ -31,7 +31,6 @@ from diffusers.training_utils import EMAModel, compute_snr
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -417,7 +416,7 @@ def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, model_r
 
 def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int) -> list[TrainingImage]:
     """Fine-tuning images from an ImageFolder tree, resized to the model's resolution."""
-    from engine.data import load_rgb, read_image_folder
+    from engine.data import load_rgb, read_image_folder, to_square_pixels
 
     items = read_image_folder(dataset)
     if classes:
@@ -425,8 +424,4 @@ def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int
         if unknown:
             raise ValueError(f"No images for class(es) {', '.join(sorted(unknown))} in {dataset}.")
         items = [it for it in items if it.class_name in classes]
-    return [TrainingImage(to_resolution(load_rgb(it.path), resolution), it.class_name) for it in items]
-
-
-def to_resolution(image: Image.Image, resolution: int) -> np.ndarray:
-    return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS))
+    return [TrainingImage(to_square_pixels(load_rgb(it.path), resolution), it.class_name) for it in items]

@@ -1,9 +1,15 @@
 """Dataset export: a zip in ImageFolder layout with a manifest of every parameter, lineage and file hash.
 
 Layout: `images/<class>/<name>.png`, `manifest.json`, `manifest.csv`, `sources.csv`, plus the files of the
-optional formats in FORMAT_WRITERS (e.g. `masks/<class>/<name>.png`). A new format is a function
+optional formats in FORMAT_WRITERS:
+- masks: `masks/<class>/<name>.png` (8-bit, white = defect; drawn from the boxes where an item has no mask),
+- coco: `coco/instances.json` (COCO instances; segmentation as uncompressed RLE of the mask inside each box,
+  or the box's polygon where there is no mask),
+- yolo: `labels/<class>/<name>.txt` beside `images/`, `yolo-train.txt` and `data.yaml` (Ultralytics layout),
+- voc: `voc/<class>/<name>.xml` (Pascal VOC, 1-based inclusive pixel coordinates).
+Detection formats list only the items that have boxes. A new format is a function
 `(zip_writer, planned_items, file_store) -> None` added to FORMAT_WRITERS; it may add keys to the planned items'
-manifest entries.
+manifest entries. Only the standard library and Pillow are used here (no numpy).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import re
 import tempfile
+import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -22,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, ImageDraw
 
 from storage.files import FileStore, check_sha256, safe_file_name
 from storage.tables import GeneratedSample, SourceImage, utc_now
@@ -90,6 +99,7 @@ class ZipWriter:
     def __init__(self, zip_file: zipfile.ZipFile, date_time: tuple[int, int, int, int, int, int]) -> None:
         self.zip_file = zip_file
         self.date_time = date_time
+        self.created_at = datetime(*date_time).isoformat()
         self.files: dict[str, dict[str, Any]] = {}
 
     def add(self, path: str, data: bytes) -> str:
@@ -268,17 +278,191 @@ def write_images(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: 
         plan.entry["path"] = path
 
 
+def _image_size(plan: PlannedItem, file_store: FileStore) -> tuple[int, int]:
+    """(width, height) of an item's image: from its parameters, else from the stored file's header."""
+    width, height = plan.item.params.get("width"), plan.item.params.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        return width, height
+    with _open_image(file_store, plan.item.image_sha256) as image:
+        return image.size
+
+
+def _open_image(file_store: FileStore, sha256: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(file_store.read(sha256)))
+    except OSError as error:
+        raise ValueError(f"Stored file {sha256[:12]} is not a readable image: {error}") from error
+
+
+def _box_coords(box: dict[str, Any]) -> tuple[int, int, int, int]:
+    return int(box["xmin"]), int(box["ymin"]), int(box["xmax"]), int(box["ymax"])
+
+
+def _item_mask(plan: PlannedItem, file_store: FileStore) -> Image.Image | None:
+    """The item's mask as an 8-bit 0/255 image: the stored mask, else its boxes filled, else None."""
+    if plan.item.mask_sha256 is not None:
+        with _open_image(file_store, plan.item.mask_sha256) as stored:
+            return stored.convert("L").point(lambda value: 255 if value > 127 else 0)
+    if not plan.item.boxes:
+        return None
+    mask = Image.new("L", _image_size(plan, file_store), 0)
+    draw = ImageDraw.Draw(mask)
+    for box in plan.item.boxes:
+        xmin, ymin, xmax, ymax = _box_coords(box)
+        draw.rectangle((xmin, ymin, xmax - 1, ymax - 1), fill=255)
+    return mask
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_masks(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: FileStore) -> None:
-    """Masks of the items that have one: `masks/<class>/<name><suffix>`, named like their image."""
+    """Masks named like their image, `masks/<class>/<name>.png`: the stored mask as it is, or drawn from the boxes."""
     for plan in planned:
-        if plan.item.mask_sha256 is None:
+        if plan.item.mask_sha256 is not None:
+            path = f"masks/{plan.class_folder}/{plan.stem}{_stored_suffix(file_store, plan.item.mask_sha256)}"
+            zip_writer.add(path, file_store.read(plan.item.mask_sha256))
+            plan.entry.update(mask_path=path, mask_from="mask")
+        elif plan.item.boxes:
+            path = f"masks/{plan.class_folder}/{plan.stem}.png"
+            zip_writer.add(path, _png(_item_mask(plan, file_store)))
+            plan.entry.update(mask_path=path, mask_from="boxes")
+
+
+def _labels(planned: list[PlannedItem]) -> list[str]:
+    """Every box label, sorted: the category list shared by the detection formats."""
+    return sorted({str(box["label"]) for plan in planned for box in plan.item.boxes})
+
+
+def rle_counts(mask: Image.Image) -> list[int]:
+    """COCO's uncompressed RLE counts of a 0/255 mask: run lengths in column-major order, starting with zeros."""
+    data = mask.transpose(Image.Transpose.TRANSPOSE).tobytes()
+    counts = [len(run.group()) for run in re.finditer(rb"\x00+|[^\x00]+", data)]
+    return counts if data[:1] == b"\x00" else [0, *counts]
+
+
+def _box_mask(mask: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """The mask's pixels inside the box, on an empty image of the mask's size."""
+    region = Image.new("L", mask.size, 0)
+    region.paste(mask.crop(box), box[:2])
+    return region
+
+
+def write_coco(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: FileStore) -> None:
+    """COCO instances (`coco/instances.json`): one annotation per box, segmented by the mask inside the box."""
+    categories = {name: number for number, name in enumerate(_labels(planned), start=1)}
+    images, annotations = [], []
+    for plan in planned:
+        if not plan.item.boxes:
             continue
-        path = f"masks/{plan.class_folder}/{plan.stem}{_stored_suffix(file_store, plan.item.mask_sha256)}"
-        zip_writer.add(path, file_store.read(plan.item.mask_sha256))
-        plan.entry["mask_path"] = path
+        width, height = _image_size(plan, file_store)
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": plan.entry["path"], "width": width, "height": height})
+        mask = _item_mask(plan, file_store) if plan.item.mask_sha256 is not None else None
+        if mask is not None and mask.size != (width, height):
+            raise ValueError(f"The mask of {plan.entry['path']} is {mask.size}, its image {(width, height)}.")
+        for box in plan.item.boxes:
+            xmin, ymin, xmax, ymax = coords = _box_coords(box)
+            annotation: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": categories[str(box["label"])],
+                "bbox": [xmin, ymin, xmax - xmin, ymax - ymin],
+                "iscrowd": 0,
+            }
+            inside = _box_mask(mask, coords) if mask is not None else None
+            area = inside.histogram()[255] if inside is not None else 0
+            if area:
+                annotation["segmentation"] = {"size": [height, width], "counts": rle_counts(inside)}
+                annotation["area"] = area
+            else:
+                annotation["segmentation"] = [[xmin, ymin, xmax, ymin, xmax, ymax, xmin, ymax]]
+                annotation["area"] = (xmax - xmin) * (ymax - ymin)
+            annotations.append(annotation)
+        plan.entry["coco_image_id"] = image_id
+    coco = {
+        "info": {"description": "Steel Defect Studio export", "date_created": zip_writer.created_at},
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": number, "name": name, "supercategory": "defect"} for name, number in categories.items()],
+    }
+    zip_writer.add("coco/instances.json", _to_json(coco))
 
 
-FORMAT_WRITERS: dict[str, FormatWriter] = {"masks": write_masks}
+def write_yolo(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: FileStore) -> None:
+    """YOLO (Ultralytics): `labels/<class>/<name>.txt` of `class cx cy w h` (normalised), a list and data.yaml."""
+    classes = {name: number for number, name in enumerate(_labels(planned))}
+    listed = []
+    for plan in planned:
+        if not plan.item.boxes:
+            continue
+        width, height = _image_size(plan, file_store)
+        lines = []
+        for box in plan.item.boxes:
+            xmin, ymin, xmax, ymax = _box_coords(box)
+            centre_x, centre_y = (xmin + xmax) / 2 / width, (ymin + ymax) / 2 / height
+            box_w, box_h = (xmax - xmin) / width, (ymax - ymin) / height
+            lines.append(f"{classes[str(box['label'])]} {centre_x:.6f} {centre_y:.6f} {box_w:.6f} {box_h:.6f}")
+        path = f"labels/{plan.class_folder}/{plan.stem}.txt"
+        zip_writer.add(path, ("\n".join(lines) + "\n").encode())
+        plan.entry["yolo_label_path"] = path
+        listed.append(f"./{plan.entry['path']}")
+    zip_writer.add("yolo-train.txt", "".join(f"{line}\n" for line in listed).encode())
+    names = "".join(f"  {number}: {json.dumps(name)}\n" for name, number in classes.items())
+    data_yaml = (
+        "# Ultralytics dataset: labels/ mirrors images/. One pool, no split: val lists the same images.\n"
+        f"train: yolo-train.txt\nval: yolo-train.txt\nnc: {len(classes)}\nnames:\n{names}"
+    )
+    zip_writer.add("data.yaml", data_yaml.encode())
+
+
+def _element(parent: ET.Element, tag: str, text: Any = None) -> ET.Element:
+    child = ET.SubElement(parent, tag)
+    if text is not None:
+        child.text = str(text)
+    return child
+
+
+def write_voc(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: FileStore) -> None:
+    """Pascal VOC XML per image with boxes, `voc/<class>/<name>.xml`, in VOC's 1-based inclusive coordinates."""
+    for plan in planned:
+        if not plan.item.boxes:
+            continue
+        width, height = _image_size(plan, file_store)
+        with _open_image(file_store, plan.item.image_sha256) as image:
+            depth = len(image.getbands())
+        root = ET.Element("annotation")
+        _element(root, "folder", plan.class_folder)
+        _element(root, "filename", Path(plan.entry["path"]).name)
+        _element(root, "path", plan.entry["path"])
+        _element(_element(root, "source"), "database", "Steel Defect Studio")
+        size = _element(root, "size")
+        for tag, value in (("width", width), ("height", height), ("depth", depth)):
+            _element(size, tag, value)
+        _element(root, "segmented", 0)
+        for box in plan.item.boxes:
+            xmin, ymin, xmax, ymax = _box_coords(box)
+            obj = _element(root, "object")
+            for tag, value in (("name", box["label"]), ("pose", "Unspecified"), ("truncated", 0), ("difficult", 0)):
+                _element(obj, tag, value)
+            bndbox = _element(obj, "bndbox")
+            for tag, value in (("xmin", xmin + 1), ("ymin", ymin + 1), ("xmax", xmax), ("ymax", ymax)):
+                _element(bndbox, tag, value)
+        ET.indent(root)
+        path = f"voc/{plan.class_folder}/{plan.stem}.xml"
+        zip_writer.add(path, ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n")
+        plan.entry["voc_path"] = path
+
+
+FORMAT_WRITERS: dict[str, FormatWriter] = {
+    "masks": write_masks,
+    "coco": write_coco,
+    "yolo": write_yolo,
+    "voc": write_voc,
+}
 
 
 def _write_manifest_csv(zip_writer: ZipWriter, planned: list[PlannedItem]) -> None:

@@ -157,7 +157,7 @@ def test_auto_place_shapes_follow_the_class():
     inclusion = [a for m in propose_masks("inclusion", 200, 200, seed=0, n=20) for a in component_areas(m)]
     crazing_masks = propose_masks("crazing", 200, 200, seed=0, n=20)
     crazing = [a for m in crazing_masks for a in component_areas(m)]
-    assert np.median(inclusion) < 0.03 * 200 * 200 < 0.1 * 200 * 200 < np.median(crazing)
+    assert np.median(inclusion) < 0.05 * 200 * 200 and 3 * np.median(inclusion) < np.median(crazing)
     assert np.median([r for m in crazing_masks for r in elongation(m)]) < 5
     for name in ("rust", "Rolled-in scale"):
         (unknown,) = propose_masks(name, 120, 80, seed=1)
@@ -191,8 +191,9 @@ def test_shipped_statistics_come_from_the_training_pool(tmp_path):
             f"<xmax>{14 + i}</xmax><ymax>150</ymax></bndbox></object></annotation>"
         )
     computed = box_statistics(tmp_path)
-    assert computed["classes"]["scratches"]["per_image"] == {"1": 6}
-    assert [w for w, _ in computed["classes"]["scratches"]["boxes"]] == [6, 7, 9, 10, 11, 12]
+    # Of 7 images, positions 0 and 6 are validation images: their boxes (widths 5 and 11) are left out.
+    assert computed["classes"]["scratches"]["per_image"] == {"1": 5}
+    assert [w for w, _ in computed["classes"]["scratches"]["boxes"]] == [6, 7, 8, 9, 10]
     json.dumps(computed)
 
 
@@ -203,7 +204,7 @@ def test_quality_of_an_unchanged_image_is_perfect_and_a_changed_mask_is_measured
     assert same["background_psnr"] == PSNR_CEILING_DB and same["background_ssim"] == 1.0
     assert same["mask_change"] == 0.0
     changed = np.asarray(source).copy()
-    changed[mask] = 255 - changed[mask]
+    changed[mask] = 0
     quality = masked_quality(source, Image.fromarray(changed), mask)
     assert quality["background_psnr"] == PSNR_CEILING_DB and quality["background_ssim"] < 1.0
     assert quality["mask_change"] > 0.1 and quality["mask_ssim"] < 0.5
@@ -249,3 +250,30 @@ def test_cli_generation_with_a_mask_writes_the_mask_beside_each_image(pipe, tmp_
             mask=tmp_path / "mask.png",
             auto_place=True,
         )
+
+
+def test_masked_repaint_works_for_a_unet_with_more_than_four_latent_channels(tmp_path):
+    """The embedded prior has 32 latent channels; diffusers' inpaint pipeline accepts only 4 or 9."""
+    import dataclasses
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from engine.models import AdapterInfo, TokenInfo
+    from engine.prior import PriorSize, build_components
+
+    size = dataclasses.replace(PriorSize.tiny(), latent_channels=8)
+    pipe = StableDiffusionImg2ImgPipeline(
+        **build_components(size, tmp_path, seed=0),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.adapter_info = AdapterInfo(tmp_path, {"scratches": TokenInfo("scratches", "scratch", "")})
+    source = slab(48, 48)
+    mask = rectangle_mask(48, 48, 12, 12, 30, 20)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
+    out = np.asarray(generate(pipe, source, config, mask=mask).candidates[0].image, dtype=np.int16)
+    original = np.asarray(source, dtype=np.int16)
+    assert np.array_equal(out[~grow(mask)], original[~grow(mask)])
+    assert np.abs(out[mask] - original[mask]).mean() > 1

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
+from PIL import Image, ImageChops
 
 from engine.config import GenerationConfig
-from webapp.service import StudioService
+from webapp.service import EXPORT_FORMATS, SampleDetails, StudioService
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
 ALL = "All"
@@ -27,6 +29,12 @@ SAMPLE_HEADERS = ["id", "class", "status", "strength", "seed", "source", "genera
 # The fine-tune status refresh: often enough to follow a CPU run (~1 step/s), rarely enough to stay cheap.
 STATUS_REFRESH_S = 2.0
 MODEL = {"concurrency_id": "model", "concurrency_limit": 1}
+EXPORT_FORMAT_CHOICES = [
+    ("PNG masks", "masks"),
+    ("COCO instances JSON", "coco"),
+    ("YOLO labels + data.yaml", "yolo"),
+    ("Pascal VOC XML", "voc"),
+]
 
 
 @dataclass
@@ -55,6 +63,29 @@ def domain_errors(fn: Callable) -> Callable:
             raise gr.Error(str(error)) from error
 
     return wrapper
+
+
+def painted_mask(value: dict | None, size: tuple[int, int]) -> Image.Image | None:
+    """The union of the image editor's painted layers (any opacity) as a mask of `size`, or None if none is painted."""
+    mask = None
+    for layer in (value or {}).get("layers") or []:
+        alpha = layer.convert("RGBA").getchannel("A").point(lambda v: 255 if v > 0 else 0)
+        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
+    if mask is None or mask.getbbox() is None:
+        return None
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.NEAREST)
+
+
+def overlay(details: SampleDetails) -> tuple[str, list[tuple[Any, str]]]:
+    """An AnnotatedImage value: the sample with its mask and its boxes."""
+    annotations: list[tuple[Any, str]] = []
+    if details.mask_path is not None:
+        with Image.open(details.mask_path) as mask:
+            annotations.append((np.asarray(mask.convert("L"), dtype=np.float32) / 255, "mask"))
+    for box in details.boxes:
+        corners = (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
+        annotations.append((corners, f"{box['label'] or details.class_name} box"))
+    return str(details.path), annotations
 
 
 def build_app(service: StudioService) -> gr.Blocks:
@@ -139,7 +170,19 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         with gr.Row():
             with gr.Column(scale=1):
                 source = gr.Dropdown(label="Clean slab")
-                source_preview = gr.Image(label="Slab", interactive=False, height=200, type="filepath")
+                source_preview = gr.ImageEditor(
+                    label="Slab: paint where the defect goes (optional; nothing painted repaints a window)",
+                    type="pil",
+                    format="png",
+                    sources=(),
+                    transforms=(),
+                    layers=False,
+                    brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=8),
+                    height=260,
+                )
+                with gr.Accordion("Other ways to place the defect", open=False):
+                    box_text = gr.Textbox(label="Boxes x0,y0,x1,y1 in slab pixels (one per line)", lines=2)
+                    auto_place = gr.Checkbox(label="Auto-place: masks shaped and sized like real defects of the class")
                 class_name = gr.Dropdown(label="Defect token")
                 strength = gr.Slider(
                     0.05, 1.0, value=0.6, step=0.05, label="Strength (share of the slab the model repaints)"
@@ -153,6 +196,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="Candidates", columns=4, height=420, allow_preview=True)
                 candidate = gr.Dropdown(label="Candidate to judge (click an image or pick here)")
+                candidate_view = gr.AnnotatedImage(label="Candidate with its mask and boxes", format="png", height=300)
                 reason = gr.Textbox(label="Reason (optional; Enter here rejects with it)", max_lines=1)
                 with gr.Row():
                     accept_button = gr.Button("Accept candidate", variant="primary")
@@ -189,7 +233,8 @@ def create_generate_tab(service: StudioService) -> TabLoad:
 
     def show_source(source_id: int | None):
         matches = [s for s in service.list_sources(role="clean") if s.id == source_id]
-        return str(matches[0].path) if matches else None
+        path = str(matches[0].path) if matches else None
+        return {"background": path, "layers": [], "composite": path} if path else None
 
     def class_strength(class_name: str | None):
         matches = [c for c in service.list_classes() if c.name == class_name]
@@ -203,26 +248,45 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         num_candidates: int,
         steps: int,
         seed: int | None,
-        request: gr.Request,
+        painted: dict | None = None,
+        boxes: str | None = None,
+        auto: bool | None = None,
+        request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
     ):
         if source_id is None or not class_name:
             raise gr.Error("Pick a clean slab and a defect token first.")
+        slab = next((s for s in service.list_sources(role="clean") if s.id == int(source_id)), None)
+        mask = painted_mask(painted, (slab.width, slab.height)) if slab else None
+        if mask is not None and (boxes or "").strip():
+            raise gr.Error("Paint a mask or type boxes, not both.")
+        if mask is None and (boxes or "").strip():
+            mask = service.box_mask(int(source_id), boxes)
         config = GenerationConfig(
             class_name=class_name,
             num_candidates=int(num_candidates),
             strength=float(strength),
             steps=int(steps),
             seed=int(seed or 0),
+            auto_place=bool(auto) and mask is None,
         )
+        if auto and mask is not None:
+            gr.Warning("A mask was painted or typed, so auto-place was not used.")
         progress(0, desc="Loading the model")
         outcome = service.generate_candidates(
-            int(source_id), config, user_of(request), lambda step, total, message: progress((step, total), desc=message)
+            int(source_id),
+            config,
+            user_of(request),
+            lambda step, total, message: progress((step, total), desc=message),
+            mask=mask,
         )
         ids = outcome.sample_ids
         gallery_update, choices_update = candidates_view(ids, ids[0])
         message = f"{len(ids)} candidates in {outcome.wall_time_s:.1f} s; judge each one."
         return gallery_update, choices_update, ids, message
+
+    def show_candidate(sample_id: int | None):
+        return overlay(service.sample_details(int(sample_id))) if sample_id is not None else None
 
     def select_from_gallery(ids: list[int], event: gr.SelectData):
         return gr.update(value=ids[event.index]) if event.index is not None and event.index < len(ids) else gr.update()
@@ -259,11 +323,12 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     class_name.change(class_strength, class_name, strength, api_name="class_strength")
     generate_button.click(
         generate,
-        [source, class_name, strength, num_candidates, steps, seed],
+        [source, class_name, strength, num_candidates, steps, seed, source_preview, box_text, auto_place],
         [gallery, candidate, candidate_ids, decision],
         api_name="generate",
         **MODEL,
     )
+    candidate.change(show_candidate, candidate, candidate_view, api_name="candidate_overlay")
     gallery.select(select_from_gallery, candidate_ids, candidate, api_name="select_candidate")
     accept_button.click(accept, [candidate_ids, candidate, reason], judged, api_name="accept")
     reject_button.click(reject, [candidate_ids, candidate, reason], judged, api_name="reject")
@@ -360,7 +425,7 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
             with gr.Column(scale=1):
                 sample_id = gr.Number(label="Sample id", precision=0)
                 show_button = gr.Button("Show sample")
-                image = gr.Image(label="Sample", interactive=False, type="filepath", height=300)
+                image = gr.AnnotatedImage(label="Sample with its mask and boxes", format="png", height=300)
             with gr.Column(scale=2):
                 details = gr.JSON(label="Parameters and review history")
 
@@ -384,7 +449,7 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
             raise gr.Error("Enter a sample id or click a row.")
         sample = service.sample_details(int(sample_id))
         record = {"id": sample.id, "class": sample.class_name, "status": sample.status, "revision": sample.revision}
-        return str(sample.path), {**record, "parameters": sample.params, "decisions": sample.decisions}
+        return overlay(sample), {**record, "parameters": sample.params, "decisions": sample.decisions}
 
     def pick_row(event: gr.SelectData):
         row = event.row_value or []
@@ -412,20 +477,25 @@ def create_export_tab(service: StudioService) -> None:
     with gr.Tab("Export"):
         gr.Markdown(
             "Exports the accepted candidates and the real defect images as a zip: `images/<class>/`, a "
-            "`manifest.json`/`manifest.csv` with every generation parameter and its lineage, and file hashes."
+            "`manifest.json`/`manifest.csv` with every generation parameter and its lineage, and file hashes; "
+            "plus the chosen detection and segmentation formats (images with boxes only; real defects' masks are "
+            "drawn from their boxes)."
+        )
+        formats = gr.CheckboxGroup(
+            EXPORT_FORMAT_CHOICES, value=list(EXPORT_FORMATS), label="Formats besides ImageFolder and the manifest"
         )
         export_button = gr.Button("Export accepted dataset (zip)", variant="primary")
         summary = gr.Markdown()
         download = gr.File(label="Download", interactive=False)
 
     @domain_errors
-    def export(request: gr.Request):
-        result = service.export_dataset(user_of(request))
+    def export(chosen: list[str] | None = None, request: gr.Request = None):
+        result = service.export_dataset(user_of(request), formats=EXPORT_FORMATS if chosen is None else chosen)
         counts = json.dumps(result.counts, sort_keys=True)
         text = f"Export {result.export_id}: {result.n_items} images, sha256 `{result.sha256[:16]}…`, counts {counts}"
         return text, str(result.path)
 
-    export_button.click(export, None, [summary, download], api_name="export")
+    export_button.click(export, formats, [summary, download], api_name="export")
 
 
 def served_folders(service: StudioService) -> list[str]:

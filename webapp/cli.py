@@ -8,12 +8,17 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from webapp.service import StudioService, verify_export
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-# Handlers that do not touch the model (uploads, reviews, tables) may run side by side.
+# Handlers that do not touch the model (uploads, reviews, tables) may run side by side; model handlers run
+# one at a time (concurrency_id "model" in webapp.app).
 DEFAULT_CONCURRENCY = 4
+# Requests waiting beyond this are refused with "queue is full" instead of piling up in memory: 64 waiting
+# generations of ~20 s each on a CPU is already a 20-minute wait.
+QUEUE_MAX_SIZE = 64
 
 
 def run_service_command(args: argparse.Namespace) -> int:
@@ -29,7 +34,7 @@ def run_service_command(args: argparse.Namespace) -> int:
             result = service.import_folder(args.images, args.role, args.class_name, args.annotations, cli_user())
             print(result.summary)
         elif command == "export":
-            export = service.export_dataset(cli_user(), args.out)
+            export = service.export_dataset(cli_user(), args.out, args.formats)
             print(f"Wrote {export.n_items} images to {export.path} (sha256 {export.sha256})")
         else:
             raise ValueError(f"Unknown command {command!r}.")
@@ -45,10 +50,10 @@ def run_app(args: argparse.Namespace) -> int:
     check_host(args.host, bool(args.auth), args.allow_unauthenticated_remote)
     auth = password_checker(args.auth) if args.auth else None
     service = StudioService(args.data_dir, args.model, args.database_url)
-    service.fail_interrupted_runs()
     try:
-        app = build_app(service)
-        app.queue(default_concurrency_limit=DEFAULT_CONCURRENCY)
+        print(f"Model: {service.model_ref}")  # a wrong --model is reported now, not at the first generation
+        service.fail_interrupted_runs()
+        app = queue_app(build_app(service))
         app.launch(
             server_name=args.host,
             server_port=args.port,
@@ -59,6 +64,11 @@ def run_app(args: argparse.Namespace) -> int:
     finally:
         service.close()
     return 0
+
+
+def queue_app(app: Any) -> Any:
+    """Turn on the app's bounded request queue (the gr.Blocks is returned for chaining)."""
+    return app.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
 
 
 def verify_export_command(zip_path: Path) -> int:

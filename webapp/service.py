@@ -25,7 +25,7 @@ from engine.config import PRESETS, GenerationConfig, finetune_config
 from engine.data import list_images, parse_voc
 from storage import repository
 from storage.db import open_database
-from storage.export import ExportItem, export_item_for_sample, export_item_for_source, write_export
+from storage.export import FORMAT_WRITERS, ExportItem, export_item_for_sample, export_item_for_source, write_export
 from storage.export import verify_export as verify_export_zip
 from storage.files import FileStore, sha256_hex
 from storage.tables import SAMPLE_STATUSES, SOURCE_ROLES, utc_now
@@ -49,6 +49,9 @@ PAGE_SIZE = 500
 SUMMARY_ITEMS = 10
 RUNS_STILL_OPEN = ("queued", "running")
 RUN_FOLDER_FORMAT = "run-{:04d}"
+# Every export carries all formats unless asked otherwise: masks, COCO, YOLO and Pascal VOC (plus ImageFolder).
+EXPORT_FORMATS = tuple(FORMAT_WRITERS)
+BOX_TEXT_PATTERN = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
 # One upload batch is validated in memory before anything is stored: 2000 files (NEU holds 1800) and 1 GB
 # bound that memory, well above any real camera folder yet far below what would exhaust the host.
 MAX_BATCH_FILES = 2000
@@ -191,6 +194,8 @@ class SampleDetails:
     source_image_id: int
     params: dict[str, Any]
     decisions: list[dict[str, Any]]
+    mask_path: Path | None = None
+    boxes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -513,9 +518,18 @@ class StudioService:
     # Generation and review
 
     def generate_candidates(
-        self, source_id: int, config: GenerationConfig, user: str, progress: ProgressFn | None = None
+        self,
+        source_id: int,
+        config: GenerationConfig,
+        user: str,
+        progress: ProgressFn | None = None,
+        mask: Image.Image | None = None,
     ) -> GenerationOutcome:
-        """Generate candidates on a clean slab with a class's active adapter and store them as pending samples."""
+        """Generate candidates on a clean slab with a class's active adapter and store them as pending samples.
+
+        With a `mask` (the slab's size, white = repaint) or `config.auto_place`, only the masked region is
+        repainted; each sample then stores its mask (file store) and the boxes of the mask's components.
+        """
         from engine.generate import generate
 
         # 1. Check inputs
@@ -538,20 +552,36 @@ class StudioService:
         # 2. Generate
         with self._model_lock:
             pipe = self._pipeline(adapter_path)
-            result = generate(pipe, init_image, config, progress)
+            result = generate(pipe, init_image, config, progress, mask=mask)
 
-        # 3. Store each candidate (PNG with its parameters) and its row
+        # 3. Store each candidate (PNG with its parameters, and its mask) and its row
         stored = []
         for candidate in result.candidates:
             candidate.params.update(
                 adapter_version=adapter_version, adapter_folder=Path(adapter_path).name, source_image_id=source_id
             )
-            stored.append((candidate, self.files.put(candidate.png_bytes(), ".png")))
+            mask_png = candidate.mask_png()
+            mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
+            stored.append((candidate, self.files.put(candidate.png_bytes(), ".png"), mask_sha256))
         with self.database.transaction() as s:
             candidates = []
-            for candidate, sha256 in stored:
+            for candidate, sha256, mask_sha256 in stored:
                 params = candidate.params
                 window = params["window"]
+                # A masked repaint's boxes are its mask's components; a window img2img's is the window itself.
+                boxes = (
+                    params["boxes"]
+                    if "boxes" in params
+                    else [
+                        {
+                            "label": config.class_name,
+                            "xmin": window["x"],
+                            "ymin": window["y"],
+                            "xmax": window["x"] + window["size"],
+                            "ymax": window["y"] + window["size"],
+                        }
+                    ]
+                )
                 sample = repository.add_sample(
                     s,
                     sha256=sha256,
@@ -571,16 +601,8 @@ class StudioService:
                     width=params["width"],
                     height=params["height"],
                     window_json=window,
-                    # The repainted window bounds every change the model made: the defect's box.
-                    boxes_json=[
-                        {
-                            "label": config.class_name,
-                            "xmin": window["x"],
-                            "ymin": window["y"],
-                            "xmax": window["x"] + window["size"],
-                            "ymax": window["y"] + window["size"],
-                        }
-                    ],
+                    mask_sha256=mask_sha256,
+                    boxes_json=boxes,
                     params_json=params,
                     created_by=user,
                 )
@@ -682,7 +704,21 @@ class StudioService:
                 sample.source_image_id,
                 dict(sample.params_json),
                 decisions,
+                self.files.path(sample.mask_sha256) if sample.mask_sha256 else None,
+                list(sample.boxes_json),
             )
+
+    def box_mask(self, source_id: int, text: str) -> Image.Image:
+        """A mask of the source's size with the boxes of `text` ("x0,y0,x1,y1", one per line or ';') filled."""
+        from engine.masks import mask_from_boxes, mask_image
+
+        boxes = parse_box_text(text)
+        with self.database.session() as s:
+            source = repository.get_source_image(s, source_id)
+            if source is None:
+                raise ValueError(f"There is no uploaded image with id {source_id}.")
+            width, height = source.width, source.height
+        return mask_image(mask_from_boxes(boxes, width, height))
 
     # Fine-tuning
 
@@ -882,8 +918,13 @@ class StudioService:
 
     # Export
 
-    def export_dataset(self, user: str, out: Path | None = None) -> ExportResult:
-        """Write the curated dataset (accepted samples and real defect images) as a zip and record it."""
+    def export_dataset(
+        self, user: str, out: Path | None = None, formats: Sequence[str] = EXPORT_FORMATS
+    ) -> ExportResult:
+        """Write the curated dataset (accepted samples and real defect images) as a zip in the chosen formats."""
+        unknown = sorted(set(formats) - set(FORMAT_WRITERS))
+        if unknown:
+            raise ValueError(f"Unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_FORMATS)}.")
         with self.database.session() as s:
             run_of_version = {}
             for defect_class in repository.list_defect_classes(s):
@@ -903,7 +944,7 @@ class StudioService:
         out = Path(out) if out is not None else self._new_export_path()
         if out.exists():
             raise ValueError(f"{out} already exists; choose another file name.")
-        summary = write_export(out, items, self.files, extra_manifest={"exported_by": user})
+        summary = write_export(out, items, self.files, extra_manifest={"exported_by": user}, formats=tuple(formats))
         with self.database.transaction() as s:
             export_id = repository.record_export(
                 s, str(out.resolve()), summary.sha256, summary.n_items, summary.formats, user
@@ -921,6 +962,20 @@ class StudioService:
         while path.exists():
             path, counter = self.exports_dir / f"steel-defects-{stamp}-{counter}.zip", counter + 1
         return path
+
+
+def parse_box_text(text: str) -> list[dict[str, int]]:
+    """Boxes from "x0,y0,x1,y1" entries (pixels, x1/y1 exclusive), one per line or separated by ';'."""
+    boxes = []
+    for part in filter(str.strip, re.split(r"[;\n]", text or "")):
+        match = BOX_TEXT_PATTERN.fullmatch(part)
+        if match is None:
+            raise ValueError(f"Box {part.strip()!r} is not x0,y0,x1,y1 in whole pixels.")
+        xmin, ymin, xmax, ymax = map(int, match.groups())
+        boxes.append({"label": "", "xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax})
+    if not boxes:
+        raise ValueError("Give at least one box as x0,y0,x1,y1.")
+    return boxes
 
 
 def _all_pages(fetch: Callable[[int], list]) -> Iterator:

@@ -95,7 +95,9 @@ def test_truncated_or_corrupted_files_are_refused_or_normalised(
 
 
 @PROPERTY_SETTINGS
-@given(mode=st.sampled_from(MODES), fmt=st.sampled_from(SAVE_FORMATS), width=SIDES, height=SIDES, seed=st.integers(0, 9))
+@given(
+    mode=st.sampled_from(MODES), fmt=st.sampled_from(SAVE_FORMATS), width=SIDES, height=SIDES, seed=st.integers(0, 9)
+)
 def test_valid_images_of_any_mode_normalise_to_8_bit_l_or_rgb(
     mode: str, fmt: str, width: int, height: int, seed: int
 ) -> None:

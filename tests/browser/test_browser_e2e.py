@@ -1,0 +1,142 @@
+"""The studio in a real browser: Debian's headless Chromium, driven by Playwright, uploads, generates, accepts, exports.
+
+Playwright's own browser download is never used (`playwright install` needs the network): it drives
+/usr/bin/chromium, which `.ci/run` installs from Debian's `chromium` package.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from storage.export import unsafe_path_problem, verify_export
+from webapp.app import build_app, served_folders
+from webapp.cli import queue_app
+from webapp.service import StudioService
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless on a machine with no network beyond loopback: no GPU, no background fetches, no first-run UI.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STEP_TIMEOUT_MS = 60_000
+SLAB_SIZE = (48, 40)
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def studio_url(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> Iterator[tuple[StudioService, str]]:
+    """The studio on the tiny model with the tiny adapter, served on a free loopback port."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    service = StudioService(tmp_path / "data", model=str(tiny_model))
+    service.register_adapter(tiny_adapter)
+    app = queue_app(build_app(service))
+    try:
+        _, url, _ = app.launch(
+            prevent_thread_lock=True, server_port=free_port(), allowed_paths=served_folders(service), quiet=True
+        )
+        yield service, url
+    finally:
+        app.close()
+        service.close()
+        torch.set_num_threads(threads)
+
+
+def test_upload_generate_accept_and_download_the_export_in_chromium(
+    studio_url: tuple[StudioService, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    service, url = studio_url
+    slab = tmp_path / "slab.png"
+    pixels = np.random.default_rng(0).normal(128, 12, SLAB_SIZE[::-1]).clip(0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(slab)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900}).new_page()
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.goto(url)
+
+            # 1. Upload a clean slab
+            page.locator("input[type=file]").set_input_files(str(slab))
+            page.get_by_text("slab.png").first.wait_for()
+            page.get_by_role("button", name="Upload and store").click()
+            page.get_by_text("Stored 1 image(s)").wait_for()
+            (source,) = service.list_sources(role="clean")
+            assert (source.name, source.uploaded_by) == ("slab.png", "local")
+
+            # 2. Two candidates of 2 steps at full strength on it
+            page.get_by_role("tab", name="Generate & review").click()
+            expect(page.get_by_role("combobox", name="Clean slab", exact=True)).to_have_value(
+                f"#{source.id} slab.png (48×40)"
+            )
+            for label, value in (
+                ("Strength (share of the slab the model repaints)", "1"),
+                ("Candidates", "2"),
+                ("Steps", "2"),
+            ):
+                box = page.get_by_label(f"number input for {label}", exact=True)
+                box.fill(value)
+                box.press("Enter")
+            page.get_by_role("button", name="Generate candidates").click()
+            page.get_by_text(re.compile(r"^2 candidates in [0-9.]+ s; judge each one\.$")).wait_for()
+            first, second = sorted(row.id for row in service.dataset_view().rows)
+
+            # 3. Accept the selected (first) candidate
+            candidate = page.get_by_role("combobox", name="Candidate to judge (click an image or pick here)")
+            expect(candidate).to_have_value(re.compile(rf"^#{first} "))
+            page.get_by_role("button", name="Accept candidate").click()
+            page.get_by_text(f"Sample {first} is now accepted.").wait_for()
+            statuses = {row.id: (row.status, row.decided_by) for row in service.dataset_view().rows}
+            assert statuses == {first: ("accepted", "local"), second: ("pending", None)}
+
+            # 4. Export and download the zip through the page's link
+            page.get_by_role("tab", name="Export").click()
+            page.get_by_role("button", name="Export accepted dataset (zip)").click()
+            page.get_by_text(re.compile(r"^Export \d+: 1 images")).wait_for()
+            with page.expect_download() as download_info:
+                page.locator('a[download$=".zip"]').click()
+            downloaded = tmp_path / "downloaded.zip"
+            download_info.value.save_as(downloaded)
+        finally:
+            browser.close()
+
+    # 5. The downloaded file is the export: intact, safe paths, the accepted candidate with its parameters
+    assert verify_export(downloaded) == []
+    with zipfile.ZipFile(downloaded) as archive:
+        names = archive.namelist()
+        manifest = json.loads(archive.read("manifest.json"))
+        (item,) = manifest["items"]
+        image = Image.open(io.BytesIO(archive.read(item["path"])))
+    assert all(unsafe_path_problem(name) is None for name in names)
+    assert (item["kind"], item["sample_id"], item["lineage"]["decided_by"]) == ("synthetic", first, "local")
+    assert (item["params"]["steps"], item["params"]["strength"]) == (2, 1.0)
+    assert image.size == SLAB_SIZE

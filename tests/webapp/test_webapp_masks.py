@@ -1,0 +1,149 @@
+"""Masks and boxes through the service, the CLI and the UI: generate with a mask, import VOC boxes, export formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client
+from PIL import Image
+from pycocotools.coco import COCO
+
+import launch
+from engine.config import GenerationConfig
+from webapp.app import build_app, painted_mask, served_folders
+from webapp.service import StudioService, parse_box_text
+
+FAST = {"strength": 1.0, "steps": 2}
+
+
+def upload_slab(service: StudioService, slab_png, width: int = 64, height: int = 48) -> int:
+    return service.upload_images([("slab.png", slab_png(width, height, 3))], "clean", None, "alice").sources[0].id
+
+
+def test_a_masked_generation_stores_each_sample_with_its_mask_and_boxes(service: StudioService, slab_png) -> None:
+    source_id = upload_slab(service, slab_png)
+    mask = service.box_mask(source_id, "10,8,20,30\n40, 30, 60, 36")
+    outcome = service.generate_candidates(
+        source_id, GenerationConfig("inclusion", num_candidates=2, **FAST), "alice", mask=mask
+    )
+    for sample_id in outcome.sample_ids:
+        details = service.sample_details(sample_id)
+        assert details.boxes == [
+            {"label": "inclusion", "xmin": 10, "ymin": 8, "xmax": 20, "ymax": 30},
+            {"label": "inclusion", "xmin": 40, "ymin": 30, "xmax": 60, "ymax": 36},
+        ]
+        assert details.mask_path is not None
+        assert hashlib.sha256(details.mask_path.read_bytes()).hexdigest() == details.params["mask_sha256"]
+        assert np.array_equal(np.asarray(Image.open(details.mask_path)), np.asarray(mask))
+        assert details.params["quality"]["background_ssim"] > 0.5
+
+
+def test_auto_place_gives_every_sample_its_own_mask(service: StudioService, slab_png) -> None:
+    source_id = upload_slab(service, slab_png)
+    config = GenerationConfig("scratches", num_candidates=2, auto_place=True, **FAST)
+    first, second = (service.sample_details(i) for i in service.generate_candidates(source_id, config, "a").sample_ids)
+    assert first.params["mask_source"] == "auto-place" and first.boxes and second.boxes
+    assert first.mask_path != second.mask_path
+
+
+def test_box_text_is_parsed_and_checked(service: StudioService, slab_png) -> None:
+    assert parse_box_text("1,2,3,4; 5,6,7,8\n") == [
+        {"label": "", "xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4},
+        {"label": "", "xmin": 5, "ymin": 6, "xmax": 7, "ymax": 8},
+    ]
+    with pytest.raises(ValueError, match="not x0,y0,x1,y1"):
+        parse_box_text("1,2,3")
+    with pytest.raises(ValueError, match="at least one box"):
+        parse_box_text(" ")
+    source_id = upload_slab(service, slab_png)
+    with pytest.raises(ValueError, match="outside the 64×48 image"):
+        service.box_mask(source_id, "10,10,70,20")
+
+
+def test_painted_editor_layers_become_the_mask() -> None:
+    layer = Image.new("RGBA", (32, 24), (0, 0, 0, 0))
+    layer.paste((255, 0, 0, 128), (4, 5, 10, 9))
+    mask = painted_mask({"background": None, "layers": [layer], "composite": None}, (64, 48))
+    assert mask.size == (64, 48) and mask.getbbox() == (8, 10, 20, 18)
+    assert painted_mask({"layers": [Image.new("RGBA", (32, 24))]}, (32, 24)) is None
+    assert painted_mask(None, (32, 24)) is None
+
+
+def test_export_formats_hold_synthetic_masks_and_imported_voc_boxes(
+    service: StudioService, slab_png, tmp_path: Path
+) -> None:
+    source_id = upload_slab(service, slab_png)
+    mask = service.box_mask(source_id, "10,8,20,30")
+    (kept,) = service.generate_candidates(
+        source_id, GenerationConfig("scratches", num_candidates=1, **FAST), "alice", mask=mask
+    ).sample_ids
+    service.decide(kept, "accepted", None, "alice")
+    images, annotations = tmp_path / "real", tmp_path / "xml"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "s1.png").write_bytes(slab_png(48, 40, 11))
+    (annotations / "s1.xml").write_text(
+        "<annotation><object><name>scratches</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
+        "<xmax>30</xmax><ymax>20</ymax></bndbox></object></annotation>"
+    )
+    service.import_folder(images, "defect", "scratches", annotations, "cli")
+
+    export = service.export_dataset("carol", tmp_path / "all.zip")
+    assert service.verify_export(export.path) == []
+    with zipfile.ZipFile(export.path) as archive:
+        archive.extractall(tmp_path / "all")
+        names = set(archive.namelist())
+    assert {"coco/instances.json", "data.yaml", "yolo-train.txt"} <= names
+    assert sum(n.startswith("masks/") for n in names) == sum(n.startswith("voc/") for n in names) == 2
+    coco = COCO(str(tmp_path / "all" / "coco" / "instances.json"))
+    boxes = sorted(tuple(a["bbox"]) for a in coco.loadAnns(coco.getAnnIds()))
+    assert boxes == [(1, 2, 29, 18), (10, 8, 10, 22)]
+
+    launch.main(["export", "--data-dir", str(service.data_dir), "--model", str(service.model),
+                 "--out", str(tmp_path / "yolo.zip"), "--formats", "yolo"])  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "yolo.zip") as archive:
+        names = set(archive.namelist())
+        assert json.loads(archive.read("manifest.json"))["formats"] == ["imagefolder", "yolo"]
+    assert "data.yaml" in names and not any(n.startswith(("masks/", "coco/", "voc/")) for n in names)
+    with pytest.raises(ValueError, match="Unknown export format"):
+        service.export_dataset("carol", tmp_path / "bad.zip", ["tfrecord"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_the_ui_generates_from_typed_boxes_and_shows_the_overlay(service: StudioService, slab_png) -> None:
+    source_id = upload_slab(service, slab_png)
+    app = build_app(service)
+    app.queue()
+    client = None
+    try:
+        _, url, _ = app.launch(
+            prevent_thread_lock=True, server_port=free_port(), allowed_paths=served_folders(service), quiet=True
+        )
+        client = Client(url, verbose=False)
+        client.predict(None, None, api_name="/generate_refresh")
+        job = client.submit(source_id, "scratches", 1.0, 1, 2, 0, None, "5,5,25,20", False, api_name="/generate")
+        _, _, message = job.result(timeout=120)
+        assert message.startswith("1 candidates")
+        (sample_id,) = [row.id for row in service.dataset_view().rows]
+        shown = client.predict(sample_id, api_name="/candidate_overlay")
+        labels = sorted(annotation["label"] for annotation in shown["annotations"])
+        assert labels == ["mask", "scratches box"]
+        with Image.open(shown["image"]) as image:
+            assert image.size == (64, 48)
+        job = client.submit(source_id, "scratches", 1.0, 1, 2, 1, None, "", True, api_name="/generate")
+        assert job.result(timeout=120)[2].startswith("1 candidates")
+    finally:
+        if client is not None:
+            client.close()
+        app.close()
