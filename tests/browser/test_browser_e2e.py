@@ -78,14 +78,17 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
     pixels = np.random.default_rng(0).normal(128, 12, SLAB_SIZE[::-1]).clip(0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(slab)
 
+    console: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900}).new_page()
             page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
             page.goto(url)
 
             # 1. Upload a clean slab
+            page.get_by_role("button", name="Upload and store").wait_for()
             page.locator("input[type=file]").set_input_files(str(slab))
             page.get_by_text("slab.png").first.wait_for()
             page.get_by_role("button", name="Upload and store").click()
@@ -126,6 +129,10 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
                 page.locator('a[download$=".zip"]').click()
             downloaded = tmp_path / "downloaded.zip"
             download_info.value.save_as(downloaded)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"Screenshot: {tmp_path / 'failure.png'}\nBrowser console:\n" + "\n".join(console[-30:]))
+            raise
         finally:
             browser.close()
 

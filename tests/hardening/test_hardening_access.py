@@ -13,9 +13,9 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import free_port
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
+from hardening_support import free_port
 
 import launch
 from storage.export import unsafe_path_problem, verify_export

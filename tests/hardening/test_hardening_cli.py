@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from conftest import encode
+from hardening_support import encode
 from PIL import Image
 
 import launch

@@ -6,12 +6,14 @@ import io
 
 import numpy as np
 import pytest
-from conftest import encode, png_header_only, stored_files
+from hardening_support import encode, png_header_only, stored_files
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
+from sqlalchemy import func, select
 
 from storage.files import safe_file_name
+from storage.tables import SourceImage
 from webapp.service import StudioService
 from webapp.validation import UploadError, normalise_upload
 
@@ -203,9 +205,7 @@ def test_a_batch_with_one_bad_file_stores_nothing(
         service.upload_images(batch, "defect", "scratches", "alice")
     assert service.list_sources() == [] and stored_files(service) == []
     with service.database.session() as s:
-        from storage.tables import SourceImage
-
-        assert s.query(SourceImage).count() == 0
+        assert s.scalar(select(func.count()).select_from(SourceImage)) == 0
 
 
 def test_a_batch_over_the_size_limit_is_refused_before_decoding(
