@@ -10,12 +10,13 @@ commands (import, export, verify-export) start without loading torch.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,14 @@ BOX_TEXT_PATTERN = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*"
 # bound that memory, well above any real camera folder yet far below what would exhaust the host.
 MAX_BATCH_FILES = 2000
 MAX_BATCH_BYTES = 1024**3
+# Realism: a class's uploaded real defects are its reference from this many on (fewer give a noisy typical
+# distance); below that, a NEU class uses the shipped NEU features and another class goes unscored. At most
+# MAX_REALISM_REFERENCES uploads (the oldest) are used, which bounds the feature pass to a few seconds.
+MIN_REALISM_REFERENCES = 3
+MAX_REALISM_REFERENCES = 300
+REALISM_REJECT_REASON = "below realism threshold"
+# An adapter folder's index (engine.models.TOKENS_FILE), named here so that reading it needs no torch.
+ADAPTER_INDEX = "tokens.json"
 
 
 # Results
@@ -107,13 +116,25 @@ class ClassInfo:
 
 @dataclass(frozen=True)
 class CandidateInfo:
-    """One stored candidate of a generation."""
+    """One stored candidate of a generation, with its realism (None where the class has no reference).
+
+    `suggested` is "reject" when the realism lies below the generation's threshold: the candidate stays
+    pending for the user to decide, and `reject_flagged` rejects such candidates together.
+    """
 
     sample_id: int
     seed: int
     path: Path
     status: str = "pending"
     revision: int = 0
+    realism_score: float | None = None
+    class_probability: float | None = None
+    predicted_class: str | None = None
+    suggested: str | None = None
+
+    @property
+    def pre_rejected(self) -> bool:
+        return self.suggested == "reject"
 
 
 @dataclass(frozen=True)
@@ -129,6 +150,15 @@ class GenerationOutcome:
     def sample_ids(self) -> list[int]:
         """The stored samples' ids, in seed order."""
         return [c.sample_id for c in self.candidates]
+
+    @property
+    def flagged_ids(self) -> list[int]:
+        """The candidates pre-rejected by the realism threshold."""
+        return [c.sample_id for c in self.candidates if c.pre_rejected]
+
+    def by_realism(self) -> list[CandidateInfo]:
+        """The candidates best first (unscored ones last, in seed order)."""
+        return sorted(self.candidates, key=lambda c: realism_sort_key(c.realism_score))
 
     def images(self) -> list[Image.Image]:
         """The candidate images, loaded from the file store."""
@@ -174,6 +204,7 @@ class SampleRow:
     created_by: str
     decided_by: str | None
     reject_reason: str | None
+    realism_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +227,12 @@ class SampleDetails:
     decisions: list[dict[str, Any]]
     mask_path: Path | None = None
     boxes: list[dict[str, Any]] = field(default_factory=list)
+    realism_score: float | None = None
+
+    @property
+    def pre_rejected(self) -> bool:
+        """Whether the realism threshold of its generation flagged it."""
+        return bool(self.params.get("pre_rejected"))
 
 
 @dataclass(frozen=True)
@@ -260,6 +297,35 @@ def check_class_name(name: str | None) -> str:
     return name
 
 
+def realism_sort_key(score: float | None) -> tuple[bool, float]:
+    """Sort key for best-first realism order: higher scores first, unscored last (a stable sort keeps ties)."""
+    return (score is None, -(score or 0.0))
+
+
+def check_realism_threshold(threshold: float | None) -> float | None:
+    """A realism threshold in [0, 1], or None (off); raises ValueError otherwise."""
+    if threshold is None:
+        return None
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"The realism threshold must lie between 0 and 1, got {threshold}.")
+    return threshold
+
+
+def realism_crop(image: Image.Image, params: dict[str, Any]) -> Image.Image:
+    """The part of a candidate the model repainted: its window, the box around its mask windows, else all of it."""
+    window = params.get("window")
+    if window:
+        return image.crop((window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"]))
+    windows = params.get("windows") or []
+    if windows:
+        left, top = min(w["x"] for w in windows), min(w["y"] for w in windows)
+        right = max(w["x"] + w["width"] for w in windows)
+        bottom = max(w["y"] + w["height"] for w in windows)
+        return image.crop((left, top, right, bottom))
+    return image
+
+
 def verify_export(path: Path) -> list[str]:
     """Problems found in an export zip (an empty list: it is intact)."""
     path = Path(path)
@@ -285,7 +351,12 @@ class StudioService:
         self._runs: dict[int, _RunProgress] = {}
         self._runs_lock = threading.Lock()
         self._model_ref: str | None = None
+        self._realism_lock = threading.Lock()
+        self._feature_net: Any = None
+        self._shipped_references: dict[str, Any] | None = None
+        self._scorers: dict[str, tuple[tuple[str, ...], Any, str]] = {}
         self._register_shipped_adapter()
+        self.sync_default_strengths()
 
     # Setup
 
@@ -344,13 +415,14 @@ class StudioService:
         """Make a finished adapter folder the active adapter of each class it holds (creating the classes).
 
         A folder registered before becomes active again (a rollback); a new folder becomes the next version.
+        A token's tuned `default_strength` (tokens.json, written by tune-strength) becomes its class's default.
         """
         path = Path(path).resolve()
         info = self._read_matching_adapter(path)
         with self.database.transaction() as s:
             for name, token in info.tokens.items():
-                defect_class = repository.ensure_defect_class(s, check_class_name(name), token.token, token.init_word)
-                if token.default_strength and defect_class.default_strength is None:
+                repository.ensure_defect_class(s, check_class_name(name), token.token, token.init_word)
+                if token.default_strength:
                     repository.set_default_strength(s, name, token.default_strength)
                 earlier = [v for v in repository.list_adapter_versions(s, name) if v.path == str(path)]
                 if earlier:
@@ -359,6 +431,33 @@ class StudioService:
                 else:
                     repository.register_adapter_version(s, name, str(path), run_id=run_id)
         return [c for c in self.list_classes() if c.name in info.tokens]
+
+    def sync_default_strengths(self) -> None:
+        """Copy each active adapter's tuned strengths from its tokens.json to the classes (done at start).
+
+        `tune-strength` writes into the adapter folder, not the database; this carries its choice to the UI.
+        An unreadable tokens.json is logged and skipped so one broken folder does not stop the studio. The file
+        is read as JSON here, so that a start does not import torch.
+        """
+        with self.database.transaction() as s:
+            for defect_class in repository.list_defect_classes(s):
+                adapter = repository.active_adapter(s, defect_class.name)
+                if adapter is None:
+                    continue
+                try:
+                    tokens = json.loads((Path(adapter.path) / ADAPTER_INDEX).read_text())["tokens"]
+                    tuned = (tokens.get(defect_class.name) or {}).get("default_strength")
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                    logger.warning(
+                        "Cannot read the tuned strength of %s in %s: %s", defect_class.name, adapter.path, error
+                    )
+                    continue
+                if tuned is None or tuned == defect_class.default_strength:
+                    continue
+                if not isinstance(tuned, int | float) or not 0.0 < tuned <= 1.0:
+                    logger.warning("Ignoring the tuned strength %s of %s in %s", tuned, defect_class.name, adapter.path)
+                    continue
+                repository.set_default_strength(s, defect_class.name, tuned)
 
     def _read_matching_adapter(self, path: Path):
         """The adapter folder's info; raises ValueError if it was trained on another base model."""
@@ -524,15 +623,20 @@ class StudioService:
         user: str,
         progress: ProgressFn | None = None,
         mask: Image.Image | None = None,
+        realism_threshold: float | None = None,
     ) -> GenerationOutcome:
         """Generate candidates on a clean slab with a class's active adapter and store them as pending samples.
 
         With a `mask` (the slab's size, white = repaint) or `config.auto_place`, only the masked region is
         repainted; each sample then stores its mask (file store) and the boxes of the mask's components.
+        Each candidate's repainted region gets a realism score (see `realism_scorer`), stored in its row and,
+        with the class probability and predicted class, in its params. Candidates scoring below
+        `realism_threshold` are flagged "pre_rejected" but stay pending: the user decides.
         """
         from engine.generate import generate
 
         # 1. Check inputs
+        threshold = check_realism_threshold(realism_threshold)
         with self.database.session() as s:
             source = repository.get_source_image(s, source_id)
             if source is None:
@@ -554,18 +658,26 @@ class StudioService:
             pipe = self._pipeline(adapter_path)
             result = generate(pipe, init_image, config, progress, mask=mask)
 
-        # 3. Store each candidate (PNG with its parameters, and its mask) and its row
+        # 3. Score each candidate against the class's real images
+        realism = self._score_realism(config.class_name, [realism_crop(c.image, c.params) for c in result.candidates])
+
+        # 4. Store each candidate (PNG with its parameters, realism included, and its mask) and its row
         stored = []
-        for candidate in result.candidates:
+        for candidate, score in zip(result.candidates, realism, strict=True):
             candidate.params.update(
                 adapter_version=adapter_version, adapter_folder=Path(adapter_path).name, source_image_id=source_id
             )
+            flagged = threshold is not None and score is not None and score["score"] < threshold
+            if score is not None:
+                candidate.params["realism"] = score
+            if threshold is not None:
+                candidate.params.update(realism_threshold=threshold, pre_rejected=flagged)
             mask_png = candidate.mask_png()
             mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
-            stored.append((candidate, self.files.put(candidate.png_bytes(), ".png"), mask_sha256))
+            stored.append((candidate, self.files.put(candidate.png_bytes(), ".png"), mask_sha256, score, flagged))
         with self.database.transaction() as s:
             candidates = []
-            for candidate, sha256, mask_sha256 in stored:
+            for candidate, sha256, mask_sha256, score, flagged in stored:
                 params = candidate.params
                 window = params["window"]
                 # A masked repaint's boxes are its mask's components; a window img2img's is the window itself.
@@ -603,11 +715,95 @@ class StudioService:
                     window_json=window,
                     mask_sha256=mask_sha256,
                     boxes_json=boxes,
+                    realism_score=score["score"] if score is not None else None,
                     params_json=params,
                     created_by=user,
                 )
-                candidates.append(CandidateInfo(sample.id, candidate.seed, self.files.path(sha256)))
+                candidates.append(
+                    CandidateInfo(
+                        sample.id,
+                        candidate.seed,
+                        self.files.path(sha256),
+                        realism_score=score["score"] if score is not None else None,
+                        class_probability=score["class_probability"] if score is not None else None,
+                        predicted_class=score["predicted_class"] if score is not None else None,
+                        suggested="reject" if flagged else None,
+                    )
+                )
         return GenerationOutcome(source_id, config.class_name, candidates, result.wall_time_s)
+
+    # Realism
+
+    def realism_scorer(self, class_name: str) -> tuple[Any, str] | None:
+        """The class's RealismScorer and a description of its reference, or None when it has no reference.
+
+        The reference is the class's uploaded real defects once there are MIN_REALISM_REFERENCES of them; a
+        NEU class with fewer uses the shipped features of NEU's training pool. A scorer is kept until the
+        class's uploads change.
+        """
+        from engine.evaluate import RealismScorer
+        from engine.features import image_to_array
+
+        with self.database.session() as s:
+            rows = repository.list_source_images(s, "defect", class_name, MAX_REALISM_REFERENCES, 0)
+            shas = tuple(row.sha256 for row in rows)
+        uploaded = len(shas) >= MIN_REALISM_REFERENCES
+        key = shas if uploaded else ()
+        with self._realism_lock:
+            cached = self._scorers.get(class_name)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
+            net = self._load_feature_net()
+            if net is None:
+                return None
+            if uploaded:
+                size = net.config.input_size
+                images = []
+                for sha256 in shas:
+                    with Image.open(io.BytesIO(self.files.read(sha256))) as opened:
+                        images.append(Image.fromarray(image_to_array(opened, size)))
+                scorer = RealismScorer(net, {class_name: images})
+                reference = f"{len(images)} uploaded real defect images"
+            else:
+                shipped = self._load_shipped_references()
+                if class_name not in shipped:
+                    return None
+                scorer = RealismScorer.from_features(net, {class_name: shipped[class_name]})
+                reference = "NEU training pool (shipped features)"
+            self._scorers[class_name] = (key, scorer, reference)
+            return scorer, reference
+
+    def _score_realism(self, class_name: str, images: list[Image.Image]) -> list[dict[str, Any] | None]:
+        """Each image's realism for the class with its parts and reference, or None where it has no reference."""
+        found = self.realism_scorer(class_name)
+        if found is None:
+            return [None] * len(images)
+        scorer, reference = found
+        return [{**asdict(score), "reference": reference} for score in scorer.score_many(images, class_name)]
+
+    def _load_feature_net(self):
+        """The shipped steel feature network, loaded once; None (logged) if it is missing."""
+        if self._feature_net is None:
+            from engine.features import load_feature_net
+
+            try:
+                self._feature_net = load_feature_net()
+            except FileNotFoundError as error:
+                logger.warning("Realism scores are off: %s", error)
+                self._feature_net = False
+        return self._feature_net or None
+
+    def _load_shipped_references(self) -> dict[str, Any]:
+        """The shipped NEU reference features by class, loaded once; empty (logged) if missing or stale."""
+        if self._shipped_references is None:
+            from engine.evaluate import load_reference_features
+
+            try:
+                self._shipped_references = load_reference_features()
+            except (FileNotFoundError, ValueError) as error:
+                logger.warning("NEU classes without uploaded real defects get no realism score: %s", error)
+                self._shipped_references = {}
+        return self._shipped_references
 
     def _pipeline(self, adapter_path: str | None):
         """A cached pipeline for (base model, adapter folder); the least recently used one is dropped."""
@@ -647,6 +843,33 @@ class StudioService:
             outcome = repository.undo_decision(s, sample_id, user, expected_revision)
         return DecisionResult(sample_id, outcome.applied, outcome.status, outcome.revision, outcome.message)
 
+    def reject_flagged(
+        self, sample_ids: Sequence[int], user: str, realism_threshold: float | None = None
+    ) -> list[DecisionResult]:
+        """Reject, in one transaction, the pending samples among `sample_ids` that the realism threshold flags.
+
+        Without `realism_threshold` the flags set at generation count (params["pre_rejected"]); with one, every
+        scored sample below it. Decided and unscored samples are left as they are. Returns the decisions made.
+        """
+        threshold = check_realism_threshold(realism_threshold)
+        results = []
+        with self.database.transaction() as s:
+            samples = [self._require_sample(s, int(i)) for i in dict.fromkeys(sample_ids)]
+            for sample in samples:
+                if sample.status != "pending":
+                    continue
+                if threshold is None:
+                    flagged = bool(sample.params_json.get("pre_rejected"))
+                else:
+                    flagged = sample.realism_score is not None and sample.realism_score < threshold
+                if not flagged:
+                    continue
+                outcome = repository.decide(s, sample.id, "rejected", REALISM_REJECT_REASON, user, sample.revision)
+                results.append(
+                    DecisionResult(sample.id, outcome.applied, outcome.status, outcome.revision, outcome.message)
+                )
+        return results
+
     @staticmethod
     def _require_sample(s, sample_id: int):
         sample = repository.get_sample(s, sample_id)
@@ -682,6 +905,7 @@ class StudioService:
                     x.created_by,
                     x.decided_by,
                     x.reject_reason,
+                    x.realism_score,
                 )
                 for x in samples
             ]
@@ -706,6 +930,7 @@ class StudioService:
                 decisions,
                 self.files.path(sample.mask_sha256) if sample.mask_sha256 else None,
                 list(sample.boxes_json),
+                sample.realism_score,
             )
 
     def box_mask(self, source_id: int, text: str) -> Image.Image:

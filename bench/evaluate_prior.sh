@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Quality of the embedded prior on the NEU validation split (the model card's figures).
+# Samples are generated from training-pool images (image-oriented, strength 0.6, shipped tokens) and
+# compared with the held-out validation images; the pool itself is the real-vs-real reference.
+#   bash bench/evaluate_prior.sh [NEU_DIR] [WORK_DIR] [PER_CLASS]
+set -euo pipefail
+neu=${1:-../shared/data/neu}
+work=${2:-/tmp/studio-eval}
+per_class=${3:-40}
+strength=${STRENGTH:-0.6}
+python -m engine.evaluate neu-split --data "$neu" --out "$work/neu-split"
+for class_dir in "$work"/neu-split/pool/*/; do
+  name=$(basename "$class_dir")
+  python launch.py generate --token "$name" --init "$class_dir" --num "$per_class" \
+    --out "$work/generated-$strength/$name" --strength "$strength" --seed 0
+done
+python launch.py evaluate fidelity --generated "$work/generated-$strength" --real "$work/neu-split/val" \
+  --reference "$work/neu-split/pool"
+python launch.py evaluate two-sample --generated "$work/generated-$strength" --real "$work/neu-split/val"
