@@ -123,9 +123,9 @@ def train(
     # 2. Load components and freeze what is not trained
     model_ref = resolve_model(config.model)
     tokenizer = CLIPTokenizer.from_pretrained(model_ref, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(model_ref, subfolder="text_encoder")
-    vae = AutoencoderKL.from_pretrained(model_ref, subfolder="vae")
-    unet = UNet2DConditionModel.from_pretrained(model_ref, subfolder="unet")
+    text_encoder = CLIPTextModel.from_pretrained(model_ref, subfolder="text_encoder", dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(model_ref, subfolder="vae", dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(model_ref, subfolder="unet", dtype=torch.float32)
     noise_scheduler = DDPMScheduler.from_pretrained(model_ref, subfolder="scheduler")
     vae.requires_grad_(False)
 

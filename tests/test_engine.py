@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from engine.batch import finetune_folder, generate_to_folder
@@ -146,3 +147,11 @@ def test_pretrain_mode_learns_and_saves_a_loadable_model(tiny_model, tmp_path):
     out = pipe(prompt="a steel surface", image=Image.fromarray(images[0].pixels), strength=1.0,
                num_inference_steps=2, output_type="np").images
     assert out.shape == (1, 32, 32, 3)
+
+
+def test_finetune_trains_in_float32_from_a_model_saved_in_half_precision(tiny_model, tiny_dataset, tmp_path):
+    half = tmp_path / "half-model"
+    StableDiffusionImg2ImgPipeline.from_pretrained(str(tiny_model), safety_checker=None).to(torch.float16)\
+        .save_pretrained(str(half))
+    result = finetune_folder(tiny_dataset, tmp_path / "run", model=str(half), steps=2, batch_size=2)
+    assert result.status == "completed" and all(np.isfinite(result.losses))
