@@ -41,6 +41,10 @@ class GenerationConfig(ConfigMixin):
     seed: int = 0
     prompt_template: str = "a grayscale photo of a steel surface with {token}"
     negative_prompt: str = ""
+    # Share of the source's fine detail that the autoencoder cannot carry, added back to each output.
+    # A compact prior's autoencoder blurs texture (crazing, pits); restoring the source's residual keeps
+    # the steel's grain. Ignored at strength 1.0: a pure-noise start takes nothing from the source.
+    detail_restore: float = 1.0
     # Window (x, y) of the model-sized square inside a larger slab; None centres it.
     window_x: int | None = None
     window_y: int | None = None
@@ -61,6 +65,8 @@ class GenerationConfig(ConfigMixin):
             raise ValueError(f"Number of candidates must be between 1 and 64, got {self.num_candidates}.")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"Seed must be between 0 and 2**32-1, got {self.seed}.")
+        if not 0.0 <= self.detail_restore <= 1.0:
+            raise ValueError(f"Detail restore must be between 0 and 1, got {self.detail_restore}.")
         if self.guidance_scale < 0 or self.guidance_scale > 30:
             raise ValueError(f"Guidance scale must be between 0 and 30, got {self.guidance_scale}.")
 

@@ -155,3 +155,24 @@ def test_finetune_trains_in_float32_from_a_model_saved_in_half_precision(tiny_mo
         .save_pretrained(str(half))
     result = finetune_folder(tiny_dataset, tmp_path / "run", model=str(half), steps=2, batch_size=2)
     assert result.status == "completed" and all(np.isfinite(result.losses))
+
+
+def test_detail_restore_adds_back_what_the_autoencoder_loses_but_not_at_strength_one(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    source = slab(32, 32, seed=4)
+
+    def render(strength: float, detail: float) -> np.ndarray:
+        config = GenerationConfig(class_name="scratches", num_candidates=1, strength=strength, steps=4, seed=1,
+                                  detail_restore=detail)
+        candidate = generate(pipe, source, config).candidates[0]
+        return np.asarray(candidate.image, dtype=np.int16), candidate.params
+
+    plain, _ = render(0.5, 0.0)
+    restored, params = render(0.5, 1.0)
+    assert params["detail_restore"] == 1.0
+    assert np.abs(plain - restored).mean() > 1
+    noise_plain, _ = render(1.0, 0.0)
+    noise_restored, params = render(1.0, 1.0)
+    assert np.array_equal(noise_plain, noise_restored) and params["detail_restore"] == 0.0
+    with pytest.raises(ValueError, match="Detail restore"):
+        GenerationConfig(class_name="x", detail_restore=1.5)
