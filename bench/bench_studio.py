@@ -52,7 +52,7 @@ steps = []
 t0 = time.perf_counter()
 def progress(step, total, message):
     steps.append(time.perf_counter())
-result = finetune_folder(sys.argv[2], sys.argv[3], model=sys.argv[1] or None, preset="cpu-quick")
+result = finetune_folder(sys.argv[2], sys.argv[3], model=sys.argv[1] or None, preset="cpu-quick", progress=progress)
 total = time.perf_counter() - t0
 step_s = (steps[-1] - steps[9]) / (len(steps) - 10) if len(steps) > 10 else float("nan")
 print(json.dumps({"finetune_total_s": total, "steps": result.steps, "step_s": step_s,

@@ -5,7 +5,7 @@ For each seed: draw K real images per class from the pool, fine-tune tokens + Lo
 1.0, the paper's pure-noise ablation), then run the recognition protocol on the validation split:
 real only, + classic augmentation, + ours, ours + classic. A K=20 real-only run is the target.
 
-    python bench/fewshot_yardstick.py --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot
+    python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot
 """
 
 from __future__ import annotations
