@@ -69,3 +69,32 @@ def tiny_adapter(tiny_model, tiny_dataset, tmp_path_factory) -> Path:
     result = finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=4)
     assert result.status == "completed"
     return out
+
+
+@pytest.fixture
+def slab_png():
+    """PNG bytes of a grey steel-like slab of a given size (different seeds give different images)."""
+    from PIL import Image
+
+    from tests.support import encode
+
+    def make(width: int = 48, height: int = 40, seed: int = 0) -> bytes:
+        rng = np.random.default_rng(seed)
+        pixels = rng.normal(128, 12, (height, width)).clip(0, 255).astype(np.uint8)
+        return encode(Image.fromarray(pixels, mode="L"))
+
+    return make
+
+
+@pytest.fixture
+def service(tmp_path, tiny_model, tiny_adapter):
+    """A studio on the tiny model whose classes (scratches, inclusion) use the tiny adapter as version 1."""
+    from webapp.service import StudioService
+
+    studio = StudioService(tmp_path / "data", model=str(tiny_model))
+    studio.preview_steps = 2
+    studio.register_adapter(tiny_adapter)
+    try:
+        yield studio
+    finally:
+        studio.close()

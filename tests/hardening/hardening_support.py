@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import struct
 import zlib
-from pathlib import Path
 
-from PIL import Image
+from tests.support import encode, stored_files
 
-from webapp.service import StudioService
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
-    """`image` saved in `fmt` as bytes."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save_args)
-    return buffer.getvalue()
+__all__ = ["encode", "stored_files", "png_header_only", "free_port"]
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -38,7 +29,3 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
-
-def stored_files(studio: StudioService) -> list[Path]:
-    """Every file in the studio's file store."""
-    return sorted(p for p in studio.files.root.rglob("*") if p.is_file()) if studio.files.root.exists() else []

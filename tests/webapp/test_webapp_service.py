@@ -8,10 +8,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import stored_files
 
 from engine.config import GenerationConfig
 from engine.generate import read_png_parameters
+from tests.support import stored_files
 from webapp.service import StudioService
 from webapp.validation import UploadError
 
