@@ -245,7 +245,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         checkpointing_steps=max(1, min(250, args.autoencoder_steps // 4)),
     )
     result = pretrain(args.data, args.out, args.work_dir, size, autoencoder, diffusion, progress=_print_progress)
-    print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f})")
+    resumed = result.diffusion.resumed_from
+    resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""
+    print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f}{resumed_text})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

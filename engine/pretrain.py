@@ -246,6 +246,7 @@ def pretrain(
     autoencoder = autoencoder or AutoencoderConfig()
     autoencoder.output_dir = str(work / "autoencoder")
     autoencoder.resolution = size.resolution
+    autoencoder.crop_size = min(autoencoder.crop_size, size.resolution)
     samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed)
 
     # 1. Autoencoder
