@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import io
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from webapp.service import StudioService
+if TYPE_CHECKING:
+    from webapp.service import StudioService
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
@@ -20,3 +26,43 @@ def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
 def stored_files(studio: StudioService) -> list[Path]:
     """Every file in the studio's file store."""
     return sorted(p for p in studio.files.root.rglob("*") if p.is_file()) if studio.files.root.exists() else []
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level package of every absolute import in a Python source file."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+@contextmanager
+def served_client(studio: StudioService) -> Iterator:
+    """The studio's Gradio app launched on a free loopback port and a gradio_client connected to it."""
+    from gradio_client import Client
+
+    from webapp.app import build_app, served_folders
+
+    app = build_app(studio)
+    app.queue()
+    client = None
+    try:
+        _, url, _ = app.launch(
+            prevent_thread_lock=True, server_port=free_port(), allowed_paths=served_folders(studio), quiet=True
+        )
+        client = Client(url, verbose=False)
+        yield client
+    finally:
+        if client is not None:
+            client.close()
+        app.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from PIL import Image
 
 from storage.export import unsafe_path_problem, verify_export
+from tests.support import free_port
 from webapp.app import build_app, served_folders
 from webapp.cli import queue_app
 from webapp.service import StudioService
@@ -41,10 +41,6 @@ SLAB_SIZE = (48, 40)
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

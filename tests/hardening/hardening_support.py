@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import struct
 import zlib
 
-from tests.support import encode, stored_files
+from tests.support import encode, free_port, stored_files
 
 __all__ = ["encode", "stored_files", "png_header_only", "free_port"]
 
@@ -22,10 +21,4 @@ def png_header_only(width: int, height: int) -> bytes:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
 
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 

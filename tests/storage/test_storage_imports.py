@@ -1,9 +1,10 @@
 """storage/ must stay free of ML and UI libraries so every layer can import it cheaply."""
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.support import top_level_imports
 
 STORAGE_DIR = Path(__file__).resolve().parents[2] / "storage"
 FORBIDDEN = {
@@ -24,20 +25,12 @@ FORBIDDEN = {
 }
 
 
-def imported_top_level_modules(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            modules |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules.add(node.module.split(".")[0])
-    return modules
 
 
 def test_storage_sources_import_no_ml_or_ui_library() -> None:
     sources = sorted(STORAGE_DIR.rglob("*.py"))
     assert len(sources) >= 6
-    offending = {str(p.relative_to(STORAGE_DIR)): imported_top_level_modules(p) & FORBIDDEN for p in sources}
+    offending = {str(p.relative_to(STORAGE_DIR)): top_level_imports(p) & FORBIDDEN for p in sources}
     assert {name: found for name, found in offending.items() if found} == {}
 
 

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import json
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from webapp.app import build_app, served_folders
+from tests.support import served_client
 from webapp.service import StudioService
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_upload_generate_accept_export_through_the_client(service: StudioService, slab_png, tmp_path: Path) -> None:
     slab = tmp_path / "slab.png"
     slab.write_bytes(slab_png(48, 40, 0))
-    app = build_app(service)
-    app.queue()
-    client = None
-    try:
-        _, url, _ = app.launch(
-            prevent_thread_lock=True, server_port=free_port(), allowed_paths=served_folders(service), quiet=True
-        )
-        client = Client(url, verbose=False)
-
+    with served_client(service) as client:
         message, *_ = client.predict([handle_file(str(slab))], "clean", None, api_name="/upload")
         assert message.startswith("Stored 1 image(s)")
         (source,) = service.list_sources(role="clean")
@@ -66,7 +51,3 @@ def test_upload_generate_accept_export_through_the_client(service: StudioService
         with zipfile.ZipFile(download) as archive:
             manifest = json.loads(archive.read("manifest.json"))
         assert [(item["kind"], item["sample_id"]) for item in manifest["items"]] == [("synthetic", first)]
-    finally:
-        if client is not None:
-            client.close()
-        app.close()

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from tests.support import top_level_imports
 
 WEBAPP_DIR = Path(__file__).resolve().parents[2] / "webapp"
 UI_MODULES = {"app.py"}
 NEVER_IN_WEBAPP = {"sqlalchemy", "alembic", "torch", "diffusers", "transformers", "peft", "accelerate"}
 
 
-def top_level_imports(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            modules |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules.add(node.module.split(".")[0])
-    return modules
 
 
 def test_only_the_ui_imports_gradio_and_nothing_imports_sql_or_torch() -> None:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client
 from PIL import Image
 from pycocotools.coco import COCO
 
 import launch
 from engine.config import GenerationConfig
-from webapp.app import build_app, painted_mask, served_folders
+from tests.support import served_client
+from webapp.app import painted_mask
 from webapp.service import StudioService, parse_box_text
 
 FAST = {"strength": 1.0, "steps": 2}
@@ -115,22 +114,11 @@ def test_export_formats_hold_synthetic_masks_and_imported_voc_boxes(
         service.export_dataset("carol", tmp_path / "bad.zip", ["tfrecord"])
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_ui_generates_from_typed_boxes_and_shows_the_overlay(service: StudioService, slab_png) -> None:
     source_id = upload_slab(service, slab_png)
-    app = build_app(service)
-    app.queue()
-    client = None
-    try:
-        _, url, _ = app.launch(
-            prevent_thread_lock=True, server_port=free_port(), allowed_paths=served_folders(service), quiet=True
-        )
-        client = Client(url, verbose=False)
+    with served_client(service) as client:
         client.predict(None, None, api_name="/generate_refresh")
         job = client.submit(source_id, "scratches", 1.0, 1, 2, 0, None, "5,5,25,20", False, api_name="/generate")
         _, _, message = job.result(timeout=120)
@@ -143,7 +131,3 @@ def test_the_ui_generates_from_typed_boxes_and_shows_the_overlay(service: Studio
             assert image.size == (64, 48)
         job = client.submit(source_id, "scratches", 1.0, 1, 2, 1, None, "", True, api_name="/generate")
         assert job.result(timeout=120)[2].startswith("1 candidates")
-    finally:
-        if client is not None:
-            client.close()
-        app.close()

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
-from gradio_client import Client
 from PIL import Image
 
 from engine.config import GenerationConfig
 from engine.evaluate import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features, save_default_strength
 from engine.features import load_feature_net
 from engine.generate import read_png_parameters
-from webapp.app import SAMPLE_HEADERS, build_app, served_folders
+from tests.support import served_client
+from webapp.app import SAMPLE_HEADERS
 from webapp.service import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService
 
 FAST = {"steps": 2, "strength": 1.0}
@@ -141,17 +140,7 @@ def test_reject_flagged_with_a_threshold_rejects_only_the_pending_samples_below_
 def test_the_ui_captions_sorts_and_rejects_the_flagged_candidates(service, slab_png, tiny_dataset, tmp_path) -> None:
     upload_real(service, tiny_dataset, "scratches", 4)
     slab_id = upload_slab(service, slab_png)
-    app = build_app(service)
-    app.queue()
-    client = None
-    try:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        _, url, _ = app.launch(
-            prevent_thread_lock=True, server_port=port, allowed_paths=served_folders(service), quiet=True
-        )
-        client = Client(url, verbose=False)
+    with served_client(service) as client:
         client.predict(None, None, api_name="/generate_refresh")
         job = client.submit(slab_id, "scratches", 1.0, 3, 2, 0, by_realism=True, threshold=1.0, api_name="/generate")
         gallery, _, message = job.result(timeout=120)
@@ -171,10 +160,6 @@ def test_the_ui_captions_sorts_and_rejects_the_flagged_candidates(service, slab_
         column = SAMPLE_HEADERS.index("realism")
         assert table["headers"] == SAMPLE_HEADERS
         assert sorted(row[column] for row in table["data"]) == sorted(round(r.realism_score, 3) for r in rows)
-    finally:
-        if client is not None:
-            client.close()
-        app.close()
 
 
 def tuned_copy(tiny_adapter: Path, folder: Path, strengths: dict[str, float]) -> Path:
