@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--checkpointing-steps", type=int, default=None, help="Save a checkpoint every N steps.")
     ft.add_argument("--resume", action="store_true", help="Continue from the run folder's last checkpoint.")
+    ft.add_argument(
+        "--background-loss-weight",
+        type=float,
+        default=None,
+        help="Masked loss: weight (0-1) of the loss outside each image's defect mask (<name>_mask.png or <name>.xml"
+        " beside it); 1 = plain loss. Default: the preset's.",
+    )
 
     pre = sub.add_parser("pretrain", help="Pretrain the steel prior from a folder of images (resumable).")
     pre.add_argument("--data", required=True, type=Path)
@@ -144,6 +151,19 @@ def add_evaluate_parsers(sub) -> None:
     two.add_argument("--real", required=True, type=Path)
     two.add_argument("--seeds", type=int, default=3)
 
+    masked = ev_sub.add_parser(
+        "masked", help="Masked samples auto-placed on clean NEU regions, judged on the masked crop (KID, realism)."
+    )
+    masked.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
+    masked.add_argument("--model", default=None, help="Diffusers model folder or hub id (default: embedded prior).")
+    masked.add_argument("--adapter", type=Path, default=None, help="Adapter folder (default: the shipped tokens).")
+    masked.add_argument("--classes", nargs="*", default=None)
+    masked.add_argument("--per-class", type=int, default=40)
+    masked.add_argument("--strength", type=float, default=0.9)
+    masked.add_argument("--steps", type=int, default=20)
+    masked.add_argument("--seed", type=int, default=0)
+    masked.add_argument("--save-dir", type=Path, default=None, help="Write samples, masks and crops here to look at.")
+
     tune = sub.add_parser("tune-strength", help="Choose a token's img2img strength by KID; store it in the adapter.")
     tune.add_argument("--adapter", required=True, type=Path, help="Adapter run folder (its tokens.json is updated).")
     tune.add_argument("--token", required=True, help="Defect class, e.g. crazing.")
@@ -156,7 +176,7 @@ def add_evaluate_parsers(sub) -> None:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--no-save", action="store_true", help="Only print the table.")
 
-    for parser in (fid, rec, two, tune):
+    for parser in (fid, rec, two, masked, tune):
         parser.add_argument("--feature-net", type=Path, default=None, help="Feature network folder (default: shipped).")
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
@@ -210,6 +230,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         seed=args.seed,
         resume=args.resume,
         checkpointing_steps=args.checkpointing_steps,
+        background_loss_weight=args.background_loss_weight,
         progress=_print_progress,
     )
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
@@ -259,6 +280,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.evaluation == "fidelity":
         report = fidelity(
             args.generated, args.real, args.reference, load_feature_net(args.feature_net), args.inception_weights
+        )
+    elif args.evaluation == "masked":
+        from engine.masked_report import masked_sample_report
+        from engine.models import load_pipeline
+
+        report = masked_sample_report(
+            load_pipeline(args.model, args.adapter),
+            args.neu,
+            classes=args.classes,
+            per_class=args.per_class,
+            strength=args.strength,
+            steps=args.steps,
+            seed=args.seed,
+            feature_net=load_feature_net(args.feature_net),
+            save_dir=args.save_dir,
+            progress=progress,
         )
     elif args.evaluation == "two-sample":
         report = two_sample_test(args.generated, args.real, args.seeds, load_feature_net(args.feature_net))

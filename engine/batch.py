@@ -132,8 +132,13 @@ def finetune_folder(
     progress: Callable[[int, int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpointing_steps: int | None = None,
+    background_loss_weight: float | None = None,
 ) -> TrainResult:
-    """TI + LoRA fine-tune on `<class>/<images>`; the run folder becomes a loadable adapter when complete."""
+    """TI + LoRA fine-tune on `<class>/<images>`; the run folder becomes a loadable adapter when complete.
+
+    Images with a defect mask beside them (`<name>_mask.png` or VOC `<name>.xml`) train with the masked loss when
+    `background_loss_weight` (or the preset's) is below 1.
+    """
     out = Path(out)
     if out.exists() and latest_checkpoint(out) is not None and not resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out.")
@@ -151,6 +156,7 @@ def finetune_folder(
         seed=seed,
         resolution=resolution,
         checkpointing_steps=checkpointing_steps,
+        background_loss_weight=background_loss_weight,
     )
     return train(config, images, progress, should_stop)
 

@@ -92,6 +92,9 @@ class TrainConfig(ConfigMixin):
     lora_alpha: int = 8
     ti_learning_rate: float = 5e-3
     lora_learning_rate: float = 1e-3
+    # Masked loss (DefectFill/AnomalyDiffusion): weight of the diffusion loss outside an image's defect mask,
+    # relative to 1 inside it. 1.0 is the plain loss; images without a mask are always weighted uniformly.
+    background_loss_weight: float = 1.0
     # Shared
     resolution: int = 128
     train_batch_size: int = 16
@@ -120,6 +123,8 @@ class TrainConfig(ConfigMixin):
             raise ValueError("train_batch_size must be at least 1.")
         if self.checkpointing_steps < 1:
             raise ValueError("checkpointing_steps must be at least 1.")
+        if not 0.0 <= self.background_loss_weight <= 1.0:
+            raise ValueError(f"background_loss_weight must be between 0 and 1, got {self.background_loss_weight}.")
 
 
 # Presets: CPU-quick is sized to fine-tune one class from ~20 images in a few minutes on 2 cores;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,17 +38,32 @@ class LabelledImage:
     class_name: str
     boxes: list[Box] = field(default_factory=list)
     index: int = 0
+    annotation: Path | None = None
 
 
 def parse_voc(xml_path: Path) -> list[Box]:
-    """Read the boxes of one Pascal VOC annotation file."""
+    """Read the boxes of one Pascal VOC annotation file.
+
+    VOC pixels are 1-based and inclusive (NEU-DET's run 1…200 on a 200-pixel image); a Box is 0-based with an
+    exclusive end, so xmin/ymin move down by one and xmax/ymax stay.
+    """
     root = ET.parse(xml_path).getroot()
     boxes = []
     for obj in root.iter("object"):
         bb = obj.find("bndbox")
-        coords = [int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")]
-        boxes.append(Box(obj.findtext("name", "").strip(), *coords))
+        xmin, ymin, xmax, ymax = (round(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append(Box(obj.findtext("name", "").strip(), max(xmin - 1, 0), max(ymin - 1, 0), xmax, ymax))
     return boxes
+
+
+def find_annotation(annotations_dir: Path, image_path: Path, class_name: str | None = None) -> Path | None:
+    """The Pascal VOC file of an image: `<image stem>.xml`, else NEU-DET's `<class>_<n>.xml` for `<Ab>_<n>.bmp`."""
+    annotations_dir, image_path = Path(annotations_dir), Path(image_path)
+    candidates = [annotations_dir / f"{image_path.stem}.xml"]
+    index = re.search(r"(\d+)$", image_path.stem)
+    if class_name and index:
+        candidates.append(annotations_dir / f"{class_name}_{int(index.group(1))}.xml")
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -83,7 +99,8 @@ def read_neu(root: Path) -> list[LabelledImage]:
         for row in csv.DictReader(f):
             xml = root / row["annotation"] if row.get("annotation") else None
             boxes = parse_voc(xml) if xml and xml.exists() else []
-            items.append(LabelledImage(root / row["image"], row["cls"], boxes, int(row["index"])))
+            annotation = xml if xml and xml.exists() else None
+            items.append(LabelledImage(root / row["image"], row["cls"], boxes, int(row["index"]), annotation))
     return items
 
 
@@ -95,6 +112,34 @@ def split_neu(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[Lab
         for position, item in enumerate(members):
             (val if position % VALIDATION_EVERY == 0 else pool).append(item)
     return pool, val
+
+
+def boxes_mask(boxes: list[Box], width: int, height: int) -> np.ndarray:
+    """A bool height×width mask, True inside any of the boxes."""
+    mask = np.zeros((height, width), dtype=bool)
+    for b in boxes:
+        mask[max(b.ymin, 0) : min(b.ymax, height), max(b.xmin, 0) : min(b.xmax, width)] = True
+    return mask
+
+
+def read_mask_beside(image_path: Path, resolution: int) -> np.ndarray | None:
+    """An image's defect mask at resolution × resolution (bool), from `<name>_mask.png` or `<name>.xml` beside it.
+
+    The PNG (white = defect) wins over the Pascal VOC boxes; None when neither is there.
+    """
+    image_path = Path(image_path)
+    mask_path = image_path.with_name(image_path.stem + MASK_SUFFIX)
+    xml_path = image_path.with_suffix(".xml")
+    if mask_path.is_file():
+        with Image.open(mask_path) as opened:
+            mask = opened.convert("L")
+    elif xml_path.is_file():
+        with Image.open(image_path) as opened:
+            width, height = opened.size
+        mask = Image.fromarray(boxes_mask(parse_voc(xml_path), width, height))
+    else:
+        return None
+    return np.asarray(mask.convert("L").resize((resolution, resolution), Image.Resampling.BOX)) >= 128
 
 
 def load_rgb(path: Path) -> Image.Image:
@@ -118,9 +163,7 @@ def clean_regions(width: int, height: int, boxes: list[Box], min_size: int = 64)
 
     Greedy: for each row band and column band that no box touches, the largest free rectangle is kept.
     """
-    occupied = np.zeros((height, width), dtype=bool)
-    for b in boxes:
-        occupied[max(b.ymin, 0) : min(b.ymax, height), max(b.xmin, 0) : min(b.xmax, width)] = True
+    occupied = boxes_mask(boxes, width, height)
     free_rows = ~occupied.any(axis=1)
     free_cols = ~occupied.any(axis=0)
     regions = []

@@ -737,7 +737,11 @@ def tune_adapter_strength(
 
 
 def export_neu_split(neu_root: Path | str, out: Path | str) -> dict[str, int]:
-    """Write `pool/<class>/` and `val/<class>/` symlinks to NEU's split under `out` (outside the repo)."""
+    """Write `pool/<class>/` and `val/<class>/` symlinks to NEU's split under `out` (outside the repo).
+
+    Each image's NEU-DET annotation is linked beside it as `<image stem>.xml`, so fine-tuning there can use the
+    masked loss.
+    """
     out = Path(out).resolve()
     if out == REPO_ROOT or REPO_ROOT in out.parents:
         raise ValueError(f"{out} is inside the repository; NEU images must stay outside it (use e.g. /tmp/neu-split).")
@@ -750,6 +754,11 @@ def export_neu_split(neu_root: Path | str, out: Path | str) -> dict[str, int]:
             if target.is_symlink() or target.exists():
                 target.unlink()
             target.symlink_to(item.path.resolve())
+            xml_target = target.with_suffix(".xml")
+            if xml_target.is_symlink() or xml_target.exists():
+                xml_target.unlink()
+            if item.annotation is not None:
+                xml_target.symlink_to(item.annotation.resolve())
         counts[name] = len(items)
     return counts
 

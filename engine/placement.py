@@ -31,7 +31,8 @@ SHAPES = {
     "rolled-in_scale": "blob",
 }
 DEFAULT_SHAPE = "blob"
-# Sizes are NEU pixels (200 px images, the scale the prior learnt); smaller images shrink them proportionally.
+# Sizes are NEU pixels (200 px images, the scale the prior learnt). A slab whose longer side is under 200 px
+# shrinks them proportionally; a longer one (a strip, a wide slab) keeps them, clipped to its shorter side.
 REFERENCE_SIZE = 200
 SIZE_JITTER = 0.15
 LINE_WIDTH_PX = (2, 5)
@@ -132,7 +133,7 @@ def propose_masks(
     sizes = np.asarray(entry["boxes"], dtype=np.float64)
     count_values = np.array([int(k) for k in entry["per_image"]])
     count_weights = np.array(list(entry["per_image"].values()), dtype=np.float64)
-    scale = min(1.0, min(width, height) / stats.get("reference_size", REFERENCE_SIZE))
+    scale = min(1.0, max(width, height) / stats.get("reference_size", REFERENCE_SIZE))
     rng = np.random.default_rng(seed)
     masks = []
     for _ in range(n):

@@ -62,11 +62,15 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 @dataclass
 class TrainingImage:
-    """One training image at the model's resolution (uint8 H×W×3) with its class ('' in pretraining) and caption."""
+    """One training image at the model's resolution (uint8 H×W×3) with its class ('' in pretraining) and caption.
+
+    `mask` (bool H×W, True = defect) marks where the defect is, for the masked loss; None: unknown or everywhere.
+    """
 
     pixels: np.ndarray
     class_name: str = ""
     caption: str = ""
+    mask: np.ndarray | None = None
 
 
 @dataclass
@@ -172,6 +176,7 @@ def train(
 
     # 4. Encode every image once (and its mirror): the loop never runs the encoder
     latent_mean, latent_std, captions = _encode_images(vae, images, config, out)
+    loss_weights = _loss_weights(images, config, latent_mean.shape[-2:])
     input_ids = tokenizer(
         captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
@@ -225,7 +230,9 @@ def train(
                 target = noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-            loss = _diffusion_loss(prediction, target, timesteps, noise_scheduler, config.snr_gamma)
+            loss = _diffusion_loss(
+                prediction, target, timesteps, noise_scheduler, config.snr_gamma, loss_weights[index].to(latents.device)
+            )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for g in param_groups for p in g["params"]], 1.0)
@@ -332,16 +339,44 @@ def _encode_images(vae: AutoencoderKL, images: list[TrainingImage], config: Trai
     return mean, std, captions
 
 
-def _diffusion_loss(prediction, target, timesteps, noise_scheduler, snr_gamma: float | None) -> torch.Tensor:
-    """MSE, optionally with min-SNR-gamma weighting (Hang et al. 2023) for faster convergence."""
+def _loss_weights(images: list[TrainingImage], config: TrainConfig, latent_size: torch.Size) -> torch.Tensor:
+    """Per-latent-pixel loss weights (N×1×h×w, mirrors included): 1 on the defect, `background_loss_weight` off it.
+
+    A mask is area-averaged to the latent grid, so a latent pixel half on the defect gets a weight half-way.
+    Images without a mask, and every image when the weight is 1, weigh all pixels alike.
+    """
+    height, width = latent_size
+    weights = torch.ones(len(images), 1, height, width)
+    if config.background_loss_weight < 1.0:
+        for i, image in enumerate(images):
+            if image.mask is not None and image.mask.any():
+                mask = torch.from_numpy(np.ascontiguousarray(image.mask, dtype=np.float32))[None, None]
+                share = F.adaptive_avg_pool2d(mask, (height, width))[0]
+                weights[i] = config.background_loss_weight + (1.0 - config.background_loss_weight) * share
+    if config.hflip:
+        weights = torch.cat([weights, weights.flip(-1)])
+    return weights
+
+
+def _diffusion_loss(
+    prediction, target, timesteps, noise_scheduler, snr_gamma: float | None, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE, optionally with min-SNR-gamma weighting (Hang et al. 2023) and a per-pixel (masked-loss) weight map.
+
+    A weight map is normalised per image, so the masked loss changes where an image's loss comes from, not its scale.
+    """
+    squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
+    if weights is None:
+        per_sample = squared.mean(dim=(1, 2, 3))
+    else:
+        per_sample = (squared * weights).mean(dim=(1, 2, 3)) / weights.mean(dim=(1, 2, 3))
     if snr_gamma is None:
-        return F.mse_loss(prediction.float(), target.float())
+        return per_sample.mean()
     snr = compute_snr(noise_scheduler, timesteps)
-    weights = torch.clamp(snr, max=snr_gamma) / snr
+    snr_weights = torch.clamp(snr, max=snr_gamma) / snr
     if noise_scheduler.config.prediction_type == "v_prediction":
-        weights = torch.clamp(snr, max=snr_gamma) / (snr + 1)
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * weights).mean()
+        snr_weights = torch.clamp(snr, max=snr_gamma) / (snr + 1)
+    return (per_sample * snr_weights).mean()
 
 
 def _warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
@@ -415,8 +450,12 @@ def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, model_r
 
 
 def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int) -> list[TrainingImage]:
-    """Fine-tuning images from an ImageFolder tree, resized to the model's resolution."""
-    from engine.data import load_rgb, read_image_folder, to_square_pixels
+    """Fine-tuning images from an ImageFolder tree, resized to the model's resolution.
+
+    An image's defect mask, for the masked loss, is `<name>_mask.png` beside it (white = defect) or, failing
+    that, the boxes of a Pascal VOC `<name>.xml` beside it.
+    """
+    from engine.data import load_rgb, read_image_folder, read_mask_beside, to_square_pixels
 
     items = read_image_folder(dataset)
     if classes:
@@ -424,4 +463,9 @@ def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int
         if unknown:
             raise ValueError(f"No images for class(es) {', '.join(sorted(unknown))} in {dataset}.")
         items = [it for it in items if it.class_name in classes]
-    return [TrainingImage(to_square_pixels(load_rgb(it.path), resolution), it.class_name) for it in items]
+    return [
+        TrainingImage(
+            to_square_pixels(load_rgb(it.path), resolution), it.class_name, mask=read_mask_beside(it.path, resolution)
+        )
+        for it in items
+    ]

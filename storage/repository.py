@@ -284,7 +284,11 @@ def list_decisions(s: Session, sample_id: int) -> list[Decision]:
 
 
 def dataset_snapshot(s: Session, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """What a fine-tune of `classes` would train on: the real defect images and the accepted samples of them."""
+    """What a fine-tune of `classes` would train on: the real defect images and the accepted samples of them.
+
+    Each item names its image by hash and carries where its defect is, for the masked loss: a real image's boxes,
+    a sample's mask (None for a whole-window repaint).
+    """
     sources = s.scalars(
         select(SourceImage)
         .where(SourceImage.role == "defect", SourceImage.class_name.in_(classes))
@@ -295,8 +299,26 @@ def dataset_snapshot(s: Session, classes: Sequence[str]) -> list[dict[str, Any]]
         .where(GeneratedSample.status == "accepted", GeneratedSample.class_name.in_(classes))
         .order_by(GeneratedSample.class_name, GeneratedSample.id)
     )
-    return [{"kind": "source", "id": i.id, "sha256": i.sha256, "class_name": i.class_name} for i in sources] + [
-        {"kind": "sample", "id": i.id, "sha256": i.sha256, "class_name": i.class_name} for i in samples
+    return [
+        {
+            "kind": "source",
+            "id": i.id,
+            "sha256": i.sha256,
+            "class_name": i.class_name,
+            "width": i.width,
+            "height": i.height,
+            "boxes": list(i.boxes_json),
+        }
+        for i in sources
+    ] + [
+        {
+            "kind": "sample",
+            "id": i.id,
+            "sha256": i.sha256,
+            "class_name": i.class_name,
+            "mask_sha256": i.mask_sha256,
+        }
+        for i in samples
     ]
 
 

@@ -66,8 +66,9 @@ def test_same_seed_reproduces_the_same_candidate(tiny_model, tiny_adapter):
 def test_large_slab_is_processed_in_a_window_and_pasted_back(tiny_model, tiny_adapter):
     pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
     source = slab(400, 64, seed=1)
-    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2, window_x=100,
-                              window_y=0, window_size=64)
+    config = GenerationConfig(
+        class_name="scratches", num_candidates=1, strength=1.0, steps=2, window_x=100, window_y=0, window_size=64
+    )
     out = np.asarray(generate(pipe, source, config).candidates[0].image, dtype=np.int16)
     original = np.asarray(source, dtype=np.int16)
     assert out.shape == original.shape
@@ -99,8 +100,7 @@ def test_finetune_writes_library_formats_that_diffusers_loads_and_that_change_ou
     base.load_textual_inversion(str(tiny_adapter / info.tokens["scratches"].embedding_file), token="<scratches>")
     adapted = load_pipeline(tiny_model, adapter=tiny_adapter)
     image = slab(32, 32).convert("RGB")
-    kwargs = dict(prompt="a photo of <scratches>", image=image, strength=1.0, num_inference_steps=2,
-                  output_type="np")
+    kwargs = dict(prompt="a photo of <scratches>", image=image, strength=1.0, num_inference_steps=2, output_type="np")
     without_lora = base(**kwargs, generator=torch.Generator().manual_seed(0)).images
     with_lora = adapted(**kwargs, generator=torch.Generator().manual_seed(0)).images
     assert np.abs(without_lora - with_lora).max() > 1e-4
@@ -118,8 +118,9 @@ def test_finetune_stops_and_resumes_from_its_checkpoint(tiny_model, tiny_dataset
         calls["n"] += 1
         return calls["n"] >= 2
 
-    stopped = finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=2,
-                              should_stop=stop_after_two)
+    stopped = finetune_folder(
+        tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=2, should_stop=stop_after_two
+    )
     assert stopped.status == "stopped" and stopped.steps == 2
     assert latest_checkpoint(out).name == "checkpoint-2"
     assert not (out / "tokens.json").exists()
@@ -134,25 +135,43 @@ def test_pretrain_mode_learns_and_saves_a_loadable_model(tiny_model, tmp_path):
     from engine.train import TrainingImage, train
 
     rng = np.random.default_rng(0)
-    images = [TrainingImage(make_steel_like(rng, 32, "scratches"), "", "a grayscale photo of a steel surface")
-              for _ in range(8)]
-    config = TrainConfig(mode="pretrain", model=str(tiny_model), output_dir=str(tmp_path / "pre"),
-                         max_train_steps=30, train_batch_size=8, learning_rate=2e-3, lr_warmup_steps=1,
-                         checkpointing_steps=15, snr_gamma=None, caption_dropout=0.1, ema_decay=0.9,
-                         resolution=32)
+    images = [
+        TrainingImage(make_steel_like(rng, 32, "scratches"), "", "a grayscale photo of a steel surface")
+        for _ in range(8)
+    ]
+    config = TrainConfig(
+        mode="pretrain",
+        model=str(tiny_model),
+        output_dir=str(tmp_path / "pre"),
+        max_train_steps=30,
+        train_batch_size=8,
+        learning_rate=2e-3,
+        lr_warmup_steps=1,
+        checkpointing_steps=15,
+        snr_gamma=None,
+        caption_dropout=0.1,
+        ema_decay=0.9,
+        resolution=32,
+    )
     result = train(config, images)
     assert result.status == "completed"
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
     pipe = load_pipeline(tmp_path / "pre" / "model")
-    out = pipe(prompt="a steel surface", image=Image.fromarray(images[0].pixels), strength=1.0,
-               num_inference_steps=2, output_type="np").images
+    out = pipe(
+        prompt="a steel surface",
+        image=Image.fromarray(images[0].pixels),
+        strength=1.0,
+        num_inference_steps=2,
+        output_type="np",
+    ).images
     assert out.shape == (1, 32, 32, 3)
 
 
 def test_finetune_trains_in_float32_from_a_model_saved_in_half_precision(tiny_model, tiny_dataset, tmp_path):
     half = tmp_path / "half-model"
-    StableDiffusionImg2ImgPipeline.from_pretrained(str(tiny_model), safety_checker=None).to(torch.float16)\
-        .save_pretrained(str(half))
+    StableDiffusionImg2ImgPipeline.from_pretrained(str(tiny_model), safety_checker=None).to(
+        torch.float16
+    ).save_pretrained(str(half))
     result = finetune_folder(tiny_dataset, tmp_path / "run", model=str(half), steps=2, batch_size=2)
     assert result.status == "completed" and all(np.isfinite(result.losses))
 
@@ -162,8 +181,9 @@ def test_detail_restore_adds_back_what_the_autoencoder_loses_but_not_at_strength
     source = slab(32, 32, seed=4)
 
     def render(strength: float, detail: float) -> np.ndarray:
-        config = GenerationConfig(class_name="scratches", num_candidates=1, strength=strength, steps=4, seed=1,
-                                  detail_restore=detail)
+        config = GenerationConfig(
+            class_name="scratches", num_candidates=1, strength=strength, steps=4, seed=1, detail_restore=detail
+        )
         candidate = generate(pipe, source, config).candidates[0]
         return np.asarray(candidate.image, dtype=np.int16), candidate.params
 

@@ -204,12 +204,19 @@ def test_neu_split_writes_links_outside_the_repository_only(tmp_path):
         (neu / "images" / cls).mkdir(parents=True)
         for index in range(1, 8):
             Image.new("L", (8, 8), index * 20).save(neu / "images" / cls / f"{cls}_{index}.bmp")
-            rows.append(f"images/{cls}/{cls}_{index}.bmp,{cls},{index},")
+            annotation = f"annotations/{cls}_{index}.xml" if cls == "crazing" else ""
+            rows.append(f"images/{cls}/{cls}_{index}.bmp,{cls},{index},{annotation}")
+    (neu / "annotations").mkdir()
+    for index in range(1, 8):
+        (neu / "annotations" / f"crazing_{index}.xml").write_text("<annotation></annotation>")
     (neu / "manifest.csv").write_text("\n".join(rows) + "\n")
     counts = export_neu_split(neu, tmp_path / "split")
     assert counts == {"pool": 10, "val": 4}
     linked = tmp_path / "split" / "val" / "crazing" / "crazing_1.bmp"
     assert linked.is_symlink() and linked.resolve() == (neu / "images" / "crazing" / "crazing_1.bmp").resolve()
+    # Annotations are linked beside their images (for the masked loss); images without one get none.
+    assert linked.with_suffix(".xml").resolve() == (neu / "annotations" / "crazing_1.xml").resolve()
+    assert not (tmp_path / "split" / "val" / "scratches" / "scratches_1.xml").exists()
     with pytest.raises(ValueError, match="inside the repository"):
         export_neu_split(neu, Path(__file__).parent / "neu-split")
 

@@ -191,9 +191,9 @@ def test_shipped_statistics_come_from_the_training_pool(tmp_path):
             f"<xmax>{14 + i}</xmax><ymax>150</ymax></bndbox></object></annotation>"
         )
     computed = box_statistics(tmp_path)
-    # Of 7 images, positions 0 and 6 are validation images: their boxes (widths 5 and 11) are left out.
+    # Of 7 images, positions 0 and 6 are validation images: their boxes (widths 6 and 12) are left out.
     assert computed["classes"]["scratches"]["per_image"] == {"1": 5}
-    assert [w for w, _ in computed["classes"]["scratches"]["boxes"]] == [6, 7, 8, 9, 10]
+    assert [w for w, _ in computed["classes"]["scratches"]["boxes"]] == [7, 8, 9, 10, 11]
     json.dumps(computed)
 
 

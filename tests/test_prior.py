@@ -41,8 +41,21 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     for i in range(6):
         Image.fromarray(rng.normal(128, 20, (40, 40)).clip(0, 255).astype(np.uint8)).save(data / f"s{i}.png")
     out, work = tmp_path / "prior", tmp_path / "work"
-    common = ["pretrain", "--data", str(data), "--out", str(out), "--work-dir", str(work), "--size", "tiny",
-              "--batch-size", "4", "--autoencoder-steps", "4"]
+    common = [
+        "pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work),
+        "--size",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--autoencoder-steps",
+        "4",
+    ]
     assert launch.main([*common, "--steps", "4"]) == 0
     assert (out / "model_index.json").exists() and (work / "diffusion" / "checkpoint-4").is_dir()
     autoencoder_weights = next((work / "autoencoder" / "final").glob("*.safetensors"))
@@ -53,6 +66,11 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     assert (work / "diffusion" / "checkpoint-8").is_dir()
     assert autoencoder_weights.stat().st_mtime_ns == first_autoencoder
     pipe = load_pipeline(out)
-    image = pipe(prompt="a steel surface", image=Image.new("RGB", (32, 32), (128, 128, 128)), strength=1.0,
-                 num_inference_steps=2, output_type="np").images
+    image = pipe(
+        prompt="a steel surface",
+        image=Image.new("RGB", (32, 32), (128, 128, 128)),
+        strength=1.0,
+        num_inference_steps=2,
+        output_type="np",
+    ).images
     assert image.shape == (1, 32, 32, 3)

@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from engine.config import PRESETS, GenerationConfig, finetune_config
-from engine.data import list_images, parse_voc
+from engine.data import find_annotation, list_images, parse_voc
 from storage import repository
 from storage.db import open_database
 from storage.export import FORMAT_WRITERS, ExportItem, export_item_for_sample, export_item_for_source, write_export
@@ -490,7 +490,8 @@ class StudioService:
     ) -> UploadResult:
         """Import a folder: flat images of one class (or clean slabs), or `<class>/` subfolders of real defects.
 
-        With `annotations_dir`, a Pascal VOC file `<image stem>.xml` there gives an image's boxes.
+        With `annotations_dir`, a Pascal VOC file there gives an image's boxes: `<image stem>.xml`, or NEU-DET's
+        `<class>_<n>.xml` for an image `<Ab>_<n>` of that class.
         """
         # 1. Check inputs
         images_dir = Path(images_dir)
@@ -515,8 +516,8 @@ class StudioService:
         # 3. Read boxes and store everything in one go
         entries = []
         for path, image_class in paths:
-            xml = Path(annotations_dir) / f"{path.stem}.xml" if annotations_dir is not None else None
-            boxes = parse_voc(xml) if xml is not None and xml.is_file() else []
+            xml = find_annotation(annotations_dir, path, image_class) if annotations_dir is not None else None
+            boxes = parse_voc(xml) if xml is not None else []
             entries.append((path.name, path.read_bytes(), image_class, boxes))
         return self._store_images(entries, role, user)
 
@@ -1108,12 +1109,26 @@ class StudioService:
                 self._runs.pop(run_id, None)
 
     def _write_snapshot(self, snapshot: list[dict[str, Any]], dataset_dir: Path) -> Path:
-        """The snapshot's images as `<class>/<kind>-<id>.png` (files already there are kept, for resume)."""
+        """The snapshot's images as `<class>/<kind>-<id>.png`, each with its defect mask beside it where known.
+
+        A real image's mask is its boxes filled, a masked sample's its stored mask (`<name>_mask.png`, which the
+        masked loss reads). Files already there are kept, for resume.
+        """
+        from engine.data import MASK_SUFFIX
+        from engine.masks import mask_from_boxes, mask_png
+
         for item in snapshot:
             target = dataset_dir / item["class_name"] / f"{item['kind']}-{item['id']:06d}.png"
             if not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(self.files.read(item["sha256"]))
+            mask_target = target.with_name(target.stem + MASK_SUFFIX)
+            if mask_target.is_file():
+                continue
+            if item.get("mask_sha256"):
+                mask_target.write_bytes(self.files.read(item["mask_sha256"]))
+            elif item.get("boxes"):
+                mask_target.write_bytes(mask_png(mask_from_boxes(item["boxes"], item["width"], item["height"])))
         return dataset_dir
 
     def _write_previews(self, out_dir: Path, classes: list[str]) -> list[Path]:

@@ -41,8 +41,6 @@ SLAB_SIZE = (48, 40)
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
 
 
-
-
 @pytest.fixture
 def studio_url(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> Iterator[tuple[StudioService, str]]:
     """The studio on the tiny model with the tiny adapter, served on a free loopback port."""

@@ -25,8 +25,6 @@ FORBIDDEN = {
 }
 
 
-
-
 def test_storage_sources_import_no_ml_or_ui_library() -> None:
     sources = sorted(STORAGE_DIR.rglob("*.py"))
     assert len(sources) >= 6

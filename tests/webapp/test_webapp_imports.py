@@ -11,8 +11,6 @@ UI_MODULES = {"app.py"}
 NEVER_IN_WEBAPP = {"sqlalchemy", "alembic", "torch", "diffusers", "transformers", "peft", "accelerate"}
 
 
-
-
 def test_only_the_ui_imports_gradio_and_nothing_imports_sql_or_torch() -> None:
     found = {path.name: top_level_imports(path) for path in sorted(WEBAPP_DIR.glob("*.py"))}
     assert {"service.py", "validation.py", "cli.py", "app.py"} <= set(found)

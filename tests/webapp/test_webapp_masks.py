@@ -114,8 +114,6 @@ def test_export_formats_hold_synthetic_masks_and_imported_voc_boxes(
         service.export_dataset("carol", tmp_path / "bad.zip", ["tfrecord"])
 
 
-
-
 def test_the_ui_generates_from_typed_boxes_and_shows_the_overlay(service: StudioService, slab_png) -> None:
     source_id = upload_slab(service, slab_png)
     with served_client(service) as client:

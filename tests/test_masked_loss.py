@@ -1,0 +1,117 @@
+"""The masked diffusion loss of fine-tuning: where masks come from, how they weight the loss, a real run with it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from PIL import Image
+
+from engine.batch import finetune_folder
+from engine.config import TrainConfig, finetune_config
+from engine.data import find_annotation, parse_voc, read_mask_beside
+from engine.train import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
+from tests.conftest import make_steel_like
+
+
+def voc_xml(*boxes: tuple[str, int, int, int, int]) -> str:
+    objects = "".join(
+        f"<object><name>{label}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+        f"<ymax>{y1}</ymax></bndbox></object>"
+        for label, x0, y0, x1, y1 in boxes
+    )
+    return f"<annotation>{objects}</annotation>"
+
+
+def test_voc_boxes_are_read_as_one_based_inclusive_pixels(tmp_path):
+    xml = tmp_path / "a.xml"
+    xml.write_text(voc_xml(("scratches", 1, 1, 200, 200), ("inclusion", 10, 20, 15, 40)))
+    whole, small = parse_voc(xml)
+    # VOC pixel 1..200 is the whole of a 200-pixel image: 0-based 0 up to (exclusive) 200.
+    assert (whole.xmin, whole.ymin, whole.xmax, whole.ymax) == (0, 0, 200, 200)
+    assert (small.label, small.xmin, small.ymin, small.xmax, small.ymax) == ("inclusion", 9, 19, 15, 40)
+
+
+def test_neu_images_find_their_neu_det_annotation_and_exact_stems_win(tmp_path):
+    (tmp_path / "crazing_12.xml").write_text(voc_xml(("crazing", 1, 1, 5, 5)))
+    assert find_annotation(tmp_path, tmp_path / "Cr_12.bmp", "crazing") == tmp_path / "crazing_12.xml"
+    assert find_annotation(tmp_path, tmp_path / "Cr_12.bmp", "patches") is None
+    assert find_annotation(tmp_path, tmp_path / "Cr_12.bmp") is None
+    (tmp_path / "Cr_12.xml").write_text(voc_xml(("crazing", 1, 1, 5, 5)))
+    assert find_annotation(tmp_path, tmp_path / "Cr_12.bmp", "crazing") == tmp_path / "Cr_12.xml"
+
+
+def test_a_mask_png_beside_an_image_wins_over_its_voc_boxes(tmp_path):
+    Image.new("L", (40, 20), 128).save(tmp_path / "a.png")
+    (tmp_path / "a.xml").write_text(voc_xml(("scratches", 1, 1, 20, 20)))
+    from_boxes = read_mask_beside(tmp_path / "a.png", 8)
+    assert from_boxes[:, :4].all() and not from_boxes[:, 4:].any()
+    drawn = np.zeros((20, 40), dtype=np.uint8)
+    drawn[:, 30:] = 255
+    Image.fromarray(drawn).save(tmp_path / "a_mask.png")
+    from_png = read_mask_beside(tmp_path / "a.png", 8)
+    assert from_png[:, 6:].all() and not from_png[:, :6].any()
+    assert read_mask_beside(tmp_path / "missing.png", 8) is None
+
+
+def test_loss_weights_are_one_on_the_defect_and_the_background_weight_elsewhere():
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[:, :8] = True
+    images = [TrainingImage(np.zeros((16, 16, 3), np.uint8), "a", mask=mask), TrainingImage(np.zeros((16, 16, 3)))]
+    weights = _loss_weights(images, TrainConfig(classes=["a"], background_loss_weight=0.25), torch.Size([4, 4]))
+    # Two images and their mirrors: the mirrored mask lies on the right.
+    assert weights.shape == (4, 1, 4, 4)
+    assert torch.all(weights[0, 0, :, :2] == 1) and torch.all(weights[0, 0, :, 2:] == 0.25)
+    assert torch.all(weights[2, 0, :, 2:] == 1) and torch.all(weights[2, 0, :, :2] == 0.25)
+    assert torch.all(weights[1] == 1) and torch.all(weights[3] == 1)
+    plain = _loss_weights(images, TrainConfig(classes=["a"]), torch.Size([4, 4]))
+    assert torch.all(plain == 1)
+
+
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_the_masked_loss_counts_errors_on_the_defect_and_discounts_the_background(snr_gamma):
+    scheduler = DDPMScheduler()
+    target = torch.zeros(2, 4, 4, 4)
+    timesteps = torch.tensor([100, 500])
+    weights = torch.full((2, 1, 4, 4), 0.1)
+    weights[..., :2] = 1.0
+    off_defect = target.clone()
+    off_defect[..., 2:] = 1.0
+    on_defect = target.clone()
+    on_defect[..., :2] = 1.0
+
+    plain = _diffusion_loss(off_defect, target, timesteps, scheduler, snr_gamma)
+    assert _diffusion_loss(off_defect, target, timesteps, scheduler, snr_gamma, torch.ones(2, 1, 4, 4)) == plain
+    assert _diffusion_loss(on_defect, target, timesteps, scheduler, snr_gamma, weights) == pytest.approx(
+        plain.item() * 2 / 1.1
+    )
+    assert _diffusion_loss(off_defect, target, timesteps, scheduler, snr_gamma, weights) == pytest.approx(
+        plain.item() * 0.2 / 1.1
+    )
+
+
+def test_background_loss_weight_is_checked():
+    with pytest.raises(ValueError, match="background_loss_weight"):
+        finetune_config("cpu-quick", background_loss_weight=1.5)
+
+
+def test_a_fine_tune_with_masks_beside_its_images_trains_with_the_masked_loss(tiny_model, tmp_path):
+    dataset = tmp_path / "dataset"
+    rng = np.random.default_rng(0)
+    for kind in ("scratches", "inclusion"):
+        (dataset / kind).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(make_steel_like(rng, 48, kind)[..., 0]).save(dataset / kind / f"{kind}_{i}.png")
+            (dataset / kind / f"{kind}_{i}.xml").write_text(voc_xml((kind, 1, 1, 24, 48)))
+    images = images_from_folder(dataset, None, 32)
+    assert all(im.mask is not None and im.mask[:, :16].all() and not im.mask[:, 16:].any() for im in images)
+
+    result = finetune_folder(
+        dataset, tmp_path / "run", model=str(tiny_model), steps=3, batch_size=4, background_loss_weight=0.2
+    )
+    assert result.status == "completed" and all(np.isfinite(result.losses))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["background_loss_weight"] == 0.2
+    assert (tmp_path / "run" / "tokens.json").is_file()

@@ -1,0 +1,102 @@
+"""The crop-level report of masked samples on clean regions, on a tiny NEU-shaped folder and the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.data import Box, LabelledImage
+from engine.masked_report import clean_slabs, defect_crop, grown_box, mask_bbox
+
+CLASSES = ("inclusion", "scratches")
+IMAGE_SIDE = 96
+# VOC pixels 1..30: the top-left 30 × 30 corner holds the defect; rows and columns 30..95 are clean steel.
+BOX_END = 30
+
+
+@pytest.fixture(scope="module")
+def tiny_neu(tmp_path_factory) -> Path:
+    """A NEU-shaped folder: 7 images per class (2 of them validation), each with one box in its corner."""
+    root = tmp_path_factory.mktemp("tiny-neu")
+    rng = np.random.default_rng(0)
+    rows = ["image,cls,index,annotation"]
+    (root / "annotations").mkdir()
+    for cls in CLASSES:
+        (root / "images" / cls).mkdir(parents=True)
+        for index in range(1, 8):
+            pixels = rng.normal(128, 12, (IMAGE_SIDE, IMAGE_SIDE)).clip(0, 255).astype(np.uint8)
+            pixels[:BOX_END, :BOX_END] = 40 if cls == "scratches" else 220
+            Image.fromarray(pixels).save(root / "images" / cls / f"X_{index}.bmp")
+            (root / "annotations" / f"{cls}_{index}.xml").write_text(
+                f"<annotation><object><name>{cls}</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>{BOX_END}</xmax>"
+                f"<ymax>{BOX_END}</ymax></bndbox></object></annotation>"
+            )
+            rows.append(f"images/{cls}/X_{index}.bmp,{cls},{index},annotations/{cls}_{index}.xml")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_grown_box_adds_a_margin_keeps_a_minimum_side_and_stays_inside():
+    assert grown_box((50, 50, 150, 70), 200, 200) == (40, 40, 160, 80)
+    assert grown_box((0, 0, 4, 4), 200, 200) == (0, 0, 10, 10)
+    assert grown_box((190, 100, 200, 196), 200, 200) == (180, 90, 200, 200)
+
+
+def test_mask_bbox_is_the_box_of_the_true_pixels():
+    mask = np.zeros((20, 30), dtype=bool)
+    assert mask_bbox(mask) is None
+    mask[3:5, 7] = True
+    mask[10, 20] = True
+    assert mask_bbox(mask) == (7, 3, 21, 11)
+
+
+def test_clean_slabs_alternate_between_classes_and_avoid_the_boxes(tmp_path):
+    items = []
+    for cls, shade in (("a", 50), ("b", 200)):
+        for index in range(2):
+            path = tmp_path / f"{cls}{index}.png"
+            Image.new("L", (100, 100), shade).save(path)
+            items.append(LabelledImage(path, cls, [Box(cls, 0, 0, 100, 30)], index))
+    slabs = clean_slabs(items)
+    # Each image has one clean band (rows 30-100); the slabs alternate a, b, a, b.
+    assert [s.size for s in slabs] == [(100, 70)] * 4
+    assert [s.getpixel((0, 0))[0] for s in slabs] == [50, 200, 50, 200]
+
+
+def test_real_defect_crops_cover_the_boxes_of_the_image_class(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("L", (200, 200)).save(path)
+    item = LabelledImage(path, "a", [Box("a", 50, 50, 100, 100), Box("b", 0, 0, 10, 10), Box("a", 120, 60, 150, 90)])
+    assert defect_crop(item).size == (100 + 20, 50 + 20)
+    assert defect_crop(LabelledImage(path, "a")) is None
+
+
+def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_model, tiny_adapter, tmp_path, capsys):
+    from launch import main
+
+    args = ["evaluate", "masked", "--neu", str(tiny_neu), "--model", str(tiny_model), "--adapter", str(tiny_adapter)]
+    args += ["--per-class", "3", "--strength", "1.0", "--steps", "2", "--save-dir", str(tmp_path / "look"), "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    # 2 validation images per class, each with a clean band below and one to the right of its box.
+    assert report["n_slabs"] == 8
+    assert [row["class_name"] for row in report["rows"]] == list(CLASSES)
+    for row in report["rows"]:
+        assert (row["generated"]["n_a"], row["generated"]["n_b"]) == (3, 2)
+        assert row["reference"]["n_a"] == 3 and row["clean"]["n_a"] == 3
+        assert all(0.0 <= row[k] <= 1.0 for k in ("realism_generated", "realism_clean", "realism_real"))
+        # Only the feathered rim around the mask changes outside it (an untrained model paints harshly there).
+        assert row["background_psnr"] > 15
+    for cls in CLASSES:
+        masks = sorted((tmp_path / "look" / cls).glob("*_mask.png"))
+        assert len(masks) == 3
+        for mask_path in masks:
+            mask = np.asarray(Image.open(mask_path)) > 0
+            crop = Image.open(mask_path.with_name(mask_path.name.replace("_mask", "_crop")))
+            x0, y0, x1, y1 = grown_box(mask_bbox(mask), mask.shape[1], mask.shape[0])
+            assert crop.size == (x1 - x0, y1 - y0)
