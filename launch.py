@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify-export", help="Check an export zip against its manifest.")
     ver.add_argument("zip", type=Path)
 
+    user = sub.add_parser("add-user", help="Add or replace a user in a users file for --auth (salted scrypt hash).")
+    user.add_argument("users_file", type=Path)
+    user.add_argument("user")
+    user.add_argument(
+        "--password-stdin", action="store_true", help="Read the password from standard input instead of a prompt."
+    )
+
     add_evaluate_parsers(sub)
     return parser
 

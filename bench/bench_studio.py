@@ -61,8 +61,13 @@ print(json.dumps({"finetune_total_s": total, "steps": result.steps, "step_s": st
 
 
 def run_case(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -104,14 +109,20 @@ def main() -> None:
     rows = []
     preview = run_case(PREVIEW, args.model)
     rows.append(("pipeline load", f"{preview['load_s']:.2f} s", ""))
-    rows.append(("preview, 4 candidates, 20 steps x 0.6", f"{preview['preview4_s']:.2f} s (median "
-                 f"{preview['preview4_median_s']:.2f})", f"{preview['peak_mb']:.0f} MB"))
+    rows.append(
+        (
+            "preview, 4 candidates, 20 steps x 0.6",
+            f"{preview['preview4_s']:.2f} s (median {preview['preview4_median_s']:.2f})",
+            f"{preview['peak_mb']:.0f} MB",
+        )
+    )
     if not args.skip_finetune and args.finetune_data:
         with tempfile.TemporaryDirectory() as out:
             ft = run_case(FINETUNE, args.model, str(args.finetune_data), str(Path(out) / "run"))
         rows.append(("fine-tune step (cpu-quick batch)", f"{ft['step_s']:.2f} s", ""))
-        rows.append((f"fine-tune cpu-quick ({ft['steps']} steps)", f"{ft['finetune_total_s']:.0f} s",
-                     f"{ft['peak_mb']:.0f} MB"))
+        rows.append(
+            (f"fine-tune cpu-quick ({ft['steps']} steps)", f"{ft['finetune_total_s']:.0f} s", f"{ft['peak_mb']:.0f} MB")
+        )
     start = app_start(args.model)
     rows.append(("app start to first page", f"{start['app_first_page_s']:.1f} s", f"{start['peak_mb']:.0f} MB"))
     print(f"Steel Defect Studio benchmarks — {os.cpu_count()} CPU cores, torch threads default")

@@ -59,8 +59,15 @@ def main() -> None:
         shots = draw_shots(args.pool, args.k, seed, args.work / f"seed{seed}" / "shots")
         adapter = args.work / f"seed{seed}" / "adapter"
         if not (adapter / "tokens.json").exists():
-            finetune_folder(shots, adapter, model=args.model, preset="cpu-quick", steps=args.finetune_steps,
-                            seed=seed, resume=adapter.exists())
+            finetune_folder(
+                shots,
+                adapter,
+                model=args.model,
+                preset="cpu-quick",
+                steps=args.finetune_steps,
+                seed=seed,
+                resume=adapter.exists(),
+            )
         pipe = load_pipeline(args.model, adapter)
         strengths = [args.strength] + ([] if args.skip_pure_noise else [1.0])
         for strength in strengths:
@@ -68,10 +75,21 @@ def main() -> None:
             for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
                 if len(list_images(synthetic / class_dir.name)) if (synthetic / class_dir.name).exists() else 0:
                     continue
-                generate_to_folder(None, None, class_dir.name, class_dir, args.per_class, synthetic / class_dir.name,
-                                   strength=strength, steps=args.steps, seed=seed * 1000, pipe=pipe)
-            report = recognition(shots, args.val, synthetic, k=args.k, seeds=1,
-                                 classic_augment_per_class=args.per_class)
+                generate_to_folder(
+                    None,
+                    None,
+                    class_dir.name,
+                    class_dir,
+                    args.per_class,
+                    synthetic / class_dir.name,
+                    strength=strength,
+                    steps=args.steps,
+                    seed=seed * 1000,
+                    pipe=pipe,
+                )
+            report = recognition(
+                shots, args.val, synthetic, k=args.k, seeds=1, classic_augment_per_class=args.per_class
+            )
             results[f"seed{seed}_strength{strength}"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
             print(f"seed {seed}, strength {strength}:", flush=True)
             print(report.table() if hasattr(report, "table") else report, flush=True)

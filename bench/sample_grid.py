@@ -1,6 +1,6 @@
 """Write a grid of generated samples per class (model output only, never the source images).
 
-    python -m bench.sample_grid --init-root /tmp/neu-split/pool --out engine/models/steel-prior/samples.png
+python -m bench.sample_grid --init-root /tmp/neu-split/pool --out engine/models/steel-prior/samples.png
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def main() -> None:
         for strength in args.strengths:
             tiles = []
             for i, path in enumerate(sources):
-                config = GenerationConfig(class_name=class_name, num_candidates=1, strength=strength,
-                                          steps=args.steps, seed=i)
+                config = GenerationConfig(
+                    class_name=class_name, num_candidates=1, strength=strength, steps=args.steps, seed=i
+                )
                 image = generate(pipe, load_rgb(path), config).candidates[0].image
                 tiles.append(np.asarray(image.convert("L").resize((args.tile, args.tile))))
             rows.append(np.concatenate(tiles, axis=1))

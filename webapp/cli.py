@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import hashlib
 import hmac
+import logging
+import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from webapp.service import StudioService, verify_export
+
+logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 # Handlers that do not touch the model (uploads, reviews, tables) may run side by side; model handlers run
@@ -26,6 +32,8 @@ def run_service_command(args: argparse.Namespace) -> int:
     command = args.command or "app"
     if command == "verify-export":
         return verify_export_command(args.zip)
+    if command == "add-user":
+        return add_user_command(args.users_file, args.user, args.password_stdin)
     if command == "app":
         return run_app(args)
     service = StudioService(args.data_dir, args.model, args.database_url)
@@ -83,6 +91,19 @@ def verify_export_command(zip_path: Path) -> int:
     return 1
 
 
+def add_user_command(users_file: Path, user: str, from_stdin: bool) -> int:
+    """`launch.py add-user`: the password from a prompt (typed twice) or one line of standard input."""
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {user}: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("The passwords differ; nothing was written.")
+    add_user(users_file, user, password)
+    print(f"Saved {user} in {users_file}")
+    return 0
+
+
 def cli_user() -> str:
     """The operating-system user, stamped on what CLI commands change."""
     try:
@@ -101,19 +122,40 @@ def check_host(host: str, has_auth: bool, allow_unauthenticated_remote: bool) ->
 
 
 def password_checker(auth: str) -> Callable[[str, str], bool]:
-    """Gradio's auth callable from `--auth`: a users file of `user:sha256hex` lines, or "user:password,..."."""
+    """Gradio's auth callable from `--auth`: a users file (see `read_users_file`), or "user:password,..."."""
     path = Path(auth).expanduser()
     hashes = read_users_file(path) if path.is_file() else parse_auth_pairs(auth)
 
     def check(username: str, password: str) -> bool:
-        expected = hashes.get(username)
-        return expected is not None and hmac.compare_digest(password_hash(password), expected)
+        stored = hashes.get(username)
+        return stored is not None and verify_password(password, stored)
 
     return check
 
 
-def password_hash(password: str) -> str:
-    return hashlib.sha256(password.encode()).hexdigest()
+# scrypt (RFC 7914) with a random salt per password; n = 2**14 costs ~50 ms and 16 MiB per check.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+SCRYPT_PREFIX = "scrypt"
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """`scrypt$n$r$p$salt$hash` (base64) of a password, with a fresh random salt unless one is given."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    encoded = (base64.b64encode(part).decode() for part in (salt, digest))
+    return "$".join([SCRYPT_PREFIX, str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), *encoded])
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` matches a stored scrypt hash (or a legacy unsalted sha256 hex digest)."""
+    if not stored.startswith(SCRYPT_PREFIX + "$"):
+        return hmac.compare_digest(hashlib.sha256(password.encode()).hexdigest(), stored)
+    _, n, r, p, salt, digest = stored.split("$")
+    expected = base64.b64decode(digest)
+    computed = hashlib.scrypt(
+        password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected)
+    )
+    return hmac.compare_digest(computed, expected)
 
 
 def parse_auth_pairs(auth: str) -> dict[str, str]:
@@ -127,18 +169,58 @@ def parse_auth_pairs(auth: str) -> dict[str, str]:
     return hashes
 
 
+def _valid_stored_hash(stored: str) -> bool:
+    if stored.startswith(SCRYPT_PREFIX + "$"):
+        parts = stored.split("$")
+        try:
+            return (
+                len(parts) == 6
+                and all(int(v) > 0 for v in parts[1:4])
+                and all(base64.b64decode(v, validate=True) for v in parts[4:])
+            )
+        except ValueError:
+            return False
+    return len(stored) == 64 and all(c in "0123456789abcdef" for c in stored)
+
+
 def read_users_file(path: Path) -> dict[str, str]:
-    """User -> password hash from lines `user:sha256hex-of-password` ('#' comments and blank lines skipped)."""
+    """User -> stored hash from lines `user:scrypt$…` written by `launch.py add-user`.
+
+    Lines `user:<sha256 hex>` of earlier versions still work but are unsalted; a warning names them.
+    '#' comments and blank lines are skipped.
+    """
     hashes = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        user, _, digest = line.partition(":")
-        digest = digest.strip().lower()
-        if not user.strip() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"Line {number} of {path} is not `user:sha256hex-of-password`.")
-        hashes[user.strip()] = digest
+        user, _, stored = line.partition(":")
+        stored = stored.strip()
+        if not user.strip() or not _valid_stored_hash(stored):
+            raise ValueError(f"Line {number} of {path} is not `user:<hash from launch.py add-user>`.")
+        hashes[user.strip()] = stored
     if not hashes:
         raise ValueError(f"{path} lists no users.")
+    legacy = sorted(user for user, stored in hashes.items() if not stored.startswith(SCRYPT_PREFIX + "$"))
+    if legacy:
+        logger.warning(
+            "Unsalted sha256 passwords in %s for %s; re-add them with `launch.py add-user`.", path, ", ".join(legacy)
+        )
     return hashes
+
+
+def add_user(path: Path, user: str, password: str) -> None:
+    """Add or replace a user's line in a users file (created if missing) with a salted scrypt hash."""
+    user = user.strip()
+    if not user or ":" in user or any(c.isspace() for c in user):
+        raise ValueError(f"A user name must be non-empty, without ':' or spaces, got {user!r}.")
+    if len(password) < 8:
+        raise ValueError("A password must be at least 8 characters long.")
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.is_file() else ["# Steel Defect Studio users (launch.py add-user)"]
+    kept = [line for line in lines if line.strip().partition(":")[0].strip() != user or line.strip().startswith("#")]
+    kept.append(f"{user}:{password_hash(password)}")
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("\n".join(kept) + "\n")
+    temporary.chmod(0o600)
+    temporary.replace(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -21,20 +20,17 @@ import launch
 from storage.export import unsafe_path_problem, verify_export
 from webapp import cli
 from webapp.app import build_app, served_folders
-from webapp.cli import password_checker, queue_app
+from webapp.cli import add_user, password_checker, queue_app
 from webapp.service import StudioService
 
 MODEL_HANDLERS = {"generate", "finetune_start", "finetune_resume"}
 
 
 def users_file(folder: Path) -> Path:
-    """A users file of `user:sha256(password)` lines for alice (s3cret) and bob (hunter2)."""
+    """A users file made by `add-user` for alice (s3cret-pw) and bob (hunter2-pw)."""
     path = folder / "users.txt"
-    lines = [
-        f"{user}:{hashlib.sha256(password.encode()).hexdigest()}"
-        for user, password in (("alice", "s3cret"), ("bob", "hunter2"))
-    ]
-    path.write_text("# studio users\n" + "\n".join(lines) + "\n")
+    for user, password in (("alice", "s3cret-pw"), ("bob", "hunter2-pw")):
+        add_user(path, user, password)
     return path
 
 
@@ -60,11 +56,11 @@ def test_with_auth_only_signed_in_users_get_in_and_their_names_are_stamped(
         with pytest.raises(AuthenticationError):
             Client(url, verbose=False)
         with pytest.raises(ValueError, match="Could not login"):
-            Client(url, auth=("alice", "hunter2"), verbose=False)
+            Client(url, auth=("alice", "hunter2-pw"), verbose=False)
 
         # 2. Signed-in users: every upload, generation, decision and export carries their name
-        alice = Client(url, auth=("alice", "s3cret"), verbose=False)
-        bob = Client(url, auth=("bob", "hunter2"), verbose=False)
+        alice = Client(url, auth=("alice", "s3cret-pw"), verbose=False)
+        bob = Client(url, auth=("bob", "hunter2-pw"), verbose=False)
         clients += [alice, bob]
         alice.predict([handle_file(str(slab))], "clean", None, api_name="/upload")
         (source,) = service.list_sources(role="clean")
@@ -156,13 +152,13 @@ def test_the_app_command_binds_loopback_unless_signed_in_or_explicitly_allowed(
     assert launch.main([*common, "--host", "0.0.0.0", "--auth", str(users)]) == 0
     auth = launched[-1]["auth"]
     assert launched[-1]["server_name"] == "0.0.0.0"
-    assert auth("alice", "s3cret") and auth("bob", "hunter2")
-    assert not auth("alice", "hunter2") and not auth("mallory", "s3cret") and not auth("alice", "")
-    assert "s3cret" not in users.read_text(), "the users file holds hashes, not passwords"
+    assert auth("alice", "s3cret-pw") and auth("bob", "hunter2-pw")
+    assert not auth("alice", "hunter2-pw") and not auth("mallory", "s3cret-pw") and not auth("alice", "")
+    assert "s3cret-pw" not in users.read_text(), "the users file holds hashes, not passwords"
 
     assert launch.main([*common, "--host", "0.0.0.0", "--allow-unauthenticated-remote"]) == 0
     assert launched[-1]["auth"] is None
 
     users.write_text("alice:s3cret\n")
     assert launch.main([*common, "--auth", str(users)]) == 2
-    assert "is not `user:sha256hex-of-password`" in capsys.readouterr().err
+    assert "is not `user:<hash from launch.py add-user>`" in capsys.readouterr().err

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from pathlib import Path
 
 import pytest
 
 import launch
-from webapp.cli import check_host, password_checker, run_service_command
+from webapp.cli import add_user, check_host, password_checker, run_service_command
 
 
 def run(argv: list[str]) -> int:
@@ -57,13 +58,37 @@ def test_inline_passwords_and_a_users_file_of_hashes(tmp_path: Path) -> None:
     assert inline("alice", "s3cret") and inline("bob", "pa:ss")
     assert not inline("alice", "wrong") and not inline("carol", "s3cret")
 
+    # Files of earlier versions (unsalted sha256) still sign in.
     users = tmp_path / "users.txt"
     users.write_text(f"# studio users\n\nalice:{hashlib.sha256(b'hunter2').hexdigest()}\n")
     from_file = password_checker(str(users))
     assert from_file("alice", "hunter2") and not from_file("alice", "hunter3")
 
     users.write_text("alice:not-a-hash\n")
-    with pytest.raises(ValueError, match="Line 1 of .* is not `user:sha256hex"):
+    with pytest.raises(ValueError, match="Line 1 of .* is not `user:<hash from launch.py add-user>`"):
         password_checker(str(users))
     with pytest.raises(ValueError, match="--auth must be"):
         password_checker("alice")
+
+
+def test_add_user_stores_salted_scrypt_hashes_and_replaces_a_user(tmp_path: Path, monkeypatch, capsys) -> None:
+    users = tmp_path / "users.txt"
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse\n"))
+    assert run(["add-user", str(users), "alice", "--password-stdin"]) == 0
+    assert "Saved alice" in capsys.readouterr().out
+    add_user(users, "bob", "correct horse")
+    lines = [line for line in users.read_text().splitlines() if not line.startswith("#")]
+    hashes = dict(line.split(":", 1) for line in lines)
+    # The same password gets a different hash per user: each has its own salt; the file is private.
+    assert hashes["alice"].startswith("scrypt$") and hashes["alice"] != hashes["bob"]
+    assert "correct horse" not in users.read_text() and users.stat().st_mode & 0o077 == 0
+    check = password_checker(str(users))
+    assert check("alice", "correct horse") and check("bob", "correct horse") and not check("alice", "correct hors")
+
+    add_user(users, "alice", "battery staple")
+    assert len([line for line in users.read_text().splitlines() if line.startswith("alice:")]) == 1
+    check = password_checker(str(users))
+    assert check("alice", "battery staple") and not check("alice", "correct horse")
+    for name, password, message in (("al ice", "long enough", "user name"), ("carol", "short", "8 characters")):
+        with pytest.raises(ValueError, match=message):
+            add_user(users, name, password)
