@@ -10,7 +10,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -18,8 +18,8 @@ DATABASE_FILE_NAME = "studio.db"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-class DatabaseIntegrityError(RuntimeError):
-    """The database file is damaged or holds rows that break foreign keys."""
+class DatabaseIntegrityError(ValueError):
+    """The database cannot be opened, is damaged or holds rows that break foreign keys (the CLI prints one line)."""
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
@@ -106,6 +106,15 @@ def open_database(data_dir: Path, url: str | None = None) -> Database:
         data_dir.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(data_dir / DATABASE_FILE_NAME).resolve()}"
     database = Database(url)
-    database.migrate()
-    database.integrity_check()
+    try:
+        database.migrate()
+        database.integrity_check()
+    except exc.DBAPIError as error:
+        database.dispose()
+        shown = database.engine.url.render_as_string(hide_password=True)
+        reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else type(error).__name__
+        raise DatabaseIntegrityError(
+            f"Cannot open the studio database {shown}: {reason}. Restore it from a backup or move it aside "
+            "to start a new one."
+        ) from error
     return database

@@ -92,3 +92,14 @@ def test_add_user_stores_salted_scrypt_hashes_and_replaces_a_user(tmp_path: Path
     for name, password, message in (("al ice", "long enough", "user name"), ("carol", "short", "8 characters")):
         with pytest.raises(ValueError, match=message):
             add_user(users, name, password)
+
+
+def test_a_damaged_database_is_refused_in_one_line(tmp_path: Path, tiny_model: Path, capsys) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "studio.db").write_bytes(b"this is not an SQLite file" * 200)
+    assert launch.main(["export", "--data-dir", str(data), "--model", str(tiny_model), "--out", "x.zip"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith(f"error: Cannot open the studio database sqlite:///{(data / 'studio.db').resolve()}")
+    assert (data / "studio.db").read_bytes().startswith(b"this is not"), "the damaged file is left as it was"
