@@ -16,6 +16,7 @@ from PIL import Image, PngImagePlugin
 from engine.config import GenerationConfig
 from engine.masks import (
     MASK_GROW_PX,
+    MASK_WINDOW_SCALE,
     MaskWindow,
     feather,
     grow,
@@ -24,6 +25,7 @@ from engine.masks import (
     mask_boxes,
     mask_png,
     mask_sha256,
+    mirror_pad,
     plan_windows,
 )
 from engine.models import model_resolution
@@ -283,21 +285,24 @@ def _generate_masked(
         raise ValueError("A masked repaint places its windows around the mask; leave the window position unset.")
     source = init_image.convert("RGB")
     width, height = source.size
-    _, _, base = choose_window(width, height, config)
+    choose_window(width, height, config)
     seeds = [config.seed + i for i in range(config.num_candidates)]
     if mask is not None:
         masks = [mask_array(mask, width, height)] * len(seeds)
     else:
         masks = [mask_array(propose_masks(config.class_name, width, height, seed)[0], width, height) for seed in seeds]
 
-    # 2. Grow each mask and plan its windows (a drawn mask is planned once for all candidates)
+    # 2. Mirror-extend a slab smaller than the window; grow each mask and plan its windows on that canvas
     resolution = model_resolution(pipe)
     multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    base = config.window_size or round(resolution * MASK_WINDOW_SCALE)
+    pad_x, pad_y = max(0, base - width), max(0, base - height)
+    canvas = Image.fromarray(mirror_pad(np.asarray(source), pad_x, pad_y))
     planned: dict[int, tuple[np.ndarray, list[MaskWindow]]] = {}
     jobs: list[_MaskJob] = []
     for index, (seed, drawn) in enumerate(zip(seeds, masks, strict=True)):
         if id(drawn) not in planned:
-            grown = grow(drawn)
+            grown = np.pad(grow(drawn), ((pad_y, pad_y), (pad_x, pad_x)))
             planned[id(drawn)] = (feather(grown), plan_windows(grown, base, resolution, multiple))
         jobs += [_MaskJob(index, w, _part_seed(seed, part)) for part, w in enumerate(planned[id(drawn)][1])]
 
@@ -318,13 +323,13 @@ def _generate_masked(
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True
 
-        images = _denoise_windows(pipe, source, [jobs[n] for n in numbers], prompt, config, on_step)
+        images = _denoise_windows(pipe, canvas, [jobs[n] for n in numbers], prompt, config, on_step)
         if should_stop is not None and should_stop():
             raise InterruptedError("Generation was stopped.")
         outputs.update(zip(numbers, images, strict=True))
 
     # 4. Paste each window through its part of the feathered mask; measure and record each candidate
-    base_pixels = np.asarray(source, dtype=np.float32)
+    base_pixels = np.asarray(canvas, dtype=np.float32)
     merged = [base_pixels.copy() for _ in seeds]
     for number, job in enumerate(jobs):
         w = job.window
@@ -337,13 +342,15 @@ def _generate_masked(
     source_hash = image_sha256(init_image)
     candidates = []
     for index, (seed, drawn) in enumerate(zip(seeds, masks, strict=True)):
-        image = Image.fromarray(np.clip(merged[index] + 0.5, 0, 255).astype(np.uint8))
+        pixels = merged[index][pad_y : pad_y + height, pad_x : pad_x + width]
+        image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
         if gray:
             image = image.convert("L")
         params = _candidate_params(pipe, config, token, prompt, seed, source_hash, image)
         params.update(
             window=None,
-            windows=[job.window.as_dict() for job in jobs if job.candidate == index],
+            windows=[_on_slab(job.window, pad_x, pad_y, width, height) for job in jobs if job.candidate == index],
+            window_scale=round(jobs[0].window.width / jobs[0].window.model_width, 4) if jobs else None,
             mask_source="drawn" if mask is not None else "auto-place",
             mask_sha256=mask_sha256(drawn),
             mask_grow_px=MASK_GROW_PX,
@@ -352,6 +359,13 @@ def _generate_masked(
         )
         candidates.append(Candidate(image, seed, params, drawn))
     return GenerationResult(candidates, time.time() - started)
+
+
+def _on_slab(window: MaskWindow, pad_x: int, pad_y: int, width: int, height: int) -> dict[str, int]:
+    """A window planned on the mirror-extended canvas, as the part of it that lies on the slab."""
+    x0, y0 = max(window.x - pad_x, 0), max(window.y - pad_y, 0)
+    x1, y1 = min(window.x + window.width - pad_x, width), min(window.y + window.height - pad_y, height)
+    return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
 
 
 def _denoise_windows(

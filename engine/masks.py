@@ -17,6 +17,10 @@ MASK_GROW_PX = 4
 MASK_FEATHER_PX = 4
 # Context the model sees around the mask's bounding box (diffusers' padding_mask_crop), in source pixels.
 MASK_MARGIN_PX = 32
+# Source pixels per model pixel of a masked repaint's canvas, unless the request sets a window size: the embedded
+# prior learnt NEU's 200 px images at 128 px. A slab too small for such a window is extended by mirroring it, so a
+# thin strip is not magnified (which would paint its defect at several times the scale the model learnt).
+MASK_WINDOW_SCALE = 200 / 128
 # Components smaller than this (stray brush dots) get no box of their own.
 MIN_BOX_AREA_PX = 4
 # A window much longer than wide is generated at a non-square size; beyond this the UNet leaves its training regime.
@@ -178,6 +182,13 @@ def plan_windows(
         region = np.isin(labels[y : y + h, x : x + w], [index + 1 for index in members])
         windows.append(MaskWindow(x, y, w, h, *_model_size(w, h, resolution, multiple), region))
     return windows
+
+
+def mirror_pad(pixels: np.ndarray, pad_x: int, pad_y: int) -> np.ndarray:
+    """An H×W(×C) array extended by `pad_x` columns and `pad_y` rows on each side, mirrored (any pad size)."""
+    if pad_x == 0 and pad_y == 0:
+        return pixels
+    return cv2.copyMakeBorder(pixels, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REFLECT_101)
 
 
 def latent_mask(region: np.ndarray, model_width: int, model_height: int, factor: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from engine.batch import generate_to_folder
 from engine.config import GenerationConfig
 from engine.data import list_images
 from engine.generate import generate, read_png_parameters
-from engine.masks import grow, mask_boxes, mask_from_boxes, mask_image, plan_windows
+from engine.masks import MASK_WINDOW_SCALE, grow, mask_boxes, mask_from_boxes, mask_image, mirror_pad, plan_windows
 from engine.models import load_pipeline
 from engine.placement import box_statistics, load_statistics, propose_masks
 from engine.quality import PSNR_CEILING_DB, masked_quality
@@ -277,3 +277,28 @@ def test_masked_repaint_works_for_a_unet_with_more_than_four_latent_channels(tmp
     original = np.asarray(source, dtype=np.int16)
     assert np.array_equal(out[~grow(mask)], original[~grow(mask)])
     assert np.abs(out[mask] - original[mask]).mean() > 1
+
+
+def test_a_thin_strip_is_mirror_extended_so_its_defect_is_painted_at_the_model_scale(pipe):
+    source = slab(120, 20, seed=3)
+    mask = rectangle_mask(120, 20, 50, 6, 60, 12)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
+    candidate = generate(pipe, source, config, mask=mask_image(mask)).candidates[0]
+    # Without the mirror the 20 px strip would be magnified to the model's 32 px (0.6 source px per model px).
+    assert candidate.params["window_scale"] >= MASK_WINDOW_SCALE
+    (window,) = candidate.params["windows"]
+    assert window["y"] == 0 and window["height"] == 20 and window["x"] <= 46 and window["x"] + window["width"] >= 64
+    out, original = np.asarray(candidate.image, dtype=np.int16), np.asarray(source, dtype=np.int16)
+    assert candidate.image.size == (120, 20)
+    assert np.array_equal(out[~grow(mask)], original[~grow(mask)])
+    assert np.abs(out[mask] - original[mask]).mean() > 1
+
+
+def test_mirror_pad_reflects_beyond_the_image_size():
+    pixels = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    padded = mirror_pad(pixels, 4, 3)
+    assert padded.shape == (2 + 6, 3 + 8)
+    assert np.array_equal(padded[3:5, 4:7], pixels)
+    # Mirrored without repeating the edge (0 1 2 → … 2 1 [0 1 2] 1 0 …), so no seam of doubled pixels.
+    assert list(padded[3, 2:9]) == [2, 1, 0, 1, 2, 1, 0]
+    assert list(padded[:, 4]) == [3, 0, 3, 0, 3, 0, 3, 0]

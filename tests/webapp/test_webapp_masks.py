@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 
 import launch
 from engine.config import GenerationConfig
+from engine.data import parse_voc
 from tests.support import served_client
 from webapp.app import painted_mask
 from webapp.service import StudioService, parse_box_text
@@ -102,7 +103,13 @@ def test_export_formats_hold_synthetic_masks_and_imported_voc_boxes(
     assert sum(n.startswith("masks/") for n in names) == sum(n.startswith("voc/") for n in names) == 2
     coco = COCO(str(tmp_path / "all" / "coco" / "instances.json"))
     boxes = sorted(tuple(a["bbox"]) for a in coco.loadAnns(coco.getAnnIds()))
-    assert boxes == [(1, 2, 29, 18), (10, 8, 10, 22)]
+    # The VOC box 1..30 × 2..20 (1-based, inclusive) is COCO's x 0, y 1, 30 × 19 pixels.
+    assert boxes == [(0, 1, 30, 19), (10, 8, 10, 22)]
+    # Exported VOC files read back (engine.data.parse_voc) as the boxes that were imported and painted.
+    read_back = sorted(
+        (b.xmin, b.ymin, b.xmax, b.ymax) for n in names if n.startswith("voc/") for b in parse_voc(tmp_path / "all" / n)
+    )
+    assert read_back == [(0, 1, 30, 20), (10, 8, 20, 30)]
 
     launch.main(["export", "--data-dir", str(service.data_dir), "--model", str(service.model),
                  "--out", str(tmp_path / "yolo.zip"), "--formats", "yolo"])  # fmt: skip
