@@ -169,6 +169,7 @@ def add_evaluate_parsers(sub) -> None:
     masked.add_argument("--strength", type=float, default=0.9)
     masked.add_argument("--steps", type=int, default=20)
     masked.add_argument("--seed", type=int, default=0)
+    masked.add_argument("--guidance", type=float, default=None)
     masked.add_argument("--save-dir", type=Path, default=None, help="Write samples, masks and crops here to look at.")
 
     tune = sub.add_parser("tune-strength", help="Choose a token's img2img strength by KID; store it in the adapter.")
@@ -300,6 +301,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             strength=args.strength,
             steps=args.steps,
             seed=args.seed,
+            guidance_scale=args.guidance,
             feature_net=load_feature_net(args.feature_net),
             save_dir=args.save_dir,
             progress=progress,

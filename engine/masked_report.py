@@ -129,7 +129,8 @@ class MaskedReport:
     def table(self) -> str:
         lines = [
             f"Masked samples on {self.n_slabs} clean regions (all classes), strength {self.strength}, "
-            f"{self.steps} steps, seed {self.seed}; scored on the masked crop against real defect crops",
+            f"{self.steps} steps, guidance {self.settings.get('guidance_scale')}, seed {self.seed}; "
+            "scored on the masked crop against real defect crops",
             f"{'class':<17}{'n':>4}{'n_real':>7}{'KID gen':>10}{'KID clean':>10}{'KID ref':>10}{'FID gen':>9}"
             f"{'FID clean':>10}{'FID ref':>9}{'rec gen':>8}{'rec cln':>8}{'rec real':>9}"
             f"{'real gen':>9}{'real cln':>9}{'real val':>9}{'bg PSNR':>8}",
@@ -159,6 +160,7 @@ def masked_sample_report(
     strength: float = 0.9,
     steps: int = 20,
     seed: int = 0,
+    guidance_scale: float | None = None,
     feature_net: SteelFeatureNet | None = None,
     save_dir: Path | str | None = None,
     progress: ProgressFn | None = None,
@@ -182,6 +184,7 @@ def masked_sample_report(
     net = (feature_net or load_feature_net()).eval()
     size = net.config.input_size
     scorer = RealismScorer(net, real_pool)
+    extra = {"guidance_scale": guidance_scale} if guidance_scale is not None else {}
 
     # 2. Per class: paint, cut, score
     rows = []
@@ -191,7 +194,7 @@ def masked_sample_report(
         for i in range(per_class):
             slab = slabs[(class_index * per_class + i) % len(slabs)]
             config = GenerationConfig(
-                class_name, num_candidates=1, strength=strength, steps=steps, seed=seed + i, auto_place=True
+                class_name, num_candidates=1, strength=strength, steps=steps, seed=seed + i, auto_place=True, **extra
             )
             candidate = generate(pipe, slab, config).candidates[0]
             box = grown_box(mask_bbox(candidate.mask), slab.width, slab.height)
@@ -220,7 +223,12 @@ def masked_sample_report(
                 seed,
             )
         )
-    settings = {"neu_root": str(neu_root), "min_clean_side": MIN_CLEAN_SIDE, "crop_margin": CROP_MARGIN}
+    settings = {
+        "neu_root": str(neu_root),
+        "min_clean_side": MIN_CLEAN_SIDE,
+        "crop_margin": CROP_MARGIN,
+        "guidance_scale": GenerationConfig(classes[0], **extra).guidance_scale,
+    }
     return MaskedReport(rows, len(slabs), strength, steps, seed, settings)
 
 

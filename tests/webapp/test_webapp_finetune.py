@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from engine.config import GenerationConfig
+from engine.data import list_images
 from webapp.service import StudioService
 
 RUN_TIMEOUT_S = 240
@@ -53,3 +56,34 @@ def test_a_stopped_run_resumes_from_its_checkpoint(service: StudioService, slab_
     assert {c.name: c.adapter_version for c in service.list_classes()}["inclusion"] == 2
     with pytest.raises(ValueError, match="resumed before"):
         service.resume_finetune(run_id, "bob")
+
+
+def test_the_training_snapshot_carries_each_image_defect_mask(service: StudioService, slab_png, tmp_path) -> None:
+    # A real defect imported with its NEU-DET box (Sc_7.png pairs with scratches_7.xml) and an accepted masked sample.
+    images, annotations = tmp_path / "images", tmp_path / "xml"
+    images.mkdir()
+    annotations.mkdir()
+    (images / "Sc_7.png").write_bytes(slab_png(40, 32, 7))
+    (annotations / "scratches_7.xml").write_text(
+        "<annotation><object><name>scratches</name><bndbox><xmin>3</xmin><ymin>1</ymin>"
+        "<xmax>10</xmax><ymax>32</ymax></bndbox></object></annotation>"
+    )
+    service.import_folder(images, "defect", "scratches", annotations, "alice")
+    source_id = service.upload_images([("slab.png", slab_png(48, 40, 0))], "clean", None, "alice").sources[0].id
+    drawn = service.box_mask(source_id, "20,10,30,30")
+    (sample_id,) = service.generate_candidates(
+        source_id, GenerationConfig("scratches", num_candidates=1, strength=1.0, steps=2), "alice", mask=drawn
+    ).sample_ids
+    service.decide(sample_id, "accepted", None, "alice")
+
+    status = service.wait_for_run(service.start_finetune(["scratches"], "cpu-quick", 2, "alice"), RUN_TIMEOUT_S)
+    assert status.status == "completed", status.message
+    dataset = service.runs_dir / "run-0001" / "dataset" / "scratches"
+    (real_mask,) = dataset.glob("source-*_mask.png")
+    expected = np.zeros((32, 40), dtype=bool)
+    expected[0:32, 2:10] = True
+    assert np.array_equal(np.asarray(Image.open(real_mask)) > 0, expected)
+    (sample_mask,) = dataset.glob("sample-*_mask.png")
+    assert np.array_equal(np.asarray(Image.open(sample_mask)) > 0, np.asarray(drawn) > 0)
+    # The masks sit beside the images without being taken for training images themselves.
+    assert len(list_images(dataset)) == 2
