@@ -27,34 +27,11 @@ from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_
 from engine.evaluate import RealismScorer, SetDistance, _fmt, _r, _recognition, set_distance
 from engine.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.generate import generate, known_tokens
-from engine.masks import mask_image
+from engine.masks import CROP_MARGIN, grown_box, mask_bbox, mask_image
 
 ProgressFn = Callable[[int, int, str], None]
 
 MIN_CLEAN_SIDE = 64
-# Share of the box's larger side added around it on every side, so the crop shows the defect's border.
-CROP_MARGIN = 0.1
-MIN_CROP_SIDE = 16
-
-
-Box = tuple[int, int, int, int]
-
-
-def grown_box(box: Box, width: int, height: int, margin: float = CROP_MARGIN) -> Box:
-    """Box (x0, y0, x1, y1) grown by `margin` × its larger side, at least MIN_CROP_SIDE a side, inside the image."""
-    x0, y0, x1, y1 = box
-    pad = round(margin * max(x1 - x0, y1 - y0))
-    pad_x = pad + max(0, MIN_CROP_SIDE - (x1 - x0) - 2 * pad) // 2
-    pad_y = pad + max(0, MIN_CROP_SIDE - (y1 - y0) - 2 * pad) // 2
-    return max(x0 - pad_x, 0), max(y0 - pad_y, 0), min(x1 + pad_x, width), min(y1 + pad_y, height)
-
-
-def mask_bbox(mask: np.ndarray) -> Box | None:
-    """The bounding box (x0, y0, x1, y1) of a bool mask's True pixels, or None if there are none."""
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
-        return None
-    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
 
 
 def defect_crop(item: LabelledImage) -> Image.Image | None:

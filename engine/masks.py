@@ -21,6 +21,9 @@ MASK_MARGIN_PX = 32
 # prior learnt NEU's 200 px images at 128 px. A slab too small for such a window is extended by mirroring it, so a
 # thin strip is not magnified (which would paint its defect at several times the scale the model learnt).
 MASK_WINDOW_SCALE = 200 / 128
+# The masked crop (realism scores, the masked report): the mask's box grown by this share of its larger side.
+CROP_MARGIN = 0.1
+MIN_CROP_SIDE = 16
 # Components smaller than this (stray brush dots) get no box of their own.
 MIN_BOX_AREA_PX = 4
 # A window much longer than wide is generated at a non-square size; beyond this the UNet leaves its training regime.
@@ -196,3 +199,23 @@ def latent_mask(region: np.ndarray, model_width: int, model_height: int, factor:
     scaled = cv2.resize(region.astype(np.float32), (model_width, model_height), interpolation=cv2.INTER_AREA) > 0
     cells = scaled.reshape(model_height // factor, factor, model_width // factor, factor)
     return cells.any(axis=(1, 3)).astype(np.float32)
+
+
+Box = tuple[int, int, int, int]
+
+
+def grown_box(box: Box, width: int, height: int, margin: float = CROP_MARGIN) -> Box:
+    """Box (x0, y0, x1, y1) grown by `margin` × its larger side, at least MIN_CROP_SIDE a side, inside the image."""
+    x0, y0, x1, y1 = box
+    pad = round(margin * max(x1 - x0, y1 - y0))
+    pad_x = pad + max(0, MIN_CROP_SIDE - (x1 - x0) - 2 * pad) // 2
+    pad_y = pad + max(0, MIN_CROP_SIDE - (y1 - y0) - 2 * pad) // 2
+    return max(x0 - pad_x, 0), max(y0 - pad_y, 0), min(x1 + pad_x, width), min(y1 + pad_y, height)
+
+
+def mask_bbox(mask: np.ndarray) -> Box | None:
+    """The bounding box (x0, y0, x1, y1) of a bool mask's True pixels, or None if there are none."""
+    rows, cols = np.nonzero(mask)
+    if len(rows) == 0:
+        return None
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1

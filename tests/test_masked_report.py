@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from engine.data import Box, LabelledImage
-from engine.masked_report import clean_slabs, defect_crop, grown_box, mask_bbox
+from engine.masked_report import clean_slabs, defect_crop
+from engine.masks import grown_box, mask_bbox
 
 CLASSES = ("inclusion", "scratches")
 IMAGE_SIDE = 96

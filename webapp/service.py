@@ -313,10 +313,17 @@ def check_realism_threshold(threshold: float | None) -> float | None:
 
 
 def realism_crop(image: Image.Image, params: dict[str, Any]) -> Image.Image:
-    """The part of a candidate the model repainted: its window, the box around its mask windows, else all of it."""
+    """The part of a candidate the model repainted: its window; for a masked repaint the masked crop (its boxes'
+    union grown a little, as `evaluate masked` scores it); else all of it."""
+    from engine.masks import grown_box
+
     window = params.get("window")
     if window:
         return image.crop((window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"]))
+    boxes = params.get("boxes") or []
+    if boxes:
+        union = tuple(f(b[k] for b in boxes) for f, k in ((min, "xmin"), (min, "ymin"), (max, "xmax"), (max, "ymax")))
+        return image.crop(grown_box(union, image.width, image.height))
     windows = params.get("windows") or []
     if windows:
         left, top = min(w["x"] for w in windows), min(w["y"] for w in windows)
