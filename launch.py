@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num", type=int, default=4, help="Number of PNGs to write in total.")
     gen.add_argument("--out", required=True, type=Path)
     gen.add_argument("--adapter", type=Path, default=None, help="Adapter run folder (default: shipped tokens).")
-    gen.add_argument("--strength", type=float, default=None, help="0-1; default: the token's tuned strength or 0.6.")
+    gen.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="0-1; default: the token's tuned strength (masked: its tuned masked strength), else 0.6 (masked: 0.9).",
+    )
     gen.add_argument("--steps", type=int, default=20)
     gen.add_argument("--guidance", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
@@ -172,6 +177,22 @@ def add_evaluate_parsers(sub) -> None:
     masked.add_argument("--guidance", type=float, default=None)
     masked.add_argument("--save-dir", type=Path, default=None, help="Write samples, masks and crops here to look at.")
 
+    tune_masked = sub.add_parser(
+        "tune-masked-strength",
+        help="Choose each token's masked-repaint strength by the masked report's crop KID; store it in the adapter.",
+    )
+    tune_masked.add_argument("--adapter", required=True, type=Path, help="Adapter run folder (tokens.json is updated).")
+    tune_masked.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
+    tune_masked.add_argument(
+        "--model", default=None, help="Diffusers model folder or hub id (default: embedded prior)."
+    )
+    tune_masked.add_argument("--classes", nargs="*", default=None)
+    tune_masked.add_argument("--strengths", type=float, nargs="+", default=[0.8, 0.9, 1.0])
+    tune_masked.add_argument("--per-class", type=int, default=24)
+    tune_masked.add_argument("--steps", type=int, default=20)
+    tune_masked.add_argument("--seed", type=int, default=0)
+    tune_masked.add_argument("--no-save", action="store_true", help="Only print the table.")
+
     tune = sub.add_parser("tune-strength", help="Choose a token's img2img strength by KID; store it in the adapter.")
     tune.add_argument("--adapter", required=True, type=Path, help="Adapter run folder (its tokens.json is updated).")
     tune.add_argument("--token", required=True, help="Defect class, e.g. crazing.")
@@ -184,7 +205,7 @@ def add_evaluate_parsers(sub) -> None:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--no-save", action="store_true", help="Only print the table.")
 
-    for parser in (fid, rec, two, masked, tune):
+    for parser in (fid, rec, two, masked, tune, tune_masked):
         parser.add_argument("--feature-net", type=Path, default=None, help="Feature network folder (default: shipped).")
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
@@ -336,6 +357,26 @@ def cmd_tune_strength(args: argparse.Namespace) -> None:
     _print_report(report, args.json)
 
 
+def cmd_tune_masked_strength(args: argparse.Namespace) -> None:
+    from engine.features import load_feature_net
+    from engine.masked_report import tune_masked_strength
+
+    report = tune_masked_strength(
+        adapter=args.adapter,
+        neu_root=args.neu,
+        strengths=args.strengths,
+        model=args.model,
+        classes=args.classes,
+        per_class=args.per_class,
+        steps=args.steps,
+        seed=args.seed,
+        save=not args.no_save,
+        feature_net=load_feature_net(args.feature_net),
+        progress=None if args.json else _print_progress_stderr,
+    )
+    _print_report(report, args.json)
+
+
 def _print_report(report, as_json: bool) -> None:
     print(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
 
@@ -365,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain": cmd_pretrain,
         "evaluate": cmd_evaluate,
         "tune-strength": cmd_tune_strength,
+        "tune-masked-strength": cmd_tune_masked_strength,
     }
     try:
         if args.command in commands:

@@ -8,7 +8,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
-from engine.config import GenerationConfig, finetune_config
+from engine.config import DEFAULT_MASKED_STRENGTH, GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.generate import generate, resolve_token
 from engine.models import load_pipeline, resolve_model
@@ -28,11 +28,12 @@ def init_images(init: Path) -> list[Path]:
     return paths
 
 
-def default_strength(pipe, class_name: str) -> float:
-    """The token's tuned strength when the adapter stores one, else the StableSDG default."""
+def default_strength(pipe, class_name: str, masked: bool = False) -> float:
+    """The token's tuned strength (for a masked repaint when `masked`) when the adapter stores one, else the default."""
     info = getattr(pipe, "adapter_info", None)
     token = info.tokens.get(class_name) if info else None
-    return token.default_strength if token and token.default_strength else DEFAULT_STRENGTH
+    tuned = (token.masked_strength if masked else token.default_strength) if token else None
+    return tuned or (DEFAULT_MASKED_STRENGTH if masked else DEFAULT_STRENGTH)
 
 
 def generate_to_folder(
@@ -70,7 +71,8 @@ def generate_to_folder(
     sources = init_images(init)
     pipe = pipe or load_pipeline(model, adapter)
     resolve_token(pipe, class_name)
-    strength = strength if strength is not None else default_strength(pipe, class_name)
+    masked = mask_image is not None or auto_place
+    strength = strength if strength is not None else default_strength(pipe, class_name, masked)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

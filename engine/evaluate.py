@@ -657,8 +657,14 @@ def tune_strength(
     return StrengthReport(class_name, best.strength, lowest.strength, rows, len(real))
 
 
-def save_default_strength(adapter_dir: Path | str, class_name: str, strength: float) -> Path:
-    """Write `default_strength` into the adapter's tokens.json entry for the class; returns the file."""
+STRENGTH_KEYS = ("default_strength", "masked_strength")
+
+
+def save_default_strength(
+    adapter_dir: Path | str, class_name: str, strength: float, key: str = "default_strength"
+) -> Path:
+    """Write a tuned strength (`default_strength`, or `masked_strength` for masked repaints) into the adapter's
+    tokens.json entry for the class; returns the file."""
     from engine.models import TOKENS_FILE
 
     index = Path(adapter_dir) / TOKENS_FILE
@@ -669,7 +675,9 @@ def save_default_strength(adapter_dir: Path | str, class_name: str, strength: fl
     data = json.loads(index.read_text())
     if class_name not in data.get("tokens", {}):
         raise ValueError(f"The adapter has no token for {class_name!r}; it has {', '.join(data.get('tokens', {}))}.")
-    data["tokens"][class_name]["default_strength"] = round(float(strength), 3)
+    if key not in STRENGTH_KEYS:
+        raise ValueError(f"A tuned strength is one of {', '.join(STRENGTH_KEYS)}, got {key!r}.")
+    data["tokens"][class_name][key] = round(float(strength), 3)
     temporary = index.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(data, indent=2))
     os.replace(temporary, index)

@@ -231,3 +231,71 @@ def _class_row(class_name, painted, untouched, real, pool, psnrs, net, scorer, s
         realism_real=mean_realism(real),
         background_psnr=_r(float(np.mean(psnrs)), 2),
     )
+
+
+@dataclass
+class MaskedStrengthReport:
+    """Per class, the masked-crop KID of each strength tried and the one chosen (stored as `masked_strength`)."""
+
+    kid_by_class: dict[str, dict[str, float | None]]
+    best: dict[str, float]
+    per_class: int
+    saved_to: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        strengths = sorted({s for row in self.kid_by_class.values() for s in row}, key=float)
+        lines = [
+            f"Masked-crop KID against validation defect crops, {self.per_class} auto-placed samples per class",
+            f"{'class':<17}" + "".join(f"{s:>10}" for s in strengths) + f"{'chosen':>8}",
+        ]
+        for class_name, row in self.kid_by_class.items():
+            cells = "".join(f"{_fmt(row.get(s), '.4f'):>10}" for s in strengths)
+            lines.append(f"{class_name:<17}{cells}{self.best[class_name]:>8}")
+        if self.saved_to:
+            lines.append(f"masked_strength written to {self.saved_to}")
+        return "\n".join(lines)
+
+
+def tune_masked_strength(
+    adapter: Path | str,
+    neu_root: Path | str,
+    strengths: list[float],
+    model: str | None = None,
+    classes: list[str] | None = None,
+    per_class: int = 24,
+    steps: int = 20,
+    seed: int = 0,
+    save: bool = True,
+    feature_net: SteelFeatureNet | None = None,
+    progress: ProgressFn | None = None,
+) -> MaskedStrengthReport:
+    """Run the masked report at each strength; per class keep the lowest masked-crop KID and store it in the adapter.
+
+    Chosen on the validation split's crops, so later masked reports on that split are optimistic for it.
+    """
+    from engine.evaluate import save_default_strength
+    from engine.models import load_pipeline
+
+    if not strengths or any(not 0 < s <= 1 for s in strengths):
+        raise ValueError(f"Strengths must lie in (0, 1], got {strengths}.")
+    pipe = load_pipeline(model, adapter)
+    net = feature_net or load_feature_net()
+    kid_by_class: dict[str, dict[str, float | None]] = {}
+    for strength in sorted(strengths):
+        report = masked_sample_report(
+            pipe, neu_root, classes, per_class, strength, steps, seed, feature_net=net, progress=progress
+        )
+        for row in report.rows:
+            kid_by_class.setdefault(row.class_name, {})[str(strength)] = row.generated.kid_mean
+    best = {
+        class_name: float(min((s for s in row if row[s] is not None), key=lambda s: row[s]))
+        for class_name, row in kid_by_class.items()
+    }
+    result = MaskedStrengthReport(kid_by_class, best, per_class)
+    if save:
+        for class_name, strength in best.items():
+            result.saved_to = str(save_default_strength(adapter, class_name, strength, key="masked_strength"))
+    return result

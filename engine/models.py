@@ -28,7 +28,9 @@ class TokenInfo:
     token: str
     embedding_file: str
     init_word: str = ""
+    # Tuned strengths: for img2img of a whole window (tune-strength) and for a masked repaint (tune-masked-strength).
     default_strength: float | None = None
+    masked_strength: float | None = None
 
 
 @dataclass

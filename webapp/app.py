@@ -212,12 +212,21 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                     brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=8),
                     height=260,
                 )
-                with gr.Accordion("Other ways to place the defect", open=False):
+                auto_place = gr.Checkbox(
+                    label="Auto-place: masks shaped and sized like real defects of the class (mask and boxes come "
+                    "with each sample)"
+                )
+                with gr.Accordion("Type boxes instead", open=False):
                     box_text = gr.Textbox(label="Boxes x0,y0,x1,y1 in slab pixels (one per line)", lines=2)
-                    auto_place = gr.Checkbox(label="Auto-place: masks shaped and sized like real defects of the class")
                 class_name = gr.Dropdown(label="Defect token")
                 strength = gr.Slider(
-                    0.05, 1.0, value=0.6, step=0.05, label="Strength (share of the slab the model repaints)"
+                    0.05,
+                    1.0,
+                    value=0.6,
+                    step=0.05,
+                    label="Strength (how much the model repaints)",
+                    info="Proposed per token: for a whole window (re-textures the slab) or, with auto-place, a "
+                    "mask or boxes, for the masked region (0.9-1.0 paints a new defect on clean steel).",
                 )
                 with gr.Row():
                     num_candidates = gr.Slider(1, 16, value=4, step=1, label="Candidates")
@@ -285,9 +294,12 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         path = str(matches[0].path) if matches else None
         return {"background": path, "layers": [], "composite": path} if path else None
 
-    def class_strength(class_name: str | None):
+    def class_strength(class_name: str | None, masked: bool | None = False, boxes: str | None = ""):
+        """The token's proposed strength: for a masked repaint when auto-place is on or boxes are typed."""
         matches = [c for c in service.list_classes() if c.name == class_name]
-        return matches[0].default_strength if matches else gr.update()
+        if not matches:
+            return gr.update()
+        return matches[0].masked_strength if masked or (boxes or "").strip() else matches[0].default_strength
 
     @domain_errors
     def generate(
@@ -394,7 +406,9 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     refresh_button.click(refresh, picks, picks, api_name="generate_refresh")
     tab.select(refresh, picks, picks, api_name="generate_tab")
     source.change(show_source, source, source_preview, api_name="show_source")
-    class_name.change(class_strength, class_name, strength, api_name="class_strength")
+    strength_inputs = [class_name, auto_place, box_text]
+    class_name.change(class_strength, strength_inputs, strength, api_name="class_strength")
+    auto_place.change(class_strength, strength_inputs, strength, api_name="masked_strength")
     generate_button.click(
         generate,
         [

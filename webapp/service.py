@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from engine.config import PRESETS, GenerationConfig, finetune_config
+from engine.config import DEFAULT_MASKED_STRENGTH, PRESETS, GenerationConfig, finetune_config
 from engine.data import find_annotation, list_images, parse_voc
 from storage import repository
 from storage.db import open_database
@@ -112,6 +112,8 @@ class ClassInfo:
     tuned_strength: float | None
     adapter_version: int | None
     adapter_path: str | None
+    # The strength to propose for a masked repaint (auto-place, painted or typed mask): tuned, else the default.
+    masked_strength: float = DEFAULT_MASKED_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,16 @@ def check_class_name(name: str | None) -> str:
     if not CLASS_NAME_PATTERN.fullmatch(name):
         raise ValueError(f"Class name {name!r} must be 1-64 letters, digits, '_' or '-' (starting with no symbol).")
     return name
+
+
+def _tuned_masked_strength(adapter_path: str | None, class_name: str) -> float:
+    """The class's `masked_strength` in its adapter's tokens.json (tune-masked-strength), else the default."""
+    index = Path(adapter_path) / "tokens.json" if adapter_path else None
+    try:
+        tuned = json.loads(index.read_text())["tokens"][class_name].get("masked_strength") if index else None
+    except (OSError, ValueError, KeyError, TypeError):
+        tuned = None
+    return float(tuned) if tuned else DEFAULT_MASKED_STRENGTH
 
 
 def realism_sort_key(score: float | None) -> tuple[bool, float]:
@@ -611,6 +623,7 @@ class StudioService:
                         tuned_strength=defect_class.default_strength,
                         adapter_version=adapter.version if adapter else None,
                         adapter_path=adapter.path if adapter else None,
+                        masked_strength=_tuned_masked_strength(adapter.path if adapter else None, defect_class.name),
                     )
                 )
             return classes

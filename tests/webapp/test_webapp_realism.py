@@ -211,3 +211,33 @@ def test_the_realism_crop_is_the_window_or_the_masked_crop() -> None:
     masked = {"window": None, "windows": [{"x": 0, "y": 0, "width": 300, "height": 100}], "boxes": boxes}
     assert realism_crop(image, masked).size == (120, 60)
     assert realism_crop(image, {}).size == (300, 100)
+
+
+def test_a_tuned_masked_strength_is_proposed_for_masked_repaints(service, tiny_adapter, tmp_path) -> None:
+    from engine.batch import generate_to_folder
+    from engine.config import DEFAULT_MASKED_STRENGTH
+
+    adapter = tuned_copy(tiny_adapter, tmp_path / "tuned", {"scratches": 0.45})
+    save_default_strength(adapter, "scratches", 0.95, key="masked_strength")
+    with pytest.raises(ValueError, match="one of default_strength, masked_strength"):
+        save_default_strength(adapter, "scratches", 0.5, key="strength")
+    service.register_adapter(adapter)
+    classes = {c.name: c for c in service.list_classes()}
+    assert (classes["scratches"].default_strength, classes["scratches"].masked_strength) == (0.45, 0.95)
+    assert classes["inclusion"].masked_strength == DEFAULT_MASKED_STRENGTH
+
+    # The UI proposes the masked strength once auto-place is ticked or boxes are typed.
+    with served_client(service) as client:
+        client.predict(None, None, api_name="/generate_refresh")
+        assert client.predict("scratches", False, "", api_name="/class_strength") == pytest.approx(0.45)
+        assert client.predict("scratches", True, "", api_name="/masked_strength") == pytest.approx(0.95)
+        assert client.predict("scratches", False, "1,1,9,9", api_name="/class_strength") == pytest.approx(0.95)
+
+    # The CLI uses it when a masked repaint gives no strength; a whole-window one keeps the other.
+    slab = tmp_path / "slab.png"
+    Image.new("L", (48, 40), 120).save(slab)
+    common = dict(model=str(service.model), adapter=adapter, class_name="scratches", init=slab, num=1, steps=4)
+    (masked,) = generate_to_folder(**common, out=tmp_path / "masked", auto_place=True)
+    (window,) = generate_to_folder(**common, out=tmp_path / "window")
+    assert read_png_parameters(masked.read_bytes())["strength"] == pytest.approx(0.95)
+    assert read_png_parameters(window.read_bytes())["strength"] == pytest.approx(0.45)
