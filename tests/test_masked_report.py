@@ -101,3 +101,23 @@ def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_
             crop = Image.open(mask_path.with_name(mask_path.name.replace("_mask", "_crop")))
             x0, y0, x1, y1 = grown_box(mask_bbox(mask), mask.shape[1], mask.shape[0])
             assert crop.size == (x1 - x0, y1 - y0)
+
+
+def test_tune_masked_strength_stores_the_lowest_kid_strength_per_class(tiny_neu, tiny_model, tiny_adapter, tmp_path):
+    import shutil
+
+    from engine.masked_report import tune_masked_strength
+    from engine.models import read_adapter
+
+    adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
+    report = tune_masked_strength(adapter, tiny_neu, [1.0, 0.5], model=str(tiny_model), per_class=2, steps=2)
+    assert set(report.kid_by_class) == set(CLASSES)
+    for class_name, kids in report.kid_by_class.items():
+        assert set(kids) == {"0.5", "1.0"}
+        assert kids[str(report.best[class_name])] == min(kids.values())
+    tokens = read_adapter(adapter).tokens
+    assert {c: tokens[c].masked_strength for c in CLASSES} == report.best
+    assert all(tokens[c].default_strength is None for c in CLASSES), "the whole-window strength is left alone"
+    assert "chosen" in report.table()
+    with pytest.raises(ValueError, match="Strengths must lie in"):
+        tune_masked_strength(adapter, tiny_neu, [0.0], model=str(tiny_model))
