@@ -171,7 +171,9 @@ def add_evaluate_parsers(sub) -> None:
     masked.add_argument("--adapter", type=Path, default=None, help="Adapter folder (default: the shipped tokens).")
     masked.add_argument("--classes", nargs="*", default=None)
     masked.add_argument("--per-class", type=int, default=40)
-    masked.add_argument("--strength", type=float, default=0.9)
+    masked.add_argument(
+        "--strength", type=float, default=None, help="Default: each token's masked strength (tuned, else 0.9)."
+    )
     masked.add_argument("--steps", type=int, default=20)
     masked.add_argument("--seed", type=int, default=0)
     masked.add_argument("--guidance", type=float, default=None)

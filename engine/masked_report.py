@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.batch import default_strength
 from engine.config import GenerationConfig
 from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_neu
 from engine.evaluate import RealismScorer, SetDistance, _fmt, _r, _recognition, set_distance
@@ -77,6 +78,7 @@ class MaskedClassRow:
     """One class: its masked crops against real defect crops, beside the no-defect control and real-vs-real."""
 
     class_name: str
+    strength: float
     generated: SetDistance
     clean: SetDistance
     reference: SetDistance
@@ -95,7 +97,8 @@ class MaskedReport:
 
     rows: list[MaskedClassRow]
     n_slabs: int
-    strength: float
+    # None: each class at its token's masked strength (the row's `strength`).
+    strength: float | None
     steps: int
     seed: int
     settings: dict = field(default_factory=dict)
@@ -105,17 +108,19 @@ class MaskedReport:
 
     def table(self) -> str:
         lines = [
-            f"Masked samples on {self.n_slabs} clean regions (all classes), strength {self.strength}, "
+            f"Masked samples on {self.n_slabs} clean regions (all classes), "
+            f"strength {self.strength if self.strength is not None else 'per token'}, "
             f"{self.steps} steps, guidance {self.settings.get('guidance_scale')}, seed {self.seed}; "
             "scored on the masked crop against real defect crops",
-            f"{'class':<17}{'n':>4}{'n_real':>7}{'KID gen':>10}{'KID clean':>10}{'KID ref':>10}{'FID gen':>9}"
+            f"{'class':<17}{'str':>5}{'n':>4}{'n_real':>7}{'KID gen':>10}{'KID clean':>10}{'KID ref':>10}{'FID gen':>9}"
             f"{'FID clean':>10}{'FID ref':>9}{'rec gen':>8}{'rec cln':>8}{'rec real':>9}"
             f"{'real gen':>9}{'real cln':>9}{'real val':>9}{'bg PSNR':>8}",
         ]
         for row in self.rows:
             g, c, r = row.generated, row.clean, row.reference
             lines.append(
-                f"{row.class_name:<17}{g.n_a:>4}{g.n_b:>7}{_fmt(g.kid_mean, '.4f'):>10}{_fmt(c.kid_mean, '.4f'):>10}"
+                f"{row.class_name:<17}{row.strength:>5}{g.n_a:>4}{g.n_b:>7}"
+                f"{_fmt(g.kid_mean, '.4f'):>10}{_fmt(c.kid_mean, '.4f'):>10}"
                 f"{_fmt(r.kid_mean, '.4f'):>10}{_fmt(g.fid, '.2f'):>9}{_fmt(c.fid, '.2f'):>10}{_fmt(r.fid, '.2f'):>9}"
                 f"{_fmt(row.recognition_generated, '.2f'):>8}{_fmt(row.recognition_clean, '.2f'):>8}"
                 f"{_fmt(row.recognition_real, '.2f'):>9}{row.realism_generated:>9.3f}{row.realism_clean:>9.3f}"
@@ -134,7 +139,7 @@ def masked_sample_report(
     neu_root: Path | str,
     classes: list[str] | None = None,
     per_class: int = 40,
-    strength: float = 0.9,
+    strength: float | None = None,
     steps: int = 20,
     seed: int = 0,
     guidance_scale: float | None = None,
@@ -143,6 +148,8 @@ def masked_sample_report(
     progress: ProgressFn | None = None,
 ) -> MaskedReport:
     """Auto-place and paint `per_class` defects of each class on clean validation regions; score the crops.
+
+    `strength` None paints each class at its token's masked strength (tuned, else the default), as the studio does.
 
     `save_dir` (outside the repository) receives each sample, its mask and its crop, for a look by eye.
     """
@@ -167,11 +174,18 @@ def masked_sample_report(
     rows = []
     total = len(classes) * per_class
     for class_index, class_name in enumerate(classes):
+        class_strength = strength if strength is not None else default_strength(pipe, class_name, masked=True)
         painted, untouched, psnrs = [], [], []
         for i in range(per_class):
             slab = slabs[(class_index * per_class + i) % len(slabs)]
             config = GenerationConfig(
-                class_name, num_candidates=1, strength=strength, steps=steps, seed=seed + i, auto_place=True, **extra
+                class_name,
+                num_candidates=1,
+                strength=class_strength,
+                steps=steps,
+                seed=seed + i,
+                auto_place=True,
+                **extra,
             )
             candidate = generate(pipe, slab, config).candidates[0]
             box = grown_box(mask_bbox(candidate.mask), slab.width, slab.height)
@@ -189,6 +203,7 @@ def masked_sample_report(
         rows.append(
             _class_row(
                 class_name,
+                class_strength,
                 painted,
                 untouched,
                 real_val[class_name],
@@ -209,7 +224,7 @@ def masked_sample_report(
     return MaskedReport(rows, len(slabs), strength, steps, seed, settings)
 
 
-def _class_row(class_name, painted, untouched, real, pool, psnrs, net, scorer, size, seed) -> MaskedClassRow:
+def _class_row(class_name, strength, painted, untouched, real, pool, psnrs, net, scorer, size, seed) -> MaskedClassRow:
     gen_x, clean_x, real_x = (images_to_tensor(images, size) for images in (painted, untouched, real))
     # The reference is cut to the generated count, so its KID/FID share the set-size bias of the other rows.
     order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[: len(painted)]
@@ -220,6 +235,7 @@ def _class_row(class_name, painted, untouched, real, pool, psnrs, net, scorer, s
 
     return MaskedClassRow(
         class_name=class_name,
+        strength=strength,
         generated=set_distance(gen_x, real_x, net, seed),
         clean=set_distance(clean_x, real_x, net, seed),
         reference=set_distance(ref_x, real_x, net, seed),

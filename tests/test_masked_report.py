@@ -88,7 +88,7 @@ def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_
     assert report["n_slabs"] == 8
     assert [row["class_name"] for row in report["rows"]] == list(CLASSES)
     for row in report["rows"]:
-        assert (row["generated"]["n_a"], row["generated"]["n_b"]) == (3, 2)
+        assert (row["generated"]["n_a"], row["generated"]["n_b"], row["strength"]) == (3, 2, 1.0)
         assert row["reference"]["n_a"] == 3 and row["clean"]["n_a"] == 3
         assert all(0.0 <= row[k] <= 1.0 for k in ("realism_generated", "realism_clean", "realism_real"))
         # Only the feathered rim around the mask changes outside it (an untrained model paints harshly there).
