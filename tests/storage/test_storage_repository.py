@@ -221,10 +221,22 @@ def test_listing_counting_and_dataset_snapshot(db: Database, sample_fields: Samp
         assert [x.id for x in list_samples(s, class_name="crazing", status="accepted")] == [ids[1], ids[0]]
         assert [x.id for x in list_samples(s, limit=2, offset=1, newest_first=False)] == [ids[1], ids[2]]
         snapshot = dataset_snapshot(s, ["crazing"])
-        accepted_shas = [get_sample(s, i).sha256 for i in ids[:2]]
-    assert snapshot == [{"kind": "source", "id": real.id, "sha256": real.sha256, "class_name": "crazing"}] + [
-        {"kind": "sample", "id": i, "sha256": sha, "class_name": "crazing"}
-        for i, sha in zip(ids[:2], accepted_shas, strict=True)
+        accepted = [get_sample(s, i) for i in ids[:2]]
+    # Each item carries where its defect is, for the masked loss: a real image's boxes, a sample's mask.
+    real_boxes = [{"label": "crazing", "xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40}]
+    assert snapshot == [
+        {
+            "kind": "source",
+            "id": real.id,
+            "sha256": real.sha256,
+            "class_name": "crazing",
+            "width": 200,
+            "height": 200,
+            "boxes": real_boxes,
+        }
+    ] + [
+        {"kind": "sample", "id": x.id, "sha256": x.sha256, "class_name": "crazing", "mask_sha256": x.mask_sha256}
+        for x in accepted
     ]
 
 
