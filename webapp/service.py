@@ -38,6 +38,8 @@ ProgressFn = Callable[[int, int, str], None]
 
 # The strength proposed for a class without a tuned one (GenerationConfig's documented default).
 DEFAULT_STRENGTH = GenerationConfig.strength
+# The masked loss's weight off the defect: 0.2 gave the lower masked-crop KID in 11 of 12 class × seed pairs on NEU.
+MASKED_LOSS_BACKGROUND_WEIGHT = 0.2
 # Two pipelines cover the usual review loop (two classes side by side) within ~1 GB on a CPU box.
 PIPELINE_CACHE_SIZE = 2
 # Previews after a fine-tune: the same seeds every time, so versions can be compared by eye.
@@ -972,14 +974,20 @@ class StudioService:
         """The fine-tune preset names, quickest first."""
         return list(PRESETS)
 
-    def start_finetune(self, classes: Sequence[str], preset: str, steps: int | None, user: str) -> int:
-        """Snapshot the dataset of `classes` and fine-tune TI + LoRA on it in the background; returns the run id."""
+    def start_finetune(
+        self, classes: Sequence[str], preset: str, steps: int | None, user: str, masked_loss: bool = False
+    ) -> int:
+        """Snapshot the dataset of `classes` and fine-tune TI + LoRA on it in the background; returns the run id.
+
+        `masked_loss` weighs the diffusion loss towards each image's defect (its boxes or mask; see README).
+        """
         # 1. Check inputs
         classes = sorted({check_class_name(c) for c in classes})
         if not classes:
             raise ValueError("Choose at least one class to fine-tune.")
         steps = int(steps) if steps else None
-        config = finetune_config(preset, max_train_steps=steps)
+        background = MASKED_LOSS_BACKGROUND_WEIGHT if masked_loss else None
+        config = finetune_config(preset, max_train_steps=steps, background_loss_weight=background)
         model_ref = self.model_ref
         self._require_no_active_run()
 
@@ -991,7 +999,12 @@ class StudioService:
                 raise ValueError(
                     f"No real defect images or accepted samples for {', '.join(empty)}; upload or accept some first."
                 )
-            settings = {"preset": preset, "steps": config.max_train_steps, "model": model_ref}
+            settings = {
+                "preset": preset,
+                "steps": config.max_train_steps,
+                "model": model_ref,
+                "background_loss_weight": config.background_loss_weight,
+            }
             run_id = repository.create_run(s, classes, settings, user, snapshot=snapshot).id
 
         # 3. Train in the background
@@ -1102,6 +1115,7 @@ class StudioService:
                 classes=classes,
                 preset=settings["preset"],
                 steps=settings["steps"],
+                background_loss_weight=settings.get("background_loss_weight"),
                 resume=resume,
                 progress=progress.report,
                 should_stop=progress.stop.is_set,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from engine.config import GenerationConfig
 from engine.data import list_images
-from webapp.service import StudioService
+from webapp.service import MASKED_LOSS_BACKGROUND_WEIGHT, StudioService
 
 RUN_TIMEOUT_S = 240
 
@@ -76,8 +78,11 @@ def test_the_training_snapshot_carries_each_image_defect_mask(service: StudioSer
     ).sample_ids
     service.decide(sample_id, "accepted", None, "alice")
 
-    status = service.wait_for_run(service.start_finetune(["scratches"], "cpu-quick", 2, "alice"), RUN_TIMEOUT_S)
+    run_id = service.start_finetune(["scratches"], "cpu-quick", 2, "alice", masked_loss=True)
+    status = service.wait_for_run(run_id, RUN_TIMEOUT_S)
     assert status.status == "completed", status.message
+    config = json.loads((service.runs_dir / "run-0001" / "config.json").read_text())
+    assert config["background_loss_weight"] == MASKED_LOSS_BACKGROUND_WEIGHT < 1
     dataset = service.runs_dir / "run-0001" / "dataset" / "scratches"
     (real_mask,) = dataset.glob("source-*_mask.png")
     expected = np.zeros((32, 40), dtype=bool)
