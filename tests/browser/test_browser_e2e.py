@@ -96,7 +96,7 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
                 f"#{source.id} slab.png (48×40)"
             )
             for label, value in (
-                ("Strength (share of the slab the model repaints)", "1"),
+                ("Strength (how much the model repaints)", "1"),
                 ("Candidates", "2"),
                 ("Steps", "2"),
             ):
