@@ -177,6 +177,8 @@ def add_evaluate_parsers(sub) -> None:
     masked.add_argument("--steps", type=int, default=20)
     masked.add_argument("--seed", type=int, default=0)
     masked.add_argument("--guidance", type=float, default=None)
+    masked.add_argument("--detail-restore", type=float, default=None, help="0-1 (default 1).")
+    masked.add_argument("--window-size", type=int, default=None, help="Slab px per masked window (default 200).")
     masked.add_argument("--save-dir", type=Path, default=None, help="Write samples, masks and crops here to look at.")
 
     tune_masked = sub.add_parser(
@@ -325,6 +327,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             steps=args.steps,
             seed=args.seed,
             guidance_scale=args.guidance,
+            detail_restore=args.detail_restore,
+            window_size=args.window_size,
             feature_net=load_feature_net(args.feature_net),
             save_dir=args.save_dir,
             progress=progress,

@@ -143,6 +143,8 @@ def masked_sample_report(
     steps: int = 20,
     seed: int = 0,
     guidance_scale: float | None = None,
+    detail_restore: float | None = None,
+    window_size: int | None = None,
     feature_net: SteelFeatureNet | None = None,
     save_dir: Path | str | None = None,
     progress: ProgressFn | None = None,
@@ -168,7 +170,8 @@ def masked_sample_report(
     net = (feature_net or load_feature_net()).eval()
     size = net.config.input_size
     scorer = RealismScorer(net, real_pool)
-    extra = {"guidance_scale": guidance_scale} if guidance_scale is not None else {}
+    options = {"guidance_scale": guidance_scale, "detail_restore": detail_restore, "window_size": window_size}
+    extra = {key: value for key, value in options.items() if value is not None}
 
     # 2. Per class: paint, cut, score
     rows = []
@@ -219,7 +222,7 @@ def masked_sample_report(
         "neu_root": str(neu_root),
         "min_clean_side": MIN_CLEAN_SIDE,
         "crop_margin": CROP_MARGIN,
-        "guidance_scale": GenerationConfig(classes[0], **extra).guidance_scale,
+        **{key: getattr(GenerationConfig(classes[0], **extra), key) for key in options},
     }
     return MaskedReport(rows, len(slabs), strength, steps, seed, settings)
 

@@ -33,6 +33,8 @@ SAMPLE_HEADERS = [
     "class",
     "status",
     "realism",
+    "bg PSNR dB",
+    "mask change",
     "strength",
     "seed",
     "source",
@@ -544,7 +546,11 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
             status_filter = gr.Dropdown(STATUS_FILTERS, value=ALL, label="Status")
             refresh_button = gr.Button("Refresh", size="sm")
         counts = gr.Dataframe(headers=COUNT_HEADERS, label="Images per class", interactive=False)
-        samples = gr.Dataframe(headers=SAMPLE_HEADERS, label="Generated samples (click a row)", interactive=False)
+        samples = gr.Dataframe(
+            headers=SAMPLE_HEADERS,
+            label="Generated samples (click a row; click a header to sort, e.g. by realism or background PSNR)",
+            interactive=False,
+        )
         with gr.Row():
             with gr.Column(scale=1):
                 sample_id = gr.Number(label="Sample id", precision=0)
@@ -561,6 +567,7 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         count_rows = [[c.class_name, c.real, c.pending, c.accepted, c.rejected] for c in dataset.counts]
         sample_rows = [
             [r.id, r.class_name, r.status, "" if r.realism_score is None else round(r.realism_score, 3)]
+            + ["" if r.background_psnr is None else r.background_psnr, "" if r.mask_change is None else r.mask_change]
             + [r.strength, r.seed, r.source_image_id, r.created_by, r.decided_by or "", r.reject_reason or ""]
             for r in dataset.rows
         ]

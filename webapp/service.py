@@ -209,6 +209,9 @@ class SampleRow:
     decided_by: str | None
     reject_reason: str | None
     realism_score: float | None = None
+    # A masked repaint's background preservation outside the mask (dB) and mean change inside it (0-1).
+    background_psnr: float | None = None
+    mask_change: float | None = None
 
 
 @dataclass(frozen=True)
@@ -929,6 +932,8 @@ class StudioService:
                     x.decided_by,
                     x.reject_reason,
                     x.realism_score,
+                    (x.params_json.get("quality") or {}).get("background_psnr"),
+                    (x.params_json.get("quality") or {}).get("mask_change"),
                 )
                 for x in samples
             ]

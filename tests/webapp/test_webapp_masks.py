@@ -42,6 +42,15 @@ def test_a_masked_generation_stores_each_sample_with_its_mask_and_boxes(service:
         assert hashlib.sha256(details.mask_path.read_bytes()).hexdigest() == details.params["mask_sha256"]
         assert np.array_equal(np.asarray(Image.open(details.mask_path)), np.asarray(mask))
         assert details.params["quality"]["background_ssim"] > 0.5
+    # The dataset table shows each masked sample's background PSNR and change inside the mask.
+    rows = {row.id: row for row in service.dataset_view().rows}
+    for sample_id in outcome.sample_ids:
+        quality = service.sample_details(sample_id).params["quality"]
+        assert (rows[sample_id].background_psnr, rows[sample_id].mask_change) == (
+            quality["background_psnr"],
+            quality["mask_change"],
+        )
+        assert rows[sample_id].mask_change > 0
 
 
 def test_auto_place_gives_every_sample_its_own_mask(service: StudioService, slab_png) -> None:
