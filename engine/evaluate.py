@@ -661,23 +661,26 @@ STRENGTH_KEYS = ("default_strength", "masked_strength")
 
 
 def save_default_strength(
-    adapter_dir: Path | str, class_name: str, strength: float, key: str = "default_strength"
+    adapter_dir: Path | str, class_name: str, strength: float | None, key: str = "default_strength"
 ) -> Path:
     """Write a tuned strength (`default_strength`, or `masked_strength` for masked repaints) into the adapter's
-    tokens.json entry for the class; returns the file."""
+    tokens.json entry for the class (None removes it, so the default applies); returns the file."""
     from engine.models import TOKENS_FILE
 
     index = Path(adapter_dir) / TOKENS_FILE
     if not index.is_file():
         raise ValueError(f"{adapter_dir} is not a finished adapter folder (no {TOKENS_FILE}).")
-    if not 0 < strength <= 1:
+    if strength is not None and not 0 < strength <= 1:
         raise ValueError(f"Strength must be in (0, 1], got {strength}.")
     data = json.loads(index.read_text())
     if class_name not in data.get("tokens", {}):
         raise ValueError(f"The adapter has no token for {class_name!r}; it has {', '.join(data.get('tokens', {}))}.")
     if key not in STRENGTH_KEYS:
         raise ValueError(f"A tuned strength is one of {', '.join(STRENGTH_KEYS)}, got {key!r}.")
-    data["tokens"][class_name][key] = round(float(strength), 3)
+    if strength is None:
+        data["tokens"][class_name].pop(key, None)
+    else:
+        data["tokens"][class_name][key] = round(float(strength), 3)
     temporary = index.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(data, indent=2))
     os.replace(temporary, index)

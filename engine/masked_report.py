@@ -176,11 +176,13 @@ def masked_sample_report(
     # 2. Per class: paint, cut, score
     rows = []
     total = len(classes) * per_class
+    # Each class paints the same slabs whichever classes run together (its place among all validation classes).
+    offsets = {name: i * per_class for i, name in enumerate(sorted({it.class_name for it in val}))}
     for class_index, class_name in enumerate(classes):
         class_strength = strength if strength is not None else default_strength(pipe, class_name, masked=True)
         painted, untouched, psnrs = [], [], []
         for i in range(per_class):
-            slab = slabs[(class_index * per_class + i) % len(slabs)]
+            slab = slabs[(offsets[class_name] + i) % len(slabs)]
             config = GenerationConfig(
                 class_name,
                 num_candidates=1,
@@ -257,8 +259,10 @@ class MaskedStrengthReport:
     """Per class, the masked-crop KID of each strength tried and the one chosen (stored as `masked_strength`)."""
 
     kid_by_class: dict[str, dict[str, float | None]]
-    best: dict[str, float]
+    # None: no strength painted crops closer to real defects than the untouched crops (the default then applies).
+    best: dict[str, float | None]
     per_class: int
+    clean_kid: dict[str, float | None] = field(default_factory=dict)
     saved_to: str | None = None
 
     def to_dict(self) -> dict:
@@ -268,11 +272,16 @@ class MaskedStrengthReport:
         strengths = sorted({s for row in self.kid_by_class.values() for s in row}, key=float)
         lines = [
             f"Masked-crop KID against validation defect crops, {self.per_class} auto-placed samples per class",
-            f"{'class':<17}" + "".join(f"{s:>10}" for s in strengths) + f"{'chosen':>8}",
+            f"{'class':<17}" + "".join(f"{s:>10}" for s in strengths) + f"{'clean':>10}{'chosen':>8}",
         ]
         for class_name, row in self.kid_by_class.items():
             cells = "".join(f"{_fmt(row.get(s), '.4f'):>10}" for s in strengths)
-            lines.append(f"{class_name:<17}{cells}{self.best[class_name]:>8}")
+            chosen = self.best[class_name] if self.best[class_name] is not None else "default"
+            lines.append(f"{class_name:<17}{cells}{_fmt(self.clean_kid.get(class_name), '.4f'):>10}{chosen:>8}")
+        lines.append(
+            "clean = the untouched crops; a class whose painted crops are never closer to real defects keeps the"
+            " default masked strength."
+        )
         if self.saved_to:
             lines.append(f"masked_strength written to {self.saved_to}")
         return "\n".join(lines)
@@ -291,9 +300,11 @@ def tune_masked_strength(
     feature_net: SteelFeatureNet | None = None,
     progress: ProgressFn | None = None,
 ) -> MaskedStrengthReport:
-    """Run the masked report at each strength; per class keep the lowest masked-crop KID and store it in the adapter.
+    """Run the masked report at each strength; per class store the strength with the lowest masked-crop KID.
 
-    Chosen on the validation split's crops, so later masked reports on that split are optimistic for it.
+    Only strengths whose crops are closer to real defects than the untouched crops count: otherwise the least
+    painting would win. A class where none is stores no masked strength (the default applies). Chosen on the
+    validation split's crops, so later masked reports on that split are optimistic for it.
     """
     from engine.evaluate import save_default_strength
     from engine.models import load_pipeline
@@ -303,17 +314,20 @@ def tune_masked_strength(
     pipe = load_pipeline(model, adapter)
     net = feature_net or load_feature_net()
     kid_by_class: dict[str, dict[str, float | None]] = {}
+    clean_kid: dict[str, float | None] = {}
     for strength in sorted(strengths):
         report = masked_sample_report(
             pipe, neu_root, classes, per_class, strength, steps, seed, feature_net=net, progress=progress
         )
         for row in report.rows:
             kid_by_class.setdefault(row.class_name, {})[str(strength)] = row.generated.kid_mean
-    best = {
-        class_name: float(min((s for s in row if row[s] is not None), key=lambda s: row[s]))
-        for class_name, row in kid_by_class.items()
-    }
-    result = MaskedStrengthReport(kid_by_class, best, per_class)
+            clean_kid[row.class_name] = row.clean.kid_mean
+    best: dict[str, float | None] = {}
+    for class_name, row in kid_by_class.items():
+        clean = clean_kid[class_name]
+        better = [s for s, kid in row.items() if kid is not None and (clean is None or kid < clean)]
+        best[class_name] = float(min(better, key=lambda s: row[s])) if better else None
+    result = MaskedStrengthReport(kid_by_class, best, per_class, clean_kid)
     if save:
         for class_name, strength in best.items():
             result.saved_to = str(save_default_strength(adapter, class_name, strength, key="masked_strength"))

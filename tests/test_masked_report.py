@@ -106,6 +106,7 @@ def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_
 def test_tune_masked_strength_stores_the_lowest_kid_strength_per_class(tiny_neu, tiny_model, tiny_adapter, tmp_path):
     import shutil
 
+    from engine.evaluate import save_default_strength
     from engine.masked_report import tune_masked_strength
     from engine.models import read_adapter
 
@@ -114,10 +115,17 @@ def test_tune_masked_strength_stores_the_lowest_kid_strength_per_class(tiny_neu,
     assert set(report.kid_by_class) == set(CLASSES)
     for class_name, kids in report.kid_by_class.items():
         assert set(kids) == {"0.5", "1.0"}
-        assert kids[str(report.best[class_name])] == min(kids.values())
+        # The lowest KID among strengths that beat the untouched crops; none of them: no masked strength.
+        better = {s: kid for s, kid in kids.items() if kid < report.clean_kid[class_name]}
+        chosen = report.best[class_name]
+        assert (str(chosen) == min(better, key=better.get)) if better else chosen is None
     tokens = read_adapter(adapter).tokens
     assert {c: tokens[c].masked_strength for c in CLASSES} == report.best
     assert all(tokens[c].default_strength is None for c in CLASSES), "the whole-window strength is left alone"
     assert "chosen" in report.table()
+    # A class that had a masked strength and gets no winner loses it (the default applies again).
+    save_default_strength(adapter, "inclusion", 0.7, key="masked_strength")
+    save_default_strength(adapter, "inclusion", None, key="masked_strength")
+    assert read_adapter(adapter).tokens["inclusion"].masked_strength is None
     with pytest.raises(ValueError, match="Strengths must lie in"):
         tune_masked_strength(adapter, tiny_neu, [0.0], model=str(tiny_model))
