@@ -1,4 +1,4 @@
-"""Helpers shared by the web app and hardening tests."""
+"""Helpers shared by the tests."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save_args)
     return buffer.getvalue()
+
+
+def voc_xml(*boxes: tuple[str, int, int, int, int]) -> str:
+    """A Pascal VOC annotation with one object per (label, xmin, ymin, xmax, ymax) box."""
+    objects = "".join(
+        f"<object><name>{label}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+        f"<ymax>{y1}</ymax></bndbox></object>"
+        for label, x0, y0, x1, y1 in boxes
+    )
+    return f"<annotation>{objects}</annotation>"
 
 
 def stored_files(studio: StudioService) -> list[Path]:

@@ -15,15 +15,7 @@ from engine.config import TrainConfig, finetune_config
 from engine.data import find_annotation, parse_voc, read_mask_beside
 from engine.train import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
 from tests.conftest import make_steel_like
-
-
-def voc_xml(*boxes: tuple[str, int, int, int, int]) -> str:
-    objects = "".join(
-        f"<object><name>{label}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
-        f"<ymax>{y1}</ymax></bndbox></object>"
-        for label, x0, y0, x1, y1 in boxes
-    )
-    return f"<annotation>{objects}</annotation>"
+from tests.support import voc_xml
 
 
 def test_voc_boxes_are_read_as_one_based_inclusive_pixels(tmp_path):

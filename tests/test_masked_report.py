@@ -12,6 +12,7 @@ from PIL import Image
 from engine.data import Box, LabelledImage
 from engine.masked_report import clean_slabs, defect_crop
 from engine.masks import grown_box, mask_bbox
+from tests.support import voc_xml
 
 CLASSES = ("inclusion", "scratches")
 IMAGE_SIDE = 96
@@ -32,10 +33,7 @@ def tiny_neu(tmp_path_factory) -> Path:
             pixels = rng.normal(128, 12, (IMAGE_SIDE, IMAGE_SIDE)).clip(0, 255).astype(np.uint8)
             pixels[:BOX_END, :BOX_END] = 40 if cls == "scratches" else 220
             Image.fromarray(pixels).save(root / "images" / cls / f"X_{index}.bmp")
-            (root / "annotations" / f"{cls}_{index}.xml").write_text(
-                f"<annotation><object><name>{cls}</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>{BOX_END}</xmax>"
-                f"<ymax>{BOX_END}</ymax></bndbox></object></annotation>"
-            )
+            (root / "annotations" / f"{cls}_{index}.xml").write_text(voc_xml((cls, 1, 1, BOX_END, BOX_END)))
             rows.append(f"images/{cls}/X_{index}.bmp,{cls},{index},annotations/{cls}_{index}.xml")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root

@@ -19,6 +19,7 @@ from engine.masks import MASK_WINDOW_SCALE, grow, mask_boxes, mask_from_boxes, m
 from engine.models import load_pipeline
 from engine.placement import box_statistics, load_statistics, propose_masks
 from engine.quality import PSNR_CEILING_DB, masked_quality
+from tests.support import voc_xml
 
 
 def slab(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -186,10 +187,7 @@ def test_shipped_statistics_come_from_the_training_pool(tmp_path):
         + "".join(f"images/s{i}.png,scratches,{i},annotations/s{i}.xml\n" for i in range(1, 8))
     )
     for i in range(1, 8):
-        (annotations / f"s{i}.xml").write_text(
-            "<annotation><object><name>scratches</name><bndbox><xmin>10</xmin><ymin>0</ymin>"
-            f"<xmax>{14 + i}</xmax><ymax>150</ymax></bndbox></object></annotation>"
-        )
+        (annotations / f"s{i}.xml").write_text(voc_xml(("scratches", 10, 0, 14 + i, 150)))
     computed = box_statistics(tmp_path)
     # Of 7 images, positions 0 and 6 are validation images: their boxes (widths 6 and 12) are left out.
     assert computed["classes"]["scratches"]["per_image"] == {"1": 5}

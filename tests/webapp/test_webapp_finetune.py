@@ -10,6 +10,7 @@ from PIL import Image
 
 from engine.config import GenerationConfig
 from engine.data import list_images
+from tests.support import voc_xml
 from webapp.service import MASKED_LOSS_BACKGROUND_WEIGHT, StudioService
 
 RUN_TIMEOUT_S = 240
@@ -66,10 +67,7 @@ def test_the_training_snapshot_carries_each_image_defect_mask(service: StudioSer
     images.mkdir()
     annotations.mkdir()
     (images / "Sc_7.png").write_bytes(slab_png(40, 32, 7))
-    (annotations / "scratches_7.xml").write_text(
-        "<annotation><object><name>scratches</name><bndbox><xmin>3</xmin><ymin>1</ymin>"
-        "<xmax>10</xmax><ymax>32</ymax></bndbox></object></annotation>"
-    )
+    (annotations / "scratches_7.xml").write_text(voc_xml(("scratches", 3, 1, 10, 32)))
     service.import_folder(images, "defect", "scratches", annotations, "alice")
     source_id = service.upload_images([("slab.png", slab_png(48, 40, 0))], "clean", None, "alice").sources[0].id
     drawn = service.box_mask(source_id, "20,10,30,30")

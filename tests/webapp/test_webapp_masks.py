@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 import launch
 from engine.config import GenerationConfig
 from engine.data import parse_voc
-from tests.support import served_client
+from tests.support import served_client, voc_xml
 from webapp.app import painted_mask
 from webapp.service import StudioService, parse_box_text
 
@@ -97,10 +97,7 @@ def test_export_formats_hold_synthetic_masks_and_imported_voc_boxes(
     images.mkdir()
     annotations.mkdir()
     (images / "s1.png").write_bytes(slab_png(48, 40, 11))
-    (annotations / "s1.xml").write_text(
-        "<annotation><object><name>scratches</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
-        "<xmax>30</xmax><ymax>20</ymax></bndbox></object></annotation>"
-    )
+    (annotations / "s1.xml").write_text(voc_xml(("scratches", 1, 2, 30, 20)))
     service.import_folder(images, "defect", "scratches", annotations, "cli")
 
     export = service.export_dataset("carol", tmp_path / "all.zip")

@@ -11,7 +11,7 @@ import pytest
 
 from engine.config import GenerationConfig
 from engine.generate import read_png_parameters
-from tests.support import stored_files
+from tests.support import stored_files, voc_xml
 from webapp.service import StudioService
 from webapp.validation import UploadError
 
@@ -164,10 +164,7 @@ def test_import_folder_reads_class_subfolders_and_voc_boxes(service: StudioServi
     (images / "inclusion" / "i1.png").write_bytes(slab_png(48, 40, 12))
     annotations = tmp_path / "xml"
     annotations.mkdir()
-    (annotations / "s1.xml").write_text(
-        "<annotation><object><name>scratches</name><bndbox><xmin>1</xmin><ymin>2</ymin>"
-        "<xmax>30</xmax><ymax>20</ymax></bndbox></object></annotation>"
-    )
+    (annotations / "s1.xml").write_text(voc_xml(("scratches", 1, 2, 30, 20)))
 
     result = service.import_folder(images, "defect", annotations_dir=annotations, user="cli")
 
