@@ -98,8 +98,8 @@ def read_neu(root: Path) -> list[LabelledImage]:
     with manifest.open() as f:
         for row in csv.DictReader(f):
             xml = root / row["annotation"] if row.get("annotation") else None
-            boxes = parse_voc(xml) if xml and xml.exists() else []
             annotation = xml if xml and xml.exists() else None
+            boxes = parse_voc(annotation) if annotation else []
             items.append(LabelledImage(root / row["image"], row["cls"], boxes, int(row["index"]), annotation))
     return items
 

@@ -134,6 +134,40 @@ class MaskedReport:
         return "\n".join(lines)
 
 
+@dataclass
+class _ReportData:
+    """What every run of the report on one NEU folder shares: clean slabs, real defect crops, the scorer."""
+
+    classes: list[str]
+    slabs: list[Image.Image]
+    real_val: dict[str, list[Image.Image]]
+    real_pool: dict[str, list[Image.Image]]
+    net: SteelFeatureNet
+    scorer: RealismScorer
+    # Each class paints the same slabs whichever classes run together (its place among all validation classes).
+    slab_offset: dict[str, int]
+
+
+def _load_report_data(
+    pipe, neu_root: Path | str, classes: list[str] | None, per_class: int, feature_net: SteelFeatureNet | None
+) -> _ReportData:
+    """Read the NEU split once: clean slabs from validation images, defect crops of validation and pool."""
+    pool, val = split_neu(read_neu(Path(neu_root)))
+    classes = classes or [c for c in sorted({it.class_name for it in val}) if c in known_tokens(pipe)]
+    if not classes:
+        raise ValueError("The pipeline has no token for any class of the NEU folder.")
+    slabs = clean_slabs(val)
+    if not slabs:
+        raise ValueError(f"No clean region of at least {MIN_CLEAN_SIDE} px in the validation images.")
+    real_val, real_pool = defect_crops(val, classes), defect_crops(pool, classes)
+    for name, crops in (("validation", real_val), ("training-pool", real_pool)):
+        if too_few := [c for c in classes if len(crops[c]) < 2]:
+            raise ValueError(f"Fewer than 2 boxed {name} images of: {', '.join(too_few)}.")
+    net = (feature_net or load_feature_net()).eval()
+    offsets = {name: i * per_class for i, name in enumerate(sorted({it.class_name for it in val}))}
+    return _ReportData(classes, slabs, real_val, real_pool, net, RealismScorer(net, real_pool), offsets)
+
+
 def masked_sample_report(
     pipe,
     neu_root: Path | str,
@@ -155,34 +189,34 @@ def masked_sample_report(
 
     `save_dir` (outside the repository) receives each sample, its mask and its crop, for a look by eye.
     """
-    # 1. Data: clean slabs and real defect crops from the NEU split
-    pool, val = split_neu(read_neu(Path(neu_root)))
-    classes = classes or [c for c in sorted({it.class_name for it in val}) if c in known_tokens(pipe)]
-    if not classes:
-        raise ValueError("The pipeline has no token for any class of the NEU folder.")
-    slabs = clean_slabs(val)
-    if not slabs:
-        raise ValueError(f"No clean region of at least {MIN_CLEAN_SIDE} px in the validation images.")
-    real_val, real_pool = defect_crops(val, classes), defect_crops(pool, classes)
-    for name, crops in (("validation", real_val), ("training-pool", real_pool)):
-        if too_few := [c for c in classes if len(crops[c]) < 2]:
-            raise ValueError(f"Fewer than 2 boxed {name} images of: {', '.join(too_few)}.")
-    net = (feature_net or load_feature_net()).eval()
-    size = net.config.input_size
-    scorer = RealismScorer(net, real_pool)
+    data = _load_report_data(pipe, neu_root, classes, per_class, feature_net)
     options = {"guidance_scale": guidance_scale, "detail_restore": detail_restore, "window_size": window_size}
-    extra = {key: value for key, value in options.items() if value is not None}
+    report = _paint_and_score(pipe, data, per_class, strength, steps, seed, options, save_dir, progress)
+    report.settings["neu_root"] = str(neu_root)
+    return report
 
-    # 2. Per class: paint, cut, score
+
+def _paint_and_score(
+    pipe,
+    data: _ReportData,
+    per_class: int,
+    strength: float | None,
+    steps: int,
+    seed: int,
+    options: dict,
+    save_dir: Path | str | None = None,
+    progress: ProgressFn | None = None,
+) -> MaskedReport:
+    """Per class: paint auto-placed defects on the slabs, cut the masked crops and score them."""
+    extra = {key: value for key, value in options.items() if value is not None}
+    size = data.net.config.input_size
     rows = []
-    total = len(classes) * per_class
-    # Each class paints the same slabs whichever classes run together (its place among all validation classes).
-    offsets = {name: i * per_class for i, name in enumerate(sorted({it.class_name for it in val}))}
-    for class_index, class_name in enumerate(classes):
+    total = len(data.classes) * per_class
+    for class_index, class_name in enumerate(data.classes):
         class_strength = strength if strength is not None else default_strength(pipe, class_name, masked=True)
         painted, untouched, psnrs = [], [], []
         for i in range(per_class):
-            slab = slabs[(offsets[class_name] + i) % len(slabs)]
+            slab = data.slabs[(data.slab_offset[class_name] + i) % len(data.slabs)]
             config = GenerationConfig(
                 class_name,
                 num_candidates=1,
@@ -211,22 +245,21 @@ def masked_sample_report(
                 class_strength,
                 painted,
                 untouched,
-                real_val[class_name],
-                real_pool[class_name],
+                data.real_val[class_name],
+                data.real_pool[class_name],
                 psnrs,
-                net,
-                scorer,
+                data.net,
+                data.scorer,
                 size,
                 seed,
             )
         )
     settings = {
-        "neu_root": str(neu_root),
         "min_clean_side": MIN_CLEAN_SIDE,
         "crop_margin": CROP_MARGIN,
-        **{key: getattr(GenerationConfig(classes[0], **extra), key) for key in options},
+        **{key: getattr(GenerationConfig(data.classes[0], **extra), key) for key in options},
     }
-    return MaskedReport(rows, len(slabs), strength, steps, seed, settings)
+    return MaskedReport(rows, len(data.slabs), strength, steps, seed, settings)
 
 
 def _class_row(class_name, strength, painted, untouched, real, pool, psnrs, net, scorer, size, seed) -> MaskedClassRow:
@@ -312,13 +345,11 @@ def tune_masked_strength(
     if not strengths or any(not 0 < s <= 1 for s in strengths):
         raise ValueError(f"Strengths must lie in (0, 1], got {strengths}.")
     pipe = load_pipeline(model, adapter)
-    net = feature_net or load_feature_net()
+    data = _load_report_data(pipe, neu_root, classes, per_class, feature_net)
     kid_by_class: dict[str, dict[str, float | None]] = {}
     clean_kid: dict[str, float | None] = {}
     for strength in sorted(strengths):
-        report = masked_sample_report(
-            pipe, neu_root, classes, per_class, strength, steps, seed, feature_net=net, progress=progress
-        )
+        report = _paint_and_score(pipe, data, per_class, strength, steps, seed, {}, progress=progress)
         for row in report.rows:
             kid_by_class.setdefault(row.class_name, {})[str(strength)] = row.generated.kid_mean
             clean_kid[row.class_name] = row.clean.kid_mean
