@@ -68,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch", type=int, default=8, help="Candidates per model call.")
     gen.add_argument("--window-size", type=int, default=None)
+    gen.add_argument(
+        "--no-vary",
+        dest="vary",
+        action="store_false",
+        help="Start every candidate from an init image as it is (default: varied inits — the images, geometric"
+        " variants and mosaics of them — every --per-init candidates; not with --mask).",
+    )
+    gen.add_argument("--per-init", type=int, default=None, help="Candidates per varied init (default 2).")
+    gen.add_argument(
+        "--realism-threshold",
+        type=_threshold,
+        default="default",
+        help="Flag candidates whose realism score (0-1) is below this into <out>/flagged/ and replace them;"
+        " 'off' keeps every candidate. Default 0.3.",
+    )
+    gen.add_argument(
+        "--detail-restore",
+        type=float,
+        default=None,
+        help="Share (0-1) of the source's fine grain added back to each output (default 1).",
+    )
     placement = gen.add_mutually_exclusive_group()
     placement.add_argument(
         "--mask", type=Path, default=None, help="Repaint only where this mask (init image size, white) is."
@@ -105,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--batch-size", type=int, default=32)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
+    pre.add_argument(
+        "--init-model",
+        type=Path,
+        default=None,
+        help="Continue from this prior folder (e.g. engine/models/steel-prior): keep its autoencoder, train on.",
+    )
+    pre.add_argument("--learning-rate", type=float, default=3e-4)
+    pre.add_argument("--decoder-steps", type=int, default=2000, help="Steps of the decoder stage (perceptual + GAN).")
+    pre.add_argument(
+        "--stages",
+        nargs="+",
+        choices=["autoencoder", "decoder", "diffusion"],
+        default=["autoencoder", "decoder", "diffusion"],
+        help="Stages to run (the autoencoder stage is skipped with --init-model).",
+    )
+    pre.add_argument("--vflip", action="store_true", help="Train on vertical mirrors too (4x the images with hflip).")
 
     imp = sub.add_parser("import", help="Import images into the studio's dataset.")
     add_common(imp)
@@ -226,8 +263,20 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _threshold(text: str) -> float | str | None:
+    """A realism threshold in [0, 1], 'off' (None) or 'default'."""
+    if text in ("off", "none"):
+        return None
+    if text == "default":
+        return text
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a realism threshold is between 0 and 1 or 'off', got {text}")
+    return value
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
-    from engine.batch import generate_to_folder
+    from engine.batch import FLAGGED_FOLDER, generate_to_folder
 
     written = generate_to_folder(
         model=args.model,
@@ -244,9 +293,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
         window_size=args.window_size,
         mask=args.mask,
         auto_place=args.auto_place,
+        vary=args.vary,
+        detail_restore=args.detail_restore,
+        **({"per_init": args.per_init} if args.per_init is not None else {}),
+        **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
     )
     masks = " (each with its <name>_mask.png)" if args.mask or args.auto_place else ""
-    print(f"Wrote {len(written)} images{masks} to {args.out}")
+    flagged = list((args.out / FLAGGED_FOLDER).glob("*.png")) if (args.out / FLAGGED_FOLDER).is_dir() else []
+    flagged_text = f"; {len(flagged)} below the realism threshold in {args.out / FLAGGED_FOLDER}" if flagged else ""
+    print(f"Wrote {len(written)} images{masks} to {args.out}{flagged_text}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -274,7 +329,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
-    from engine.config import AutoencoderConfig, TrainConfig
+    from engine.config import AutoencoderConfig, DecoderConfig, TrainConfig
     from engine.pretrain import pretrain
     from engine.prior import PriorSize
 
@@ -285,8 +340,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         mode="pretrain",
         max_train_steps=args.steps,
         train_batch_size=args.batch_size,
-        learning_rate=3e-4,
+        learning_rate=args.learning_rate,
         lr_warmup_steps=min(200, args.steps // 10 + 1),
+        vflip=args.vflip,
         ema_decay=0.999,
         checkpointing_steps=max(1, min(250, args.steps // 4)),
         caption_dropout=0.1,
@@ -298,8 +354,19 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         seed=args.seed,
         checkpointing_steps=max(1, min(250, args.autoencoder_steps // 4)),
     )
-    result = pretrain(args.data, args.out, args.work_dir, size, autoencoder, diffusion, progress=_print_progress)
-    resumed = result.diffusion.resumed_from
+    result = pretrain(
+        args.data,
+        args.out,
+        args.work_dir,
+        size,
+        autoencoder,
+        diffusion,
+        progress=_print_progress,
+        init_model=args.init_model,
+        decoder=DecoderConfig(max_train_steps=args.decoder_steps, seed=args.seed),
+        stages=tuple(args.stages),
+    )
+    resumed = result.diffusion.resumed_from if result.diffusion is not None else None
     resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""
     print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f}{resumed_text})")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,11 +11,18 @@ from PIL import Image
 
 from engine.config import DEFAULT_MASKED_STRENGTH, GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
+from engine.evaluate import class_realism_scorer
 from engine.generate import generate, resolve_token
 from engine.models import load_pipeline, resolve_model
 from engine.train import TrainResult, images_from_folder, latest_checkpoint, train
+from engine.variation import varied_init
 
 DEFAULT_STRENGTH = 0.6
+# Varied inits: candidates per init (2 keeps a batch's model call efficient and its layouts many).
+DEFAULT_PER_INIT = 2
+# Realism gate of batch generation (realism score 0-1, see engine.evaluate.RealismScorer); flagged, not dropped.
+DEFAULT_REALISM_THRESHOLD = 0.3
+FLAGGED_FOLDER = "flagged"
 
 
 def init_images(init: Path) -> list[Path]:
@@ -52,61 +60,111 @@ def generate_to_folder(
     pipe=None,
     mask: Path | None = None,
     auto_place: bool = False,
+    vary: bool = True,
+    per_init: int = DEFAULT_PER_INIT,
+    realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
+    detail_restore: float | None = None,
 ) -> list[Path]:
-    """Write `num` PNGs in total to `out`, cycling through the init images; returns the paths.
+    """Write `num` PNGs to `out` from the init image(s); returns their paths.
 
+    With `vary` (the default, not with `mask`), every `per_init` candidates start from a new varied init made
+    from all the init images (the image as is, a geometric variant or a mosaic; `engine.variation`), recorded in
+    each PNG's metadata; without it the init images are used in turn, `batch` candidates each.
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
+    With a `realism_threshold` and a realism reference for the class (its init images when there are 3 or more,
+    else the shipped NEU features), candidates scoring below it are flagged: written to `out/flagged/`, not
+    counted in `num`, and replaced, up to `num` flagged ones in all.
     """
     if num < 1:
         raise ValueError("--num must be at least 1.")
     if strength is not None and not 0 < strength <= 1:
         raise ValueError(f"Strength must be in (0, 1], got {strength}.")
+    if per_init < 1:
+        raise ValueError("Candidates per init must be at least 1.")
     # Every other setting is checked before the model loads (strength 1 stands in for a tuned default).
     extra = {"guidance_scale": guidance} if guidance is not None else {}
+    if detail_restore is not None:
+        extra["detail_restore"] = detail_restore
     GenerationConfig(class_name, min(batch, num), strength or 1.0, steps, seed=seed, window_size=window_size, **extra)
     if mask is not None and auto_place:
         raise ValueError("Give --mask or --auto-place, not both.")
     mask_image = _read_mask(mask) if mask is not None else None
-    sources = init_images(init)
+    vary = vary and mask_image is None
+    paths = init_images(init)
+    images = [_read_init(path) for path in paths]
+    names = [path.name for path in paths]
     pipe = pipe or load_pipeline(model, adapter)
     resolve_token(pipe, class_name)
     masked = mask_image is not None or auto_place
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
+    scorer = class_realism_scorer(class_name, images) if realism_threshold is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
     written: list[Path] = []
-    source_index = 0
+    flagged: list[Path] = []
+    attempts = 0
     while len(written) < num:
-        path = sources[source_index % len(sources)]
-        source_index += 1
-        count = min(batch, num - len(written))
+        if vary:
+            init_item = varied_init(images, rng)
+            image, lineage = init_item.image, init_item.describe(names)
+            count = min(per_init, num - len(written))
+        else:
+            index = attempts % len(images)
+            image, lineage = images[index], {"kind": "source", "sources": [names[index]]}
+            count = min(batch, num - len(written))
+        attempts += 1
+        if mask_image is not None and mask_image.size != image.size:
+            size = f"{image.width}×{image.height}"
+            raise ValueError(
+                f"The mask is {mask_image.width}×{mask_image.height} but {lineage['sources'][0]} is {size}."
+            )
         config = GenerationConfig(
             class_name=class_name,
             num_candidates=count,
             strength=strength,
             steps=steps,
-            seed=seed + len(written),
+            seed=seed + len(written) + len(flagged),
             window_size=window_size,
             auto_place=auto_place,
             **extra,
         )
-        try:
-            image = load_rgb(path)
-        except OSError as error:
-            raise ValueError(f"Cannot read image {path}: {error}") from error
-        if mask_image is not None and mask_image.size != image.size:
-            size = f"{image.width}×{image.height}"
-            raise ValueError(f"The mask is {mask_image.width}×{mask_image.height} but {path.name} is {size}.")
-        for candidate in generate(pipe, image, config, mask=mask_image).candidates:
-            candidate.params["source_file"] = path.name
-            target = out / f"{class_name}_{len(written):05d}.png"
+        candidates = generate(pipe, image, config, mask=mask_image).candidates
+        scores = scorer.score_many([c.image for c in candidates], class_name) if scorer else [None] * len(candidates)
+        for candidate, score in zip(candidates, scores, strict=True):
+            candidate.params["source_file"] = lineage["sources"][0]
+            candidate.params["init"] = lineage
+            low = score is not None and score.score < realism_threshold
+            if score is not None:
+                candidate.params["realism"] = {"score": score.score, "class_probability": score.class_probability}
+                candidate.params.update(realism_threshold=realism_threshold, pre_rejected=low)
+            if low and len(flagged) < num:
+                target = out / FLAGGED_FOLDER / f"{class_name}_flagged_{len(flagged):05d}.png"
+                target.parent.mkdir(exist_ok=True)
+                flagged.append(target)
+            elif low or len(written) >= num:
+                continue
+            else:
+                target = out / f"{class_name}_{len(written):05d}.png"
+                written.append(target)
             target.write_bytes(candidate.png_bytes())
             mask_bytes = candidate.mask_png()
             if mask_bytes is not None:
                 target.with_name(target.stem + MASK_SUFFIX).write_bytes(mask_bytes)
-            written.append(target)
+        if len(flagged) >= num and len(written) < num:
+            raise RuntimeError(
+                f"{len(flagged)} candidates fell below the realism threshold {realism_threshold} for "
+                f"{len(written)} kept; lower --realism-threshold or check the adapter."
+            )
     return written
+
+
+def _read_init(path: Path) -> Image.Image:
+    try:
+        return load_rgb(path)
+    except OSError as error:
+        raise ValueError(f"Cannot read image {path}: {error}") from error
 
 
 def _read_mask(path: Path) -> Image.Image:

@@ -115,6 +115,8 @@ class TrainConfig(ConfigMixin):
     seed: int = 0
     mixed_precision: str = "no"
     hflip: bool = True
+    # Vertical mirrors as well (pretraining: a rolled strip looks alike upside down; doubles the set again).
+    vflip: bool = False
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -167,3 +169,29 @@ class AutoencoderConfig(ConfigMixin):
     spectral_weight: float = 0.1
     checkpointing_steps: int = 250
     seed: int = 0
+
+
+@dataclass
+class DecoderConfig(ConfigMixin):
+    """Fine-tuning the prior's decoder as SD's autoencoder was trained: L1 + perceptual + patch-GAN.
+
+    The encoder stays frozen, so the latent space (and every UNet trained on it) is unchanged, as with
+    SD's own `ft-MSE`/`ft-EMA` decoders. The perceptual network is the shipped steel feature network: an
+    LPIPS-style distance between its unit-normalised activations plus a texture term (their Gram matrices).
+    """
+
+    output_dir: str = "runs/decoder"
+    # Random crops (pixels; the decoder is convolutional), seen by the feature network at their own scale.
+    crop_size: int = 64
+    train_batch_size: int = 8
+    max_train_steps: int = 2000
+    learning_rate: float = 1e-4
+    perceptual_weight: float = 1.0
+    texture_weight: float = 100.0
+    adversarial_weight: float = 0.5
+    # The discriminator joins after this many steps, once the perceptual terms have moved the decoder.
+    adversarial_start: int = 200
+    discriminator_channels: int = 32
+    checkpointing_steps: int = 250
+    seed: int = 0
+    feature_net: str | None = None

@@ -416,6 +416,30 @@ def save_reference_features(
     return out
 
 
+# A class's own real images judge typicality from this many on: the leave-one-out distances of fewer are noise.
+MIN_OWN_REFERENCES = 10
+
+
+def class_realism_scorer(class_name: str, real_images: list[Image.Image]) -> RealismScorer | None:
+    """A realism scorer for one class: the shipped NEU features for a NEU class, else its own real images.
+
+    None when neither serves: a new class with fewer than MIN_OWN_REFERENCES images, or no feature network.
+    """
+    try:
+        net = load_feature_net()
+    except FileNotFoundError:
+        return None
+    try:
+        shipped = load_reference_features()
+    except (FileNotFoundError, ValueError):
+        shipped = {}
+    if class_name in shipped:
+        return RealismScorer.from_features(net, {class_name: shipped[class_name]})
+    if len(real_images) >= MIN_OWN_REFERENCES:
+        return RealismScorer(net, {class_name: real_images})
+    return None
+
+
 def load_reference_features(
     path: Path | str | None = None, feature_net_folder: Path | str | None = None
 ) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Pretraining the embedded steel prior from a folder of steel images, in resumable stages.
 
 1. autoencoder: AutoencoderKL on random crops (L1 + spectral + KL), checkpointed;
+1b. decoder: the decoder fine-tuned on the frozen encoder with perceptual, texture and patch-GAN losses;
 2. latents: every training image encoded once (the UNet stage never runs the encoder);
 3. diffusion: UNet + text encoder from scratch on generic captions, with the shared training loop;
 4. the result is saved as an ordinary diffusers folder that `load_pipeline` opens.
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import AutoencoderConfig, TrainConfig
+from engine.config import AutoencoderConfig, DecoderConfig, TrainConfig
 from engine.data import (
     LabelledImage,
     clean_regions,
@@ -31,9 +32,11 @@ from engine.data import (
     split_neu,
     to_square_pixels,
 )
+from engine.decoder import train_decoder
 from engine.prior import PriorSize, build_vae
 
 ProgressFn = Callable[[int, int, str], None]
+STAGES = ("autoencoder", "decoder", "diffusion")
 
 # Captions never name a class: the classes are what the defect tokens learn later.
 DEFECT_CAPTIONS = (
@@ -233,9 +236,23 @@ def pretrain(
     diffusion: TrainConfig | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    init_model: Path | None = None,
+    decoder: DecoderConfig | None = None,
+    stages: tuple[str, ...] = STAGES,
 ) -> PretrainResult:
-    """Reproduce the prior from images: autoencoder, scaling factor, then UNet + text encoder; resumable."""
-    from diffusers import StableDiffusionImg2ImgPipeline
+    """Reproduce the prior from images, in resumable stages: autoencoder, its decoder fine-tuned with perceptual and
+    adversarial losses (`engine.decoder`), scaling factor, then UNet + text encoder.
+
+    With `init_model` (a prior folder, e.g. the shipped one) the autoencoder stage is skipped: the decoder stage
+    starts from that model's autoencoder and the diffusion stage continues from its UNet and text encoder (the
+    encoder, hence the latents, never change after the first stage). `stages` picks which of the decoder and
+    diffusion stages run; without "diffusion" the output is `init_model` with the new decoder.
+    """
+    if unknown := set(stages) - set(STAGES):
+        raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}.")
+    if "diffusion" not in stages and init_model is None:
+        raise ValueError("Without the diffusion stage, give the model to put the new decoder in (init_model).")
+    from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline
 
     from engine.prior import build_components
     from engine.train import TrainingImage, train
@@ -249,9 +266,30 @@ def pretrain(
     autoencoder.crop_size = min(autoencoder.crop_size, size.resolution)
     samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed)
 
-    # 1. Autoencoder
-    vae = train_autoencoder(samples, autoencoder, size, progress, should_stop)
+    # 1. Autoencoder (or the one of the model to continue from)
+    if init_model is not None:
+        vae = AutoencoderKL.from_pretrained(Path(init_model), subfolder="vae", dtype=torch.float32)
+    else:
+        vae = train_autoencoder(samples, autoencoder, size, progress, should_stop)
     vae.eval()
+
+    # 1b. Decoder: perceptual + texture + patch-GAN on the frozen encoder
+    if "decoder" in stages:
+        decoder = decoder or DecoderConfig()
+        decoder.output_dir = str(work / "decoder")
+        vae = train_decoder(vae, np.stack([s.pixels for s in samples]), decoder, progress, should_stop)
+        vae.eval()
+    if "diffusion" not in stages:
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(init_model), safety_checker=None)
+        pipe.vae = vae
+        pipe.register_modules(vae=vae)
+        pipe.to(torch.float16).save_pretrained(str(out))
+        return PretrainResult(
+            Path(out),
+            {"all": reconstruction_error(vae, np.stack([s.pixels for s in samples[:256]]))},
+            vae.config.scaling_factor,
+            None,
+        )
 
     # 2. Scaling factor: unit variance latents, as SD's 0.18215 was chosen
     stack = np.stack([s.pixels for s in samples])
@@ -260,12 +298,12 @@ def pretrain(
         latents = torch.cat(
             [vae.encode(pixels_to_tensor(picks[i : i + 32])).latent_dist.mean for i in range(0, len(picks), 32)]
         )
-    scaling = float(1.0 / latents.std())
+    scaling = float(1.0 / latents.std()) if init_model is None else vae.config.scaling_factor
     vae.register_to_config(scaling_factor=scaling)
     l1 = {"all": reconstruction_error(vae, stack[:256])}
 
     # 3. Untrained UNet + text encoder beside the trained autoencoder, saved as the starting folder
-    init = work / "init"
+    init = Path(init_model) if init_model is not None else work / "init"
     if not (init / "model_index.json").exists():
         components = build_components(size, init / "tmp", seed=autoencoder.seed)
         components["vae"] = vae
@@ -293,4 +331,7 @@ def pretrain(
     diffusion.resolution = size.resolution
     images = [TrainingImage(s.pixels, "", s.caption) for s in samples]
     result = train(diffusion, images, progress, should_stop)
+    if init_model is not None and "decoder" in stages and result.status == "completed":
+        # The continued model was saved with init_model's autoencoder; the new decoder replaces it.
+        vae.to(torch.float16 if diffusion.save_half else torch.float32).save_pretrained(str(Path(out) / "vae"))
     return PretrainResult(Path(out), l1, scaling, result)

@@ -7,7 +7,6 @@ compute; the test set is a separate real ImageFolder tree.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from torch import nn
 
 from engine.data import load_rgb
 from engine.features import image_to_array, images_by_class, load_tensor
+from engine.variation import geometric_variant
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -32,23 +32,8 @@ RECOGNITION_STEPS = 300
 
 def classic_augment(image: Image.Image, rng: random.Random) -> Image.Image:
     """One classic augmentation: crop-resize, ±10° rotation, flips, brightness/contrast, blur, noise."""
-    image = image.convert("L")
+    image, _ = geometric_variant(image.convert("L"), rng)
     width, height = image.size
-    # Rotate first and crop inside the rotated frame so no blank corners enter the crop.
-    angle = rng.uniform(-10, 10)
-    image = image.rotate(angle, resample=Image.Resampling.BILINEAR)
-    short = min(width, height)
-    theta = math.radians(abs(angle))
-    inner = short / (math.cos(theta) + math.sin(theta))
-    margin = (short - inner) / 2
-    side = min(short * rng.uniform(0.6, 1.0), inner)
-    left = rng.uniform(margin, width - margin - side)
-    top = rng.uniform(margin, height - margin - side)
-    image = image.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
     image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.85, 1.15))
     if rng.random() < 0.3:

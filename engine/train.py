@@ -315,14 +315,16 @@ def _encode_images(vae: AutoencoderKL, images: list[TrainingImage], config: Trai
     cache = out / "latents.pt"
     if cache.exists():
         data = torch.load(cache)
-        if data["count"] == len(images):
+        if data["count"] == len(images) and len(data["captions"]) == len(images) * _mirror_count(config):
             return data["mean"], data["std"], data["captions"]
     pixels = np.stack([im.pixels for im in images])
     if config.hflip:
         pixels = np.concatenate([pixels, pixels[:, :, ::-1]])
+    if config.vflip:
+        pixels = np.concatenate([pixels, pixels[:, ::-1]])
     rng = random.Random(config.seed)
     captions = []
-    for _ in range(2 if config.hflip else 1):
+    for _ in range(_mirror_count(config)):
         for im in images:
             if config.mode == "finetune":
                 captions.append(rng.choice(TOKEN_TEMPLATES).format(token=token_for(im.class_name)))
@@ -355,7 +357,14 @@ def _loss_weights(images: list[TrainingImage], config: TrainConfig, latent_size:
                 weights[i] = config.background_loss_weight + (1.0 - config.background_loss_weight) * share
     if config.hflip:
         weights = torch.cat([weights, weights.flip(-1)])
+    if config.vflip:
+        weights = torch.cat([weights, weights.flip(-2)])
     return weights
+
+
+def _mirror_count(config: TrainConfig) -> int:
+    """How many copies of each image the loop sees: itself and its enabled mirrors."""
+    return (2 if config.hflip else 1) * (2 if config.vflip else 1)
 
 
 def _diffusion_loss(

@@ -1,0 +1,247 @@
+"""The prior's decoder stage: SD's autoencoder recipe (reconstruction + perceptual + patch-GAN) on a frozen encoder.
+
+The compact autoencoder's L1-trained decoder draws steel as soft mottling: crazing's network of fine cracks
+and pits' grain are lost in the round trip. This stage keeps the encoder (so latents, and every UNet trained
+on them, stay valid) and retrains the decoder with
+- L1 on pixels,
+- a perceptual distance: LPIPS-style, between unit-normalised activations of the steel feature network,
+- a texture term: L1 between Gram matrices of the same activations (what makes grain look like grain),
+- a patch-GAN hinge loss (taming-transformers' NLayerDiscriminator), weighted adaptively against the
+  reconstruction terms by their gradient norms at the decoder's last layer, as in latent diffusion.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import DecoderConfig
+from engine.features import SteelFeatureNet, load_feature_net
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class PatchDiscriminator(nn.Module):
+    """taming-transformers' NLayerDiscriminator on grey images: one real/fake logit per 70 px patch."""
+
+    def __init__(self, channels: int = 32, layers: int = 3) -> None:
+        super().__init__()
+        modules: list[nn.Module] = [nn.Conv2d(1, channels, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        width = channels
+        for i in range(1, layers + 1):
+            out = channels * min(2**i, 8)
+            stride = 2 if i < layers else 1
+            modules += [nn.Conv2d(width, out, 4, stride, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+            width = out
+        modules.append(nn.Conv2d(width, 1, 4, 1, 1))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.mean(dim=1, keepdim=True))
+
+
+def feature_maps(net: SteelFeatureNet, images: torch.Tensor) -> list[torch.Tensor]:
+    """Activations of the stem and of every conv block for images in [-1, 1], at their own scale.
+
+    No resize: a crop is seen at the pixel scale the network learnt (it is convolutional up to its pooling).
+    """
+    x = ((images + 1) / 2).mean(dim=1, keepdim=True)
+    x = net.stem((x - net.mean) / net.std)
+    maps = [x]
+    for module in net.blocks:
+        x = module(x)
+        if not isinstance(module, nn.MaxPool2d):
+            maps.append(x)
+    return maps
+
+
+def perceptual_distance(pred_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
+    """LPIPS without learnt weights: squared distance of channel-normalised activations, averaged over layers."""
+    total = 0.0
+    for p, t in zip(pred_maps, target_maps, strict=True):
+        p = p / (p.norm(dim=1, keepdim=True) + 1e-8)
+        t = t / (t.norm(dim=1, keepdim=True) + 1e-8)
+        total = total + (p - t).pow(2).sum(dim=1).mean()
+    return total / len(pred_maps)
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def texture_distance(pred_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
+    """Gram-matrix (texture statistics) L1, averaged over layers."""
+    return sum((gram(p) - gram(t)).abs().mean() for p, t in zip(pred_maps, target_maps, strict=True)) / len(pred_maps)
+
+
+def _adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """Latent diffusion's balance: the GAN term's gradient at the last layer is scaled to the reconstruction's."""
+    rec_grad = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+    adv_grad = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+@torch.no_grad()
+def encode_pixels(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of uint8 N×H×W×3 images."""
+    means, stds = [], []
+    for start in range(0, len(pixels), batch_size):
+        x = _to_tensor(pixels[start : start + batch_size])
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def train_decoder(
+    vae,
+    pixels: np.ndarray,
+    config: DecoderConfig,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """Fine-tune (or resume) the decoder of `vae` on uint8 N×H×W×3 images; returns it, saved in output_dir/final."""
+    out = Path(config.output_dir)
+    final = out / "final"
+    if (final / "config.json").exists():
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(final)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "config.json")
+    torch.manual_seed(config.seed)
+    features = load_feature_net(config.feature_net)
+    features.requires_grad_(False)
+    discriminator = PatchDiscriminator(config.discriminator_channels)
+    vae.requires_grad_(False)
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.Adam(trainable, lr=config.learning_rate, betas=(0.5, 0.9))
+    disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.learning_rate, betas=(0.5, 0.9))
+    start_step = 0
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        vae.decoder.load_state_dict(state["decoder"])
+        vae.post_quant_conv.load_state_dict(state["post_quant_conv"])
+        discriminator.load_state_dict(state["discriminator"])
+        optimizer.load_state_dict(state["optimizer"])
+        disc_optimizer.load_state_dict(state["disc_optimizer"])
+        start_step = state["step"]
+    pixels = np.concatenate([pixels, pixels[:, :, ::-1]])
+    vae.eval()
+    latent_mean, latent_std = encode_pixels(vae, pixels)
+    vae.decoder.train()
+    generator = torch.Generator().manual_seed(config.seed + start_step)
+    factor = pixels.shape[1] // latent_mean.shape[-1]
+    latent_size = latent_mean.shape[-1]
+    crop = max(1, min(latent_size, config.crop_size // factor))
+    last_layer = vae.decoder.conv_out.weight
+    log = (out / "log.jsonl").open("a")
+    started = time.time()
+    for step in range(start_step, config.max_train_steps):
+        index = torch.randint(0, len(pixels), (config.train_batch_size,), generator=generator)
+        y, x = (int(v) for v in torch.randint(0, latent_size - crop + 1, (2,), generator=generator))
+        target = _to_tensor(pixels[index.numpy(), y * factor : (y + crop) * factor, x * factor : (x + crop) * factor])
+        mean, std = latent_mean[index, :, y : y + crop, x : x + crop], latent_std[index, :, y : y + crop, x : x + crop]
+        latents = mean + std * torch.randn(mean.shape, generator=generator)
+        reconstruction = vae.decode(latents).sample
+        pred_maps = feature_maps(features, reconstruction)
+        with torch.no_grad():
+            target_maps = feature_maps(features, target)
+        l1 = (reconstruction - target).abs().mean()
+        perceptual = perceptual_distance(pred_maps, target_maps)
+        texture = texture_distance(pred_maps, target_maps)
+        rec_loss = l1 + config.perceptual_weight * perceptual + config.texture_weight * texture
+        use_gan = step >= config.adversarial_start and config.adversarial_weight > 0
+        adversarial = torch.zeros(())
+        gan_weight = torch.zeros(())
+        if use_gan:
+            discriminator.requires_grad_(False)
+            adversarial = -discriminator(reconstruction).mean()
+            gan_weight = config.adversarial_weight * _adaptive_weight(rec_loss, adversarial, last_layer)
+        loss = rec_loss + gan_weight * adversarial
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        disc_loss = torch.zeros(())
+        if use_gan:
+            discriminator.requires_grad_(True)
+            real = discriminator(target)
+            fake = discriminator(reconstruction.detach())
+            disc_loss = 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean())
+            disc_optimizer.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            disc_optimizer.step()
+        done = step + 1
+        if done % 10 == 0:
+            record = {
+                "step": done,
+                "l1": round(l1.item(), 5),
+                "perceptual": round(perceptual.item(), 5),
+                "texture": round(texture.item(), 6),
+                "adversarial": round(adversarial.item(), 4),
+                "gan_weight": round(float(gan_weight), 4),
+                "discriminator": round(disc_loss.item(), 4),
+                "elapsed_s": round(time.time() - started, 1),
+            }
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if progress:
+            progress(done, config.max_train_steps, f"decoder l1 {l1.item():.4f} perceptual {perceptual.item():.4f}")
+        stop = should_stop is not None and should_stop()
+        if done % config.checkpointing_steps == 0 or stop:
+            _atomic_save(
+                {
+                    "decoder": vae.decoder.state_dict(),
+                    "post_quant_conv": vae.post_quant_conv.state_dict(),
+                    "discriminator": discriminator.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "disc_optimizer": disc_optimizer.state_dict(),
+                    "step": done,
+                },
+                checkpoint,
+            )
+        if stop:
+            raise InterruptedError(f"Decoder training stopped at step {done}; resume to continue.")
+    vae.requires_grad_(False)
+    vae.eval()
+    vae.save_pretrained(final)
+    return vae
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def round_trip_recognition(
+    vae, pixels: np.ndarray, labels: list[str], features: SteelFeatureNet | None = None, batch_size: int = 32
+) -> dict[str, float]:
+    """Share of images whose autoencoder round trip (posterior mean) the steel feature network puts in their class."""
+    features = features or load_feature_net()
+    hits: dict[str, list[bool]] = {}
+    for start in range(0, len(pixels), batch_size):
+        x = _to_tensor(pixels[start : start + batch_size])
+        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        predicted = features.classify((decoded + 1) / 2).argmax(dim=1)
+        for label, guess in zip(labels[start : start + batch_size], predicted.tolist(), strict=True):
+            hits.setdefault(label, []).append(features.classes[guess] == label)
+    return {label: float(np.mean(values)) for label, values in sorted(hits.items())}

@@ -1,0 +1,148 @@
+"""Varied inits for image-oriented generation: new layouts from a class's few real images.
+
+img2img at a moderate strength keeps its init's layout, so samples made from five images are five layouts
+with new noise. Varying the init first gives the prior new layouts to render, and every sample still starts
+from real pixels with a strength, as in StableSDG:
+- geometric: a crop rescaled to full size, a small rotation and mirrors of one real image (the geometric
+  half of classic augmentation; photometric jitter is left to the prior, which redraws grey levels anyway);
+- mosaic: two or four real images of the class, each a geometric variant, cut into halves or quadrants at a
+  random split, brought to one grey level and contrast and joined with feathered seams, so one init carries
+  defects of several images in new places;
+- source: the real image as it is.
+Only PIL and numpy: the service and the CLI make inits without touching the model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+INIT_KINDS = ("source", "geometric", "mosaic")
+# Share of each kind in a varied batch. Mosaics need two or more sources; with one, their share goes to geometric.
+DEFAULT_INIT_MIX = {"source": 0.2, "geometric": 0.4, "mosaic": 0.4}
+# Width of the blend between mosaic tiles, as a share of the image side.
+SEAM_SHARE = 0.06
+
+
+@dataclass
+class VariedInit:
+    """One init image and how it was made from the sources (indices into the list it was made from)."""
+
+    image: Image.Image
+    kind: str
+    sources: list[int]
+    details: dict = field(default_factory=dict)
+
+    def describe(self, names: list[str] | None = None) -> dict:
+        """The init's lineage for a sample's metadata: kind, source names (or indices) and parameters."""
+        sources = [names[i] for i in self.sources] if names else list(self.sources)
+        return {"kind": self.kind, "sources": sources, **self.details}
+
+
+def geometric_variant(image: Image.Image, rng: random.Random, min_scale: float = 0.6, max_angle: float = 10.0):
+    """Rotate by up to ±`max_angle`°, crop a square of `min_scale`–1 of the side inside the rotated frame,
+    rescale it to the image's size and mirror it at random; returns (image, parameters).
+
+    The random draws are made in this order (angle, side, left, top, h-flip, v-flip), which classic
+    augmentation relies on to stay reproducible.
+    """
+    width, height = image.size
+    angle = rng.uniform(-max_angle, max_angle)
+    rotated = image.rotate(angle, resample=Image.Resampling.BILINEAR)
+    short = min(width, height)
+    theta = math.radians(abs(angle))
+    inner = short / (math.cos(theta) + math.sin(theta))
+    margin = (short - inner) / 2
+    side = min(short * rng.uniform(min_scale, 1.0), inner)
+    left = rng.uniform(margin, width - margin - side)
+    top = rng.uniform(margin, height - margin - side)
+    result = rotated.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+    flip_x, flip_y = rng.random() < 0.5, rng.random() < 0.5
+    if flip_x:
+        result = result.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if flip_y:
+        result = result.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    details = {
+        "angle": round(angle, 2),
+        "crop": [round(left, 1), round(top, 1), round(side, 1)],
+        "flip_x": flip_x,
+        "flip_y": flip_y,
+    }
+    return result, details
+
+
+def _ramp(length: int, split: float, seam: float) -> np.ndarray:
+    """0 before `split`, 1 after it, a linear blend `seam` pixels wide around it."""
+    positions = np.arange(length, dtype=np.float32) + 0.5
+    return np.clip((positions - split) / max(seam, 1.0) + 0.5, 0.0, 1.0)
+
+
+def mosaic(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6):
+    """Two or four geometric variants of different images joined at a random split; returns (image, sources, details).
+
+    The canvas has the first chosen image's size and mode; the others are resized to it before cutting, so
+    every tile keeps the pixel scale of its own image.
+    """
+    if len(images) < 2:
+        raise ValueError("A mosaic needs at least two images.")
+    tiles = 4 if len(images) >= 4 and rng.random() < 0.5 else 2
+    chosen = rng.sample(range(len(images)), tiles)
+    base = images[chosen[0]]
+    width, height = base.size
+    variants = []
+    for index in chosen:
+        variant, _ = geometric_variant(images[index].convert(base.mode).resize((width, height)), rng, min_scale)
+        variants.append(np.asarray(variant, dtype=np.float32))
+    # Every tile takes the first's grey level and contrast, so a seam joins textures, not two exposures.
+    mean, std = variants[0].mean(), variants[0].std()
+    variants = [mean + (v - v.mean()) * (std / max(float(v.std()), 1e-3)) for v in variants]
+    split_x = rng.uniform(0.3, 0.7) * width
+    split_y = rng.uniform(0.3, 0.7) * height
+    seam = SEAM_SHARE * min(width, height)
+    ramp_x = _ramp(width, split_x, seam)[None, :]
+    ramp_y = _ramp(height, split_y, seam)[:, None]
+    if tiles == 2:
+        vertical = rng.random() < 0.5
+        alpha = np.broadcast_to(ramp_x if vertical else ramp_y, (height, width))
+        weights = [1.0 - alpha, alpha]
+        details = {
+            "layout": "left-right" if vertical else "top-bottom",
+            "split": round(split_x if vertical else split_y, 1),
+        }
+    else:
+        weights = [(1 - ramp_y) * (1 - ramp_x), (1 - ramp_y) * ramp_x, ramp_y * (1 - ramp_x), ramp_y * ramp_x]
+        details = {"layout": "quadrants", "split": [round(split_x, 1), round(split_y, 1)]}
+    canvas = np.zeros_like(variants[0])
+    for variant, weight in zip(variants, weights, strict=True):
+        canvas += variant * (weight if variant.ndim == 2 else weight[..., None])
+    image = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), mode=None)
+    return image.convert(base.mode), chosen, details
+
+
+def varied_init(
+    images: list[Image.Image], rng: random.Random, mix: dict[str, float] | None = None, min_scale: float = 0.6
+) -> VariedInit:
+    """One init drawn from `images` (a class's real images): the source as is, a geometric variant or a mosaic."""
+    if not images:
+        raise ValueError("Varied inits need at least one image.")
+    mix = dict(mix or DEFAULT_INIT_MIX)
+    if unknown := set(mix) - set(INIT_KINDS):
+        raise ValueError(f"Unknown init kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(INIT_KINDS)}.")
+    if len(images) < 2:
+        mix["geometric"] = mix.get("geometric", 0.0) + mix.pop("mosaic", 0.0)
+    kinds = [k for k in INIT_KINDS if mix.get(k, 0) > 0]
+    if not kinds:
+        raise ValueError("The init mix gives no kind a positive share.")
+    kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
+    if kind == "mosaic":
+        image, sources, details = mosaic(images, rng, min_scale)
+        return VariedInit(image, kind, sources, details)
+    index = rng.randrange(len(images))
+    if kind == "geometric":
+        image, details = geometric_variant(images[index], rng, min_scale)
+        return VariedInit(image, kind, [index], details)
+    return VariedInit(images[index].copy(), kind, [index])

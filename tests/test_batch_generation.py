@@ -1,0 +1,68 @@
+"""Batch generation from a class's images: varied inits with their lineage, and the realism gate (flagged, kept)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.batch import FLAGGED_FOLDER, generate_to_folder
+from engine.data import list_images
+from engine.generate import read_png_parameters
+from engine.models import load_pipeline
+from tests.conftest import make_steel_like
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model, tiny_adapter):
+    return load_pipeline(tiny_model, adapter=tiny_adapter)
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(make_steel_like(rng, 40, "scratches")[..., 0]).save(folder / f"real_{i}.png")
+    return folder
+
+
+def _generate(pipe, shots, out, **options):
+    return generate_to_folder(None, None, "scratches", shots, 6, out, strength=0.5, steps=4, pipe=pipe, **options)
+
+
+def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_path):
+    written = _generate(pipe, shots, tmp_path / "out", realism_threshold=None)
+    assert [p.name for p in written] == [f"scratches_{i:05d}.png" for i in range(6)]
+    params = [read_png_parameters(p.read_bytes()) for p in written]
+    kinds = {p["init"]["kind"] for p in params}
+    assert kinds <= {"source", "geometric", "mosaic"} and len({p["seed"] for p in params}) == 6
+    assert all(set(p["init"]["sources"]) <= {"real_0.png", "real_1.png", "real_2.png"} for p in params)
+    assert all("realism" not in p for p in params)
+    plain = generate_to_folder(
+        None,
+        None,
+        "scratches",
+        shots,
+        2,
+        tmp_path / "plain",
+        strength=0.5,
+        steps=4,
+        pipe=pipe,
+        vary=False,
+        realism_threshold=None,
+    )
+    assert read_png_parameters(plain[0].read_bytes())["init"] == {"kind": "source", "sources": ["real_0.png"]}
+
+
+def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):
+    kept = _generate(pipe, shots, tmp_path / "open", realism_threshold=0.0)
+    params = read_png_parameters(kept[0].read_bytes())
+    assert 0.0 <= params["realism"]["score"] <= 1.0 and params["pre_rejected"] is False
+    assert not (tmp_path / "open" / FLAGGED_FOLDER).exists()
+    with pytest.raises(RuntimeError, match="below the realism threshold 1.0"):
+        _generate(pipe, shots, tmp_path / "closed", realism_threshold=1.0)
+    flagged = list_images(tmp_path / "closed" / FLAGGED_FOLDER)
+    assert len(flagged) == 6 and list_images(tmp_path / "closed") == []
+    assert read_png_parameters(flagged[0].read_bytes())["pre_rejected"] is True

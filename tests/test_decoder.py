@@ -1,0 +1,64 @@
+"""The decoder stage: perceptual, texture and patch-GAN losses on a frozen encoder, checkpointed and resumable."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+
+from engine.config import DecoderConfig
+from engine.decoder import (
+    PatchDiscriminator,
+    feature_maps,
+    perceptual_distance,
+    round_trip_recognition,
+    texture_distance,
+    train_decoder,
+)
+from engine.features import load_feature_net
+from tests.conftest import make_steel_like
+
+
+def _pixels(count: int = 6, size: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.stack([make_steel_like(rng, size, ("scratches", "inclusion", "plain")[i % 3]) for i in range(count)])
+
+
+def test_perceptual_and_texture_distances_are_zero_only_for_equal_images():
+    net = load_feature_net()
+    images = torch.from_numpy(_pixels(2)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    same = feature_maps(net, images)
+    assert perceptual_distance(same, same).item() < 1e-6 and texture_distance(same, same).item() < 1e-9
+    blurred = feature_maps(net, torch.nn.functional.avg_pool2d(images, 3, 1, 1))
+    assert perceptual_distance(blurred, same).item() > 1e-3 and texture_distance(blurred, same).item() > 0
+
+
+def test_patch_discriminator_scores_patches():
+    logits = PatchDiscriminator(channels=8)(torch.zeros(2, 3, 64, 64))
+    assert logits.shape[0] == 2 and logits.shape[1] == 1 and logits.shape[-1] > 1
+
+
+def test_decoder_stage_trains_only_the_decoder_and_resumes(tiny_model, tmp_path):
+    vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
+    encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+    config = DecoderConfig(
+        output_dir=str(tmp_path / "decoder"),
+        max_train_steps=2,
+        train_batch_size=2,
+        adversarial_start=0,
+        checkpointing_steps=1,
+        discriminator_channels=8,
+    )
+    pixels = _pixels()
+    try:
+        train_decoder(vae, pixels, config, should_stop=lambda: True)
+    except InterruptedError as stopped:
+        assert "step 1" in str(stopped)
+    assert torch.load(tmp_path / "decoder" / "checkpoint.pt", weights_only=False)["step"] == 1
+    trained = train_decoder(vae, pixels, config)
+    assert (tmp_path / "decoder" / "final" / "config.json").exists()
+    assert all(torch.equal(encoder_before[k], v) for k, v in trained.encoder.state_dict().items())
+    assert any(not torch.equal(decoder_before[k], v) for k, v in trained.decoder.state_dict().items())
+    scores = round_trip_recognition(trained, pixels, ["crazing", "scratches"] * 3)
+    assert set(scores) == {"crazing", "scratches"} and all(0.0 <= v <= 1.0 for v in scores.values())

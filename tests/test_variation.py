@@ -1,0 +1,70 @@
+"""Varied inits: geometric variants and mosaics of a class's real images, and their lineage."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.recognition import classic_augment
+from engine.variation import geometric_variant, mosaic, varied_init
+
+
+def _images(count: int, size: int = 64) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [
+        Image.fromarray(rng.normal(60 + 40 * i, 10, (size, size)).clip(0, 255).astype(np.uint8)) for i in range(count)
+    ]
+
+
+def test_geometric_variant_keeps_size_and_changes_layout():
+    image = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)))
+    variants = [geometric_variant(image, random.Random(seed)) for seed in range(6)]
+    assert all(v.size == (64, 64) and v.mode == "L" for v, _ in variants)
+    assert len({np.asarray(v).tobytes() for v, _ in variants}) == 6
+    _, details = variants[0]
+    assert set(details) == {"angle", "crop", "flip_x", "flip_y"} and abs(details["angle"]) <= 10
+
+
+def test_classic_augmentation_is_reproducible_from_its_seed():
+    image = _images(1)[0]
+    first = classic_augment(image, random.Random(3))
+    assert np.array_equal(np.asarray(first), np.asarray(classic_augment(image, random.Random(3))))
+    assert not np.array_equal(np.asarray(first), np.asarray(classic_augment(image, random.Random(4))))
+
+
+def test_mosaic_joins_different_sources_at_one_grey_level():
+    images = _images(4)
+    for seed in range(8):
+        image, sources, details = mosaic(images, random.Random(seed))
+        assert image.size == (64, 64) and image.mode == "L"
+        assert len(set(sources)) == len(sources) >= 2
+        assert details["layout"] in ("left-right", "top-bottom", "quadrants")
+        pixels = np.asarray(image, dtype=np.float32)
+        # Sources differ by 40 grey levels each; the tiles are brought to the first one's level.
+        base_mean = np.asarray(images[sources[0]], dtype=np.float32).mean()
+        assert abs(pixels.mean() - base_mean) < 6
+    with pytest.raises(ValueError, match="at least two"):
+        mosaic(images[:1], random.Random(0))
+
+
+def test_varied_init_mixes_kinds_and_records_lineage():
+    images = _images(3)
+    rng = random.Random(0)
+    inits = [varied_init(images, rng) for _ in range(40)]
+    assert {init.kind for init in inits} == {"source", "geometric", "mosaic"}
+    described = inits[0].describe(["a.png", "b.png", "c.png"])
+    assert described["kind"] == inits[0].kind and set(described["sources"]) <= {"a.png", "b.png", "c.png"}
+    source = next(init for init in inits if init.kind == "source")
+    assert np.array_equal(np.asarray(source.image), np.asarray(images[source.sources[0]]))
+
+
+def test_varied_init_from_one_image_never_makes_a_mosaic():
+    rng = random.Random(0)
+    assert {varied_init(_images(1), rng).kind for _ in range(30)} <= {"source", "geometric"}
+    with pytest.raises(ValueError, match="Unknown init kind"):
+        varied_init(_images(2), rng, mix={"collage": 1.0})
+    with pytest.raises(ValueError, match="at least one image"):
+        varied_init([], rng)
