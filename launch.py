@@ -120,10 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--data", required=True, type=Path)
     pre.add_argument("--out", required=True, type=Path)
     pre.add_argument("--work-dir", type=Path, default=None, help="Checkpoints (default <out>.work).")
-    pre.add_argument("--size", choices=["embedded", "tiny"], default="embedded")
-    pre.add_argument("--autoencoder-steps", type=int, default=2000)
-    pre.add_argument("--steps", type=int, default=5000)
-    pre.add_argument("--batch-size", type=int, default=32)
+    pre.add_argument(
+        "--preset",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="cpu: the shipped recipe (2 cores); gpu: a larger prior, bf16, large batches (one H100/H200).",
+    )
+    pre.add_argument("--size", choices=["embedded", "large", "tiny"], default=None, help="Default: the preset's.")
+    pre.add_argument("--autoencoder-steps", type=int, default=None)
+    pre.add_argument("--steps", type=int, default=None)
+    pre.add_argument("--batch-size", type=int, default=None)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
     pre.add_argument(
@@ -132,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Continue from this prior folder (e.g. engine/models/steel-prior): keep its autoencoder, train on.",
     )
-    pre.add_argument("--learning-rate", type=float, default=3e-4)
-    pre.add_argument("--decoder-steps", type=int, default=2000, help="Steps of the decoder stage (perceptual + GAN).")
+    pre.add_argument("--learning-rate", type=float, default=None)
+    pre.add_argument("--decoder-steps", type=int, default=None, help="Steps of the decoder stage (perceptual + GAN).")
     pre.add_argument(
         "--stages",
         nargs="+",
@@ -329,41 +335,33 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
-    from engine.config import AutoencoderConfig, DecoderConfig, TrainConfig
+    from engine.config import pretrain_configs
     from engine.pretrain import pretrain
     from engine.prior import PriorSize
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = PriorSize.embedded() if args.size == "embedded" else PriorSize.tiny()
-    diffusion = TrainConfig(
-        mode="pretrain",
-        max_train_steps=args.steps,
-        train_batch_size=args.batch_size,
+    size_name, autoencoder, decoder, diffusion = pretrain_configs(
+        args.preset,
+        seed=args.seed,
+        size=args.size,
+        autoencoder_steps=args.autoencoder_steps,
+        decoder_steps=args.decoder_steps,
+        steps=args.steps,
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate,
-        lr_warmup_steps=min(200, args.steps // 10 + 1),
-        vflip=args.vflip,
-        ema_decay=0.999,
-        checkpointing_steps=max(1, min(250, args.steps // 4)),
-        caption_dropout=0.1,
-        seed=args.seed,
-        save_half=args.size == "embedded",
-    )
-    autoencoder = AutoencoderConfig(
-        max_train_steps=args.autoencoder_steps,
-        seed=args.seed,
-        checkpointing_steps=max(1, min(250, args.autoencoder_steps // 4)),
+        vflip=args.vflip or None,
     )
     result = pretrain(
         args.data,
         args.out,
         args.work_dir,
-        size,
+        getattr(PriorSize, size_name)(),
         autoencoder,
         diffusion,
         progress=_print_progress,
         init_model=args.init_model,
-        decoder=DecoderConfig(max_train_steps=args.decoder_steps, seed=args.seed),
+        decoder=decoder,
         stages=tuple(args.stages),
     )
     resumed = result.diffusion.resumed_from if result.diffusion is not None else None

@@ -1,11 +1,14 @@
-"""The studio's yardstick: K real images per class plus its samples vs more real images.
+"""The studio's yardstick: K real images per class plus its samples vs classic augmentation and more real images.
 
-For each seed: draw K real images per class from the pool, fine-tune tokens + LoRA on just those
-(CPU preset), generate N samples per class from those same K images (at the tuned strength and at
-1.0, the paper's pure-noise ablation), then run the recognition protocol on the validation split:
-real only, + classic augmentation, + ours, ours + classic. A K=20 real-only run is the target.
+For each draw (seed) of K real images per class from the pool: fine-tune tokens + LoRA on just those (CPU
+preset), generate N samples per class from those same K images with the product's defaults (`generate
+--init DIR --num N`: tuned or default strength, varied inits, realism gate), then train the same small CNN
+from scratch on each arm and test it on the validation split: real only, + ours, ours only, + classic
+augmentation, + classic + ours. Diversity: mean distance (steel features) from each sample, and from each
+classic augmentation, to the nearest of the K real images of its class. A K=20 real-only run is the target.
 
-    python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot
+    python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
+        --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ import random
 import time
 from pathlib import Path
 
-from engine.batch import finetune_folder, generate_to_folder
-from engine.data import list_images
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.batch import generate_to_folder
+from engine.data import list_images, load_rgb
+from engine.features import images_to_tensor, load_feature_net
 from engine.models import load_pipeline
 from engine.quiet import quiet_libraries
-from engine.recognition import recognition
+from engine.recognition import classic_augment, recognition
 
 
 def draw_shots(pool: Path, k: int, seed: int, out: Path) -> Path:
@@ -35,26 +43,62 @@ def draw_shots(pool: Path, k: int, seed: int, out: Path) -> Path:
     return out
 
 
+@torch.no_grad()
+def distance_to_shots(net, images, shots) -> float:
+    """Mean cosine distance (steel features) from each image to the nearest of the shots."""
+    size = net.config.input_size
+    feats = F.normalize(net.features_and_probs(images_to_tensor(images, size))[0], dim=1)
+    refs = F.normalize(net.features_and_probs(images_to_tensor(shots, size))[0], dim=1)
+    return float((1 - feats @ refs.T).min(dim=1).values.mean())
+
+
+def diversity(shots_dir: Path, synthetic_dir: Path, per_class: int, seed: int) -> dict[str, float]:
+    """Distance to the nearest real shot, of our samples and of as many classic augmentations, over all classes."""
+    net = load_feature_net()
+    rng = random.Random(seed)
+    ours, classic = [], []
+    for class_dir in sorted(p for p in shots_dir.iterdir() if p.is_dir()):
+        shots = [load_rgb(p) for p in list_images(class_dir)]
+        samples = [load_rgb(p) for p in list_images(synthetic_dir / class_dir.name)]
+        augmented = [classic_augment(shots[i % len(shots)], rng) for i in range(per_class)]
+        ours.append(distance_to_shots(net, samples, shots))
+        classic.append(distance_to_shots(net, augmented, shots))
+    return {"ours": round(float(np.mean(ours)), 4), "classic": round(float(np.mean(classic)), 4)}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", type=Path, required=True)
     parser.add_argument("--val", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--model", default=None)
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--strength", type=float, default=0.6)
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--skip-pure-noise", action="store_true")
+    parser.add_argument("--skip-target", action="store_true", help="Skip the K=20 real-only target.")
+    ablation = parser.add_argument_group("ablations (default: the product's defaults)")
+    ablation.add_argument("--strength", type=float, default=None)
+    ablation.add_argument("--no-vary", dest="vary", action="store_false")
+    ablation.add_argument("--realism-threshold", type=float, default=None)
+    ablation.add_argument("--no-realism-gate", action="store_true")
+    ablation.add_argument("--detail-restore", type=float, default=None)
     args = parser.parse_args()
     quiet_libraries()
-    results = {}
+    from engine.batch import finetune_folder
+
+    options: dict = {"vary": args.vary, "detail_restore": args.detail_restore, "strength": args.strength}
+    if args.no_realism_gate:
+        options["realism_threshold"] = None
+    elif args.realism_threshold is not None:
+        options["realism_threshold"] = args.realism_threshold
+    results: dict = {"options": {**options, "k": args.k, "per_class": args.per_class}, "seeds": {}}
     started = time.time()
-    target = recognition(args.pool, args.val, k=20, seeds=len(args.seeds))
-    results["k20_real"] = {"mean": target.arms[0].mean, "std": target.arms[0].std}
-    print(f"K=20 real only: {target.arms[0].mean:.3f} ± {target.arms[0].std:.3f}", flush=True)
+    if not args.skip_target:
+        target = recognition(args.pool, args.val, k=20, seeds=len(args.seeds))
+        results["k20_real"] = {"mean": target.arms[0].mean, "std": target.arms[0].std}
+        print(f"K=20 real only: {target.arms[0].mean:.3f} ± {target.arms[0].std:.3f}", flush=True)
     for seed in args.seeds:
         shots = draw_shots(args.pool, args.k, seed, args.work / f"seed{seed}" / "shots")
         adapter = args.work / f"seed{seed}" / "adapter"
@@ -69,31 +113,44 @@ def main() -> None:
                 resume=adapter.exists(),
             )
         pipe = load_pipeline(args.model, adapter)
-        strengths = [args.strength] + ([] if args.skip_pure_noise else [1.0])
-        for strength in strengths:
-            synthetic = args.work / f"seed{seed}" / f"synthetic-{strength}"
-            for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
-                if len(list_images(synthetic / class_dir.name)) if (synthetic / class_dir.name).exists() else 0:
-                    continue
-                generate_to_folder(
-                    None,
-                    None,
-                    class_dir.name,
-                    class_dir,
-                    args.per_class,
-                    synthetic / class_dir.name,
-                    strength=strength,
-                    steps=args.steps,
-                    seed=seed * 1000,
-                    pipe=pipe,
-                )
-            report = recognition(
-                shots, args.val, synthetic, k=args.k, seeds=1, classic_augment_per_class=args.per_class
+        synthetic = args.work / f"seed{seed}" / "synthetic"
+        for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
+            if (synthetic / class_dir.name).exists() and len(list_images(synthetic / class_dir.name)) >= args.per_class:
+                continue
+            generate_to_folder(
+                None,
+                None,
+                class_dir.name,
+                class_dir,
+                args.per_class,
+                synthetic / class_dir.name,
+                steps=args.steps,
+                seed=seed * 1000,
+                pipe=pipe,
+                **options,
             )
-            results[f"seed{seed}_strength{strength}"] = report.to_dict() if hasattr(report, "to_dict") else str(report)
-            print(f"seed {seed}, strength {strength}:", flush=True)
-            print(report.table() if hasattr(report, "table") else report, flush=True)
+        report = recognition(shots, args.val, synthetic, k=args.k, seeds=1, classic_augment_per_class=args.per_class)
+        spread = diversity(shots, synthetic, args.per_class, seed)
+        results["seeds"][seed] = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
+        print(f"seed {seed}: " + ", ".join(f"{a.name} {a.mean:.3f}" for a in report.arms), flush=True)
+        print(f"seed {seed}: distance to nearest shot, ours {spread['ours']:.4f}, classic {spread['classic']:.4f}")
+    arms = [name for name in next(iter(results["seeds"].values())) if name != "diversity"]
+    summary = {}
+    print(f"\nK={args.k}, {len(args.seeds)} draws (mean ± std over draws):")
+    for name in arms:
+        values = [r[name] for r in results["seeds"].values()]
+        summary[name] = {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+        print(f"  {name:<20}{summary[name]['mean']:.3f} ± {summary[name]['std']:.3f}")
+    for side in ("ours", "classic"):
+        values = [r["diversity"][side] for r in results["seeds"].values()]
+        summary[f"diversity_{side}"] = {
+            "mean": round(float(np.mean(values)), 4),
+            "std": round(float(np.std(values)), 4),
+        }
+        print(f"  distance to nearest shot, {side:<8}{np.mean(values):.4f} ± {np.std(values):.4f}")
+    results["summary"] = summary
     results["wall_s"] = round(time.time() - started, 1)
+    args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "yardstick.json").write_text(json.dumps(results, indent=2))
     print(f"results -> {args.work / 'yardstick.json'} ({results['wall_s']} s)")
 

@@ -195,3 +195,66 @@ class DecoderConfig(ConfigMixin):
     checkpointing_steps: int = 250
     seed: int = 0
     feature_net: str | None = None
+
+
+# Pretraining presets: "cpu" is the recipe of the shipped prior on 2 CPU cores; "gpu" trains a larger prior on one
+# H100/H200-class GPU (bf16, large batches). Every value can be overridden from the CLI.
+PRETRAIN_PRESETS: dict[str, dict] = {
+    "cpu": {
+        "size": "embedded",
+        "autoencoder_steps": 2000,
+        "autoencoder_batch_size": 16,
+        "decoder_steps": 2000,
+        "decoder_batch_size": 8,
+        "steps": 5000,
+        "batch_size": 32,
+        "learning_rate": 3e-4,
+        "mixed_precision": "no",
+    },
+    "gpu": {
+        "size": "large",
+        "autoencoder_steps": 3000,
+        "autoencoder_batch_size": 64,
+        "decoder_steps": 2000,
+        "decoder_batch_size": 32,
+        "steps": 6000,
+        "batch_size": 128,
+        "learning_rate": 4e-4,
+        "mixed_precision": "bf16",
+    },
+}
+
+
+def pretrain_configs(preset: str = "cpu", seed: int = 0, **overrides):
+    """(size name, autoencoder, decoder and diffusion configs) of a pretraining preset plus overrides (None: keep)."""
+    if preset not in PRETRAIN_PRESETS:
+        raise ValueError(f"Unknown pretraining preset {preset!r}; choose one of {', '.join(PRETRAIN_PRESETS)}.")
+    values = {**PRETRAIN_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    steps = values["steps"]
+    autoencoder = AutoencoderConfig(
+        max_train_steps=values["autoencoder_steps"],
+        train_batch_size=values["autoencoder_batch_size"],
+        seed=seed,
+        checkpointing_steps=max(1, min(250, values["autoencoder_steps"] // 4)),
+    )
+    decoder = DecoderConfig(
+        max_train_steps=values["decoder_steps"],
+        train_batch_size=values["decoder_batch_size"],
+        seed=seed,
+        checkpointing_steps=max(1, min(250, values["decoder_steps"] // 4)),
+    )
+    diffusion = TrainConfig(
+        mode="pretrain",
+        max_train_steps=steps,
+        train_batch_size=values["batch_size"],
+        learning_rate=values["learning_rate"],
+        lr_warmup_steps=min(200, steps // 10 + 1),
+        vflip=values.get("vflip", False),
+        ema_decay=0.999,
+        checkpointing_steps=max(1, min(250, steps // 4)),
+        caption_dropout=0.1,
+        seed=seed,
+        mixed_precision=values["mixed_precision"],
+        save_half=values["size"] != "tiny",
+    )
+    return values["size"], autoencoder, decoder, diffusion

@@ -94,11 +94,12 @@ def _adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, la
 def encode_pixels(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of uint8 N×H×W×3 images."""
     means, stds = [], []
+    device = next(vae.parameters()).device
     for start in range(0, len(pixels), batch_size):
-        x = _to_tensor(pixels[start : start + batch_size])
+        x = _to_tensor(pixels[start : start + batch_size]).to(device)
         dist = vae.encode(x).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -123,9 +124,11 @@ def train_decoder(
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
     torch.manual_seed(config.seed)
-    features = load_feature_net(config.feature_net)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    features = load_feature_net(config.feature_net).to(device)
     features.requires_grad_(False)
-    discriminator = PatchDiscriminator(config.discriminator_channels)
+    discriminator = PatchDiscriminator(config.discriminator_channels).to(device)
+    vae.to(device)
     vae.requires_grad_(False)
     trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for parameter in trainable:
@@ -135,7 +138,7 @@ def train_decoder(
     start_step = 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         vae.decoder.load_state_dict(state["decoder"])
         vae.post_quant_conv.load_state_dict(state["post_quant_conv"])
         discriminator.load_state_dict(state["discriminator"])
@@ -158,7 +161,8 @@ def train_decoder(
         y, x = (int(v) for v in torch.randint(0, latent_size - crop + 1, (2,), generator=generator))
         target = _to_tensor(pixels[index.numpy(), y * factor : (y + crop) * factor, x * factor : (x + crop) * factor])
         mean, std = latent_mean[index, :, y : y + crop, x : x + crop], latent_std[index, :, y : y + crop, x : x + crop]
-        latents = mean + std * torch.randn(mean.shape, generator=generator)
+        latents = (mean + std * torch.randn(mean.shape, generator=generator)).to(device)
+        target = target.to(device)
         reconstruction = vae.decode(latents).sample
         pred_maps = feature_maps(features, reconstruction)
         with torch.no_grad():
@@ -221,7 +225,7 @@ def train_decoder(
             raise InterruptedError(f"Decoder training stopped at step {done}; resume to continue.")
     vae.requires_grad_(False)
     vae.eval()
-    vae.save_pretrained(final)
+    vae.to("cpu").save_pretrained(final)
     return vae
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import AutoencoderConfig, DecoderConfig, TrainConfig
+from engine.config import AutoencoderConfig, DecoderConfig, TrainConfig, pretrain_configs
 from engine.data import (
     LabelledImage,
     clean_regions,
@@ -122,7 +122,8 @@ def train_autoencoder(
         return AutoencoderKL.from_pretrained(final)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    vae = build_vae(size)
+    device = training_device()
+    vae = build_vae(size).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -131,7 +132,7 @@ def train_autoencoder(
     start_step = 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=device)
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -143,7 +144,7 @@ def train_autoencoder(
     started = time.time()
     for step in range(start_step, config.max_train_steps):
         batch = _random_crops(stack, config.train_batch_size, config.crop_size, rng)
-        x = pixels_to_tensor(batch)
+        x = pixels_to_tensor(batch).to(device)
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         l1 = (reconstruction - x).abs().mean()
@@ -186,8 +187,13 @@ def train_autoencoder(
         if stop:
             raise InterruptedError(f"Autoencoder training stopped at step {done}; resume to continue.")
     vae.eval()
-    vae.save_pretrained(final)
+    vae.to("cpu").save_pretrained(final)
     return vae
+
+
+def training_device() -> torch.device:
+    """CUDA when present (the GPU preset), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _random_crops(stack: np.ndarray, batch_size: int, crop: int, rng: np.random.Generator) -> np.ndarray:
@@ -260,7 +266,7 @@ def pretrain(
     size = size or PriorSize.embedded()
     work = Path(work_dir) if work_dir else Path(str(out).rstrip("/") + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    autoencoder = autoencoder or AutoencoderConfig()
+    autoencoder = autoencoder or pretrain_configs("cpu")[1]
     autoencoder.output_dir = str(work / "autoencoder")
     autoencoder.resolution = size.resolution
     autoencoder.crop_size = min(autoencoder.crop_size, size.resolution)
@@ -275,7 +281,7 @@ def pretrain(
 
     # 1b. Decoder: perceptual + texture + patch-GAN on the frozen encoder
     if "decoder" in stages:
-        decoder = decoder or DecoderConfig()
+        decoder = decoder or pretrain_configs("cpu")[2]
         decoder.output_dir = str(work / "decoder")
         vae = train_decoder(vae, np.stack([s.pixels for s in samples]), decoder, progress, should_stop)
         vae.eval()
@@ -313,17 +319,7 @@ def pretrain(
         shutil.rmtree(init / "tmp", ignore_errors=True)
 
     # 4. Diffusion training with the shared loop, saved to `out`
-    diffusion = diffusion or TrainConfig(
-        mode="pretrain",
-        max_train_steps=5000,
-        train_batch_size=32,
-        learning_rate=3e-4,
-        lr_warmup_steps=200,
-        ema_decay=0.999,
-        checkpointing_steps=250,
-        caption_dropout=0.1,
-        snr_gamma=5.0,
-    )
+    diffusion = diffusion or pretrain_configs("cpu")[3]
     diffusion.mode = "pretrain"
     diffusion.model = str(init)
     diffusion.output_dir = str(work / "diffusion")

@@ -62,6 +62,23 @@ class PriorSize:
         )
 
     @classmethod
+    def large(cls) -> PriorSize:
+        # The GPU preset's prior: the embedded autoencoder's shape, a wider UNet with two layers per block and a
+        # 6-layer text encoder (about 3x the embedded UNet's parameters).
+        return cls(
+            vae_channels=(32, 64, 128, 128),
+            latent_channels=32,
+            unet_channels=(128, 256, 384),
+            unet_attention=(False, True, True),
+            layers_per_block=2,
+            text_hidden=384,
+            text_layers=6,
+            text_heads=6,
+            attention_head_dim=64,
+            resolution=128,
+        )
+
+    @classmethod
     def tiny(cls) -> PriorSize:
         return cls(
             vae_channels=(8, 16),

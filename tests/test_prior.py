@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -77,3 +82,25 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
         output_type="np",
     ).images
     assert image.shape == (1, 32, 32, 3)
+
+
+def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
+    from engine.config import PRETRAIN_PRESETS, pretrain_configs
+
+    size, autoencoder, decoder, diffusion = pretrain_configs("gpu", steps=2)
+    assert size == "large" and diffusion.mixed_precision == "bf16" and diffusion.max_train_steps == 2
+    assert diffusion.train_batch_size == PRETRAIN_PRESETS["gpu"]["batch_size"] and decoder.train_batch_size == 32
+    data = tmp_path / "slabs"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.normal(128, 20, (40, 40)).clip(0, 255).astype(np.uint8)).save(data / f"s{i}.png")
+    out = tmp_path / "prior"
+    args = ["pretrain", "--preset", "gpu", "--size", "tiny", "--data", str(data), "--out", str(out)]
+    args += ["--autoencoder-steps", "2", "--decoder-steps", "2", "--steps", "2", "--batch-size", "4"]
+    # A process of its own: Accelerate's mixed-precision state is per process, and other tests already set it.
+    done = subprocess.run([sys.executable, "launch.py", *args], cwd=Path(launch.__file__).parent, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    config = json.loads((tmp_path / "prior.work" / "diffusion" / "config.json").read_text())
+    assert config["mixed_precision"] == "bf16" and config["learning_rate"] == PRETRAIN_PRESETS["gpu"]["learning_rate"]
+    assert load_pipeline(out).unet.config.sample_size == 16
