@@ -706,20 +706,9 @@ class StudioService:
             for candidate, sha256, mask_sha256, score, flagged in stored:
                 params = candidate.params
                 window = params["window"]
-                # A masked repaint's boxes are its mask's components; a window img2img's is the window itself.
-                boxes = (
-                    params["boxes"]
-                    if "boxes" in params
-                    else [
-                        {
-                            "label": config.class_name,
-                            "xmin": window["x"],
-                            "ymin": window["y"],
-                            "xmax": window["x"] + window["size"],
-                            "ymax": window["y"] + window["size"],
-                        }
-                    ]
-                )
+                # A masked repaint's boxes are its mask's components. A whole-window img2img has none: its defect
+                # may lie anywhere in the window, and a box must mean "the defect is here" (as the CLI writes it).
+                boxes = params.get("boxes", [])
                 sample = repository.add_sample(
                     s,
                     sha256=sha256,
