@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--detail-restore",
         type=float,
         default=None,
-        help="Share (0-1) of the source's fine grain added back to each output (default 1).",
+        help="Share (0-1) of the source's fine grain added back to each output (default 0).",
     )
     placement = gen.add_mutually_exclusive_group()
     placement.add_argument(
@@ -220,7 +220,7 @@ def add_evaluate_parsers(sub) -> None:
     masked.add_argument("--steps", type=int, default=20)
     masked.add_argument("--seed", type=int, default=0)
     masked.add_argument("--guidance", type=float, default=None)
-    masked.add_argument("--detail-restore", type=float, default=None, help="0-1 (default 1).")
+    masked.add_argument("--detail-restore", type=float, default=None, help="0-1 (default 0).")
     masked.add_argument("--window-size", type=int, default=None, help="Slab px per masked window (default 200).")
     masked.add_argument("--save-dir", type=Path, default=None, help="Write samples, masks and crops here to look at.")
 
@@ -367,6 +367,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     resumed = result.diffusion.resumed_from if result.diffusion is not None else None
     resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""
     print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f}{resumed_text})")
+    if result.round_trip_recognition:
+        shares = ", ".join(f"{name} {share:.2f}" for name, share in result.round_trip_recognition.items())
+        print(f"Autoencoder round trip of the validation images recognised as their class: {shares}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

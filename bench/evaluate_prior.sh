@@ -3,7 +3,9 @@
 # Samples are generated from training-pool images (image-oriented, strength 0.6, shipped tokens) and
 # compared with the held-out validation images; the pool itself is the real-vs-real reference.
 #   bash bench/evaluate_prior.sh [NEU_DIR] [WORK_DIR] [PER_CLASS]
-# STRENGTH=0.6 and ADAPTER=<run folder> (default: the shipped tokens) change what is measured.
+# STRENGTH=0.6 and ADAPTER=<run folder> (default: the shipped tokens) change what is measured; GENERATE_ARGS
+# passes more `generate` options (e.g. "--detail-restore 1" or "--no-vary"). The realism gate is off here: the
+# raw output is what is measured.
 set -euo pipefail
 neu=${1:-../shared/data/neu}
 work=${2:-/tmp/studio-eval}
@@ -13,7 +15,8 @@ python -m engine.evaluate neu-split --data "$neu" --out "$work/neu-split"
 for class_dir in "$work"/neu-split/pool/*/; do
   name=$(basename "$class_dir")
   python launch.py generate --token "$name" --init "$class_dir" --num "$per_class" \
-    --out "$work/generated-$strength/$name" --strength "$strength" --seed 0 ${ADAPTER:+--adapter "$ADAPTER"}
+    --out "$work/generated-$strength/$name" --strength "$strength" --seed 0 \
+    --realism-threshold off ${ADAPTER:+--adapter "$ADAPTER"} ${GENERATE_ARGS:-}
 done
 python launch.py evaluate fidelity --generated "$work/generated-$strength" --real "$work/neu-split/val" \
   --reference "$work/neu-split/pool"

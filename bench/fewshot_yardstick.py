@@ -4,7 +4,8 @@ For each draw (seed) of K real images per class from the pool: fine-tune tokens 
 preset), generate N samples per class from those same K images with the product's defaults (`generate
 --init DIR --num N`: tuned or default strength, varied inits, realism gate), then train the same small CNN
 from scratch on each arm and test it on the validation split: real only, + ours, ours only, + classic
-augmentation, + classic + ours. Diversity: mean distance (steel features) from each sample, and from each
+augmentation, + classic + ours, and the same with the realism gate off (the first N candidates by seed,
+flagged ones included). Diversity: mean distance (steel features) from each sample, and from each
 classic augmentation, to the nearest of the K real images of its class. A K=20 real-only run is the target.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
@@ -23,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.batch import generate_to_folder
+from engine.batch import FLAGGED_FOLDER, generate_to_folder
 from engine.data import list_images, load_rgb
 from engine.features import images_to_tensor, load_feature_net
+from engine.generate import read_png_parameters
 from engine.models import load_pipeline
 from engine.quiet import quiet_libraries
 from engine.recognition import classic_augment, recognition
@@ -64,6 +66,23 @@ def diversity(shots_dir: Path, synthetic_dir: Path, per_class: int, seed: int) -
         ours.append(distance_to_shots(net, samples, shots))
         classic.append(distance_to_shots(net, augmented, shots))
     return {"ours": round(float(np.mean(ours)), 4), "classic": round(float(np.mean(classic)), 4)}
+
+
+def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
+    """The samples the realism gate would have kept had it been off: per class, the first `per_class` candidates
+    by seed among the kept and the flagged ones (links). None when the gate flagged nothing."""
+    flagged_any = False
+    for class_dir in sorted(p for p in synthetic.iterdir() if p.is_dir()):
+        flagged = list_images(class_dir / FLAGGED_FOLDER) if (class_dir / FLAGGED_FOLDER).is_dir() else []
+        flagged_any = flagged_any or bool(flagged)
+        candidates = sorted(list_images(class_dir) + flagged, key=lambda p: read_png_parameters(p.read_bytes())["seed"])
+        target = out / class_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for path in candidates[:per_class]:
+            link = target / f"{path.parent.name}-{path.name}"
+            if not link.exists():
+                link.symlink_to(path.resolve())
+    return out if flagged_any else None
 
 
 def main() -> None:
@@ -132,6 +151,14 @@ def main() -> None:
         report = recognition(shots, args.val, synthetic, k=args.k, seeds=1, classic_augment_per_class=args.per_class)
         spread = diversity(shots, synthetic, args.per_class, seed)
         results["seeds"][seed] = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
+        ungated = ungated_tree(synthetic, args.work / f"seed{seed}" / "ungated", args.per_class)
+        if ungated is not None:
+            gate_off = recognition(
+                shots, args.val, ungated, k=args.k, seeds=1, classic_augment_per_class=args.per_class
+            )
+            for arm in gate_off.arms:
+                if "synth" in arm.name:
+                    results["seeds"][seed][f"{arm.name} (gate off)"] = arm.mean
         print(f"seed {seed}: " + ", ".join(f"{a.name} {a.mean:.3f}" for a in report.arms), flush=True)
         print(f"seed {seed}: distance to nearest shot, ours {spread['ours']:.4f}, classic {spread['classic']:.4f}")
     arms = [name for name in next(iter(results["seeds"].values())) if name != "diversity"]

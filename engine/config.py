@@ -44,10 +44,11 @@ class GenerationConfig(ConfigMixin):
     seed: int = 0
     prompt_template: str = "a grayscale photo of a steel surface with {token}"
     negative_prompt: str = ""
-    # Share of the source's fine detail that the autoencoder cannot carry, added back to each output.
-    # A compact prior's autoencoder blurs texture (crazing, pits); restoring the source's residual keeps
-    # the steel's grain. Ignored at strength 1.0: a pure-noise start takes nothing from the source.
-    detail_restore: float = 1.0
+    # Share of the source's fine detail that the autoencoder cannot carry, added back to each output (ignored at
+    # strength 1.0). Off by default: the embedded prior's decoder now draws steel grain itself (perceptual + GAN
+    # stage), and restoring the source's residual made every sample share its source's grain. An L1-trained
+    # decoder that blurs texture may still want it (1.0 adds back the whole residual).
+    detail_restore: float = 0.0
     # Window (x, y) of the model-sized square inside a larger slab; None centres it.
     window_x: int | None = None
     window_y: int | None = None

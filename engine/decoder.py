@@ -145,6 +145,9 @@ def train_decoder(
         optimizer.load_state_dict(state["optimizer"])
         disc_optimizer.load_state_dict(state["disc_optimizer"])
         start_step = state["step"]
+        # The config's learning rate wins over the saved one, so a resumed run can be continued more gently.
+        for group in [*optimizer.param_groups, *disc_optimizer.param_groups]:
+            group["lr"] = config.learning_rate
     pixels = np.concatenate([pixels, pixels[:, :, ::-1]])
     vae.eval()
     latent_mean, latent_std = encode_pixels(vae, pixels)

@@ -755,7 +755,17 @@ def tune_adapter_strength(
         def generate_fn(strength: float) -> list[Image.Image]:
             out = Path(tmp) / f"{strength:.2f}"
             paths = generate_to_folder(
-                None, None, class_name, init, num, out, strength=strength, steps=steps, seed=seed, pipe=pipe
+                None,
+                None,
+                class_name,
+                init,
+                num,
+                out,
+                strength=strength,
+                steps=steps,
+                seed=seed,
+                pipe=pipe,
+                realism_threshold=None,
             )
             return [load_rgb(p) for p in paths]
 

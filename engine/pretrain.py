@@ -231,6 +231,24 @@ class PretrainResult:
     autoencoder_l1: dict[str, float]
     scaling_factor: float
     diffusion: object
+    # Share of NEU validation images whose autoencoder round trip the steel feature network puts in their class.
+    round_trip_recognition: dict[str, float] | None = None
+
+
+def validation_round_trip(vae, data: Path, resolution: int) -> dict[str, float] | None:
+    """Round-trip recognition of a NEU folder's validation split (None for another folder or a non-NEU class)."""
+    from engine.decoder import round_trip_recognition
+    from engine.features import load_feature_net
+
+    if not (data / "manifest.csv").exists():
+        return None
+    _, validation = split_neu(read_neu(data))
+    net = load_feature_net()
+    validation = [item for item in validation if item.class_name in net.classes]
+    if not validation:
+        return None
+    pixels = np.stack([to_square_pixels(load_rgb(item.path), resolution) for item in validation])
+    return round_trip_recognition(vae, pixels, [item.class_name for item in validation], net)
 
 
 def pretrain(
@@ -280,22 +298,19 @@ def pretrain(
     vae.eval()
 
     # 1b. Decoder: perceptual + texture + patch-GAN on the frozen encoder
+    round_trip = None
     if "decoder" in stages:
         decoder = decoder or pretrain_configs("cpu")[2]
         decoder.output_dir = str(work / "decoder")
         vae = train_decoder(vae, np.stack([s.pixels for s in samples]), decoder, progress, should_stop)
         vae.eval()
+        round_trip = validation_round_trip(vae, Path(data), size.resolution)
     if "diffusion" not in stages:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(init_model), safety_checker=None)
-        pipe.vae = vae
         pipe.register_modules(vae=vae)
         pipe.to(torch.float16).save_pretrained(str(out))
-        return PretrainResult(
-            Path(out),
-            {"all": reconstruction_error(vae, np.stack([s.pixels for s in samples[:256]]))},
-            vae.config.scaling_factor,
-            None,
-        )
+        l1 = {"all": reconstruction_error(vae.float(), np.stack([s.pixels for s in samples[:256]]))}
+        return PretrainResult(Path(out), l1, vae.config.scaling_factor, None, round_trip)
 
     # 2. Scaling factor: unit variance latents, as SD's 0.18215 was chosen
     stack = np.stack([s.pixels for s in samples])
@@ -330,4 +345,4 @@ def pretrain(
     if init_model is not None and "decoder" in stages and result.status == "completed":
         # The continued model was saved with init_model's autoencoder; the new decoder replaces it.
         vae.to(torch.float16 if diffusion.save_half else torch.float32).save_pretrained(str(Path(out) / "vae"))
-    return PretrainResult(Path(out), l1, scaling, result)
+    return PretrainResult(Path(out), l1, scaling, result, round_trip)

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageFilter
 from torch import nn
 
 from engine.data import load_rgb
 from engine.features import image_to_array, images_by_class, load_tensor
-from engine.variation import geometric_variant
+from engine.variation import geometric_variant, photometric_jitter
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -34,8 +34,7 @@ def classic_augment(image: Image.Image, rng: random.Random) -> Image.Image:
     """One classic augmentation: crop-resize, ±10° rotation, flips, brightness/contrast, blur, noise."""
     image, _ = geometric_variant(image.convert("L"), rng)
     width, height = image.size
-    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
-    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.85, 1.15))
+    image, _ = photometric_jitter(image, rng)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
     if rng.random() < 0.5:

@@ -3,11 +3,11 @@
 img2img at a moderate strength keeps its init's layout, so samples made from five images are five layouts
 with new noise. Varying the init first gives the prior new layouts to render, and every sample still starts
 from real pixels with a strength, as in StableSDG:
-- geometric: a crop rescaled to full size, a small rotation and mirrors of one real image (the geometric
-  half of classic augmentation; photometric jitter is left to the prior, which redraws grey levels anyway);
+- geometric: a crop rescaled to full size, a small rotation and mirrors of one real image, with a mild
+  brightness/contrast jitter (classic augmentation's transforms, before the prior redraws the image);
 - mosaic: two or four real images of the class, each a geometric variant, cut into halves or quadrants at a
   random split, brought to one grey level and contrast and joined with feathered seams, so one init carries
-  defects of several images in new places;
+  defects of several images in new places (jittered like a geometric variant);
 - source: the real image as it is.
 Only PIL and numpy: the service and the CLI make inits without touching the model.
 """
@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 INIT_KINDS = ("source", "geometric", "mosaic")
 # Share of each kind in a varied batch. Mosaics need two or more sources; with one, their share goes to geometric.
@@ -73,6 +73,14 @@ def geometric_variant(image: Image.Image, rng: random.Random, min_scale: float =
         "flip_y": flip_y,
     }
     return result, details
+
+
+def photometric_jitter(image: Image.Image, rng: random.Random, amount: float = 0.15) -> tuple[Image.Image, dict]:
+    """Brightness, then contrast, each scaled by a factor within 1 ± `amount`; returns (image, factors)."""
+    brightness = rng.uniform(1 - amount, 1 + amount)
+    contrast = rng.uniform(1 - amount, 1 + amount)
+    image = ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(brightness)).enhance(contrast)
+    return image, {"brightness": round(brightness, 3), "contrast": round(contrast, 3)}
 
 
 def _ramp(length: int, split: float, seam: float) -> np.ndarray:
@@ -140,9 +148,11 @@ def varied_init(
     kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
     if kind == "mosaic":
         image, sources, details = mosaic(images, rng, min_scale)
-        return VariedInit(image, kind, sources, details)
-    index = rng.randrange(len(images))
-    if kind == "geometric":
-        image, details = geometric_variant(images[index], rng, min_scale)
-        return VariedInit(image, kind, [index], details)
-    return VariedInit(images[index].copy(), kind, [index])
+    elif kind == "geometric":
+        sources = [rng.randrange(len(images))]
+        image, details = geometric_variant(images[sources[0]], rng, min_scale)
+    else:
+        index = rng.randrange(len(images))
+        return VariedInit(images[index].copy(), kind, [index])
+    image, jitter = photometric_jitter(image, rng)
+    return VariedInit(image, kind, sources, {**details, **jitter})

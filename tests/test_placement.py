@@ -223,6 +223,7 @@ def test_cli_generation_with_a_mask_writes_the_mask_beside_each_image(pipe, tmp_
         steps=2,
         pipe=pipe,
         mask=tmp_path / "mask.png",
+        realism_threshold=None,
     )
     assert sorted(p.name for p in out.iterdir()) == [
         "scratches_00000.png",

@@ -104,3 +104,24 @@ def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
     config = json.loads((tmp_path / "prior.work" / "diffusion" / "config.json").read_text())
     assert config["mixed_precision"] == "bf16" and config["learning_rate"] == PRETRAIN_PRESETS["gpu"]["learning_rate"]
     assert load_pipeline(out).unet.config.sample_size == 16
+
+
+def test_decoder_stage_alone_replaces_only_the_decoder_of_a_prior(tiny_model, tmp_path):
+    import torch
+
+    data = tmp_path / "slabs"
+    data.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(4):
+        Image.fromarray(rng.normal(128, 20, (40, 40)).clip(0, 255).astype(np.uint8)).save(data / f"s{i}.png")
+    out = tmp_path / "prior"
+    args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--init-model", str(tiny_model)]
+    assert launch.main([*args, "--stages", "decoder", "--decoder-steps", "2"]) == 0
+    before, after = load_pipeline(tiny_model), load_pipeline(out)
+    for name in ("unet", "text_encoder"):
+        old, new = getattr(before, name).state_dict(), getattr(after, name).state_dict()
+        assert all(torch.allclose(old[k], new[k].float(), atol=1e-2) for k in old)
+    encoder = before.vae.encoder.state_dict()
+    assert all(torch.allclose(encoder[k], v.float(), atol=1e-2) for k, v in after.vae.encoder.state_dict().items())
+    decoder = before.vae.decoder.state_dict()
+    assert any(not torch.allclose(decoder[k], v.float(), atol=1e-4) for k, v in after.vae.decoder.state_dict().items())

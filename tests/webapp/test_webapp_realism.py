@@ -236,7 +236,15 @@ def test_a_tuned_masked_strength_is_proposed_for_masked_repaints(service, tiny_a
     # The CLI uses it when a masked repaint gives no strength; a whole-window one keeps the other.
     slab = tmp_path / "slab.png"
     Image.new("L", (48, 40), 120).save(slab)
-    common = dict(model=str(service.model), adapter=adapter, class_name="scratches", init=slab, num=1, steps=4)
+    common = dict(
+        model=str(service.model),
+        adapter=adapter,
+        class_name="scratches",
+        init=slab,
+        num=1,
+        steps=4,
+        realism_threshold=None,
+    )
     (masked,) = generate_to_folder(**common, out=tmp_path / "masked", auto_place=True)
     (window,) = generate_to_folder(**common, out=tmp_path / "window")
     assert read_png_parameters(masked.read_bytes())["strength"] == pytest.approx(0.95)
