@@ -24,10 +24,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 DEFAULT_DATA_DIR = Path("studio-data")
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
@@ -489,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             from webapp.cli import run_service_command
 
             return run_service_command(args)
-    except (CliError, ValueError, FileNotFoundError, NotADirectoryError, InterruptedError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError, InterruptedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -45,9 +45,6 @@ class MaskWindow:
     # Bool mask (height × width) of the grown components this window repaints.
     region: np.ndarray
 
-    def as_dict(self) -> dict[str, int]:
-        return {"x": self.x, "y": self.y, "width": self.width, "height": self.height}
-
 
 def mask_array(mask: Image.Image | np.ndarray, width: int, height: int) -> np.ndarray:
     """A bool (height × width) mask from an image (white, > 127, is repainted) or an array; refuses a wrong size."""

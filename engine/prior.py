@@ -223,7 +223,3 @@ def build_components(size: PriorSize, folder: Path, seed: int = 0) -> dict:
         "unet": unet,
         "scheduler": build_scheduler(),
     }
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -12,6 +12,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark tests by room, so `-m "not browser and not subprocess"` is the fast inner loop."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "browser" in parts:
+            item.add_marker(pytest.mark.browser)
+        if "hardening" in parts:
+            item.add_marker(pytest.mark.subprocess)
+
+
 def make_steel_like(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
     """A grey uint8 H×W×3 image: noise texture plus a class-specific mark (lines, blobs or flat)."""
     base = rng.normal(128, 12, (size, size)).clip(0, 255)
