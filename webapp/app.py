@@ -353,6 +353,10 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             message += f" {len(outcome.flagged_ids)} pre-rejected below realism {threshold:.2f}."
         return gallery_update, choices_update, ids, message
 
+    def next_seed(seed: int | None, num_candidates: int | None) -> int:
+        """The first seed after this batch's, so clicking Generate again gives new candidates, not copies."""
+        return int(seed or 0) + int(num_candidates or 1)
+
     def show_candidate(sample_id: int | None):
         return overlay(service.sample_details(int(sample_id))) if sample_id is not None else None
 
@@ -429,7 +433,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         [gallery, candidate, candidate_ids, decision],
         api_name="generate",
         **MODEL,
-    )
+    ).success(next_seed, [seed, num_candidates], seed, api_visibility="private")
     candidate.change(show_candidate, candidate, candidate_view, api_name="candidate_overlay")
     gallery.select(select_from_gallery, candidate_ids, candidate, api_name="select_candidate")
     judging = [candidate_ids, candidate, reason, threshold]
