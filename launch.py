@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--detail-restore",
         type=float,
         default=None,
-        help="Share (0-1) of the source's fine grain added back to each output (default 0).",
+        help="Share (0-1) of the source's fine grain added back to each output (default 1).",
     )
     placement = gen.add_mutually_exclusive_group()
     placement.add_argument(
@@ -216,7 +216,7 @@ def add_evaluate_parsers(sub) -> None:
     masked.add_argument("--steps", type=int, default=20)
     masked.add_argument("--seed", type=int, default=0)
     masked.add_argument("--guidance", type=float, default=None)
-    masked.add_argument("--detail-restore", type=float, default=None, help="0-1 (default 0).")
+    masked.add_argument("--detail-restore", type=float, default=None, help="0-1 (default 1).")
     masked.add_argument("--window-size", type=int, default=None, help="Slab px per masked window (default 200).")
     masked.add_argument("--save-dir", type=Path, default=None, help="Write samples, masks and crops here to look at.")
 
