@@ -5,7 +5,8 @@ optional formats in FORMAT_WRITERS:
 - masks: `masks/<class>/<name>.png` (8-bit, white = defect; drawn from the boxes where an item has no mask),
 - coco: `coco/instances.json` (COCO instances; segmentation as uncompressed RLE of the mask inside each box,
   or the box's polygon where there is no mask),
-- yolo: `labels/<class>/<name>.txt` beside `images/`, `yolo-train.txt` and `data.yaml` (Ultralytics layout),
+- yolo: `labels/<class>/<name>.txt` beside `images/`, `yolo-train.txt`, `yolo-val.txt` and `data.yaml` (Ultralytics
+  layout; the manifest's `split` of each item, by its source image, decides the list),
 - voc: `voc/<class>/<name>.xml` (Pascal VOC, 1-based inclusive pixel coordinates).
 Detection formats list only the items that have boxes. A new format is a function
 `(zip_writer, planned_items, file_store) -> None` added to FORMAT_WRITERS; it may add keys to the planned items'
@@ -38,6 +39,8 @@ from storage.tables import GeneratedSample, SourceImage, utc_now
 MANIFEST_VERSION = 1
 MANIFEST_JSON = "manifest.json"
 ITEM_KINDS = ("synthetic", "real")
+# About one source image in VAL_EVERY (and every sample made from it) goes to the validation split.
+VAL_EVERY = 10
 LINEAGE_CSV_COLUMNS = (
     "source_image_sha256",
     "model_hash",
@@ -261,9 +264,17 @@ def plan_items(items: Sequence[ExportItem]) -> list[PlannedItem]:
             "boxes": item.boxes,
             "params": item.params,
             "lineage": item.lineage,
+            "split": split_of(item),
         }
         planned.append(PlannedItem(item, folders[item.class_name], stem, entry))
     return planned
+
+
+def split_of(item: ExportItem) -> str:
+    """ "val" for about one item in VAL_EVERY, else "train"; by the source image's hash, so a real image and every
+    sample made from it fall on the same side (no leakage) and a re-export keeps each item where it was."""
+    key = item.lineage.get("source_image_sha256") or item.image_sha256
+    return "val" if int(key[:8], 16) % VAL_EVERY == 0 else "train"
 
 
 def _stored_suffix(file_store: FileStore, sha256: str) -> str:
@@ -395,7 +406,7 @@ def write_coco(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: Fi
 def write_yolo(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: FileStore) -> None:
     """YOLO (Ultralytics): `labels/<class>/<name>.txt` of `class cx cy w h` (normalised), a list and data.yaml."""
     classes = {name: number for number, name in enumerate(_labels(planned))}
-    listed = []
+    listed: dict[str, list[str]] = {}
     for plan in planned:
         if not plan.item.boxes:
             continue
@@ -409,12 +420,15 @@ def write_yolo(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: Fi
         path = f"labels/{plan.class_folder}/{plan.stem}.txt"
         zip_writer.add(path, ("\n".join(lines) + "\n").encode())
         plan.entry["yolo_label_path"] = path
-        listed.append(f"./{plan.entry['path']}")
-    zip_writer.add("yolo-train.txt", "".join(f"{line}\n" for line in listed).encode())
+        listed.setdefault(plan.entry["split"], []).append(f"./{plan.entry['path']}")
+    for split in ("train", "val"):
+        zip_writer.add(f"yolo-{split}.txt", "".join(f"{line}\n" for line in listed.get(split, [])).encode())
     names = "".join(f"  {number}: {json.dumps(name)}\n" for name, number in classes.items())
+    val_list = "yolo-val.txt" if listed.get("val") else "yolo-train.txt"
     data_yaml = (
-        "# Ultralytics dataset: labels/ mirrors images/. One pool, no split: val lists the same images.\n"
-        f"train: yolo-train.txt\nval: yolo-train.txt\nnc: {len(classes)}\nnames:\n{names}"
+        "# Ultralytics dataset: labels/ mirrors images/. The split follows each item's source image (manifest "
+        "'split'); with no val item, val lists the train images.\n"
+        f"train: yolo-train.txt\nval: {val_list}\nnc: {len(classes)}\nnames:\n{names}"
     )
     zip_writer.add("data.yaml", data_yaml.encode())
 

@@ -1,5 +1,6 @@
 """Detection and segmentation formats in the export zip, each read back by an independent reader."""
 
+import hashlib
 import io
 import json
 import xml.etree.ElementTree as ET
@@ -143,7 +144,13 @@ def test_yolo_labels_and_data_yaml_read_back(unpacked) -> None:
     data = yaml.safe_load((root / "data.yaml").read_text())
     names = data["names"]
     assert data["nc"] == 2 and names == {0: "inclusion", 1: "scratches"}
-    listed = (root / data["train"]).read_text().split()
+    splits = {entry["path"]: entry["split"] for entry in manifest["items"]}
+    listed = []
+    for split in ("train", "val"):
+        names_in_list = (root / f"yolo-{split}.txt").read_text().split()
+        assert all(splits[p.removeprefix("./")] == split for p in names_in_list)
+        listed += names_in_list
+    assert data["train"] == "yolo-train.txt" and data["val"] in ("yolo-val.txt", "yolo-train.txt")
     expected = {path: boxes for path, boxes in boxes_by_image(manifest).items() if boxes}
     assert sorted(p.removeprefix("./") for p in listed) == sorted(expected)
     for image_path in listed:
@@ -211,3 +218,14 @@ def test_png_masks_are_the_stored_mask_or_drawn_from_boxes(unpacked, items: list
 def test_unknown_format_is_refused(tmp_path: Path, items: list[ExportItem], file_store: FileStore) -> None:
     with pytest.raises(ValueError, match="Unknown export format"):
         write_export(tmp_path / "x.zip", items, file_store, formats=("coco", "tfrecord"))
+
+
+def test_split_follows_the_source_image_so_samples_never_leak_across() -> None:
+    from storage.export import VAL_EVERY, ExportItem, split_of
+
+    sources = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(200)]
+    real = [ExportItem("scratches", sha, "real", lineage={"source_image_sha256": sha}) for sha in sources]
+    made = [ExportItem("scratches", "f" * 64, "synthetic", lineage={"source_image_sha256": sha}) for sha in sources]
+    assert [split_of(r) for r in real] == [split_of(m) for m in made]
+    share = sum(split_of(r) == "val" for r in real) / len(real)
+    assert 0.5 / VAL_EVERY < share < 2 / VAL_EVERY
