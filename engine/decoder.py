@@ -24,6 +24,7 @@ from torch import nn
 
 from engine.config import DecoderConfig
 from engine.features import SteelFeatureNet, load_feature_net
+from engine.pretrain import atomic_save, pixels_to_tensor, training_device
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -96,15 +97,11 @@ def encode_pixels(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.
     means, stds = [], []
     device = next(vae.parameters()).device
     for start in range(0, len(pixels), batch_size):
-        x = _to_tensor(pixels[start : start + batch_size]).to(device)
+        x = pixels_to_tensor(pixels[start : start + batch_size]).to(device)
         dist = vae.encode(x).latent_dist
         means.append(dist.mean.cpu())
         stds.append(dist.std.cpu())
     return torch.cat(means), torch.cat(stds)
-
-
-def _to_tensor(batch: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def train_decoder(
@@ -124,7 +121,7 @@ def train_decoder(
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
     torch.manual_seed(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = training_device()
     features = load_feature_net(config.feature_net).to(device)
     features.requires_grad_(False)
     discriminator = PatchDiscriminator(config.discriminator_channels).to(device)
@@ -162,7 +159,9 @@ def train_decoder(
     for step in range(start_step, config.max_train_steps):
         index = torch.randint(0, len(pixels), (config.train_batch_size,), generator=generator)
         y, x = (int(v) for v in torch.randint(0, latent_size - crop + 1, (2,), generator=generator))
-        target = _to_tensor(pixels[index.numpy(), y * factor : (y + crop) * factor, x * factor : (x + crop) * factor])
+        target = pixels_to_tensor(
+            pixels[index.numpy(), y * factor : (y + crop) * factor, x * factor : (x + crop) * factor]
+        )
         mean, std = latent_mean[index, :, y : y + crop, x : x + crop], latent_std[index, :, y : y + crop, x : x + crop]
         latents = (mean + std * torch.randn(mean.shape, generator=generator)).to(device)
         target = target.to(device)
@@ -213,7 +212,7 @@ def train_decoder(
             progress(done, config.max_train_steps, f"decoder l1 {l1.item():.4f} perceptual {perceptual.item():.4f}")
         stop = should_stop is not None and should_stop()
         if done % config.checkpointing_steps == 0 or stop:
-            _atomic_save(
+            atomic_save(
                 {
                     "decoder": vae.decoder.state_dict(),
                     "post_quant_conv": vae.post_quant_conv.state_dict(),
@@ -232,12 +231,6 @@ def train_decoder(
     return vae
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 @torch.no_grad()
 def round_trip_recognition(
     vae, pixels: np.ndarray, labels: list[str], features: SteelFeatureNet | None = None, batch_size: int = 32
@@ -246,7 +239,7 @@ def round_trip_recognition(
     features = features or load_feature_net()
     hits: dict[str, list[bool]] = {}
     for start in range(0, len(pixels), batch_size):
-        x = _to_tensor(pixels[start : start + batch_size])
+        x = pixels_to_tensor(pixels[start : start + batch_size])
         decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
         predicted = features.classify((decoded + 1) / 2).argmax(dim=1)
         for label, guess in zip(labels[start : start + batch_size], predicted.tolist(), strict=True):

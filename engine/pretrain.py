@@ -32,7 +32,6 @@ from engine.data import (
     split_neu,
     to_square_pixels,
 )
-from engine.decoder import train_decoder
 from engine.prior import PriorSize, build_vae
 
 ProgressFn = Callable[[int, int, str], None]
@@ -93,7 +92,7 @@ def collect_pretrain_samples(data: Path, resolution: int, seed: int = 0) -> list
 
 def pixels_to_tensor(batch: np.ndarray) -> torch.Tensor:
     """uint8 N×H×W×3 -> float N×3×H×W in [-1, 1]."""
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def spectral_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,7 +174,7 @@ def train_autoencoder(
             progress(done, config.max_train_steps, f"autoencoder l1 {l1.item():.4f}")
         stop = should_stop is not None and should_stop()
         if done % config.checkpointing_steps == 0 or stop:
-            _atomic_save(
+            atomic_save(
                 {
                     "model": vae.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -207,7 +206,8 @@ def _random_crops(stack: np.ndarray, batch_size: int, crop: int, rng: np.random.
     return crops
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def atomic_save(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a kill never leaves half a checkpoint."""
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
@@ -278,6 +278,7 @@ def pretrain(
         raise ValueError("Without the diffusion stage, give the model to put the new decoder in (init_model).")
     from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline
 
+    from engine.decoder import train_decoder
     from engine.prior import build_components
     from engine.train import TrainingImage, train
 
