@@ -24,7 +24,7 @@ from torch import nn
 
 from engine.config import DecoderConfig
 from engine.features import SteelFeatureNet, load_feature_net
-from engine.pretrain import atomic_save, pixels_to_tensor, training_device
+from engine.pretrain import atomic_save, finished_stage, pixels_to_tensor, training_device
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -114,11 +114,8 @@ def train_decoder(
     """Fine-tune (or resume) the decoder of `vae` on uint8 N×H×W×3 images; returns it, saved in output_dir/final."""
     out = Path(config.output_dir)
     final = out / "final"
-    if (final / "config.json").exists():
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL.from_pretrained(final)
-    out.mkdir(parents=True, exist_ok=True)
+    if (finished := finished_stage(out)) is not None:
+        return finished
     config.save(out / "config.json")
     torch.manual_seed(config.seed)
     device = training_device()

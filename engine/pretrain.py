@@ -115,11 +115,8 @@ def train_autoencoder(
     """Train (or resume) the prior's AutoencoderKL; returns the trained model, also saved in `output_dir/final`."""
     out = Path(config.output_dir)
     final = out / "final"
-    if (final / "config.json").exists():
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL.from_pretrained(final)
-    out.mkdir(parents=True, exist_ok=True)
+    if (finished := finished_stage(out)) is not None:
+        return finished
     torch.manual_seed(config.seed)
     device = training_device()
     vae = build_vae(size).to(device)
@@ -188,6 +185,16 @@ def train_autoencoder(
     vae.eval()
     vae.to("cpu").save_pretrained(final)
     return vae
+
+
+def finished_stage(out: Path):
+    """The AutoencoderKL an autoencoder stage saved in `out/final` when it finished, else None (and `out` exists)."""
+    from diffusers import AutoencoderKL
+
+    if (Path(out) / "final" / "config.json").exists():
+        return AutoencoderKL.from_pretrained(Path(out) / "final")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def training_device() -> torch.device:

@@ -39,12 +39,17 @@ def test_embedded_prior_generates_a_two_step_sample_with_metadata():
     assert np.asarray(candidate.image).std() > 1
 
 
+def write_slabs(folder: Path, count: int, seed: int) -> Path:
+    """`count` grey 40 px noise slabs in a new folder."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.normal(128, 20, (40, 40)).clip(0, 255).astype(np.uint8)).save(folder / f"s{i}.png")
+    return folder
+
+
 def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
-    data = tmp_path / "slabs"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.normal(128, 20, (40, 40)).clip(0, 255).astype(np.uint8)).save(data / f"s{i}.png")
+    data = write_slabs(tmp_path / "slabs", 6, seed=0)
     out, work = tmp_path / "prior", tmp_path / "work"
     common = [
         "pretrain",
@@ -90,11 +95,7 @@ def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
     size, autoencoder, decoder, diffusion = pretrain_configs("gpu", steps=2)
     assert size == "large" and diffusion.mixed_precision == "bf16" and diffusion.max_train_steps == 2
     assert diffusion.train_batch_size == PRETRAIN_PRESETS["gpu"]["batch_size"] and decoder.train_batch_size == 32
-    data = tmp_path / "slabs"
-    data.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(4):
-        Image.fromarray(rng.normal(128, 20, (40, 40)).clip(0, 255).astype(np.uint8)).save(data / f"s{i}.png")
+    data = write_slabs(tmp_path / "slabs", 4, seed=1)
     out = tmp_path / "prior"
     args = ["pretrain", "--preset", "gpu", "--size", "tiny", "--data", str(data), "--out", str(out)]
     args += ["--autoencoder-steps", "2", "--decoder-steps", "2", "--steps", "2", "--batch-size", "4"]
@@ -109,11 +110,7 @@ def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
 def test_decoder_stage_alone_replaces_only_the_decoder_of_a_prior(tiny_model, tmp_path):
     import torch
 
-    data = tmp_path / "slabs"
-    data.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(4):
-        Image.fromarray(rng.normal(128, 20, (40, 40)).clip(0, 255).astype(np.uint8)).save(data / f"s{i}.png")
+    data = write_slabs(tmp_path / "slabs", 4, seed=2)
     out = tmp_path / "prior"
     args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--init-model", str(tiny_model)]
     assert launch.main([*args, "--stages", "decoder", "--decoder-steps", "2"]) == 0
