@@ -20,17 +20,15 @@ from engine.data import load_rgb, read_neu, split_neu, to_square_pixels
 from engine.decoder import round_trip_recognition
 from engine.features import image_to_array
 from engine.models import resolve_model
+from engine.pretrain import round_trip
 from engine.recognition import RECOGNITION_SIZE, train_recognizer
 
 
-@torch.no_grad()
-def round_trip(vae, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    out = []
-    for start in range(0, len(pixels), batch_size):
-        x = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        out.append(((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
+def decoded_pixels(vae, pixels: np.ndarray) -> np.ndarray:
+    """The autoencoder round trip of uint8 N×H×W×3 images, as uint8."""
+    return np.concatenate(
+        [((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy() for _, decoded in round_trip(vae, pixels)]
+    )
 
 
 def small(pixels: np.ndarray) -> torch.Tensor:
@@ -54,7 +52,7 @@ def main() -> None:
     pool_pixels = np.stack([to_square_pixels(load_rgb(item.path), resolution) for item in pool])
     val_pixels = np.stack([to_square_pixels(load_rgb(item.path), resolution) for item in val])
     val_labels = [item.class_name for item in val]
-    decoded = round_trip(vae, val_pixels)
+    decoded = decoded_pixels(vae, val_pixels)
     l1 = float(np.abs(decoded.astype(np.float32) - val_pixels.astype(np.float32)).mean() / 127.5)
     by_features = round_trip_recognition(vae, val_pixels, val_labels)
     y_pool = torch.tensor([classes.index(item.class_name) for item in pool])

@@ -72,9 +72,9 @@ def generate_to_folder(
     each PNG's metadata; without it the init images are used in turn, `batch` candidates each.
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
-    With a `realism_threshold` and a realism reference for the class (its init images when there are 3 or more,
-    else the shipped NEU features), candidates scoring below it are flagged: written to `out/flagged/`, not
-    counted in `num`, and replaced, up to `num` flagged ones in all.
+    With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: the shipped NEU
+    features for a NEU class, else its init images when there are enough), candidates scoring below it are
+    flagged: written to `out/flagged/`, not counted in `num`, and replaced, up to `num` flagged ones in all.
     """
     if num < 1:
         raise ValueError("--num must be at least 1.")

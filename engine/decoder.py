@@ -24,7 +24,7 @@ from torch import nn
 
 from engine.config import DecoderConfig
 from engine.features import SteelFeatureNet, load_feature_net
-from engine.pretrain import atomic_save, finished_stage, pixels_to_tensor, training_device
+from engine.pretrain import atomic_save, encode_pixels, finished_stage, pixels_to_tensor, round_trip, training_device
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -89,19 +89,6 @@ def _adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, la
     rec_grad = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
     adv_grad = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
     return (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
-
-
-@torch.no_grad()
-def encode_pixels(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of uint8 N×H×W×3 images."""
-    means, stds = [], []
-    device = next(vae.parameters()).device
-    for start in range(0, len(pixels), batch_size):
-        x = pixels_to_tensor(pixels[start : start + batch_size]).to(device)
-        dist = vae.encode(x).latent_dist
-        means.append(dist.mean.cpu())
-        stds.append(dist.std.cpu())
-    return torch.cat(means), torch.cat(stds)
 
 
 def train_decoder(
@@ -235,9 +222,8 @@ def round_trip_recognition(
     """Share of images whose autoencoder round trip (posterior mean) the steel feature network puts in their class."""
     features = features or load_feature_net()
     hits: dict[str, list[bool]] = {}
-    for start in range(0, len(pixels), batch_size):
-        x = pixels_to_tensor(pixels[start : start + batch_size])
-        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    batches = round_trip(vae, pixels, batch_size)
+    for start, (_, decoded) in zip(range(0, len(pixels), batch_size), batches, strict=True):
         predicted = features.classify((decoded + 1) / 2).argmax(dim=1)
         for label, guess in zip(labels[start : start + batch_size], predicted.tolist(), strict=True):
             hits.setdefault(label, []).append(features.classes[guess] == label)

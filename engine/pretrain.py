@@ -14,7 +14,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,13 +221,29 @@ def atomic_save(obj: dict, path: Path) -> None:
 
 
 @torch.no_grad()
+def encode_pixels(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std (on the CPU) of uint8 N×H×W×3 images, encoded in batches on the vae's device."""
+    means, stds = [], []
+    device = next(vae.parameters()).device
+    for start in range(0, len(pixels), batch_size):
+        dist = vae.encode(pixels_to_tensor(pixels[start : start + batch_size]).to(device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def round_trip(vae, pixels: np.ndarray, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches (input, decoded posterior mode) of uint8 N×H×W×3 images through the autoencoder, both in [-1, 1]."""
+    for start in range(0, len(pixels), batch_size):
+        x = pixels_to_tensor(pixels[start : start + batch_size])
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        yield x, decoded
+
+
 def reconstruction_error(vae, images: np.ndarray, batch_size: int = 32) -> float:
     """Mean absolute round-trip error on a [-1, 1] scale."""
-    errors = []
-    for i in range(0, len(images), batch_size):
-        x = pixels_to_tensor(images[i : i + batch_size])
-        errors.append((vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1) - x).abs().mean().item())
-    return float(np.mean(errors))
+    return float(np.mean([(decoded - x).abs().mean().item() for x, decoded in round_trip(vae, images, batch_size)]))
 
 
 @dataclass
@@ -297,6 +313,7 @@ def pretrain(
     autoencoder.resolution = size.resolution
     autoencoder.crop_size = min(autoencoder.crop_size, size.resolution)
     samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed)
+    stack = np.stack([s.pixels for s in samples])
 
     # 1. Autoencoder (or the one of the model to continue from)
     if init_model is not None:
@@ -306,29 +323,25 @@ def pretrain(
     vae.eval()
 
     # 1b. Decoder: perceptual + texture + patch-GAN on the frozen encoder
-    round_trip = None
+    round_trip_shares = None
     if "decoder" in stages:
         decoder = decoder or pretrain_configs("cpu")[2]
         decoder.output_dir = str(work / "decoder")
-        vae = train_decoder(vae, np.stack([s.pixels for s in samples]), decoder, progress, should_stop)
+        vae = train_decoder(vae, stack, decoder, progress, should_stop)
         vae.eval()
-        round_trip = validation_round_trip(vae, Path(data), size.resolution)
+        round_trip_shares = validation_round_trip(vae, Path(data), size.resolution)
     if "diffusion" not in stages:
         pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(init_model), safety_checker=None)
+        l1 = {"all": reconstruction_error(vae, stack[:256])}
         pipe.register_modules(vae=vae)
         pipe.to(torch.float16).save_pretrained(str(out))
-        l1 = {"all": reconstruction_error(vae.float(), np.stack([s.pixels for s in samples[:256]]))}
-        return PretrainResult(Path(out), l1, vae.config.scaling_factor, None, round_trip)
+        return PretrainResult(Path(out), l1, vae.config.scaling_factor, None, round_trip_shares)
 
-    # 2. Scaling factor: unit variance latents, as SD's 0.18215 was chosen
-    stack = np.stack([s.pixels for s in samples])
-    with torch.no_grad():
+    # 2. Scaling factor: unit variance latents, as SD's 0.18215 was chosen (a continued model keeps its own)
+    if init_model is None:
         picks = stack[np.random.default_rng(0).choice(len(stack), min(256, len(stack)), replace=False)]
-        latents = torch.cat(
-            [vae.encode(pixels_to_tensor(picks[i : i + 32])).latent_dist.mean for i in range(0, len(picks), 32)]
-        )
-    scaling = float(1.0 / latents.std()) if init_model is None else vae.config.scaling_factor
-    vae.register_to_config(scaling_factor=scaling)
+        vae.register_to_config(scaling_factor=float(1.0 / encode_pixels(vae, picks)[0].std()))
+    scaling = vae.config.scaling_factor
     l1 = {"all": reconstruction_error(vae, stack[:256])}
 
     # 3. Untrained UNet + text encoder beside the trained autoencoder, saved as the starting folder
@@ -353,4 +366,4 @@ def pretrain(
     if init_model is not None and "decoder" in stages and result.status == "completed":
         # The continued model was saved with init_model's autoencoder; the new decoder replaces it.
         vae.to(torch.float16 if diffusion.save_half else torch.float32).save_pretrained(str(Path(out) / "vae"))
-    return PretrainResult(Path(out), l1, scaling, result, round_trip)
+    return PretrainResult(Path(out), l1, scaling, result, round_trip_shares)

@@ -36,6 +36,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from engine.config import TrainConfig
 from engine.models import LORA_FILE, TOKENS_FILE, model_hash, resolve_model
+from engine.pretrain import encode_pixels
 
 ProgressFn = Callable[[int, int, str], None]
 StopFn = Callable[[], bool]
@@ -330,13 +331,7 @@ def _encode_images(vae: AutoencoderKL, images: list[TrainingImage], config: Trai
                 captions.append(rng.choice(TOKEN_TEMPLATES).format(token=token_for(im.class_name)))
             else:
                 captions.append(im.caption)
-    means, stds = [], []
-    for start in range(0, len(pixels), 32):
-        x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + 32])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        dist = vae.encode(x).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
-    mean, std = torch.cat(means), torch.cat(stds)
+    mean, std = encode_pixels(vae, pixels)
     torch.save({"count": len(images), "mean": mean, "std": std, "captions": captions}, cache)
     return mean, std, captions
 
