@@ -303,7 +303,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     masks = " (each with its <name>_mask.png)" if args.mask or args.auto_place else ""
     flagged = list((args.out / FLAGGED_FOLDER).glob("*.png")) if (args.out / FLAGGED_FOLDER).is_dir() else []
     flagged_text = f"; {len(flagged)} below the realism threshold in {args.out / FLAGGED_FOLDER}" if flagged else ""
-    print(f"Wrote {len(written)} images{masks} to {args.out}{flagged_text}")
+    if _is_main_process():
+        print(f"Wrote {len(written)} images{masks} to {args.out}{flagged_text}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -325,7 +326,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     )
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     took = f"{result.wall_time_s:.0f} s"
-    print(f"\n{result.status}: {result.steps} steps{resumed} in {took}, adapter in {result.output_dir}")
+    if _is_main_process():
+        print(f"\n{result.status}: {result.steps} steps{resumed} in {took}, adapter in {result.output_dir}")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -362,6 +364,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     )
     resumed = result.diffusion.resumed_from if result.diffusion is not None else None
     resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""
+    if not _is_main_process():
+        return
     print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f}{resumed_text})")
     if result.round_trip_recognition:
         shares = ", ".join(f"{name} {share:.2f}" for name, share in result.round_trip_recognition.items())
@@ -456,8 +460,17 @@ def _print_progress_stderr(step: int, total: int, message: str) -> None:
 
 
 def _print_progress(step: int, total: int, message: str) -> None:
+    """Every 10th step: on one line in a terminal, one line each when redirected to a file."""
     if step == total or step % 10 == 0:
-        print(f"\r{message}", end="", flush=True)
+        if sys.stdout.isatty():
+            print(f"\r{message}", end="", flush=True)
+        else:
+            print(message, flush=True)
+
+
+def _is_main_process() -> bool:
+    """False in the extra processes of `torchrun`/`accelerate launch` (RANK > 0), which print nothing."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:

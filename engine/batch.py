@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
@@ -14,7 +19,7 @@ from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluate import class_realism_scorer
 from engine.generate import generate, resolve_token
 from engine.models import load_pipeline, resolve_model
-from engine.train import TrainResult, images_from_folder, latest_checkpoint, train
+from engine.train import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 from engine.variation import varied_init
 
 DEFAULT_STRENGTH = 0.6
@@ -23,6 +28,12 @@ DEFAULT_PER_INIT = 2
 # Realism gate of batch generation (realism score 0-1, see engine.evaluate.RealismScorer); flagged, not dropped.
 DEFAULT_REALISM_THRESHOLD = 0.3
 FLAGGED_FOLDER = "flagged"
+# Candidates are written here under their slot number first, then renamed once the batch is complete.
+PARTS_FOLDER = ".parts"
+
+
+class RealismGateError(ValueError):
+    """Batch generation flagged as many candidates as it was asked for before making enough: a setting to change."""
 
 
 def init_images(init: Path) -> list[Path]:
@@ -75,6 +86,8 @@ def generate_to_folder(
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: the shipped NEU
     features for a NEU class, else its init images when there are enough), candidates scoring below it are
     flagged: written to `out/flagged/`, not counted in `num`, and replaced, up to `num` flagged ones in all.
+    Under `torchrun` the processes take turns at the inits (attempt k goes to process k mod N) and the files are
+    named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
     if num < 1:
         raise ValueError("--num must be at least 1.")
@@ -94,27 +107,29 @@ def generate_to_folder(
     paths = init_images(init)
     images = [_read_init(path) for path in paths]
     names = [path.name for path in paths]
-    pipe = pipe or load_pipeline(model, adapter)
+    # Under torchrun every process makes its share of the candidates, on its own device.
+    state = process_state()
+    pipe = pipe or load_pipeline(model, adapter, device=state.device if state.num_processes > 1 else None)
     resolve_token(pipe, class_name)
     masked = mask_image is not None or auto_place
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
     scorer = class_realism_scorer(class_name, images) if realism_threshold is not None else None
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    written: list[Path] = []
-    flagged: list[Path] = []
-    attempts = 0
-    while len(written) < num:
+    parts = out / PARTS_FOLDER
+    if state.is_main_process:
+        shutil.rmtree(parts, ignore_errors=True)
+        parts.mkdir(parents=True)
+    state.wait_for_everyone()
+    per_attempt = min(per_init if vary else batch, num)
+    attempts: list[tuple[int, bool]] = []  # (slot, below the threshold) of the candidates this process made
+    for round_index in itertools.count():
+        attempt = round_index * state.num_processes + state.process_index
         if vary:
-            init_item = varied_init(images, rng)
+            init_item = varied_init(images, random.Random(f"{seed}:{attempt}"))
             image, lineage = init_item.image, init_item.describe(names)
-            count = min(per_init, num - len(written))
         else:
-            index = attempts % len(images)
+            index = attempt % len(images)
             image, lineage = images[index], {"kind": "source", "sources": [names[index]]}
-            count = min(batch, num - len(written))
-        attempts += 1
         if mask_image is not None and mask_image.size != image.size:
             size = f"{image.width}×{image.height}"
             raise ValueError(
@@ -122,42 +137,85 @@ def generate_to_folder(
             )
         config = GenerationConfig(
             class_name=class_name,
-            num_candidates=count,
+            num_candidates=per_attempt,
             strength=strength,
             steps=steps,
-            seed=seed + len(written) + len(flagged),
+            seed=seed + attempt * per_attempt,
             window_size=window_size,
             auto_place=auto_place,
             **extra,
         )
         candidates = generate(pipe, image, config, mask=mask_image).candidates
         scores = scorer.score_many([c.image for c in candidates], class_name) if scorer else [None] * len(candidates)
-        for candidate, score in zip(candidates, scores, strict=True):
+        for offset, (candidate, score) in enumerate(zip(candidates, scores, strict=True)):
             candidate.params["source_file"] = lineage["sources"][0]
             candidate.params["init"] = lineage
             low = score is not None and score.score < realism_threshold
             if score is not None:
                 candidate.params["realism"] = {"score": score.score, "class_probability": score.class_probability}
                 candidate.params.update(realism_threshold=realism_threshold, pre_rejected=low)
-            if low and len(flagged) < num:
-                target = out / FLAGGED_FOLDER / f"{class_name}_flagged_{len(flagged):05d}.png"
-                target.parent.mkdir(exist_ok=True)
-                flagged.append(target)
-            elif low or len(written) >= num:
-                continue
+            slot = attempt * per_attempt + offset
+            (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
+            if (mask_bytes := candidate.mask_png()) is not None:
+                (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)
+            attempts.append((slot, low))
+        outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num)
+        if outcome.done:
+            break
+    for slot, _ in attempts:
+        target = outcome.names.get(slot)
+        for suffix in (".png", MASK_SUFFIX):
+            part = parts / f"{slot:08d}{suffix}"
+            if target is not None and part.exists():
+                (out / target).parent.mkdir(parents=True, exist_ok=True)
+                part.replace((out / target).with_name(Path(target).stem + suffix))
             else:
-                target = out / f"{class_name}_{len(written):05d}.png"
-                written.append(target)
-            target.write_bytes(candidate.png_bytes())
-            mask_bytes = candidate.mask_png()
-            if mask_bytes is not None:
-                target.with_name(target.stem + MASK_SUFFIX).write_bytes(mask_bytes)
-        if len(flagged) >= num and len(written) < num:
-            raise RuntimeError(
-                f"{len(flagged)} candidates fell below the realism threshold {realism_threshold} for "
-                f"{len(written)} kept; lower --realism-threshold or check the adapter."
-            )
-    return written
+                part.unlink(missing_ok=True)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        shutil.rmtree(parts, ignore_errors=True)
+    if outcome.kept < num:
+        raise RealismGateError(
+            f"{outcome.flagged} candidates fell below the realism threshold {realism_threshold} for "
+            f"{outcome.kept} kept; lower --realism-threshold or check the adapter."
+        )
+    return [out / f"{class_name}_{i:05d}.png" for i in range(num)]
+
+
+@dataclass
+class _Assignment:
+    """Which candidate slots become which files, once enough candidates are made (or too many were flagged)."""
+
+    names: dict[int, str]
+    kept: int
+    flagged: int
+    done: bool
+
+
+def _assign_names(slots: list[tuple[int, bool]], class_name: str, num: int) -> _Assignment:
+    """Name the candidates in slot order: kept ones `<class>_00000.png`…, flagged ones `flagged/…`, up to `num` each.
+
+    Slot order is the order one process would make them in, so any number of processes writes the same files.
+    """
+    names: dict[int, str] = {}
+    kept = flagged = 0
+    for slot, low in slots:
+        if kept >= num or flagged >= num:
+            break
+        if low:
+            names[slot] = f"{FLAGGED_FOLDER}/{class_name}_flagged_{flagged:05d}.png"
+            flagged += 1
+        else:
+            names[slot] = f"{class_name}_{kept:05d}.png"
+            kept += 1
+    return _Assignment(names, kept, flagged, done=kept >= num or flagged >= num)
+
+
+def _gather(state: PartialState, attempts: list[tuple[int, bool]]) -> list[tuple[int, bool]]:
+    """Every process's (slot, flagged) pairs; the slots of one round are complete on every process."""
+    if state.num_processes == 1:
+        return list(attempts)
+    return [tuple(item) for item in gather_object(attempts)]
 
 
 def _read_init(path: Path) -> Image.Image:

@@ -303,7 +303,7 @@ def pretrain(
 
     from engine.decoder import train_decoder
     from engine.prior import build_components
-    from engine.train import TrainingImage, train
+    from engine.train import TrainingImage, process_state, train
 
     size = size or PriorSize.embedded()
     work = Path(work_dir) if work_dir else Path(str(out).rstrip("/") + ".work")
@@ -315,44 +315,49 @@ def pretrain(
     samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed)
     stack = np.stack([s.pixels for s in samples])
 
-    # 1. Autoencoder (or the one of the model to continue from)
-    if init_model is not None:
-        vae = AutoencoderKL.from_pretrained(Path(init_model), subfolder="vae", dtype=torch.float32)
-    else:
-        vae = train_autoencoder(samples, autoencoder, size, progress, should_stop)
-    vae.eval()
-
-    # 1b. Decoder: perceptual + texture + patch-GAN on the frozen encoder
-    round_trip_shares = None
-    if "decoder" in stages:
-        decoder = decoder or pretrain_configs("cpu")[2]
-        decoder.output_dir = str(work / "decoder")
-        vae = train_decoder(vae, stack, decoder, progress, should_stop)
+    # Stages 1-3 run on the main process first; the other processes (under torchrun) then load what it saved.
+    state = process_state()
+    with state.main_process_first():
+        # 1. Autoencoder (or the one of the model to continue from)
+        if init_model is not None:
+            vae = AutoencoderKL.from_pretrained(Path(init_model), subfolder="vae", dtype=torch.float32)
+        else:
+            vae = train_autoencoder(samples, autoencoder, size, progress, should_stop)
         vae.eval()
-        round_trip_shares = validation_round_trip(vae, Path(data), size.resolution)
-    if "diffusion" not in stages:
-        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(init_model), safety_checker=None)
+
+        # 1b. Decoder: perceptual + texture + patch-GAN on the frozen encoder
+        round_trip_shares = None
+        if "decoder" in stages:
+            decoder = decoder or pretrain_configs("cpu")[2]
+            decoder.output_dir = str(work / "decoder")
+            vae = train_decoder(vae, stack, decoder, progress, should_stop)
+            vae.eval()
+            if state.is_main_process:
+                round_trip_shares = validation_round_trip(vae, Path(data), size.resolution)
+        if "diffusion" not in stages:
+            l1 = {"all": reconstruction_error(vae, stack[:256])}
+            if state.is_main_process:
+                pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(init_model), safety_checker=None)
+                pipe.register_modules(vae=vae)
+                pipe.to(torch.float16).save_pretrained(str(out))
+            return PretrainResult(Path(out), l1, vae.config.scaling_factor, None, round_trip_shares)
+
+        # 2. Scaling factor: unit variance latents, as SD's 0.18215 was chosen (a continued model keeps its own)
+        if init_model is None:
+            picks = stack[np.random.default_rng(0).choice(len(stack), min(256, len(stack)), replace=False)]
+            vae.register_to_config(scaling_factor=float(1.0 / encode_pixels(vae, picks)[0].std()))
+        scaling = vae.config.scaling_factor
         l1 = {"all": reconstruction_error(vae, stack[:256])}
-        pipe.register_modules(vae=vae)
-        pipe.to(torch.float16).save_pretrained(str(out))
-        return PretrainResult(Path(out), l1, vae.config.scaling_factor, None, round_trip_shares)
 
-    # 2. Scaling factor: unit variance latents, as SD's 0.18215 was chosen (a continued model keeps its own)
-    if init_model is None:
-        picks = stack[np.random.default_rng(0).choice(len(stack), min(256, len(stack)), replace=False)]
-        vae.register_to_config(scaling_factor=float(1.0 / encode_pixels(vae, picks)[0].std()))
-    scaling = vae.config.scaling_factor
-    l1 = {"all": reconstruction_error(vae, stack[:256])}
-
-    # 3. Untrained UNet + text encoder beside the trained autoencoder, saved as the starting folder
-    init = Path(init_model) if init_model is not None else work / "init"
-    if not (init / "model_index.json").exists():
-        components = build_components(size, init / "tmp", seed=autoencoder.seed)
-        components["vae"] = vae
-        StableDiffusionImg2ImgPipeline(
-            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        ).save_pretrained(str(init))
-        shutil.rmtree(init / "tmp", ignore_errors=True)
+        # 3. Untrained UNet + text encoder beside the trained autoencoder, saved as the starting folder
+        init = Path(init_model) if init_model is not None else work / "init"
+        if not (init / "model_index.json").exists():
+            components = build_components(size, init / "tmp", seed=autoencoder.seed)
+            components["vae"] = vae
+            StableDiffusionImg2ImgPipeline(
+                **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            ).save_pretrained(str(init))
+            shutil.rmtree(init / "tmp", ignore_errors=True)
 
     # 4. Diffusion training with the shared loop, saved to `out`
     diffusion = diffusion or pretrain_configs("cpu")[3]
@@ -363,7 +368,7 @@ def pretrain(
     diffusion.resolution = size.resolution
     images = [TrainingImage(s.pixels, "", s.caption) for s in samples]
     result = train(diffusion, images, progress, should_stop)
-    if init_model is not None and "decoder" in stages and result.status == "completed":
+    if init_model is not None and "decoder" in stages and result.status == "completed" and state.is_main_process:
         # The continued model was saved with init_model's autoencoder; the new decoder replaces it.
         vae.to(torch.float16 if diffusion.save_half else torch.float32).save_pretrained(str(Path(out) / "vae"))
     return PretrainResult(Path(out), l1, scaling, result, round_trip_shares)

@@ -3,6 +3,10 @@
 Order (as in diffusers' textual_inversion and train_dreambooth_lora examples): accelerator → load →
 freeze → attach trainable parts (new tokens, LoRA) → encode latents once → prepare → resume → loop →
 save in library formats → previews from the reloaded files.
+
+Under `accelerate launch` or `torchrun` every process trains on its own share of each step's batch (the global
+batch is `train_batch_size` × processes), Accelerate averages the gradients, and only the main process writes
+config, log, checkpoints and the saved model; the others wait at barriers.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from diffusers import (
     AutoencoderKL,
@@ -93,6 +97,18 @@ class TrainResult:
         return float(np.mean(tail)) if tail else None
 
 
+def process_state() -> PartialState:
+    """This process's place among those `torchrun`/`accelerate launch` started (one process when run plainly).
+
+    On a machine without a GPU the processes join over gloo (Accelerate needs `cpu=True` to see them).
+    """
+    return PartialState(cpu=_cpu_only())
+
+
+def _cpu_only() -> bool:
+    return not torch.cuda.is_available()
+
+
 def token_for(class_name: str) -> str:
     return f"<{class_name}>"
 
@@ -115,14 +131,18 @@ def train(
 ) -> TrainResult:
     """Run (or resume) one training job; a stopped job keeps its last checkpoint and can be resumed."""
     started = time.time()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config.save(out / "config.json")
     if not images:
         raise ValueError("No training images.")
+    out = Path(config.output_dir)
 
     # 1. Accelerator and seed
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(out))
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(out), cpu=_cpu_only())
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.json")
+    accelerator.wait_for_everyone()
     set_seed(config.seed)
 
     # 2. Load components and freeze what is not trained
@@ -139,7 +159,8 @@ def train(
     ema = None
     if config.mode == "finetune":
         new_token_ids = _add_tokens(config, tokenizer, text_encoder)
-        config.save(out / "config.json")
+        if main:
+            config.save(out / "config.json")
         text_encoder.requires_grad_(False)
         text_encoder.get_input_embeddings().weight.requires_grad_(True)
         unet.requires_grad_(False)
@@ -175,8 +196,9 @@ def train(
     keep_rows = torch.ones(len(tokenizer), dtype=torch.bool)
     keep_rows[list(new_token_ids.values())] = False
 
-    # 4. Encode every image once (and its mirror): the loop never runs the encoder
-    latent_mean, latent_std, captions = _encode_images(vae, images, config, out)
+    # 4. Encode every image once (and its mirror): the loop never runs the encoder; the main process caches them
+    with accelerator.main_process_first():
+        latent_mean, latent_std, captions = _encode_images(vae, images, config, out, write_cache=main)
     loss_weights = _loss_weights(images, config, latent_mean.shape[-2:])
     input_ids = tokenizer(
         captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
@@ -194,7 +216,7 @@ def train(
     if ema is not None:
         ema.to(accelerator.device)
 
-    # 6. Resume from the newest checkpoint
+    # 6. Resume from the newest checkpoint (written with any number of processes)
     global_step = 0
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None:
@@ -203,27 +225,31 @@ def train(
     resumed_from = global_step if checkpoint is not None else None
     log_path = out / "log.jsonl"
     losses: list[float] = []
+    # One generator, seeded alike on every process: each draws the whole step's batch and keeps its own share.
     generator = torch.Generator().manual_seed(config.seed + global_step)
+    share = slice(rank * config.train_batch_size, (rank + 1) * config.train_batch_size)
+    global_batch = config.train_batch_size * world
+    window_started, window_steps = time.time(), 0
 
     # 7. Loop
     unet.train()
     text_encoder.train()
     status = "completed"
     while global_step < config.max_train_steps:
-        index = torch.randint(0, len(captions), (config.train_batch_size,), generator=generator)
+        global_index = torch.randint(0, len(captions), (global_batch,), generator=generator)
+        index = global_index[share]
         with accelerator.accumulate(unet):
-            latents = latent_mean[index] + latent_std[index] * torch.randn(
-                latent_mean[index].shape, generator=generator
-            )
+            draws = torch.randn((global_batch, *latent_mean.shape[1:]), generator=generator)[share]
+            latents = latent_mean[index] + latent_std[index] * draws
             latents = ((latents - shift) * scaling).to(accelerator.device)
-            noise = torch.randn(latents.shape, generator=generator).to(accelerator.device)
+            noise = torch.randn((global_batch, *latents.shape[1:]), generator=generator)[share].to(accelerator.device)
             timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator
-            ).to(accelerator.device)
+                0, noise_scheduler.config.num_train_timesteps, (global_batch,), generator=generator
+            )[share].to(accelerator.device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
             batch_ids = input_ids[index]
             if config.caption_dropout > 0:
-                dropped = torch.rand(len(index), generator=generator) < config.caption_dropout
+                dropped = (torch.rand(global_batch, generator=generator) < config.caption_dropout)[share]
                 batch_ids[dropped] = empty_ids
             hidden = text_encoder(batch_ids.to(accelerator.device))[0]
             prediction = unet(noisy, timesteps, hidden).sample
@@ -247,27 +273,31 @@ def train(
         if ema is not None:
             ema.step(unet.parameters())
         global_step += 1
-        losses.append(loss.item())
-        if progress:
-            progress(
-                global_step,
-                config.max_train_steps,
-                f"step {global_step}/{config.max_train_steps} loss {loss.item():.4f}",
-            )
+        window_steps += 1
+        step_loss = accelerator.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
+        losses.append(step_loss)
+        if progress and main:
+            message = f"step {global_step}/{config.max_train_steps} loss {step_loss:.4f}"
+            progress(global_step, config.max_train_steps, message)
         if global_step % 10 == 0:
-            with log_path.open("a") as log:
-                log.write(
-                    json.dumps(
-                        {
-                            "step": global_step,
-                            "loss": float(np.mean(losses[-10:])),
-                            "lr": lr_scheduler.get_last_lr()[0],
-                            "elapsed_s": round(time.time() - started, 1),
-                        }
-                    )
-                    + "\n"
-                )
+            seen = accelerator.gather(index.to(accelerator.device)).cpu().view(world, -1) if world > 1 else index[None]
+            if main:
+                elapsed = time.time() - window_started
+                entry = {
+                    "step": global_step,
+                    "loss": float(np.mean(losses[-10:])),
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "elapsed_s": round(time.time() - started, 1),
+                    "processes": world,
+                    "images_per_s_per_process": round(window_steps * config.train_batch_size / max(elapsed, 1e-9), 2),
+                    "batch_by_process": seen.tolist(),
+                }
+                with log_path.open("a") as log:
+                    log.write(json.dumps(entry) + "\n")
+            window_started, window_steps = time.time(), 0
         stop_now = should_stop is not None and should_stop()
+        if world > 1:
+            stop_now = accelerator.reduce(torch.tensor(float(stop_now), device=accelerator.device), "sum").item() > 0
         if global_step % config.checkpointing_steps == 0 or stop_now:
             save_checkpoint(accelerator, out, global_step, config.checkpoints_total_limit)
         if stop_now and global_step < config.max_train_steps:
@@ -276,7 +306,7 @@ def train(
 
     # 8. Save in library formats (only a complete run writes its index file, last)
     result = TrainResult(status, out, global_step, losses, time.time() - started, resumed_from=resumed_from)
-    if status == "completed":
+    if status == "completed" and main:
         unet = accelerator.unwrap_model(unet)
         text_encoder = accelerator.unwrap_model(text_encoder)
         if config.mode == "finetune":
@@ -286,6 +316,7 @@ def train(
                 ema.copy_to(unet.parameters())
             _save_prior(config, vae, text_encoder, tokenizer, unet, model_ref)
         result.wall_time_s = time.time() - started
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
@@ -311,8 +342,10 @@ def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLI
 
 
 @torch.no_grad()
-def _encode_images(vae: AutoencoderKL, images: list[TrainingImage], config: TrainConfig, out: Path):
-    """Latent mean/std of every image (and its horizontal mirror), cached in the run folder for resume."""
+def _encode_images(
+    vae: AutoencoderKL, images: list[TrainingImage], config: TrainConfig, out: Path, write_cache: bool = True
+):
+    """Latent mean/std of every image (and its mirrors), cached in the run folder for resume (when `write_cache`)."""
     cache = out / "latents.pt"
     if cache.exists():
         data = torch.load(cache)
@@ -332,7 +365,8 @@ def _encode_images(vae: AutoencoderKL, images: list[TrainingImage], config: Trai
             else:
                 captions.append(im.caption)
     mean, std = encode_pixels(vae, pixels)
-    torch.save({"count": len(images), "mean": mean, "std": std, "captions": captions}, cache)
+    if write_cache:
+        torch.save({"count": len(images), "mean": mean, "std": std, "captions": captions}, cache)
     return mean, std, captions
 
 
@@ -398,16 +432,26 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -> None:
-    """Save state to a temporary folder and rename it, so a kill never leaves a half checkpoint; prune old ones."""
+    """Save state to a temporary folder and rename it, so a kill never leaves a half checkpoint; prune old ones.
+
+    Every process writes its random state into the folder; the main process writes the rest, renames and prunes.
+    """
     final = out / f"checkpoint-{step}"
     partial = out / f".partial-checkpoint-{step}"
-    shutil.rmtree(partial, ignore_errors=True)
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
-    shutil.rmtree(final, ignore_errors=True)
-    partial.rename(final)
-    checkpoints = sorted((p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-    for old in checkpoints[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        checkpoints = sorted(
+            (p for p in out.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])
+        )
+        for old in checkpoints[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str) -> None:

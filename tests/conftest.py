@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         parts = Path(str(item.fspath)).parts
         if "browser" in parts:
             item.add_marker(pytest.mark.browser)
-        if "hardening" in parts:
+        if "hardening" in parts or "distributed" in parts:
             item.add_marker(pytest.mark.subprocess)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.batch import FLAGGED_FOLDER, generate_to_folder
+from engine.batch import FLAGGED_FOLDER, RealismGateError, generate_to_folder
 from engine.data import list_images
 from engine.generate import read_png_parameters
 from engine.models import load_pipeline
@@ -61,7 +61,7 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
     params = read_png_parameters(kept[0].read_bytes())
     assert 0.0 <= params["realism"]["score"] <= 1.0 and params["pre_rejected"] is False
     assert not (tmp_path / "open" / FLAGGED_FOLDER).exists()
-    with pytest.raises(RuntimeError, match="below the realism threshold 1.0"):
+    with pytest.raises(RealismGateError, match="below the realism threshold 1.0"):
         _generate(pipe, shots, tmp_path / "closed", realism_threshold=1.0)
     flagged = list_images(tmp_path / "closed" / FLAGGED_FOLDER)
     assert len(flagged) == 6 and list_images(tmp_path / "closed") == []
