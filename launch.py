@@ -51,7 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--token", required=True, help="Defect class (its learned token), e.g. crazing.")
     gen.add_argument("--init", required=True, type=Path, help="An image or a folder of images to start from.")
     gen.add_argument("--num", type=int, default=4, help="Number of PNGs to write in total.")
-    gen.add_argument("--out", required=True, type=Path)
+    gen.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Folder for the PNGs; without it they are stored in the studio (--data-dir) as pending samples.",
+    )
+    gen.add_argument(
+        "--init-role",
+        choices=["defect", "clean"],
+        default=None,
+        help="Without --out: store the init images as real defects of the class (default) or clean slabs (default"
+        " with --mask/--auto-place).",
+    )
     gen.add_argument("--adapter", type=Path, default=None, help="Adapter run folder (default: shipped tokens).")
     gen.add_argument(
         "--strength",
@@ -156,12 +168,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(exp)
     exp.add_argument("--out", required=True, type=Path)
     exp.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="Share (0-0.9) of source images, with every sample made from them, in the validation split (default 0.1).",
+    )
+    exp.add_argument("--split-seed", type=int, default=0, help="Seed of the train/val split.")
+    exp.add_argument("--classes", nargs="*", default=None, help="Export only these classes (default: all).")
+    exp.add_argument(
         "--formats",
         nargs="*",
         choices=["masks", "coco", "yolo", "voc"],
         default=["masks", "coco", "yolo", "voc"],
         help="Formats beside the ImageFolder images and manifest (default: all).",
     )
+
+    rev = sub.add_parser("review", help="The review queue from the command line: list, accept, reject, undo.")
+    review = rev.add_subparsers(dest="review_command", required=True)
+    listing = review.add_parser("list", help="List samples (oldest first).")
+    listing.add_argument("--status", choices=["pending", "accepted", "rejected", "all"], default="pending")
+    listing.add_argument("--class", dest="class_name", default=None)
+    listing.add_argument("--source", type=int, default=None, help="Only samples made from this source image id.")
+    listing.add_argument("--limit", type=int, default=200)
+    listing.add_argument("--json", action="store_true")
+    accept = review.add_parser("accept", help="Accept samples.")
+    accept.add_argument("ids", nargs="+", type=int)
+    reject = review.add_parser("reject", help="Reject samples.")
+    reject.add_argument("ids", nargs="+", type=int)
+    reject.add_argument("--reason", default=None)
+    undo = review.add_parser("undo", help="Put decided samples back to pending.")
+    undo.add_argument("ids", nargs="+", type=int)
+    for review_parser in (listing, accept, reject, undo):
+        add_common(review_parser)
 
     ver = sub.add_parser("verify-export", help="Check an export zip against its manifest.")
     ver.add_argument("zip", type=Path)
@@ -278,15 +316,18 @@ def _threshold(text: str) -> float | str | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from engine.batch import FLAGGED_FOLDER, generate_to_folder
+    from engine.batch import FLAGGED_FOLDER, generate_to_folder, init_images
+    from engine.train import shared_value
 
+    store = args.out is None
+    out = args.out or Path(shared_value(lambda: str(_new_batch_folder(args.data_dir, args.token))))
     written = generate_to_folder(
         model=args.model,
         adapter=args.adapter,
         class_name=args.token,
         init=args.init,
         num=args.num,
-        out=args.out,
+        out=out,
         strength=args.strength,
         steps=args.steps,
         guidance=args.guidance,
@@ -300,11 +341,31 @@ def cmd_generate(args: argparse.Namespace) -> None:
         **({"per_init": args.per_init} if args.per_init is not None else {}),
         **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
     )
+    if not _is_main_process():
+        return
     masks = " (each with its <name>_mask.png)" if args.mask or args.auto_place else ""
-    flagged = list((args.out / FLAGGED_FOLDER).glob("*.png")) if (args.out / FLAGGED_FOLDER).is_dir() else []
-    flagged_text = f"; {len(flagged)} below the realism threshold in {args.out / FLAGGED_FOLDER}" if flagged else ""
-    if _is_main_process():
-        print(f"Wrote {len(written)} images{masks} to {args.out}{flagged_text}")
+    flagged = list((out / FLAGGED_FOLDER).glob("*.png")) if (out / FLAGGED_FOLDER).is_dir() else []
+    flagged_text = f"; {len(flagged)} below the realism threshold in {out / FLAGGED_FOLDER}" if flagged else ""
+    print(f"Wrote {len(written)} images{masks} to {out}{flagged_text}")
+    if store:
+        from webapp.cli import cli_user
+        from webapp.service import StudioService
+
+        role = args.init_role or ("clean" if args.mask or args.auto_place else "defect")
+        service = StudioService(args.data_dir, args.model, args.database_url)
+        try:
+            stored = service.store_generated(out, args.token, init_images(args.init), role, cli_user())
+        finally:
+            service.close()
+        print(stored.summary + "; review them with `launch.py review list`.")
+
+
+def _new_batch_folder(data_dir: Path, class_name: str) -> Path:
+    """A new folder for a stored batch's PNGs under the data directory."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    return Path(data_dir) / "batches" / f"{class_name.replace(' ', '_')}-{stamp}"
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

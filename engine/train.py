@@ -105,6 +105,17 @@ def process_state() -> PartialState:
     return PartialState(cpu=_cpu_only())
 
 
+def shared_value(make: Callable[[], object]) -> object:
+    """`make()` on the main process, handed to every process (for a name all processes must agree on)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return make()
+    from accelerate.utils import broadcast_object_list
+
+    holder = [make() if state.is_main_process else None]
+    return broadcast_object_list(holder)[0]
+
+
 def _cpu_only() -> bool:
     return not torch.cuda.is_available()
 

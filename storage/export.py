@@ -39,8 +39,9 @@ from storage.tables import GeneratedSample, SourceImage, utc_now
 MANIFEST_VERSION = 1
 MANIFEST_JSON = "manifest.json"
 ITEM_KINDS = ("synthetic", "real")
-# About one source image in VAL_EVERY (and every sample made from it) goes to the validation split.
-VAL_EVERY = 10
+# This share of source images (and every sample made from each) goes to the validation split by default.
+DEFAULT_VAL_FRACTION = 0.1
+MAX_VAL_FRACTION = 0.9
 LINEAGE_CSV_COLUMNS = (
     "source_image_sha256",
     "model_hash",
@@ -84,6 +85,7 @@ class ExportSummary:
     n_files: int
     formats: list[str]
     counts: dict[str, dict[str, int]]
+    split_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,8 +238,10 @@ def _class_folders(class_names: Sequence[str]) -> dict[str, str]:
     return folders
 
 
-def plan_items(items: Sequence[ExportItem]) -> list[PlannedItem]:
-    """Check items and give each a unique safe name and its manifest entry."""
+def plan_items(
+    items: Sequence[ExportItem], val_fraction: float = DEFAULT_VAL_FRACTION, split_seed: int = 0
+) -> list[PlannedItem]:
+    """Check items and give each a unique safe name and its manifest entry (with its train/val split)."""
     folders = _class_folders([item.class_name for item in items])
     used: set[tuple[str, str]] = set()
     planned = []
@@ -264,17 +268,19 @@ def plan_items(items: Sequence[ExportItem]) -> list[PlannedItem]:
             "boxes": item.boxes,
             "params": item.params,
             "lineage": item.lineage,
-            "split": split_of(item),
+            "split": split_of(item, val_fraction, split_seed),
         }
         planned.append(PlannedItem(item, folders[item.class_name], stem, entry))
     return planned
 
 
-def split_of(item: ExportItem) -> str:
-    """ "val" for about one item in VAL_EVERY, else "train"; by the source image's hash, so a real image and every
-    sample made from it fall on the same side (no leakage) and a re-export keeps each item where it was."""
+def split_of(item: ExportItem, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> str:
+    """ "val" for about `val_fraction` of items, else "train"; by the source image's hash (mixed with `seed`), so a
+    real image and every sample made from it fall on the same side (no leakage) and a re-export with the same
+    fraction and seed keeps each item where it was."""
     key = item.lineage.get("source_image_sha256") or item.image_sha256
-    return "val" if int(key[:8], 16) % VAL_EVERY == 0 else "train"
+    draw = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 16**8
+    return "val" if draw < val_fraction else "train"
 
 
 def _stored_suffix(file_store: FileStore, sha256: str) -> str:
@@ -525,15 +531,19 @@ def write_export(
     file_store: FileStore,
     extra_manifest: dict[str, Any] | None = None,
     formats: Sequence[str] = ("masks",),
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    split_seed: int = 0,
 ) -> ExportSummary:
     """Write the export zip to `out_zip` (which must not exist) atomically: a temp file renamed when complete."""
+    if not 0.0 <= val_fraction <= MAX_VAL_FRACTION:
+        raise ValueError(f"The validation fraction must be between 0 and {MAX_VAL_FRACTION}, got {val_fraction}.")
     out_zip = Path(out_zip)
     unknown = sorted(set(formats) - set(FORMAT_WRITERS))
     if unknown:
         raise ValueError(f"Unknown export format(s) {unknown}; known: {sorted(FORMAT_WRITERS)}")
     if out_zip.exists():
         raise FileExistsError(f"Export already exists: {out_zip}")
-    planned = plan_items(items)
+    planned = plan_items(items, val_fraction, split_seed)
     needed = {p.item.image_sha256 for p in planned} | {p.item.mask_sha256 for p in planned if p.item.mask_sha256}
     missing = sorted(sha256 for sha256 in needed if not file_store.exists(sha256))
     if missing:
@@ -562,6 +572,7 @@ def write_export(
                         "formats": ["imagefolder", *formats],
                         "n_items": len(planned),
                         "counts": counts,
+                        "split": {"val_fraction": val_fraction, "seed": split_seed},
                         "extra": extra_manifest or {},
                         "items": [plan.entry for plan in planned],
                         "files": zip_writer.files,
@@ -582,6 +593,7 @@ def write_export(
         n_files=len(zip_writer.files) + 1,
         formats=["imagefolder", *formats],
         counts={name: dict(by_kind) for name, by_kind in counts.items()},
+        split_counts=dict(Counter(plan.entry["split"] for plan in planned)),
     )
 
 

@@ -188,15 +188,28 @@ def list_samples(
     limit: int = 100,
     offset: int = 0,
     newest_first: bool = True,
+    source_image_id: int | None = None,
 ) -> list[GeneratedSample]:
-    """Samples, optionally only of one class and/or status, a page at a time."""
+    """Samples, optionally only of one class, status and/or source image, a page at a time."""
     order = GeneratedSample.id.desc() if newest_first else GeneratedSample.id
     query = select(GeneratedSample).order_by(order).limit(limit).offset(offset)
     if class_name is not None:
         query = query.where(GeneratedSample.class_name == class_name)
     if status is not None:
         query = query.where(GeneratedSample.status == status)
+    if source_image_id is not None:
+        query = query.where(GeneratedSample.source_image_id == source_image_id)
     return list(s.scalars(query))
+
+
+def find_sample_by_sha256(s: Session, sha256: str) -> GeneratedSample | None:
+    """The first stored sample whose image has this hash (identical pixels and parameters), if any."""
+    return s.scalars(select(GeneratedSample).where(GeneratedSample.sha256 == sha256).limit(1)).first()
+
+
+def find_source_by_sha256(s: Session, sha256: str) -> SourceImage | None:
+    """The source image stored with this hash, if any."""
+    return s.scalars(select(SourceImage).where(SourceImage.sha256 == sha256)).first()
 
 
 def counts_by_class_and_status(s: Session) -> dict[tuple[str, str], int]:

@@ -1,4 +1,5 @@
-"""The launch.py commands that go through the service: `app` (default), `import`, `export`, `verify-export`."""
+"""The launch.py commands that go through the service: `app` (default), `import`, `export`, `review`,
+`verify-export`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import base64
 import getpass
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +45,50 @@ def run_service_command(args: argparse.Namespace) -> int:
             result = service.import_folder(args.images, args.role, args.class_name, args.annotations, cli_user())
             print(result.summary)
         elif command == "export":
-            export = service.export_dataset(cli_user(), args.out, args.formats)
-            print(f"Wrote {export.n_items} images to {export.path} (sha256 {export.sha256})")
+            export = service.export_dataset(
+                cli_user(), args.out, args.formats, classes=args.classes, val_fraction=args.val_fraction,
+                split_seed=args.split_seed,
+            )  # fmt: skip
+            counts = ", ".join(f"{split} {n}" for split, n in export.split_counts.items())
+            print(f"Wrote {export.n_items} images ({counts}) to {export.path} (sha256 {export.sha256})")
+        elif command == "review":
+            review_command(service, args)
         else:
             raise ValueError(f"Unknown command {command!r}.")
     finally:
         service.close()
     return 0
+
+
+def review_command(service: StudioService, args: argparse.Namespace) -> None:
+    """`launch.py review list|accept|reject|undo`: the review queue for scripts and overnight batches."""
+    if args.review_command == "list":
+        status = None if args.status == "all" else args.status
+        rows = service.review_queue(status, args.class_name, args.source, args.limit)
+        if args.json:
+            print(json.dumps([asdict(row) for row in rows], indent=2))
+            return
+        print(f"{'id':>6}  {'class':<20} {'status':<9} {'realism':>7}  {'source':>6}  seed  made by")
+        for row in rows:
+            realism = f"{row.realism_score:.2f}" if row.realism_score is not None else "-"
+            print(
+                f"{row.id:>6}  {row.class_name:<20} {row.status:<9} {realism:>7}  {row.source_image_id:>6}  "
+                f"{row.seed:<4}  {row.created_by}"
+            )
+        print(f"{len(rows)} sample(s)")
+        return
+    user = cli_user()
+    failed = 0
+    for sample_id in args.ids:
+        if args.review_command == "undo":
+            result = service.undo(sample_id, user)
+        else:
+            status = "accepted" if args.review_command == "accept" else "rejected"
+            result = service.decide(sample_id, status, getattr(args, "reason", None), user)
+        failed += not result.applied
+        print(f"{sample_id}: {result.status} ({result.message})" if result.message else f"{sample_id}: {result.status}")
+    if failed:
+        raise ValueError(f"{failed} of {len(args.ids)} decision(s) were not applied.")
 
 
 def run_app(args: argparse.Namespace) -> int:

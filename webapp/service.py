@@ -26,7 +26,14 @@ from engine.config import DEFAULT_MASKED_STRENGTH, PRESETS, GenerationConfig, fi
 from engine.data import find_annotation, list_images, parse_voc
 from storage import repository
 from storage.db import open_database
-from storage.export import FORMAT_WRITERS, ExportItem, export_item_for_sample, export_item_for_source, write_export
+from storage.export import (
+    DEFAULT_VAL_FRACTION,
+    FORMAT_WRITERS,
+    ExportItem,
+    export_item_for_sample,
+    export_item_for_source,
+    write_export,
+)
 from storage.export import verify_export as verify_export_zip
 from storage.files import FileStore, sha256_hex
 from storage.tables import SAMPLE_STATUSES, SOURCE_ROLES, utc_now
@@ -45,8 +52,9 @@ PIPELINE_CACHE_SIZE = 2
 # Previews after a fine-tune: the same seeds every time, so versions can be compared by eye.
 PREVIEW_SEEDS = (0, 1, 2)
 PREVIEW_STEPS = 20
-# Class names become tokens "<name>" and folder names, so they stay short and plain.
-CLASS_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# Class names become tokens "<name>" and folder names, so they stay short and plain; single inner spaces are
+# allowed ("rolled in scale"), as plants name their classes that way.
+CLASS_NAME_PATTERN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]| (?! )){0,62}[A-Za-z0-9_-]?")
 LOSS_PATTERN = re.compile(r"loss ([-+0-9.eE]+)")
 PAGE_SIZE = 500
 SUMMARY_ITEMS = 10
@@ -185,6 +193,20 @@ class DecisionResult:
 
 
 @dataclass(frozen=True)
+class StoredBatch:
+    """A batch generated from the command line, stored as pending samples."""
+
+    sample_ids: list[int]
+    duplicates: list[str]
+    sources: list[SourceInfo]
+
+    @property
+    def summary(self) -> str:
+        skipped = f"; {len(self.duplicates)} identical to stored samples skipped" if self.duplicates else ""
+        return f"Stored {len(self.sample_ids)} pending samples (ids {_id_ranges(self.sample_ids)}){skipped}"
+
+
+@dataclass(frozen=True)
 class ClassCounts:
     """Images per class: uploaded real defects and generated samples by review status."""
 
@@ -271,6 +293,7 @@ class ExportResult:
     sha256: str
     n_items: int
     counts: dict[str, dict[str, int]]
+    split_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -297,10 +320,12 @@ class _RunProgress:
 
 
 def check_class_name(name: str | None) -> str:
-    """A defect class name, stripped; raises ValueError unless it is 1-64 letters, digits, '_' or '-'."""
+    """A defect class name, stripped; raises ValueError unless it is 1-64 letters, digits, '_', '-' or single spaces."""
     name = (name or "").strip()
     if not CLASS_NAME_PATTERN.fullmatch(name):
-        raise ValueError(f"Class name {name!r} must be 1-64 letters, digits, '_' or '-' (starting with no symbol).")
+        raise ValueError(
+            f"Class name {name!r} must be 1-64 letters, digits, '_', '-' or single spaces (starting with no symbol)."
+        )
     return name
 
 
@@ -885,6 +910,100 @@ class StudioService:
                 )
         return results
 
+    def store_generated(
+        self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str
+    ) -> StoredBatch:
+        """Store the PNGs a batch generation wrote in `folder` (flagged ones included) as pending samples.
+
+        The init images become source images (`init_role`: real defects of the class, or clean slabs) unless
+        already stored; each sample's source is the first init image its PNG's metadata names. A PNG identical
+        (same sha256) to a stored sample is skipped and named in `duplicates`. All rows land in one transaction.
+        """
+        from engine.data import MASK_SUFFIX
+        from engine.generate import read_png_parameters
+
+        class_name = check_class_name(class_name)
+        folder = Path(folder)
+        outputs = sorted(p for p in folder.rglob("*.png") if not p.name.endswith(MASK_SUFFIX))
+        if not outputs:
+            raise ValueError(f"No generated images in {folder}.")
+        sources = self._ensure_sources(inits, init_role, class_name if init_role == "defect" else None, user)
+        source_of = {path.name: source for path, source in zip(inits, sources, strict=True)}
+        sample_ids, duplicates = [], []
+        with self.database.transaction() as s:
+            if repository.get_defect_class(s, class_name) is None:
+                repository.ensure_defect_class(s, class_name, f"<{class_name}>", class_name)
+            for path in outputs:
+                data = path.read_bytes()
+                sha256 = sha256_hex(data)
+                if repository.find_sample_by_sha256(s, sha256) is not None:
+                    duplicates.append(path.name)
+                    continue
+                params = read_png_parameters(data)
+                source = source_of.get(params["init"]["sources"][0]) if "init" in params else sources[0]
+                mask_path = path.with_name(path.stem + MASK_SUFFIX)
+                mask_sha256 = self.files.put(mask_path.read_bytes(), ".png") if mask_path.exists() else None
+                realism = params.get("realism") or {}
+                sample = repository.add_sample(
+                    s,
+                    sha256=self.files.put(data, ".png"),
+                    class_name=class_name,
+                    source_image_id=source.id,
+                    model_hash=params["model_hash"],
+                    model_ref=params["model_ref"],
+                    token=params["token"],
+                    adapter_path=params.get("adapter_path"),
+                    adapter_version=version if isinstance(version := params.get("adapter_version"), int) else None,
+                    strength=params["strength"],
+                    steps=params["steps"],
+                    guidance=params["guidance_scale"],
+                    seed=params["seed"],
+                    prompt=params["prompt"],
+                    negative_prompt=params["negative_prompt"],
+                    width=params["width"],
+                    height=params["height"],
+                    window_json=params["window"],
+                    mask_sha256=mask_sha256,
+                    boxes_json=params.get("boxes", []),
+                    realism_score=realism.get("score"),
+                    params_json={**params, "source_image_id": source.id, "batch_folder": str(folder.resolve())},
+                    created_by=user,
+                )
+                sample_ids.append(sample.id)
+        return StoredBatch(sample_ids, duplicates, sources)
+
+    def _ensure_sources(self, paths: Sequence[Path], role: str, class_name: str | None, user: str) -> list[SourceInfo]:
+        """The source rows of these image files, storing those not stored yet (in the order given)."""
+        entries = [(path.name, path.read_bytes(), class_name, []) for path in paths]
+        known = {}
+        with self.database.session() as s:
+            for name, data, _, _ in entries:
+                row = repository.find_source_by_sha256(s, sha256_hex(normalise_upload(name, data).png_bytes))
+                if row is not None:
+                    known[name] = self._source_info(row)
+        missing = [entry for entry in entries if entry[0] not in known]
+        if missing:
+            for info in self._store_images(missing, role, user).sources:
+                known[info.name] = info
+        return [known[path.name] for path in paths]
+
+    def review_queue(
+        self,
+        status: str | None = "pending",
+        class_name: str | None = None,
+        source_id: int | None = None,
+        limit: int = 200,
+        offset: int = 0,
+    ) -> list[SampleRow]:
+        """Samples of every batch, oldest first, by status (None: all), class and source: the review queue."""
+        if status is not None and status not in SAMPLE_STATUSES:
+            raise ValueError(f"Status must be one of {', '.join(SAMPLE_STATUSES)}, got {status!r}.")
+        with self.database.session() as s:
+            samples = repository.list_samples(
+                s, class_name, status, limit, offset, newest_first=False, source_image_id=source_id
+            )
+            return [_sample_row(x) for x in samples]
+
     @staticmethod
     def _require_sample(s, sample_id: int):
         sample = repository.get_sample(s, sample_id)
@@ -909,23 +1028,7 @@ class StudioService:
                 for name in names
             ]
             samples = repository.list_samples(s, class_name, status, limit=limit)
-            rows = [
-                SampleRow(
-                    x.id,
-                    x.class_name,
-                    x.status,
-                    x.strength,
-                    x.seed,
-                    x.source_image_id,
-                    x.created_by,
-                    x.decided_by,
-                    x.reject_reason,
-                    x.realism_score,
-                    (x.params_json.get("quality") or {}).get("background_psnr"),
-                    (x.params_json.get("quality") or {}).get("mask_change"),
-                )
-                for x in samples
-            ]
+            rows = [_sample_row(x) for x in samples]
         return DatasetView(counts, rows)
 
     def sample_details(self, sample_id: int) -> SampleDetails:
@@ -1187,12 +1290,23 @@ class StudioService:
     # Export
 
     def export_dataset(
-        self, user: str, out: Path | None = None, formats: Sequence[str] = EXPORT_FORMATS
+        self,
+        user: str,
+        out: Path | None = None,
+        formats: Sequence[str] = EXPORT_FORMATS,
+        classes: Sequence[str] | None = None,
+        val_fraction: float | None = None,
+        split_seed: int = 0,
     ) -> ExportResult:
-        """Write the curated dataset (accepted samples and real defect images) as a zip in the chosen formats."""
+        """Write the curated dataset (accepted samples and real defect images) as a zip in the chosen formats.
+
+        `classes` limits it to those classes; `val_fraction` of the source images (with their samples) form the
+        validation split, drawn by `split_seed` (see storage.export.split_of).
+        """
         unknown = sorted(set(formats) - set(FORMAT_WRITERS))
         if unknown:
             raise ValueError(f"Unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_FORMATS)}.")
+        val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         with self.database.session() as s:
             run_of_version = {}
             for defect_class in repository.list_defect_classes(s):
@@ -1207,17 +1321,30 @@ class StudioService:
                 items.append(export_item_for_sample(sample, sample.source_image, run_id))
             real = _all_pages(lambda offset: repository.list_source_images(s, "defect", None, PAGE_SIZE, offset))
             items += [export_item_for_source(image) for image in real]
+        if classes:
+            unknown_classes = sorted(set(classes) - {item.class_name for item in items})
+            if unknown_classes:
+                raise ValueError(f"Nothing to export for class(es) {', '.join(unknown_classes)}.")
+            items = [item for item in items if item.class_name in set(classes)]
         if not items:
             raise ValueError("Nothing to export yet: accept some candidates or upload real defect images first.")
         out = Path(out) if out is not None else self._new_export_path()
         if out.exists():
             raise ValueError(f"{out} already exists; choose another file name.")
-        summary = write_export(out, items, self.files, extra_manifest={"exported_by": user}, formats=tuple(formats))
+        summary = write_export(
+            out,
+            items,
+            self.files,
+            extra_manifest={"exported_by": user},
+            formats=tuple(formats),
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+        )
         with self.database.transaction() as s:
             export_id = repository.record_export(
                 s, str(out.resolve()), summary.sha256, summary.n_items, summary.formats, user
             ).id
-        return ExportResult(export_id, out, summary.sha256, summary.n_items, summary.counts)
+        return ExportResult(export_id, out, summary.sha256, summary.n_items, summary.counts, summary.split_counts)
 
     def verify_export(self, path: Path) -> list[str]:
         """Problems found in an export zip (an empty list: it is intact)."""
@@ -1230,6 +1357,35 @@ class StudioService:
         while path.exists():
             path, counter = self.exports_dir / f"steel-defects-{stamp}-{counter}.zip", counter + 1
         return path
+
+
+def _sample_row(sample) -> SampleRow:
+    quality = sample.params_json.get("quality") or {}
+    return SampleRow(
+        sample.id,
+        sample.class_name,
+        sample.status,
+        sample.strength,
+        sample.seed,
+        sample.source_image_id,
+        sample.created_by,
+        sample.decided_by,
+        sample.reject_reason,
+        sample.realism_score,
+        quality.get("background_psnr"),
+        quality.get("mask_change"),
+    )
+
+
+def _id_ranges(ids: Sequence[int]) -> str:
+    """ "3-7, 9" for [3, 4, 5, 6, 7, 9]."""
+    ranges: list[list[int]] = []
+    for i in sorted(ids):
+        if ranges and i == ranges[-1][1] + 1:
+            ranges[-1][1] = i
+        else:
+            ranges.append([i, i])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges) or "none"
 
 
 def parse_box_text(text: str) -> list[dict[str, int]]:

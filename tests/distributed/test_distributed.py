@@ -138,3 +138,31 @@ def test_two_process_generation_writes_the_same_images_as_one(
         assert one.info == two.info, "same seed, init and parameters"
         difference = np.abs(np.asarray(one, np.int16) - np.asarray(two, np.int16))
         assert difference.max() <= 2, name
+
+
+def test_two_process_generation_into_the_studio_stores_every_sample_once(
+    tiny_model: Path, tiny_adapter: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from webapp.service import StudioService
+
+    data = tmp_path / "data"
+    args = [
+        "generate", "--model", str(tiny_model), "--adapter", str(tiny_adapter), "--token", "inclusion",
+        "--init", str(tiny_dataset / "inclusion"), "--num", "5", "--steps", "2", "--realism-threshold", "off",
+        "--data-dir", str(data),
+    ]  # fmt: skip
+    done = torchrun(2, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Stored 5 pending samples (ids 1-5)") == 1
+    again = torchrun(2, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "5 identical to stored samples skipped" in again.stdout
+
+    service = StudioService(data, str(tiny_model))
+    try:
+        queue = service.review_queue("pending")
+        assert [row.id for row in queue] == [1, 2, 3, 4, 5]
+        assert len({service.sample_details(row.id).path.read_bytes() for row in queue}) == 5
+        assert len(service.list_sources(role="defect", class_name="inclusion")) == 4
+    finally:
+        service.close()

@@ -221,11 +221,15 @@ def test_unknown_format_is_refused(tmp_path: Path, items: list[ExportItem], file
 
 
 def test_split_follows_the_source_image_so_samples_never_leak_across() -> None:
-    from storage.export import VAL_EVERY, ExportItem, split_of
+    from storage.export import DEFAULT_VAL_FRACTION, ExportItem, split_of
 
     sources = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(200)]
     real = [ExportItem("scratches", sha, "real", lineage={"source_image_sha256": sha}) for sha in sources]
     made = [ExportItem("scratches", "f" * 64, "synthetic", lineage={"source_image_sha256": sha}) for sha in sources]
     assert [split_of(r) for r in real] == [split_of(m) for m in made]
     share = sum(split_of(r) == "val" for r in real) / len(real)
-    assert 0.5 / VAL_EVERY < share < 2 / VAL_EVERY
+    assert 0.5 * DEFAULT_VAL_FRACTION < share < 2 * DEFAULT_VAL_FRACTION
+    larger = sum(split_of(r, 0.3) == "val" for r in real) / len(real)
+    assert 0.2 < larger < 0.4
+    assert [split_of(r, 0.3, seed=1) for r in real] != [split_of(r, 0.3) for r in real], "the seed draws another split"
+    assert {split_of(r, 0.0) for r in real} == {"train"}
