@@ -27,6 +27,21 @@ from webapp.service import EXPORT_FORMATS, SampleDetails, StudioService, realism
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
 ALL = "All"
 STATUS_FILTERS = [ALL, "pending", "accepted", "rejected"]
+# The review queue re-reads the database this often, so other reviewers' and instances' decisions show.
+REVIEW_REFRESH_S = 5
+# Review shortcuts (A accept, R reject, U undo, → next pending) outside text fields; they click the buttons.
+REVIEW_SHORTCUTS_JS = """
+() => {
+  const keys = {a: "review-accept", r: "review-reject", u: "review-undo", ArrowRight: "review-next"};
+  document.addEventListener("keydown", (event) => {
+    const typing = ["INPUT", "TEXTAREA"].includes(document.activeElement?.tagName);
+    const id = keys[event.key.length === 1 ? event.key.toLowerCase() : event.key];
+    if (typing || !id || event.ctrlKey || event.metaKey || event.altKey) return;
+    const button = document.getElementById(id);
+    if (button && button.offsetParent !== null) { event.preventDefault(); button.click(); }
+  });
+}
+"""
 COUNT_HEADERS = ["class", "real images", "pending", "accepted", "rejected"]
 SAMPLE_HEADERS = [
     "id",
@@ -139,6 +154,7 @@ def build_app(service: StudioService) -> gr.Blocks:
             ]
         for load in filter(None, loads):
             app.load(load.fn, load.inputs, load.outputs, api_name=load.api_name)
+        app.load(None, js=REVIEW_SHORTCUTS_JS)
     return app
 
 
@@ -543,8 +559,9 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
 
 
 def create_dataset_tab(service: StudioService) -> TabLoad:
-    """Dataset tab: counts per class, a filtered sample table and a sample viewer."""
-    with gr.Tab("Dataset") as tab:
+    """Dataset tab, the review queue of every batch: counts per class, a filtered sample table, a sample viewer
+    with accept / reject / undo for any sample, refreshed every few seconds so other reviewers' decisions show."""
+    with gr.Tab("Dataset and review queue") as tab:
         with gr.Row():
             class_filter = gr.Dropdown([ALL], value=ALL, label="Class")
             status_filter = gr.Dropdown(STATUS_FILTERS, value=ALL, label="Status")
@@ -558,10 +575,19 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         with gr.Row():
             with gr.Column(scale=1):
                 sample_id = gr.Number(label="Sample id", precision=0)
-                show_button = gr.Button("Show sample")
+                with gr.Row():
+                    show_button = gr.Button("Show sample", size="sm")
+                    next_button = gr.Button("Next pending (→)", size="sm", elem_id="review-next")
+                review_reason = gr.Textbox(label="Reject reason (optional)", max_lines=1)
+                with gr.Row():
+                    accept_button = gr.Button("Accept (A)", variant="primary", elem_id="review-accept")
+                    reject_button = gr.Button("Reject (R)", variant="stop", elem_id="review-reject")
+                    undo_button = gr.Button("Undo (U)", elem_id="review-undo")
+                review_message = gr.Markdown()
                 image = gr.AnnotatedImage(label="Sample with its mask and boxes", format="png", height=300)
             with gr.Column(scale=2):
                 details = gr.JSON(label="Parameters and review history")
+        live = gr.Timer(REVIEW_REFRESH_S)
 
     @domain_errors
     def view(class_name: str, status: str):
@@ -596,6 +622,33 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         row = event.row_value or []
         return int(row[0]) if row else gr.update()
 
+    @domain_errors
+    def next_pending(current: int | None, class_name: str):
+        queue = service.review_queue("pending", None if class_name in (None, ALL) else class_name, limit=1000)
+        if not queue:
+            raise gr.Error("Nothing is pending: every sample has been decided.")
+        later = [row.id for row in queue if current is None or row.id > int(current)]
+        return later[0] if later else queue[0].id
+
+    def decide_as(status: str):
+        @domain_errors
+        def decide(sample_id: int | None, reason: str, class_name: str, status_name: str, request: gr.Request = None):
+            if sample_id is None:
+                raise gr.Error("Enter a sample id or click a row first.")
+            if status == "undo":
+                result = service.undo(int(sample_id), user_of(request))
+            else:
+                result = service.decide(int(sample_id), status, reason, user_of(request))
+            return result.message, "", *show(sample_id), *view(class_name, status_name)
+
+        return decide
+
+    def keep_view(class_name: str, status: str):
+        try:
+            return view(class_name, status)
+        except gr.Error:
+            return gr.update(), gr.update(), gr.update()
+
     filters = [class_filter, status_filter]
     listed = [class_filter, counts, samples]
     refresh_button.click(view, filters, listed, api_name="dataset_view")
@@ -607,6 +660,16 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
     samples.select(pick_row, None, sample_id, api_name="dataset_pick_row").then(
         show, sample_id, [image, details], api_name="dataset_show_row"
     )
+    next_button.click(next_pending, [sample_id, class_filter], sample_id, api_name="review_next").success(
+        show, sample_id, [image, details], api_name="review_show_next"
+    )
+    deciding = [sample_id, review_reason, class_filter, status_filter]
+    decided = [review_message, review_reason, image, details, *listed]
+    accept_button.click(decide_as("accepted"), deciding, decided, api_name="review_accept")
+    reject_button.click(decide_as("rejected"), deciding, decided, api_name="review_reject")
+    review_reason.submit(decide_as("rejected"), deciding, decided, api_name="review_reject_with_reason")
+    undo_button.click(decide_as("undo"), deciding, decided, api_name="review_undo")
+    live.tick(keep_view, filters, listed, api_visibility="private", show_progress="hidden")
     return TabLoad(view, listed, "dataset_load", inputs=filters)
 
 
