@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--checkpointing-steps", type=int, default=None, help="Save a checkpoint every N steps.")
     ft.add_argument("--resume", action="store_true", help="Continue from the run folder's last checkpoint.")
     ft.add_argument(
+        "--mixed-precision",
+        choices=["no", "fp16", "bf16"],
+        default=os.environ.get("ACCELERATE_MIXED_PRECISION"),
+        help="bf16 on recent GPUs (default: `accelerate launch --mixed_precision`'s choice, else the preset's).",
+    )
+    ft.add_argument(
         "--background-loss-weight",
         type=float,
         default=None,
@@ -383,6 +389,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         resume=args.resume,
         checkpointing_steps=args.checkpointing_steps,
         background_loss_weight=args.background_loss_weight,
+        mixed_precision=args.mixed_precision,
         progress=_print_progress,
     )
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""

@@ -1,11 +1,13 @@
-"""Bounded load test: N concurrent generation requests through gradio_client against the studio on loopback.
+"""Load test: concurrent reviewers generating, reading and deciding against the studio on loopback, for a while.
 
-    python bench/load_test.py --tiny                              # a tiny untrained model + 4-step adapter
-    python bench/load_test.py --model M --adapter RUN --requests 32 --concurrency 16
+    python bench/load_test.py                                     # the embedded prior: 8 reviewers, 10 minutes
+    python bench/load_test.py --tiny --duration 60                # a tiny untrained model + 4-step adapter
+    python bench/load_test.py --model M --adapter RUN --reviewers 16
 
-The server runs in its own process (the app as `launch.py` serves it: bounded queue, one model slot), so its
-resident memory is measured alone: after one warm-up request (model loaded), during the load (peak, sampled)
-and after it. Prints latency percentiles, throughput, refusals ("queue is full") and errors. Not a unit test.
+Each reviewer (its own gradio_client) repeats: generate `--candidates` on the slab, read the review queue's
+table, take the next pending sample and accept or reject it. The server runs in its own process (the app as
+`launch.py` serves it: bounded queue, one model slot), so its resident memory is measured alone, every
+`--memory-every` seconds. Prints p50/p95 latency per kind of request, errors, and memory over time. Not a unit test.
 """
 
 from __future__ import annotations
@@ -109,11 +111,13 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="Diffusers folder (default: the embedded prior).")
     parser.add_argument("--adapter", default=None, help="Adapter run folder to register (default: shipped tokens).")
     parser.add_argument("--tiny", action="store_true", help="Build a tiny model and adapter in a temp folder.")
-    parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=8, help="Clients sending at once.")
-    parser.add_argument("--candidates", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server.")
+    parser.add_argument("--reviewers", type=int, default=8, help="Concurrent reviewers.")
+    parser.add_argument("--duration", type=float, default=600, help="Seconds of load.")
+    parser.add_argument("--candidates", type=int, default=2, help="Candidates per generation.")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--strength", type=float, default=0.6)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in the server.")
+    parser.add_argument("--memory-every", type=float, default=30, help="Seconds between memory samples.")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -140,57 +144,74 @@ def main() -> None:
     try:
         source_id, class_name = ready.get(timeout=SERVER_START_TIMEOUT_S)
         url = f"http://127.0.0.1:{port}/"
-        local = threading.local()
+        latencies: dict[str, list[float]] = {"generate": [], "read": [], "decide": []}
+        errors: Counter = Counter()
+        lock = threading.Lock()
 
-        def request(seed: int) -> tuple[float, str]:
-            """One generation from a client of this worker thread: (latency in s, "ok" or the error's type)."""
-            if not hasattr(local, "client"):
-                local.client = Client(url, verbose=False)
-                local.client.predict(None, None, api_name="/generate_refresh")
+        def timed(kind: str, client, *inputs, api_name: str) -> object:
             started = time.perf_counter()
             try:
-                local.client.predict(
-                    source_id, class_name, 1.0, args.candidates, args.steps, seed, api_name="/generate"
-                )
-                outcome = "ok"
+                result = client.predict(*inputs, api_name=api_name)
             except Exception as error:  # a refusal or a server error is a result to count here
-                outcome = "queue full" if "queue is full" in str(error).lower() else type(error).__name__
-            return time.perf_counter() - started, outcome
+                with lock:
+                    errors[f"{kind}: {type(error).__name__}: {str(error)[:80]}"] += 1
+                return None
+            with lock:
+                latencies[kind].append(time.perf_counter() - started)
+            return result
 
-        # 2. Warm up (loads the pipeline), then measure memory before the load
-        warm_s, warm = request(0)
-        rss_before = rss_mb(server.pid)
-        peak = [rss_before]
+        def reviewer(index: int, deadline: float) -> None:
+            client = Client(url, verbose=False)
+            client.predict(None, None, api_name="/generate_refresh")
+            seed = index * 100_000
+            while time.time() < deadline:
+                seed += args.candidates
+                settings = (args.strength, args.candidates, args.steps, seed)
+                timed("generate", client, source_id, class_name, *settings, api_name="/generate")
+                timed("read", client, "All", "pending", api_name="/dataset_view")
+                pending = timed("read", client, None, "All", api_name="/review_next")
+                if pending is not None:
+                    endpoint = "/review_accept" if seed % 3 else "/review_reject"
+                    timed("decide", client, pending, "load test", "All", "All", api_name=endpoint)
+            client.close()
+
+        # 2. Warm up (loads the pipeline), then the load with memory samples
+        warm = Client(url, verbose=False)
+        warm.predict(None, None, api_name="/generate_refresh")
+        warm_s = time.perf_counter()
+        warm.predict(source_id, class_name, args.strength, 1, args.steps, 0, api_name="/generate")
+        warm_s = time.perf_counter() - warm_s
+        warm.close()
+        memory = [(0.0, rss_mb(server.pid))]
+        started = time.time()
         stop = threading.Event()
 
         def sample() -> None:
-            while not stop.wait(RSS_SAMPLE_S):
-                peak[0] = max(peak[0], rss_mb(server.pid))
+            while not stop.wait(args.memory_every):
+                memory.append((time.time() - started, rss_mb(server.pid)))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-
-        # 3. The load: `requests` generations from `concurrency` clients at once
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.concurrency) as pool:
-            results = list(pool.map(request, range(1, args.requests + 1)))
-        wall_s = time.perf_counter() - started
+        with ThreadPoolExecutor(max_workers=args.reviewers) as pool:
+            list(pool.map(lambda i: reviewer(i, started + args.duration), range(args.reviewers)))
+        wall_s = time.time() - started
         stop.set()
         sampler.join()
-        rss_after = rss_mb(server.pid)
+        memory.append((wall_s, rss_mb(server.pid)))
 
-        # 4. Report
-        ok = [latency for latency, outcome in results if outcome == "ok"]
-        outcomes = Counter(outcome for _, outcome in results)
-        print(f"model {model or 'embedded'} · {args.candidates} candidate(s) × {args.steps} steps per request")
-        print(f"warm-up: {warm_s:.2f} s ({warm})")
-        print(f"{args.requests} requests from {args.concurrency} clients in {wall_s:.1f} s: {dict(outcomes)}")
-        print(f"throughput {len(ok) / wall_s:.2f} req/s")
+        # 3. Report
         print(
-            f"latency s: p50 {percentile(ok, 50):.2f}  p90 {percentile(ok, 90):.2f}  p99 {percentile(ok, 99):.2f}"
-            f"  max {max(ok, default=float('nan')):.2f}"
+            f"model {model or 'embedded'} · {args.reviewers} reviewers for {wall_s:.0f} s · generation of "
+            f"{args.candidates} candidate(s), {args.steps} steps, strength {args.strength} (warm-up {warm_s:.1f} s)"
         )
-        print(f"server RSS MB: before {rss_before:.0f}  peak {peak[0]:.0f}  after {rss_after:.0f}")
+        print(f"{'request':<9} {'count':>6} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
+        for kind, values in latencies.items():
+            print(
+                f"{kind:<9} {len(values):>6} {percentile(values, 50):>8.2f} {percentile(values, 95):>8.2f} "
+                f"{max(values, default=float('nan')):>8.2f}"
+            )
+        print(f"errors: {sum(errors.values())}" + "".join(f"\n  {n} × {e}" for e, n in errors.most_common()))
+        print("server RSS MB over time: " + ", ".join(f"{t:.0f} s {mb:.0f}" for t, mb in memory))
     finally:
         server.terminate()
         server.join(timeout=30)

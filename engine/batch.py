@@ -251,6 +251,7 @@ def finetune_folder(
     should_stop: Callable[[], bool] | None = None,
     checkpointing_steps: int | None = None,
     background_loss_weight: float | None = None,
+    mixed_precision: str | None = None,
 ) -> TrainResult:
     """TI + LoRA fine-tune on `<class>/<images>`; the run folder becomes a loadable adapter when complete.
 
@@ -275,6 +276,7 @@ def finetune_folder(
         resolution=resolution,
         checkpointing_steps=checkpointing_steps,
         background_loss_weight=background_loss_weight,
+        mixed_precision=mixed_precision,
     )
     return train(config, images, progress, should_stop)
 
