@@ -18,6 +18,7 @@ from engine.config import DEFAULT_MASKED_STRENGTH, GenerationConfig, finetune_co
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluate import class_realism_scorer
 from engine.generate import generate, resolve_token
+from engine.masks import repainted_region
 from engine.models import load_pipeline, resolve_model
 from engine.train import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 from engine.variation import varied_init
@@ -146,7 +147,8 @@ def generate_to_folder(
             **extra,
         )
         candidates = generate(pipe, image, config, mask=mask_image).candidates
-        scores = scorer.score_many([c.image for c in candidates], class_name) if scorer else [None] * len(candidates)
+        crops = [repainted_region(c.image, c.params) for c in candidates]
+        scores = scorer.score_many(crops, class_name) if scorer else [None] * len(candidates)
         for offset, (candidate, score) in enumerate(zip(candidates, scores, strict=True)):
             candidate.params["source_file"] = lineage["sources"][0]
             candidate.params["init"] = lineage

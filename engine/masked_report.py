@@ -28,7 +28,7 @@ from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_
 from engine.evaluate import RealismScorer, SetDistance, _fmt, _r, _recognition, set_distance
 from engine.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.generate import generate, known_tokens
-from engine.masks import CROP_MARGIN, grown_box, mask_bbox, mask_image
+from engine.masks import CROP_MARGIN, boxes_union, grown_box, mask_bbox, mask_image
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -41,13 +41,7 @@ def defect_crop(item: LabelledImage) -> Image.Image | None:
     if not boxes:
         return None
     image = load_rgb(item.path)
-    union = (
-        min(b.xmin for b in boxes),
-        min(b.ymin for b in boxes),
-        max(b.xmax for b in boxes),
-        max(b.ymax for b in boxes),
-    )
-    return image.crop(grown_box(union, image.width, image.height))
+    return image.crop(grown_box(boxes_union(boxes), image.width, image.height))
 
 
 def defect_crops(items: list[LabelledImage], classes: list[str]) -> dict[str, list[Image.Image]]:

@@ -123,6 +123,19 @@ def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[
     return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
 
 
+def boxes_union(boxes: list) -> tuple[int, int, int, int] | None:
+    """The box (x0, y0, x1, y1) around box dicts (`xmin`…) or objects with those attributes; None for none."""
+    corners = [
+        tuple(b[k] if isinstance(b, dict) else getattr(b, k) for k in ("xmin", "ymin", "xmax", "ymax")) for b in boxes
+    ]
+    if not corners:
+        return None
+    union = corners[0]
+    for box in corners[1:]:
+        union = _union(union, box)
+    return union
+
+
 def _group_components(bboxes: list[tuple[int, int, int, int]], base: int, margin: int) -> list[list[int]]:
     """Indices of components repainted together: merged while their joint box plus margin fits one base window."""
     if len(bboxes) > MAX_GROUPED_COMPONENTS:
@@ -216,3 +229,23 @@ def mask_bbox(mask: np.ndarray) -> Box | None:
     if len(rows) == 0:
         return None
     return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
+def repainted_region(image: Image.Image, params: dict) -> Image.Image:
+    """The part of a candidate the model repainted, by its parameters: its window; for a masked repaint the union of
+    its boxes grown a little (as `evaluate masked` crops real defects), else its windows' extent; else all of it.
+
+    The realism score judges this crop, in batch generation and in the studio alike.
+    """
+    window = params.get("window")
+    if window:
+        return image.crop((window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"]))
+    if (union := boxes_union(params.get("boxes") or [])) is not None:
+        return image.crop(grown_box(union, image.width, image.height))
+    windows = params.get("windows") or []
+    if windows:
+        left, top = min(w["x"] for w in windows), min(w["y"] for w in windows)
+        right = max(w["x"] + w["width"] for w in windows)
+        bottom = max(w["y"] + w["height"] for w in windows)
+        return image.crop((left, top, right, bottom))
+    return image

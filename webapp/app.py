@@ -363,8 +363,16 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             realism_threshold=threshold or None,
         )
         ids = ordered(outcome.sample_ids, by_realism)
+        if not ids:
+            raise gr.Error(
+                f"All {len(outcome.duplicate_seeds)} candidates were identical to stored samples (same seeds and "
+                "settings); change the seed."
+            )
         gallery_update, choices_update = candidates_view(ids, ids[0], threshold)
         message = f"{len(ids)} candidates in {outcome.wall_time_s:.1f} s; judge each one."
+        if outcome.duplicate_seeds:
+            seeds = ", ".join(str(seed) for seed in outcome.duplicate_seeds)
+            message += f" Seed(s) {seeds} made images identical to stored samples: skipped, change the seed."
         if outcome.flagged_ids:
             message += f" {len(outcome.flagged_ids)} pre-rejected below realism {threshold:.2f}."
         return gallery_update, choices_update, ids, message

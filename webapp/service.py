@@ -157,6 +157,8 @@ class GenerationOutcome:
     class_name: str
     candidates: list[CandidateInfo]
     wall_time_s: float
+    # Seeds whose candidate was identical (same sha256) to a stored sample: not stored again.
+    duplicate_seeds: list[int] = field(default_factory=list)
 
     @property
     def sample_ids(self) -> list[int]:
@@ -352,27 +354,6 @@ def check_realism_threshold(threshold: float | None) -> float | None:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"The realism threshold must lie between 0 and 1, got {threshold}.")
     return threshold
-
-
-def realism_crop(image: Image.Image, params: dict[str, Any]) -> Image.Image:
-    """The part of a candidate the model repainted: its window; for a masked repaint the masked crop (its boxes'
-    union grown a little, as `evaluate masked` scores it); else all of it."""
-    from engine.masks import grown_box
-
-    window = params.get("window")
-    if window:
-        return image.crop((window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"]))
-    boxes = params.get("boxes") or []
-    if boxes:
-        union = tuple(f(b[k] for b in boxes) for f, k in ((min, "xmin"), (min, "ymin"), (max, "xmax"), (max, "ymax")))
-        return image.crop(grown_box(union, image.width, image.height))
-    windows = params.get("windows") or []
-    if windows:
-        left, top = min(w["x"] for w in windows), min(w["y"] for w in windows)
-        right = max(w["x"] + w["width"] for w in windows)
-        bottom = max(w["y"] + w["height"] for w in windows)
-        return image.crop((left, top, right, bottom))
-    return image
 
 
 def verify_export(path: Path) -> list[str]:
@@ -685,6 +666,7 @@ class StudioService:
         `realism_threshold` are flagged "pre_rejected" but stay pending: the user decides.
         """
         from engine.generate import generate
+        from engine.masks import repainted_region
 
         # 1. Check inputs
         threshold = check_realism_threshold(realism_threshold)
@@ -710,7 +692,8 @@ class StudioService:
             result = generate(pipe, init_image, config, progress, mask=mask)
 
         # 3. Score each candidate against the class's real images
-        realism = self._score_realism(config.class_name, [realism_crop(c.image, c.params) for c in result.candidates])
+        crops = [repainted_region(c.image, c.params) for c in result.candidates]
+        realism = self._score_realism(config.class_name, crops)
 
         # 4. Store each candidate (PNG with its parameters, realism included, and its mask) and its row
         stored = []
@@ -726,9 +709,13 @@ class StudioService:
             mask_png = candidate.mask_png()
             mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
             stored.append((candidate, self.files.put(candidate.png_bytes(), ".png"), mask_sha256, score, flagged))
+        duplicate_seeds = []
         with self.database.transaction() as s:
             candidates = []
             for candidate, sha256, mask_sha256, score, flagged in stored:
+                if repository.find_sample_by_sha256(s, sha256) is not None:
+                    duplicate_seeds.append(candidate.seed)
+                    continue
                 params = candidate.params
                 window = params["window"]
                 # A masked repaint's boxes are its mask's components. A whole-window img2img has none: its defect
@@ -770,7 +757,9 @@ class StudioService:
                         suggested="reject" if flagged else None,
                     )
                 )
-        return GenerationOutcome(source_id, config.class_name, candidates, result.wall_time_s)
+        if duplicate_seeds:
+            logger.warning("Skipped %d candidate(s) identical to stored samples.", len(duplicate_seeds))
+        return GenerationOutcome(source_id, config.class_name, candidates, result.wall_time_s, duplicate_seeds)
 
     # Realism
 

@@ -13,9 +13,10 @@ from engine.config import GenerationConfig
 from engine.evaluate import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features, save_default_strength
 from engine.features import load_feature_net
 from engine.generate import read_png_parameters
+from engine.masks import repainted_region
 from tests.support import served_client
 from webapp.app import SAMPLE_HEADERS
-from webapp.service import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService, realism_crop
+from webapp.service import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService
 
 FAST = {"steps": 2, "strength": 1.0}
 NEU_CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
@@ -202,15 +203,15 @@ def test_a_strength_tuned_after_registration_reaches_the_classes_at_start(tmp_pa
 
 def test_the_realism_crop_is_the_window_or_the_masked_crop() -> None:
     image = Image.new("L", (300, 100))
-    assert realism_crop(image, {"window": {"x": 10, "y": 0, "size": 100}}).size == (100, 100)
+    assert repainted_region(image, {"window": {"x": 10, "y": 0, "size": 100}}).size == (100, 100)
     boxes = [
         {"label": "scratches", "xmin": 100, "ymin": 20, "xmax": 150, "ymax": 40},
         {"label": "scratches", "xmin": 160, "ymin": 30, "xmax": 200, "ymax": 60},
     ]
     # The boxes' union (100..200 × 20..60) grown by a tenth of its larger side on every side.
     masked = {"window": None, "windows": [{"x": 0, "y": 0, "width": 300, "height": 100}], "boxes": boxes}
-    assert realism_crop(image, masked).size == (120, 60)
-    assert realism_crop(image, {}).size == (300, 100)
+    assert repainted_region(image, masked).size == (120, 60)
+    assert repainted_region(image, {}).size == (300, 100)
 
 
 def test_a_tuned_masked_strength_is_proposed_for_masked_repaints(service, tiny_adapter, tmp_path) -> None:

@@ -182,3 +182,13 @@ def test_an_adapter_of_another_base_model_is_refused(service: StudioService, tin
     with pytest.raises(ValueError, match="trained on another base model"):
         service.register_adapter(foreign)
     assert {c.adapter_version for c in service.list_classes()} == {1}
+
+
+def test_a_candidate_identical_to_a_stored_sample_is_skipped(service: StudioService, slab_png) -> None:
+    source_id = upload_slab(service, slab_png)
+    first = service.generate_candidates(source_id, GenerationConfig("scratches", num_candidates=2, seed=5, **FAST), "a")
+    assert first.duplicate_seeds == [] and len(first.sample_ids) == 2
+    again = service.generate_candidates(source_id, GenerationConfig("scratches", num_candidates=3, seed=6, **FAST), "b")
+    assert again.duplicate_seeds == [6], "seed 6 made the same image as before"
+    assert [c.seed for c in again.candidates] == [7, 8]
+    assert len(service.dataset_view().rows) == 4
