@@ -231,21 +231,24 @@ def mask_bbox(mask: np.ndarray) -> Box | None:
     return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
 
 
-def repainted_region(image: Image.Image, params: dict) -> Image.Image:
-    """The part of a candidate the model repainted, by its parameters: its window; for a masked repaint the union of
-    its boxes grown a little (as `evaluate masked` crops real defects), else its windows' extent; else all of it.
-
-    The realism score judges this crop, in batch generation and in the studio alike.
-    """
+def repainted_box(params: dict, width: int, height: int) -> Box:
+    """The box (x0, y0, x1, y1) a candidate of this size was repainted in, by its parameters: its window; for a
+    masked repaint the union of its boxes grown a little (as `evaluate masked` crops real defects), else its
+    windows' extent; else the whole image."""
     window = params.get("window")
     if window:
-        return image.crop((window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"]))
+        return window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"]
     if (union := boxes_union(params.get("boxes") or [])) is not None:
-        return image.crop(grown_box(union, image.width, image.height))
+        return grown_box(union, width, height)
     windows = params.get("windows") or []
     if windows:
         left, top = min(w["x"] for w in windows), min(w["y"] for w in windows)
-        right = max(w["x"] + w["width"] for w in windows)
-        bottom = max(w["y"] + w["height"] for w in windows)
-        return image.crop((left, top, right, bottom))
-    return image
+        return left, top, max(w["x"] + w["width"] for w in windows), max(w["y"] + w["height"] for w in windows)
+    return 0, 0, width, height
+
+
+def repainted_region(image: Image.Image, params: dict) -> Image.Image:
+    """The part of a candidate the model repainted (`repainted_box`): what the realism score judges, in batch
+    generation and in the studio alike, and what the review desk shows up close."""
+    box = repainted_box(params, image.width, image.height)
+    return image if box == (0, 0, image.width, image.height) else image.crop(box)

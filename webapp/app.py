@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import numpy as np
 from PIL import Image, ImageChops
 
 from engine.config import GenerationConfig
+from webapp.previews import ReviewViews
 from webapp.service import EXPORT_FORMATS, SampleDetails, StudioService, realism_sort_key
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
@@ -125,16 +125,21 @@ def candidate_caption(details: SampleDetails, threshold: float | None) -> str:
     return caption + (" · pre-rejected" if is_flagged(details, threshold) else "")
 
 
-def overlay(details: SampleDetails) -> tuple[str, list[tuple[Any, str]]]:
-    """An AnnotatedImage value: the sample with its mask and its boxes."""
-    annotations: list[tuple[Any, str]] = []
-    if details.mask_path is not None:
-        with Image.open(details.mask_path) as mask:
-            annotations.append((np.asarray(mask.convert("L"), dtype=np.float32) / 255, "mask"))
-    for box in details.boxes:
-        corners = (box["xmin"], box["ymin"], box["xmax"], box["ymax"])
-        annotations.append((corners, f"{box['label'] or details.class_name} box"))
-    return str(details.path), annotations
+def overlay(views: ReviewViews) -> tuple[str, list[tuple[Any, str]]]:
+    """An AnnotatedImage value: the close-up of the repainted region with the mask and boxes in it."""
+    return str(views.candidate), views.annotations
+
+
+def comparison(views: ReviewViews, examples: list[Path]) -> list[tuple[str, str]]:
+    """Gallery items: the repainted region, the source there, their difference, then real examples of the class."""
+    x0, y0, x1, y1 = views.region
+    zoom = f"{views.scale:.0%}" if views.scale < 1 else "100%"
+    items = [(str(views.candidate), f"candidate, region {x0},{y0}–{x1},{y1} at {zoom}")]
+    if views.source is not None:
+        items.append((str(views.source), "source, same region"))
+    if views.difference is not None:
+        items.append((str(views.difference), "difference ×16"))
+    return items + [(str(path), "real example") for path in examples]
 
 
 def build_app(service: StudioService) -> gr.Blocks:
@@ -265,12 +270,17 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                     )
                     reject_flagged_button = gr.Button("Reject flagged", variant="stop", size="sm")
                 candidate = gr.Dropdown(label="Candidate to judge (click an image or pick here)")
-                candidate_view = gr.AnnotatedImage(label="Candidate with its mask and boxes", format="png", height=300)
                 reason = gr.Textbox(label="Reason (optional; Enter here rejects with it)", max_lines=1)
                 with gr.Row():
                     accept_button = gr.Button("Accept candidate", variant="primary")
                     reject_button = gr.Button("Reject candidate", variant="stop")
                     undo_button = gr.Button("Undo last decision")
+                candidate_view = gr.AnnotatedImage(
+                    label="Close-up: the repainted region with its mask and boxes", format="png", height=300
+                )
+                candidate_comparison = gr.Gallery(
+                    label="Candidate · source · difference · real examples of the class", columns=4, height=180
+                )
                 decision = gr.Markdown()
         candidate_ids = gr.State([])
         last_decided = gr.State(None)
@@ -278,7 +288,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     def candidates_view(ids: list[int], selected: int | None, threshold: float | None = None):
         """Gallery items, candidate choices and the selected index for the candidates `ids` (in that order)."""
         details = [service.sample_details(i) for i in ids]
-        items = [(str(d.path), candidate_caption(d, threshold)) for d in details]
+        items = [(str(service.preview(d.path)), candidate_caption(d, threshold)) for d in details]
         choices = [(candidate_caption(d, threshold), d.id) for d in details]
         index = ids.index(selected) if selected in ids else None
         return gr.update(value=items, selected_index=index), gr.update(choices=choices, value=selected)
@@ -382,7 +392,11 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         return int(seed or 0) + int(num_candidates or 1)
 
     def show_candidate(sample_id: int | None):
-        return overlay(service.sample_details(int(sample_id))) if sample_id is not None else None
+        if sample_id is None:
+            return None, None
+        views = service.review_views(int(sample_id))
+        examples = service.real_examples(service.sample_details(int(sample_id)).class_name)
+        return overlay(views), comparison(views, examples)
 
     def select_from_gallery(ids: list[int], event: gr.SelectData):
         return gr.update(value=ids[event.index]) if event.index is not None and event.index < len(ids) else gr.update()
@@ -458,7 +472,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         api_name="generate",
         **MODEL,
     ).success(next_seed, [seed, num_candidates], seed, api_visibility="private")
-    candidate.change(show_candidate, candidate, candidate_view, api_name="candidate_overlay")
+    candidate.change(show_candidate, candidate, [candidate_view, candidate_comparison], api_name="candidate_overlay")
     gallery.select(select_from_gallery, candidate_ids, candidate, api_name="select_candidate")
     judging = [candidate_ids, candidate, reason, threshold]
     accept_button.click(accept, judging, judged, api_name="accept")
@@ -592,7 +606,12 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
                     reject_button = gr.Button("Reject (R)", variant="stop", elem_id="review-reject")
                     undo_button = gr.Button("Undo (U)", elem_id="review-undo")
                 review_message = gr.Markdown()
-                image = gr.AnnotatedImage(label="Sample with its mask and boxes", format="png", height=300)
+                image = gr.AnnotatedImage(
+                    label="Close-up: the repainted region with its mask and boxes", format="png", height=300
+                )
+                side_by_side = gr.Gallery(
+                    label="Candidate · source · difference · real examples of the class", columns=4, height=180
+                )
             with gr.Column(scale=2):
                 details = gr.JSON(label="Parameters and review history")
         live = gr.Timer(REVIEW_REFRESH_S)
@@ -624,7 +643,9 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
             "revision": sample.revision,
             "realism_score": sample.realism_score,
         }
-        return overlay(sample), {**record, "parameters": sample.params, "decisions": sample.decisions}
+        views = service.review_views(sample.id)
+        side_by_side = comparison(views, service.real_examples(sample.class_name))
+        return overlay(views), side_by_side, {**record, "parameters": sample.params, "decisions": sample.decisions}
 
     def pick_row(event: gr.SelectData):
         row = event.row_value or []
@@ -663,16 +684,16 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
     class_filter.input(view, filters, listed, api_name="dataset_filter_class")
     status_filter.input(view, filters, listed, api_name="dataset_filter_status")
     tab.select(view, filters, listed, api_name="dataset_tab")
-    show_button.click(show, sample_id, [image, details], api_name="sample_details")
-    sample_id.submit(show, sample_id, [image, details], api_name="sample_details_submit")
+    show_button.click(show, sample_id, [image, side_by_side, details], api_name="sample_details")
+    sample_id.submit(show, sample_id, [image, side_by_side, details], api_name="sample_details_submit")
     samples.select(pick_row, None, sample_id, api_name="dataset_pick_row").then(
-        show, sample_id, [image, details], api_name="dataset_show_row"
+        show, sample_id, [image, side_by_side, details], api_name="dataset_show_row"
     )
     next_button.click(next_pending, [sample_id, class_filter], sample_id, api_name="review_next").success(
-        show, sample_id, [image, details], api_name="review_show_next"
+        show, sample_id, [image, side_by_side, details], api_name="review_show_next"
     )
     deciding = [sample_id, review_reason, class_filter, status_filter]
-    decided = [review_message, review_reason, image, details, *listed]
+    decided = [review_message, review_reason, image, side_by_side, details, *listed]
     accept_button.click(decide_as("accepted"), deciding, decided, api_name="review_accept")
     reject_button.click(decide_as("rejected"), deciding, decided, api_name="review_reject")
     review_reason.submit(decide_as("rejected"), deciding, decided, api_name="review_reject_with_reason")
@@ -712,4 +733,5 @@ def create_export_tab(service: StudioService) -> None:
 
 def served_folders(service: StudioService) -> list[str]:
     """The folders whose files the UI shows (pass as `allowed_paths` to launch); not the database beside them."""
-    return [str(folder) for folder in (service.files.root, service.runs_dir, service.exports_dir)]
+    folders = (service.files.root, service.runs_dir, service.exports_dir, service.previews_dir)
+    return [str(folder) for folder in folders]

@@ -37,6 +37,7 @@ from storage.export import (
 from storage.export import verify_export as verify_export_zip
 from storage.files import FileStore, sha256_hex
 from storage.tables import SAMPLE_STATUSES, SOURCE_ROLES, utc_now
+from webapp.previews import THUMBNAIL_MAX_SIDE, VIEW_MAX_SIDE, ReviewViews, review_views, thumbnail
 from webapp.validation import normalise_upload
 
 logger = logging.getLogger(__name__)
@@ -375,6 +376,7 @@ class StudioService:
         self.files = FileStore(self.data_dir / "files")
         self.runs_dir = self.data_dir / "runs"
         self.exports_dir = self.data_dir / "exports"
+        self.previews_dir = self.data_dir / "previews"
         self.preview_steps = PREVIEW_STEPS
         self._pipelines: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
         self._model_lock = threading.RLock()
@@ -1041,6 +1043,32 @@ class StudioService:
                 list(sample.boxes_json),
                 sample.realism_score,
             )
+
+    def review_views(self, sample_id: int, max_side: int = VIEW_MAX_SIDE) -> ReviewViews:
+        """Close-up views of a sample for judging: its repainted region, its source there and their difference."""
+        details = self.sample_details(sample_id)
+        with self.database.session() as s:
+            source = repository.get_source_image(s, details.source_image_id)
+            source_path = self.files.path(source.sha256) if source is not None else None
+        return review_views(
+            f"sample-{details.id}",
+            details.path,
+            source_path,
+            details.params,
+            self.previews_dir,
+            details.mask_path,
+            details.boxes,
+            details.class_name,
+            max_side,
+        )
+
+    def preview(self, path: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> Path:
+        """A downscaled copy of a stored image for the browser (cached), or the image when it is small already."""
+        return thumbnail(path, self.previews_dir, max_side)
+
+    def real_examples(self, class_name: str, limit: int = 4) -> list[Path]:
+        """Previews of the class's first uploaded real defects, to compare a candidate with."""
+        return [self.preview(source.path) for source in self.list_sources(role="defect", class_name=class_name)[:limit]]
 
     def box_mask(self, source_id: int, text: str) -> Image.Image:
         """A mask of the source's size with the boxes of `text` ("x0,y0,x1,y1", one per line or ';') filled."""

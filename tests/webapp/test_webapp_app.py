@@ -42,7 +42,7 @@ def test_upload_generate_accept_export_through_the_client(service: StudioService
             client.predict(source.id, "scratches", 0.05, 1, 2, 0, api_name="/generate")
         _, counts, rows = client.predict("All", "All", api_name="/dataset_view")
         assert counts["data"] == [["scratches", 0, 0, 1, 1]] and len(rows["data"]) == 2
-        _, details = client.predict(first, api_name="/sample_details")
+        _, _, details = client.predict(first, api_name="/sample_details")
         assert details["parameters"]["seed"] == 0 and details["decisions"][0]["user"] == "local"
         assert client.predict(api_name="/finetune_status")[0] == "No fine-tune run yet."
 

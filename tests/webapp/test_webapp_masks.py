@@ -135,10 +135,39 @@ def test_the_ui_generates_from_typed_boxes_and_shows_the_overlay(service: Studio
         _, _, message = job.result(timeout=120)
         assert message.startswith("1 candidates")
         (sample_id,) = [row.id for row in service.dataset_view().rows]
-        shown = client.predict(sample_id, api_name="/candidate_overlay")
+        shown, side_by_side = client.predict(sample_id, api_name="/candidate_overlay")
         labels = sorted(annotation["label"] for annotation in shown["annotations"])
         assert labels == ["mask", "scratches box"]
+        views = service.review_views(sample_id)
+        x0, y0, x1, y1 = views.region
+        assert (x0, y0) <= (5, 5) and (x1, y1) >= (25, 20) and (x1 - x0, y1 - y0) < (64, 48), "a close-up"
         with Image.open(shown["image"]) as image:
-            assert image.size == (64, 48)
+            assert image.size == (x1 - x0, y1 - y0)
+        captions = [item["caption"] for item in side_by_side]
+        assert captions[0].startswith("candidate, region") and captions[1:] == ["source, same region", "difference ×16"]
         job = client.submit(source_id, "scratches", 1.0, 1, 2, 1, None, "", True, api_name="/generate")
         assert job.result(timeout=120)[2].startswith("1 candidates")
+
+
+def test_review_views_of_a_wide_slab_are_downscaled_close_ups(tmp_path: Path) -> None:
+    from webapp.previews import review_views, thumbnail
+
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 255, (256, 1600), dtype=np.uint8)
+    candidate = source.copy()
+    candidate[100:140, 900:1000] = 255
+    Image.fromarray(source).save(tmp_path / "source.png")
+    Image.fromarray(candidate).save(tmp_path / "candidate.png")
+    params = {"window": {"x": 800, "y": 0, "size": 256}}
+    views = review_views(
+        "s1", tmp_path / "candidate.png", tmp_path / "source.png", params, tmp_path / "views", max_side=128
+    )
+    assert views.region == (800, 0, 1056, 256) and views.scale == 0.5
+    with Image.open(views.candidate) as close_up, Image.open(views.difference) as difference:
+        assert close_up.size == difference.size == (128, 128)
+        changed = np.asarray(difference) > 0
+    assert changed[50:70, 50:100].all() and not changed[:40].any(), "the difference shows where the defect went"
+    preview = thumbnail(tmp_path / "candidate.png", tmp_path / "views", 400)
+    with Image.open(preview) as small:
+        assert small.size == (400, 64)
+    assert thumbnail(tmp_path / "candidate.png", tmp_path / "views", 4000) == tmp_path / "candidate.png"

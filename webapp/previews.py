@@ -1,0 +1,104 @@
+"""Server-side views for judging samples up close: downscaled previews, the repainted region of a candidate beside
+its source and their difference. PIL and numpy only; a 50-megapixel slab never reaches the browser at full size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageChops
+
+from engine.masks import repainted_box
+
+# Longest side of a view sent to the browser: a close-up of the repainted region, or a whole-slab preview.
+VIEW_MAX_SIDE = 768
+THUMBNAIL_MAX_SIDE = 256
+# Differences are faint; this gain makes a change of 1/16 of the grey range show as full white.
+DIFFERENCE_GAIN = 16
+# Views are cached under this name pattern; a change of the sample (never: samples are immutable) needs none.
+VIEW_NAME = "{key}-{kind}-{side}.png"
+
+
+@dataclass
+class ReviewViews:
+    """Paths of the views of one sample and the annotations of its close-up (mask array and boxes, view pixels)."""
+
+    candidate: Path
+    source: Path | None
+    difference: Path | None
+    region: tuple[int, int, int, int]
+    scale: float
+    annotations: list[tuple[Any, str]] = field(default_factory=list)
+
+
+def thumbnail(path: Path, cache_dir: Path, max_side: int = THUMBNAIL_MAX_SIDE) -> Path:
+    """A copy of the image no larger than `max_side` a side (cached by file name), or the image if already small."""
+    path = Path(path)
+    target = Path(cache_dir) / VIEW_NAME.format(key=path.stem, kind="thumb", side=max_side)
+    if target.exists():
+        return target
+    with Image.open(path) as image:
+        if max(image.size) <= max_side:
+            return path
+        image.draft("RGB", (max_side, max_side))
+        small = image.convert("RGB")
+        small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    _save_atomically(small, target)
+    return target
+
+
+def review_views(
+    key: str,
+    candidate_path: Path,
+    source_path: Path | None,
+    params: dict[str, Any],
+    cache_dir: Path,
+    mask_path: Path | None = None,
+    boxes: list[dict[str, Any]] | None = None,
+    label: str = "defect",
+    max_side: int = VIEW_MAX_SIDE,
+) -> ReviewViews:
+    """The candidate's repainted region (window or mask crop, `engine.masks.repainted_box`) downscaled to `max_side`,
+    the same region of its source and their amplified difference when the source is the candidate's own init, and
+    the mask and boxes in the close-up's pixels (for an AnnotatedImage)."""
+    cache_dir = Path(cache_dir)
+    with Image.open(candidate_path) as opened:
+        candidate = opened.convert("RGB")
+    region = repainted_box(params, candidate.width, candidate.height)
+    scale = min(1.0, max_side / max(region[2] - region[0], region[3] - region[1]))
+    size = (max(1, round((region[2] - region[0]) * scale)), max(1, round((region[3] - region[1]) * scale)))
+
+    def close_up(image: Image.Image, kind: str) -> Path:
+        target = cache_dir / VIEW_NAME.format(key=key, kind=kind, side=max_side)
+        if not target.exists():
+            _save_atomically(image.crop(region).resize(size, Image.Resampling.LANCZOS), target)
+        return target
+
+    views = ReviewViews(close_up(candidate, "candidate"), None, None, region, scale)
+    init = params.get("init") or {"kind": "source"}
+    if source_path is not None:
+        with Image.open(source_path) as opened:
+            source = opened.convert("RGB")
+        if source.size == candidate.size:
+            views.source = close_up(source, "source")
+            if init.get("kind") == "source":
+                difference = ImageChops.difference(candidate, source).convert("L")
+                views.difference = close_up(difference.point(lambda v: min(255, v * DIFFERENCE_GAIN)), "difference")
+    if mask_path is not None:
+        with Image.open(mask_path) as opened:
+            mask = opened.convert("L").crop(region).resize(size, Image.Resampling.NEAREST)
+        views.annotations.append((np.asarray(mask, dtype=np.float32) / 255, "mask"))
+    for box in boxes or []:
+        corners = [round((box[k] - region[i % 2]) * scale) for i, k in enumerate(("xmin", "ymin", "xmax", "ymax"))]
+        corners = [min(max(c, 0), size[i % 2]) for i, c in enumerate(corners)]
+        views.annotations.append((tuple(corners), f"{box.get('label') or label} box"))
+    return views
+
+
+def _save_atomically(image: Image.Image, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.part")
+    image.save(partial, format="PNG")
+    partial.replace(target)
