@@ -281,10 +281,37 @@ class FineTuneStatus:
     previews: list[Path]
     error: str | None = None
     resumed_from: int | None = None
+    elapsed_s: float | None = None
+    # Seconds left at the pace of the steps this session has trained; None before the first step.
+    eta_s: float | None = None
 
     @property
     def is_active(self) -> bool:
         return self.status in RUNS_STILL_OPEN
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class AdapterVersionInfo:
+    """One trained adapter of a class; the active one is used for generation."""
+
+    id: int
+    class_name: str
+    version: int
+    run_id: int | None
+    path: str
+    is_active: bool
+    created_at: str
+
+    @property
+    def label(self) -> str:
+        run = f"run {self.run_id}" if self.run_id is not None else "registered"
+        return f"v{self.version} · {run} · {self.created_at[:16].replace('T', ' ')}" + (
+            " · active" if self.is_active else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -1172,6 +1199,7 @@ class StudioService:
             status, classes, metrics, error = run.status, list(run.classes_json), dict(run.metrics_json), run.error
             resumed_from = run.config_json.get("resumed_from")
             total = int(run.config_json.get("steps") or 0)
+            started_at, finished_at = run.started_at, run.finished_at
         with self._runs_lock:
             progress = self._runs.get(run_id)
         if progress is not None:
@@ -1182,7 +1210,41 @@ class StudioService:
         if status not in RUNS_STILL_OPEN:
             message = error or _finished_message(status, metrics)
         previews = [Path(p) for p in metrics.get("previews", [])]
-        return FineTuneStatus(run_id, status, classes, step, total, message, loss, previews, error, resumed_from)
+        elapsed = ((finished_at or utc_now()) - started_at).total_seconds() if started_at is not None else None
+        trained = step - (resumed_from or 0)
+        eta = None
+        if status in RUNS_STILL_OPEN and elapsed is not None and trained > 0 and total:
+            eta = elapsed / trained * max(0, total - step)
+        return FineTuneStatus(
+            run_id, status, classes, step, total, message, loss, previews, error, resumed_from, elapsed, eta
+        )
+
+    def training_counts(self, classes: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Images a fine-tune of these classes would train on, per class: real defects and accepted samples."""
+        view = self.dataset_view()
+        counts = {c.class_name: {"real": c.real, "accepted": c.accepted} for c in view.counts}
+        return {name: counts.get(name, {"real": 0, "accepted": 0}) for name in classes}
+
+    def adapter_versions(self, class_name: str) -> list[AdapterVersionInfo]:
+        """Every adapter version of a class, oldest first."""
+        with self.database.session() as s:
+            return [
+                AdapterVersionInfo(
+                    v.id, v.class_name, v.version, v.run_id, v.path, v.is_active, v.created_at.isoformat()
+                )
+                for v in repository.list_adapter_versions(s, class_name)
+            ]
+
+    def activate_adapter_version(self, class_name: str, version: int) -> AdapterVersionInfo:
+        """Make a version of a class's adapter the one generation uses (roll back or forward)."""
+        with self.database.transaction() as s:
+            chosen = next((v for v in repository.list_adapter_versions(s, class_name) if v.version == version), None)
+            if chosen is None:
+                raise ValueError(f"Class {class_name!r} has no adapter version {version}.")
+            if not (Path(chosen.path) / ADAPTER_INDEX).exists():
+                raise ValueError(f"Adapter version {version} of {class_name!r} is missing on disk ({chosen.path}).")
+            repository.activate_adapter_version(s, chosen.id)
+        return next(v for v in self.adapter_versions(class_name) if v.version == version)
 
     def latest_run_id(self) -> int | None:
         """The newest fine-tune run, or None."""
@@ -1280,7 +1342,8 @@ class StudioService:
         return dataset_dir
 
     def _write_previews(self, out_dir: Path, classes: list[str]) -> list[Path]:
-        """A few fixed-seed candidates per class from the reloaded adapter, on the first clean slab."""
+        """A few fixed-seed candidates per class from the reloaded adapter, on a slab of the class: the source of its
+        newest sample, else the first clean slab, else one of its training images."""
         from engine.generate import generate
 
         clean = self.list_sources(role="clean")
@@ -1288,7 +1351,9 @@ class StudioService:
         preview_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for class_name in classes:
-            base = clean[0].path if clean else next((out_dir / "dataset" / class_name).glob("*.png"))
+            base = self._slab_of_class(class_name) or (
+                clean[0].path if clean else next((out_dir / "dataset" / class_name).glob("*.png"))
+            )
             with Image.open(base) as opened:
                 init_image = opened.copy()
             strength = next((c.default_strength for c in self.list_classes() if c.name == class_name), DEFAULT_STRENGTH)
@@ -1303,6 +1368,15 @@ class StudioService:
                 path.write_bytes(candidate.png_bytes())
                 written.append(path)
         return written
+
+    def _slab_of_class(self, class_name: str) -> Path | None:
+        """The clean slab the class's newest sample was generated on, if any."""
+        with self.database.session() as s:
+            for sample in repository.list_samples(s, class_name, limit=20):
+                source = sample.source_image
+                if source.role == "clean":
+                    return self.files.path(source.sha256)
+        return None
 
     # Export
 

@@ -44,7 +44,7 @@ def test_upload_generate_accept_export_through_the_client(service: StudioService
         assert counts["data"] == [["scratches", 0, 0, 1, 1]] and len(rows["data"]) == 2
         _, _, details = client.predict(first, api_name="/sample_details")
         assert details["parameters"]["seed"] == 0 and details["decisions"][0]["user"] == "local"
-        assert client.predict(api_name="/finetune_status")[0] == "No fine-tune run yet."
+        assert client.predict(api_name="/finetune_status")[1] == "No fine-tune run yet."
 
         summary, download = client.predict(api_name="/export")
         assert "1 images" in summary

@@ -40,6 +40,24 @@ def test_a_finished_run_becomes_the_active_adapter_with_previews(service: Studio
     source_id = service.list_sources(role="clean")[0].id
     outcome = service.generate_candidates(source_id, GenerationConfig("scratches", steps=2, strength=1.0), "bob")
     assert service.sample_details(outcome.sample_ids[0]).params["adapter_version"] == 2
+    assert status.elapsed_s > 0 and status.eta_s is None and status.fraction == 1.0
+    assert service.training_counts(["scratches", "inclusion"]) == {
+        "scratches": {"real": 2, "accepted": 0},
+        "inclusion": {"real": 0, "accepted": 0},
+    }
+
+    # Roll back to the shipped adapter, then forward again.
+    versions = service.adapter_versions("scratches")
+    assert [(v.version, v.is_active) for v in versions] == [(1, False), (2, True)]
+    assert service.activate_adapter_version("scratches", 1).is_active
+    classes = {c.name: c for c in service.list_classes()}
+    assert classes["scratches"].adapter_version == 1
+    rolled_back = service.generate_candidates(source_id, GenerationConfig("scratches", steps=2, strength=1.0), "bob")
+    assert service.sample_details(rolled_back.sample_ids[0]).params["adapter_version"] == 1
+    with pytest.raises(ValueError, match="no adapter version 7"):
+        service.activate_adapter_version("scratches", 7)
+    service.activate_adapter_version("scratches", 2)
+    assert [v.is_active for v in service.adapter_versions("scratches")] == [False, True]
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint(service: StudioService, slab_png) -> None:
