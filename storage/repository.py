@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -114,6 +114,46 @@ def list_source_images(
     if class_name is not None:
         query = query.where(SourceImage.class_name == class_name)
     return list(s.scalars(query))
+
+
+def source_sample_counts(s: Session, source_image_id: int) -> dict[str, int]:
+    """How many samples made from this source image are pending, accepted and rejected."""
+    query = (
+        select(GeneratedSample.status, func.count())
+        .where(GeneratedSample.source_image_id == source_image_id)
+        .group_by(GeneratedSample.status)
+    )
+    return {status: count for status, count in s.execute(query)}
+
+
+def delete_source_image(s: Session, source_image_id: int, with_samples: bool = False) -> int:
+    """Delete a source image; with `with_samples` also every sample made from it (and their decisions), else it
+    must have none. Returns how many samples went with it."""
+    sample_ids = list(s.scalars(select(GeneratedSample.id).where(GeneratedSample.source_image_id == source_image_id)))
+    if sample_ids and not with_samples:
+        raise ValueError(f"Image {source_image_id} has {len(sample_ids)} sample(s) made from it.")
+    if sample_ids:
+        s.execute(delete(Decision).where(Decision.sample_id.in_(sample_ids)))
+        s.execute(delete(GeneratedSample).where(GeneratedSample.id.in_(sample_ids)))
+    s.execute(delete(SourceImage).where(SourceImage.id == source_image_id))
+    return len(sample_ids)
+
+
+def update_source_image(
+    s: Session, source_image_id: int, class_name: str | None = None, boxes: Iterable[Any] | None = None
+) -> SourceImage:
+    """Change a real defect's class and/or its boxes (None: keep)."""
+    source = s.get(SourceImage, source_image_id)
+    if source is None:
+        raise LookupError(f"No source image with id {source_image_id}")
+    if class_name is not None:
+        if source.role != "defect":
+            raise ValueError(f"Image {source_image_id} is a clean slab; only real defects have a class.")
+        source.class_name = class_name
+    if boxes is not None:
+        source.boxes_json = normalize_boxes(boxes, source.width, source.height)
+    s.flush()
+    return source
 
 
 # Defect classes

@@ -101,16 +101,21 @@ class UploadResult:
 
     sources: list[SourceInfo]
     changes: dict[str, list[str]] = field(default_factory=dict)
+    # Ids of the images that were stored before (uploaded again, or twice in this batch).
+    already_stored: list[int] = field(default_factory=list)
 
     @property
     def summary(self) -> str:
         """One line for the UI and the CLI: how many were stored, their ids, and the first few conversions."""
-        ids = [s.id for s in self.sources]
-        id_text = ", ".join(map(str, ids)) if len(ids) <= SUMMARY_ITEMS else f"{min(ids)}…{max(ids)}"
+        new = list(dict.fromkeys(s.id for s in self.sources if s.id not in set(self.already_stored)))
+        text = f"Stored {len(new)} image(s) (ids {_id_ranges(new)})." if new else "No new image stored."
+        if self.already_stored:
+            known = list(dict.fromkeys(self.already_stored))
+            text += f" {len(known)} already stored (ids {_id_ranges(known)})."
         changed = [f"{name}: {', '.join(notes)}" for name, notes in self.changes.items() if notes]
         if len(changed) > SUMMARY_ITEMS:
             changed = [*changed[:SUMMARY_ITEMS], f"and {len(changed) - SUMMARY_ITEMS} more converted"]
-        return f"Stored {len(ids)} image(s) (ids {id_text})." + (" " + "; ".join(changed) + "." if changed else "")
+        return text + (" " + "; ".join(changed) + "." if changed else "")
 
 
 @dataclass(frozen=True)
@@ -612,12 +617,16 @@ class StudioService:
 
         # 2. Rows first, files last, in one transaction
         with self.database.transaction() as s:
-            rows = []
+            rows, already_stored, seen = [], [], set()
             for image, class_name, boxes in checked:
                 sha256 = sha256_hex(image.png_bytes)
+                known = sha256 in seen or repository.find_source_by_sha256(s, sha256) is not None
+                seen.add(sha256)
                 row = repository.add_source_image(
                     s, sha256, role, class_name, image.name, image.width, image.height, boxes, user
                 )
+                if known:
+                    already_stored.append(row.id)
                 if (row.role, row.class_name) != (role, class_name):
                     kind = f"a real defect of class {row.class_name!r}" if row.role == "defect" else "a clean slab"
                     raise ValueError(f"{image.name} is already stored as {kind} (image {row.id}).")
@@ -625,7 +634,46 @@ class StudioService:
             for image, _, _ in checked:
                 self.files.put(image.png_bytes, ".png")
             sources = [self._source_info(row) for row in rows]
-        return UploadResult(sources, {image.name: image.changes for image, _, _ in checked})
+        return UploadResult(sources, {image.name: image.changes for image, _, _ in checked}, already_stored)
+
+    def source_boxes(self, source_id: int) -> list[dict[str, Any]]:
+        """The defect boxes stored with an uploaded image."""
+        with self.database.session() as s:
+            source = repository.get_source_image(s, source_id)
+            if source is None:
+                raise ValueError(f"There is no uploaded image with id {source_id}.")
+            return list(source.boxes_json)
+
+    def delete_source(self, source_id: int, with_samples: bool = False) -> int:
+        """Delete an uploaded image with its pending and rejected samples; one with accepted samples is refused
+        unless `with_samples` (they go too). Returns how many samples were deleted."""
+        with self.database.transaction() as s:
+            if repository.get_source_image(s, source_id) is None:
+                raise ValueError(f"There is no uploaded image with id {source_id}.")
+            accepted = repository.source_sample_counts(s, source_id).get("accepted", 0)
+            if accepted and not with_samples:
+                raise ValueError(
+                    f"Image {source_id} has {accepted} accepted sample(s) made from it; delete it with its samples, "
+                    "or keep it."
+                )
+            return repository.delete_source_image(s, source_id, with_samples=True)
+
+    def update_source(self, source_id: int, class_name: str | None = None, box_text: str | None = None) -> SourceInfo:
+        """Re-class a real defect and/or set its boxes from "x0,y0,x1,y1" lines (empty text: no boxes)."""
+        boxes = None
+        with self.database.transaction() as s:
+            source = repository.get_source_image(s, source_id)
+            if source is None:
+                raise ValueError(f"There is no uploaded image with id {source_id}.")
+            new_class = check_class_name(class_name) if class_name else None
+            if box_text is not None:
+                label = new_class or source.class_name or ""
+                boxes = [{**box, "label": label} for box in parse_box_text(box_text)] if box_text.strip() else []
+            try:
+                row = repository.update_source_image(s, source_id, new_class, boxes)
+            except LookupError as error:
+                raise ValueError(str(error)) from error
+            return self._source_info(row)
 
     def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
         """Uploaded images, oldest first, optionally of one role and class."""

@@ -192,3 +192,33 @@ def test_a_candidate_identical_to_a_stored_sample_is_skipped(service: StudioServ
     assert again.duplicate_seeds == [6], "seed 6 made the same image as before"
     assert [c.seed for c in again.candidates] == [7, 8]
     assert len(service.dataset_view().rows) == 4
+
+
+def test_sources_are_re_classed_boxed_and_deleted_with_their_samples(service: StudioService, slab_png) -> None:
+    (real,) = service.upload_images([("real.png", slab_png(40, 30, 9))], "defect", "scratches", "a").sources
+    again = service.upload_images([("real.png", slab_png(40, 30, 9))], "defect", "scratches", "a")
+    assert again.summary.startswith(f"No new image stored. 1 already stored (ids {real.id})")
+
+    moved = service.update_source(real.id, "rolled in scale", "2,3,20,10\n5,5,9,9")
+    assert moved.class_name == "rolled in scale"
+    assert service.source_boxes(real.id) == [
+        {"label": "rolled in scale", "xmin": 2, "ymin": 3, "xmax": 20, "ymax": 10},
+        {"label": "rolled in scale", "xmin": 5, "ymin": 5, "xmax": 9, "ymax": 9},
+    ]
+    assert service.list_sources(role="defect", class_name="rolled in scale")[0].id == real.id
+    with pytest.raises(ValueError, match="outside"):
+        service.update_source(real.id, box_text="0,0,41,10")
+    assert service.update_source(real.id, box_text="").class_name == "rolled in scale"
+    assert service.source_boxes(real.id) == []
+
+    source_id = upload_slab(service, slab_png)
+    outcome = service.generate_candidates(source_id, GenerationConfig("scratches", num_candidates=2, **FAST), "a")
+    first, second = outcome.sample_ids
+    service.decide(first, "accepted", None, "a")
+    with pytest.raises(ValueError, match="1 accepted sample"):
+        service.delete_source(source_id)
+    assert service.delete_source(source_id, with_samples=True) == 2
+    assert service.dataset_view().rows == [] and service.list_sources(role="clean") == []
+    assert service.delete_source(real.id) == 0
+    with pytest.raises(ValueError, match="no uploaded image"):
+        service.delete_source(real.id)
