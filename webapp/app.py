@@ -22,11 +22,25 @@ from PIL import Image, ImageChops
 
 from engine.config import GenerationConfig
 from webapp.previews import ReviewViews
-from webapp.service import EXPORT_FORMATS, FineTuneStatus, SampleDetails, StudioService, realism_sort_key
+from webapp.service import (
+    DEFAULT_VAL_FRACTION,
+    EXPORT_FORMATS,
+    FineTuneStatus,
+    SampleDetails,
+    StudioService,
+    realism_sort_key,
+)
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
 ALL = "All"
 STATUS_FILTERS = [ALL, "pending", "accepted", "rejected"]
+REALISM_HELP = (
+    "**Realism** (0–1) judges the repainted region only: the geometric mean of the steel feature network's "
+    "probability that it shows the chosen class and how typical its features are among the class's real images "
+    "(its uploaded real defects from 3 on, else NEU's shipped features for a NEU class; typicality alone for a class "
+    "the network was not trained on). Read it against the untouched slab's score on the same region, reported after "
+    "each batch: a candidate scoring no higher than its slab has added nothing of the class."
+)
 # The review queue re-reads the database this often, so other reviewers' and instances' decisions show.
 REVIEW_REFRESH_S = 5
 # Review shortcuts (A accept, R reject, U undo, → next pending) outside text fields; they click the buttons.
@@ -336,6 +350,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                         label="Pre-reject below realism (0: off; you still decide)",
                     )
                     reject_flagged_button = gr.Button("Reject flagged", variant="stop", size="sm")
+                gr.Markdown(REALISM_HELP)
                 candidate = gr.Dropdown(label="Candidate to judge (click an image or pick here)")
                 reason = gr.Textbox(label="Reason (optional; Enter here rejects with it)", max_lines=1)
                 with gr.Row():
@@ -450,6 +465,8 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         if outcome.duplicate_seeds:
             seeds = ", ".join(str(seed) for seed in outcome.duplicate_seeds)
             message += f" Seed(s) {seeds} made images identical to stored samples: skipped, change the seed."
+        if outcome.baseline_realism is not None:
+            message += f" The untouched slab scores {outcome.baseline_realism:.2f} on the same region (baseline)."
         if outcome.flagged_ids:
             message += f" {len(outcome.flagged_ids)} pre-rejected below realism {threshold:.2f}."
         return gallery_update, choices_update, ids, message
@@ -804,9 +821,9 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
 # Export
 
 
-def create_export_tab(service: StudioService) -> None:
-    """Export tab: write the curated dataset zip and offer it for download."""
-    with gr.Tab("Export"):
+def create_export_tab(service: StudioService) -> TabLoad:
+    """Export tab: counts per class, then the curated dataset zip with a class filter and a seeded train/val split."""
+    with gr.Tab("Export") as tab:
         gr.Markdown(
             "Exports the accepted candidates and the real defect images as a zip: `images/<class>/`, a "
             "`manifest.json`/`manifest.csv` with every generation parameter and its lineage, and file hashes; "
@@ -816,18 +833,52 @@ def create_export_tab(service: StudioService) -> None:
         formats = gr.CheckboxGroup(
             EXPORT_FORMAT_CHOICES, value=list(EXPORT_FORMATS), label="Formats besides ImageFolder and the manifest"
         )
+        with gr.Row():
+            export_classes = gr.CheckboxGroup(label="Classes (none ticked: all)")
+            val_fraction = gr.Slider(
+                0.0, 0.5, value=DEFAULT_VAL_FRACTION, step=0.05, label="Validation share (by source image, no leakage)"
+            )
+            split_seed = gr.Number(value=0, precision=0, label="Split seed")
+        export_counts = gr.Markdown()
         export_button = gr.Button("Export accepted dataset (zip)", variant="primary")
         summary = gr.Markdown()
         download = gr.File(label="Download", interactive=False)
 
+    def counts_before_export():
+        counts = service.dataset_view().counts
+        rows = [f"| {c.class_name} | {c.real} | {c.accepted} |" for c in counts if c.real or c.accepted]
+        table = "| class | real | accepted samples |\n| --- | --- | --- |\n" + "\n".join(rows) if rows else ""
+        names = [c.class_name for c in counts if c.real or c.accepted]
+        return gr.update(choices=names), table or "Nothing to export yet: accept candidates or upload real defects."
+
     @domain_errors
-    def export(chosen: list[str] | None = None, request: gr.Request = None):
-        result = service.export_dataset(user_of(request), formats=EXPORT_FORMATS if chosen is None else chosen)
+    def export(
+        chosen: list[str] | None = None,
+        classes: list[str] | None = None,
+        fraction: float | None = None,
+        seed: int | None = None,
+        request: gr.Request = None,
+    ):
+        result = service.export_dataset(
+            user_of(request),
+            formats=EXPORT_FORMATS if chosen is None else chosen,
+            classes=classes or None,
+            val_fraction=fraction,
+            split_seed=int(seed or 0),
+        )
         counts = json.dumps(result.counts, sort_keys=True)
-        text = f"Export {result.export_id}: {result.n_items} images, sha256 `{result.sha256[:16]}…`, counts {counts}"
+        splits = ", ".join(f"{name} {n}" for name, n in sorted(result.split_counts.items()))
+        text = (
+            f"Export {result.export_id}: {result.n_items} images ({splits}), sha256 `{result.sha256[:16]}…`, "
+            f"counts {counts}"
+        )
         return text, str(result.path)
 
-    export_button.click(export, formats, [summary, download], api_name="export")
+    export_button.click(
+        export, [formats, export_classes, val_fraction, split_seed], [summary, download], api_name="export"
+    )
+    tab.select(counts_before_export, None, [export_classes, export_counts], api_name="export_counts")
+    return TabLoad(counts_before_export, [export_classes, export_counts], "export_load")
 
 
 def served_folders(service: StudioService) -> list[str]:

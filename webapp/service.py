@@ -165,6 +165,8 @@ class GenerationOutcome:
     wall_time_s: float
     # Seeds whose candidate was identical (same sha256) to a stored sample: not stored again.
     duplicate_seeds: list[int] = field(default_factory=list)
+    # The untouched slab's realism score on the repainted region (None: the class has no reference).
+    baseline_realism: float | None = None
 
     @property
     def sample_ids(self) -> list[int]:
@@ -771,6 +773,9 @@ class StudioService:
         # 3. Score each candidate against the class's real images
         crops = [repainted_region(c.image, c.params) for c in result.candidates]
         realism = self._score_realism(config.class_name, crops)
+        # The untouched slab's score on the same region: the baseline a candidate's score is read against.
+        untouched = repainted_region(init_image.convert("RGB"), result.candidates[0].params)
+        baseline = (self._score_realism(config.class_name, [untouched])[0] or {}).get("score")
 
         # 4. Store each candidate (PNG with its parameters, realism included, and its mask) and its row
         stored = []
@@ -780,7 +785,7 @@ class StudioService:
             )
             flagged = threshold is not None and score is not None and score["score"] < threshold
             if score is not None:
-                candidate.params["realism"] = score
+                candidate.params["realism"] = {**score, "untouched_source_score": baseline}
             if threshold is not None:
                 candidate.params.update(realism_threshold=threshold, pre_rejected=flagged)
             mask_png = candidate.mask_png()
@@ -836,7 +841,9 @@ class StudioService:
                 )
         if duplicate_seeds:
             logger.warning("Skipped %d candidate(s) identical to stored samples.", len(duplicate_seeds))
-        return GenerationOutcome(source_id, config.class_name, candidates, result.wall_time_s, duplicate_seeds)
+        return GenerationOutcome(
+            source_id, config.class_name, candidates, result.wall_time_s, duplicate_seeds, baseline
+        )
 
     # Realism
 

@@ -63,6 +63,8 @@ def test_candidates_are_scored_against_the_uploaded_real_defects(service, slab_p
         assert "pre_rejected" not in details.params
     scores = [c.realism_score for c in outcome.by_realism()]
     assert scores == sorted(scores, reverse=True)
+    assert 0.0 <= outcome.baseline_realism <= 1.0, "the untouched slab is scored on the same region"
+    assert details.params["realism"]["untouched_source_score"] == outcome.baseline_realism
 
 
 def test_a_neu_class_with_few_uploads_uses_the_shipped_neu_features(service, slab_png, tiny_dataset) -> None:
