@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from webapp.service import (
 )
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
+logger = logging.getLogger(__name__)
+
 ALL = "All"
 STATUS_FILTERS = [ALL, "pending", "accepted", "rejected"]
 REALISM_HELP = (
@@ -95,6 +98,28 @@ class TabLoad:
 def user_of(request: gr.Request | None) -> str:
     """The logged-in user name, or "local" when the app runs without login."""
     return getattr(request, "username", None) or "local"
+
+
+def errors_shown_in(position: int, outputs: int) -> Callable[[Callable], Callable]:
+    """Show a refused request's reason in words in output `position` (the message next to the control that caused
+    it) and leave the handler's other `outputs` as they are: no red error badges on unrelated panels, and no
+    traceback in the server log for a user's input error (it is logged in one line)."""
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (ValueError, LookupError, FileNotFoundError, gr.Error) as error:
+                text = error.message if isinstance(error, gr.Error) else str(error)
+                logger.info("Refused %s: %s", fn.__name__, text)
+                updates = [gr.update() for _ in range(outputs)]
+                updates[position] = f"⚠️ {text}"
+                return tuple(updates) if outputs > 1 else updates[0]
+
+        return wrapper
+
+    return decorate
 
 
 def domain_errors(fn: Callable) -> Callable:
@@ -260,21 +285,21 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         boxes = "\n".join(f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}" for b in service.source_boxes(picked.id))
         return picked.id, gr.update(value=picked.class_name, choices=class_choices()), boxes
 
-    @domain_errors
+    @errors_shown_in(0, 2)
     def save_source(source_id: int | None, class_name: str | None, box_text: str):
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
         info = service.update_source(int(source_id), class_name or None, box_text)
         return f"Image {info.id} saved ({info.class_name or 'clean'}).", gallery_items()
 
-    @domain_errors
+    @errors_shown_in(0, 2)
     def delete_source(source_id: int | None, together: bool):
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
         removed = service.delete_source(int(source_id), with_samples=bool(together))
         return f"Image {int(source_id)} deleted with {removed} sample(s).", gallery_items()
 
-    @domain_errors
+    @errors_shown_in(0, 4)
     def upload(paths: list[str] | None, role: str, class_name: str | None, request: gr.Request):
         if not paths:
             raise gr.Error("Choose one or more image files first.")
@@ -411,7 +436,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             return gr.update()
         return matches[0].masked_strength if masked or (boxes or "").strip() else matches[0].default_strength
 
-    @domain_errors
+    @errors_shown_in(3, 4)
     def generate(
         source_id: int | None,
         class_name: str | None,
@@ -485,7 +510,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     def select_from_gallery(ids: list[int], event: gr.SelectData):
         return gr.update(value=ids[event.index]) if event.index is not None and event.index < len(ids) else gr.update()
 
-    @domain_errors
+    @errors_shown_in(3, 5)
     def judge(
         status: str, ids: list[int], sample_id: int | None, reason: str, threshold: float | None, request: gr.Request
     ):
@@ -503,7 +528,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     def reject(ids: list[int], sample_id: int | None, reason: str, threshold: float = 0.0, request: gr.Request = None):
         return judge("rejected", ids, sample_id, reason, threshold, request)
 
-    @domain_errors
+    @errors_shown_in(3, 4)
     def undo(ids: list[int], last: int | None, threshold: float = 0.0, request: gr.Request = None):
         if last is None:
             raise gr.Error("There is no decision to undo yet.")
@@ -518,7 +543,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     def recaption(ids: list[int], selected: int | None, threshold: float):
         return candidates_view(ids, selected, threshold)
 
-    @domain_errors
+    @errors_shown_in(2, 3)
     def reject_flagged(ids: list[int], selected: int | None, threshold: float, request: gr.Request = None):
         if not threshold:
             raise gr.Error("Set the realism threshold above 0 first: nothing is flagged.")
@@ -630,7 +655,7 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
         text = f"**Run {run.run_id}** ({', '.join(run.classes)}): {run.status}{loss}  \n{run.message}"
         return current, progress_bar(run), text, [(str(p), p.stem) for p in run.previews]
 
-    @domain_errors
+    @errors_shown_in(2, 4)
     def start(
         chosen: list[str],
         preset: str,
@@ -643,14 +668,14 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
         run = service.start_finetune(chosen, preset, int(steps or 0) or None, user_of(request), bool(masked))
         return status_view(run)
 
-    @domain_errors
+    @errors_shown_in(2, 4)
     def stop(current: int | None):
         if current is None:
             raise gr.Error("No run to stop.")
         service.stop_finetune(int(current))
         return status_view(current)
 
-    @domain_errors
+    @errors_shown_in(2, 4)
     def resume(current: int | None, request: gr.Request):
         if current is None:
             raise gr.Error("No run to resume.")
@@ -674,7 +699,7 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
         active = next((v.version for v in versions if v.is_active), None)
         return gr.update(choices=[(v.label, v.version) for v in versions], value=active)
 
-    @domain_errors
+    @errors_shown_in(0, 2)
     def activate(class_name: str | None, chosen: int | None):
         if not class_name or chosen is None:
             raise gr.Error("Choose a class and one of its adapter versions.")
@@ -776,7 +801,7 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         return later[0] if later else queue[0].id
 
     def decide_as(status: str):
-        @domain_errors
+        @errors_shown_in(0, 8)
         def decide(sample_id: int | None, reason: str, class_name: str, status_name: str, request: gr.Request = None):
             if sample_id is None:
                 raise gr.Error("Enter a sample id or click a row first.")
@@ -851,7 +876,7 @@ def create_export_tab(service: StudioService) -> TabLoad:
         names = [c.class_name for c in counts if c.real or c.accepted]
         return gr.update(choices=names), table or "Nothing to export yet: accept candidates or upload real defects."
 
-    @domain_errors
+    @errors_shown_in(0, 2)
     def export(
         chosen: list[str] | None = None,
         classes: list[str] | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError, AuthenticationError
+from gradio_client.exceptions import AuthenticationError
 from hardening_support import free_port
 
 import launch
@@ -65,9 +65,9 @@ def test_with_auth_only_signed_in_users_get_in_and_their_names_are_stamped(
         alice.predict([handle_file(str(slab))], "clean", None, api_name="/upload")
         (source,) = service.list_sources(role="clean")
         assert source.uploaded_by == "alice"
-        for client in clients:
+        for seed, client in enumerate(clients):
             client.predict(None, None, api_name="/generate_refresh")
-            client.submit(source.id, "scratches", 1.0, 1, 2, 0, api_name="/generate").result(timeout=180)
+            client.submit(source.id, "scratches", 1.0, 1, 2, seed, api_name="/generate").result(timeout=180)
         first, second = sorted(row.id for row in service.dataset_view().rows)
         alice.predict(first, "", api_name="/accept")
         bob.predict(second, "too faint", api_name="/reject")
@@ -120,8 +120,7 @@ def test_model_handlers_share_one_slot_and_the_queue_is_bounded(
         client.predict(None, None, api_name="/generate_refresh")
         jobs = [client.submit(source_id, "scratches", 1.0, 1, 2, seed, api_name="/generate") for seed in range(4)]
         for job in jobs:
-            with pytest.raises(AppError, match="no model in this test"):
-                job.result(timeout=60)
+            assert job.result(timeout=60)[-1] == "⚠️ no model in this test"
         assert most[0] == 1
     finally:
         if client is not None:
