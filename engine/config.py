@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 EMBEDDED_MODEL = Path(__file__).parent / "models" / "steel-prior"
@@ -31,6 +31,14 @@ class ConfigMixin:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+# A whole-window generation repaints at most this many slab pixels a side unless a window size is chosen.
+MAX_DEFAULT_WINDOW = 256
+
+
+# A whole-window generation repaints at most this many slab pixels a side unless a window size is chosen.
+MAX_DEFAULT_WINDOW = 256
+
+
 @dataclass
 class GenerationConfig(ConfigMixin):
     """One image-oriented generation request."""
@@ -55,6 +63,18 @@ class GenerationConfig(ConfigMixin):
     window_size: int | None = None
     # Without a drawn mask, place defect masks like real ones of the class (engine.placement) and repaint only them.
     auto_place: bool = False
+
+    def window_side(self, width: int, height: int) -> int:
+        """The side of the square repainted in a width×height slab: the chosen size, else the short side up to
+        MAX_DEFAULT_WINDOW px; never more than the slab."""
+        return min(self.window_size or min(width, height, MAX_DEFAULT_WINDOW), width, height)
+
+    def centred_on(self, x: float, y: float, width: int, height: int) -> GenerationConfig:
+        """This config with its window centred as near (x, y) as the slab allows."""
+        side = self.window_side(width, height)
+        left = min(max(round(x - side / 2), 0), width - side)
+        top = min(max(round(y - side / 2), 0), height - side)
+        return replace(self, window_x=left, window_y=top)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.strength <= 1.0:

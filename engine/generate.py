@@ -90,8 +90,7 @@ def resolve_token(pipe, class_name: str) -> str:
 
 def choose_window(width: int, height: int, config: GenerationConfig) -> tuple[int, int, int]:
     """(x, y, size) of the square the model repaints: the user's choice, else centred, at most 256 px."""
-    size = config.window_size or min(width, height, 256)
-    size = min(size, width, height)
+    size = config.window_side(width, height)
     if size < 16:
         raise ValueError(f"The image is too small ({width}×{height}); it needs at least 16 px on each side.")
     x = (width - size) // 2 if config.window_x is None else config.window_x

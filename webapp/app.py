@@ -22,12 +22,13 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from engine.config import GenerationConfig
-from webapp.previews import ReviewViews
+from webapp.previews import VIEW_MAX_SIDE, ReviewViews, window_view
 from webapp.service import (
     DEFAULT_VAL_FRACTION,
     EXPORT_FORMATS,
     FineTuneStatus,
     SampleDetails,
+    SourceInfo,
     StudioService,
     realism_sort_key,
 )
@@ -341,6 +342,13 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                     brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=8),
                     height=260,
                 )
+                with gr.Accordion("Window on a large slab: click to choose where it goes", open=False):
+                    window_picker = gr.Image(
+                        label="Whole-window generation repaints the outlined square; click to centre it elsewhere",
+                        interactive=False,
+                        height=200,
+                    )
+                window_centre = gr.State(None)
                 auto_place = gr.Checkbox(
                     label="Auto-place: masks shaped and sized like real defects of the class (mask and boxes come "
                     "with each sample)"
@@ -424,10 +432,34 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         class_name = class_name if class_name in class_names else (class_names[0] if class_names else None)
         return gr.update(choices=sources, value=source_id), gr.update(choices=classes, value=class_name)
 
+    def clean_slab(source_id: int | None) -> SourceInfo | None:
+        return next((s for s in service.list_sources(role="clean") if s.id == source_id), None)
+
     def show_source(source_id: int | None):
-        matches = [s for s in service.list_sources(role="clean") if s.id == source_id]
-        path = str(matches[0].path) if matches else None
-        return {"background": path, "layers": [], "composite": path} if path else None
+        """The slab, downscaled for the browser, in the mask editor and the window picker (window centred)."""
+        slab = clean_slab(source_id)
+        if slab is None:
+            return None, None, None
+        path = str(service.preview(slab.path, VIEW_MAX_SIDE))
+        return {"background": path, "layers": [], "composite": path}, picker_view(slab, None), None
+
+    def picker_view(slab: SourceInfo, centre: tuple[float, float] | None):
+        config = GenerationConfig("window")
+        if centre is not None:
+            config = config.centred_on(*centre, slab.width, slab.height)
+        side = config.window_side(slab.width, slab.height)
+        x = (slab.width - side) // 2 if config.window_x is None else config.window_x
+        y = (slab.height - side) // 2 if config.window_y is None else config.window_y
+        return window_view(slab.path, service.previews_dir, (x, y, side))
+
+    def pick_window(source_id: int | None, event: gr.SelectData):
+        slab = clean_slab(source_id)
+        if slab is None or event.index is None:
+            return gr.update(), None
+        with Image.open(service.preview(slab.path, VIEW_MAX_SIDE)) as shown:
+            scale = slab.width / shown.width
+        centre = (event.index[0] * scale, event.index[1] * scale)
+        return picker_view(slab, centre), centre
 
     def class_strength(class_name: str | None, masked: bool | None = False, boxes: str | None = ""):
         """The token's proposed strength: for a masked repaint when auto-place is on or boxes are typed."""
@@ -449,11 +481,14 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         auto: bool | None = None,
         by_realism: bool | None = None,
         threshold: float | None = None,
+        centre: tuple[float, float] | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
     ):
-        if source_id is None or not class_name:
-            raise gr.Error("Pick a clean slab and a defect token first.")
+        if source_id is None:
+            raise gr.Error("Upload a clean slab in the Upload tab first, then pick it here.")
+        if not class_name:
+            raise gr.Error("Pick a defect token first.")
         slab = next((s for s in service.list_sources(role="clean") if s.id == int(source_id)), None)
         mask = painted_mask(painted, (slab.width, slab.height)) if slab else None
         if mask is not None and (boxes or "").strip():
@@ -468,6 +503,8 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             seed=int(seed or 0),
             auto_place=bool(auto) and mask is None,
         )
+        if centre is not None and slab is not None and mask is None and not config.auto_place:
+            config = config.centred_on(*centre, slab.width, slab.height)
         if auto and mask is not None:
             gr.Warning("A mask was painted or typed, so auto-place was not used.")
         progress(0, desc="Loading the model")
@@ -558,7 +595,8 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     picks = [source, class_name]
     refresh_button.click(refresh, picks, picks, api_name="generate_refresh")
     tab.select(refresh, picks, picks, api_name="generate_tab")
-    source.change(show_source, source, source_preview, api_name="show_source")
+    source.change(show_source, source, [source_preview, window_picker, window_centre], api_name="show_source")
+    window_picker.select(pick_window, source, [window_picker, window_centre], api_name="pick_window")
     strength_inputs = [class_name, auto_place, box_text]
     class_name.change(class_strength, strength_inputs, strength, api_name="class_strength")
     auto_place.change(class_strength, strength_inputs, strength, api_name="masked_strength")
@@ -576,6 +614,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             auto_place,
             sort_by_realism,
             threshold,
+            window_centre,
         ],
         [gallery, candidate, candidate_ids, decision],
         api_name="generate",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageDraw
 
 from engine.masks import repainted_box
 
@@ -102,3 +102,15 @@ def _save_atomically(image: Image.Image, target: Path) -> None:
     partial = target.with_name(f".{target.name}.part")
     image.save(partial, format="PNG")
     partial.replace(target)
+
+
+def window_view(
+    path: Path, cache_dir: Path, window: tuple[int, int, int], max_side: int = VIEW_MAX_SIDE
+) -> Image.Image:
+    """A downscaled slab with the square window (x, y, side) to repaint outlined, for choosing it by clicking."""
+    with Image.open(thumbnail(path, cache_dir, max_side)) as preview, Image.open(path) as full:
+        scale = preview.width / full.width
+        view = preview.convert("RGB")
+    x, y, side = (round(v * scale) for v in window)
+    ImageDraw.Draw(view).rectangle((x, y, x + side - 1, y + side - 1), outline=(255, 64, 0), width=2)
+    return view

@@ -171,3 +171,21 @@ def test_review_views_of_a_wide_slab_are_downscaled_close_ups(tmp_path: Path) ->
     with Image.open(preview) as small:
         assert small.size == (400, 64)
     assert thumbnail(tmp_path / "candidate.png", tmp_path / "views", 4000) == tmp_path / "candidate.png"
+
+
+def test_a_click_on_a_wide_slab_moves_the_window_there(service: StudioService, slab_png, tmp_path: Path) -> None:
+    from engine.config import GenerationConfig
+
+    wide = service.upload_images([("wide.png", slab_png(1600, 256, 4))], "clean", None, "a").sources[0]
+    config = GenerationConfig("scratches", **FAST).centred_on(1500, 10, wide.width, wide.height)
+    assert (config.window_x, config.window_y, config.window_side(wide.width, wide.height)) == (1344, 0, 256)
+    with served_client(service) as client:
+        client.predict(None, None, api_name="/generate_refresh")
+        editor, picker = client.predict(wide.id, api_name="/show_source")
+        with Image.open(editor["background"]) as shown, Image.open(picker) as outlined:
+            assert max(shown.size) <= 768 and outlined.size == shown.size, "a downscaled slab reaches the browser"
+        outcome = service.generate_candidates(wide.id, config, "a")
+        params = service.sample_details(outcome.sample_ids[0]).params
+        assert params["window"] == {"x": 1344, "y": 0, "size": 256}
+        views = service.review_views(outcome.sample_ids[0])
+        assert views.region == (1344, 0, 1600, 256), "the close-up is the chosen window"
