@@ -104,7 +104,7 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
                 box.fill(value)
                 box.press("Enter")
             page.get_by_role("button", name="Generate candidates").click()
-            page.get_by_text(re.compile(r"^2 candidates in [0-9.]+ s; judge each one\.$")).wait_for()
+            page.get_by_text(re.compile(r"^2 candidates in [0-9.]+ s; judge each one\.")).wait_for()
             first, second = sorted(row.id for row in service.dataset_view().rows)
 
             # 3. Accept the selected (first) candidate
@@ -141,3 +141,72 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
     assert (item["kind"], item["sample_id"], item["lineage"]["decided_by"]) == ("synthetic", first, "local")
     assert (item["params"]["steps"], item["params"]["strength"]) == (2, 1.0)
     assert image.size == SLAB_SIZE
+
+
+def test_the_review_queue_across_batches_reloads_and_tabs_and_a_wide_slab_up_close(
+    studio_url: tuple[StudioService, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from engine.config import GenerationConfig
+
+    service, url = studio_url
+    rng = np.random.default_rng(1)
+    slabs = []
+    for name, size in (("slab.png", SLAB_SIZE), ("wide.png", (1600, 256))):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.normal(128, 12, size[::-1]).clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+        slabs.append(service.upload_images([(name, buffer.getvalue())], "clean", None, "setup").sources[0])
+    fast = {"strength": 1.0, "steps": 2, "num_candidates": 2}
+    earlier = service.generate_candidates(slabs[0].id, GenerationConfig("scratches", seed=0, **fast), "setup")
+    service.generate_candidates(slabs[0].id, GenerationConfig("scratches", seed=10, **fast), "setup")
+    wide_config = GenerationConfig("scratches", seed=20, **fast).centred_on(1500, 100, 1600, 256)
+    (wide_sample, _) = service.generate_candidates(slabs[1].id, wide_config, "setup").sample_ids
+    first, second = earlier.sample_ids
+
+    console: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page, other = context.new_page(), context.new_page()
+        try:
+            for tab in (page, other):
+                tab.set_default_timeout(STEP_TIMEOUT_MS)
+                tab.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+                tab.goto(url)
+                tab.get_by_role("tab", name="Dataset and review queue").click()
+            sample_id = page.get_by_label("Sample id")
+
+            # 1. A sample of an earlier batch, decided after a reload: typed id, then A on the keyboard
+            page.reload()
+            page.get_by_role("tab", name="Dataset and review queue").click()
+            sample_id.fill(str(first))
+            sample_id.press("Enter")
+            page.get_by_text("Parameters and review history").wait_for()
+            page.locator("body").click(position={"x": 5, "y": 5})
+            page.keyboard.press("a")
+            page.get_by_text(f"Sample {first} is now accepted.").wait_for()
+
+            # 2. The other tab sees it without a reload (the queue refreshes itself)
+            expect(other.locator("table").get_by_text("accepted").first).to_be_visible(timeout=STEP_TIMEOUT_MS)
+
+            # 3. Next pending from the queue, rejected with a reason, from the other tab
+            other.get_by_role("button", name="Next pending (→)").click()
+            expect(other.get_by_label("Sample id")).to_have_value(str(second))
+            other.get_by_label("Reject reason (optional)").fill("seam visible")
+            other.get_by_role("button", name="Reject (R)").click()
+            other.get_by_text(f"Sample {second} is now rejected.").wait_for()
+            assert {r.id: r.status for r in service.dataset_view().rows}[second] == "rejected"
+
+            # 4. A sample on a wide slab is judged on its window, not the 1600 px slab
+            sample_id.fill(str(wide_sample))
+            sample_id.press("Enter")
+            page.get_by_text("candidate, region 1344,0–1600,256").first.wait_for()
+            sizes = page.evaluate("() => [...document.images].map(i => [i.naturalWidth, i.naturalHeight])")
+            assert [256, 256] in sizes and not any(w >= 1600 for w, _ in sizes), sizes
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            print(f"Screenshot: {tmp_path / 'failure.png'}\nBrowser console:\n" + "\n".join(console[-30:]))
+            raise
+        finally:
+            browser.close()
