@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.adapters import is_adapter
 from engine.batch import FLAGGED_FOLDER, generate_to_folder
 from engine.data import list_images, load_rgb
 from engine.features import images_to_tensor, load_feature_net
@@ -121,7 +122,7 @@ def main() -> None:
     for seed in args.seeds:
         shots = draw_shots(args.pool, args.k, seed, args.work / f"seed{seed}" / "shots")
         adapter = args.work / f"seed{seed}" / "adapter"
-        if not (adapter / "tokens.json").exists():
+        if not is_adapter(adapter):
             finetune_folder(
                 shots,
                 adapter,

@@ -14,7 +14,8 @@ from accelerate.utils import gather_object
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
-from engine.config import DEFAULT_MASKED_STRENGTH, GenerationConfig, finetune_config
+from engine.adapters import proposed_strength
+from engine.config import GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluate import class_realism_scorer
 from engine.generate import generate, resolve_token
@@ -23,7 +24,6 @@ from engine.models import load_pipeline, resolve_model
 from engine.train import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 from engine.variation import varied_init
 
-DEFAULT_STRENGTH = 0.6
 # Varied inits: candidates per init (2 keeps a batch's model call efficient and its layouts many).
 DEFAULT_PER_INIT = 2
 # Realism gate of batch generation (realism score 0-1, see engine.evaluate.RealismScorer); flagged, not dropped.
@@ -49,11 +49,9 @@ def init_images(init: Path) -> list[Path]:
 
 
 def default_strength(pipe, class_name: str, masked: bool = False) -> float:
-    """The token's tuned strength (for a masked repaint when `masked`) when the adapter stores one, else the default."""
+    """The token's tuned strength (for a masked repaint when `masked`) in the pipeline's adapter, else the default."""
     info = getattr(pipe, "adapter_info", None)
-    token = info.tokens.get(class_name) if info else None
-    tuned = (token.masked_strength if masked else token.default_strength) if token else None
-    return tuned or (DEFAULT_MASKED_STRENGTH if masked else DEFAULT_STRENGTH)
+    return proposed_strength(info.path if info else None, class_name, masked)
 
 
 def generate_to_folder(

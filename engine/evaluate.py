@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
-import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -681,36 +679,6 @@ def tune_strength(
     return StrengthReport(class_name, best.strength, lowest.strength, rows, len(real))
 
 
-STRENGTH_KEYS = ("default_strength", "masked_strength")
-
-
-def save_default_strength(
-    adapter_dir: Path | str, class_name: str, strength: float | None, key: str = "default_strength"
-) -> Path:
-    """Write a tuned strength (`default_strength`, or `masked_strength` for masked repaints) into the adapter's
-    tokens.json entry for the class (None removes it, so the default applies); returns the file."""
-    from engine.models import TOKENS_FILE
-
-    index = Path(adapter_dir) / TOKENS_FILE
-    if not index.is_file():
-        raise ValueError(f"{adapter_dir} is not a finished adapter folder (no {TOKENS_FILE}).")
-    if strength is not None and not 0 < strength <= 1:
-        raise ValueError(f"Strength must be in (0, 1], got {strength}.")
-    data = json.loads(index.read_text())
-    if class_name not in data.get("tokens", {}):
-        raise ValueError(f"The adapter has no token for {class_name!r}; it has {', '.join(data.get('tokens', {}))}.")
-    if key not in STRENGTH_KEYS:
-        raise ValueError(f"A tuned strength is one of {', '.join(STRENGTH_KEYS)}, got {key!r}.")
-    if strength is None:
-        data["tokens"][class_name].pop(key, None)
-    else:
-        data["tokens"][class_name][key] = round(float(strength), 3)
-    temporary = index.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, index)
-    return index
-
-
 def default_init_folder(val_dir: Path | str, class_name: str) -> Path:
     """Init images when none are given: `<class>/` in a `pool` or `train` folder beside the validation one."""
     val_dir = Path(val_dir)
@@ -738,8 +706,9 @@ def tune_adapter_strength(
     """Tune one token of an adapter: generate `num` images per strength from the init images, save the best."""
     import tempfile
 
+    from engine.adapters import read_adapter, save_tuned_strength
     from engine.batch import generate_to_folder
-    from engine.models import load_pipeline, read_adapter
+    from engine.models import load_pipeline
 
     # 1. Check inputs and load the pipeline once
     tokens = read_adapter(adapter).tokens
@@ -773,7 +742,7 @@ def tune_adapter_strength(
 
     # 3. Store the choice with the token
     if save:
-        report.saved_to = str(save_default_strength(adapter, class_name, report.best_strength))
+        report.saved_to = str(save_tuned_strength(adapter, class_name, report.best_strength))
     return report
 
 

@@ -333,7 +333,7 @@ def tune_masked_strength(
     painting would win. A class where none is stores no masked strength (the default applies). Chosen on the
     validation split's crops, so later masked reports on that split are optimistic for it.
     """
-    from engine.evaluate import save_default_strength
+    from engine.adapters import save_tuned_strength
     from engine.models import load_pipeline
 
     if not strengths or any(not 0 < s <= 1 for s in strengths):
@@ -355,5 +355,5 @@ def tune_masked_strength(
     result = MaskedStrengthReport(kid_by_class, best, per_class, clean_kid)
     if save:
         for class_name, strength in best.items():
-            result.saved_to = str(save_default_strength(adapter, class_name, strength, key="masked_strength"))
+            result.saved_to = str(save_tuned_strength(adapter, class_name, strength, key="masked_strength"))
     return result

@@ -3,48 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 
+from engine.adapters import EMBEDDED_TOKENS, LORA_FILE, TOKENS_FILE, read_adapter
 from engine.config import EMBEDDED_MODEL
-
-# The defect tokens shipped with the embedded prior: an ordinary adapter run folder.
-EMBEDDED_TOKENS = EMBEDDED_MODEL.parent / "steel-prior-tokens"
-TOKENS_FILE = "tokens.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
-
-
-@dataclass
-class TokenInfo:
-    """A learned defect token inside an adapter folder."""
-
-    class_name: str
-    token: str
-    embedding_file: str
-    init_word: str = ""
-    # Tuned strengths: for img2img of a whole window (tune-strength) and for a masked repaint (tune-masked-strength).
-    default_strength: float | None = None
-    masked_strength: float | None = None
-
-
-@dataclass
-class AdapterInfo:
-    """What an adapter run folder holds: one token per class and optionally a LoRA."""
-
-    path: Path
-    tokens: dict[str, TokenInfo] = field(default_factory=dict)
-    has_lora: bool = False
-    base_model_hash: str = ""
-
-    @property
-    def version(self) -> str:
-        return self.path.name
 
 
 def resolve_model(model_ref: str | os.PathLike | None) -> str:
@@ -70,17 +37,6 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def read_adapter(path: str | os.PathLike) -> AdapterInfo:
-    """Read an adapter folder's `tokens.json`; raises if the folder is not a finished adapter."""
-    path = Path(path)
-    index = path / TOKENS_FILE
-    if not index.is_file():
-        raise ValueError(f"{path} is not a finished adapter folder (no {TOKENS_FILE}).")
-    data = json.loads(index.read_text())
-    tokens = {name: TokenInfo(class_name=name, **info) for name, info in data["tokens"].items()}
-    return AdapterInfo(path, tokens, (path / LORA_FILE).is_file(), data.get("base_model_hash", ""))
 
 
 @lru_cache(maxsize=8)

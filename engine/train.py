@@ -38,8 +38,9 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
-from engine.models import LORA_FILE, TOKENS_FILE, model_hash, resolve_model
+from engine.models import model_hash, resolve_model
 from engine.pretrain import encode_pixels
 
 ProgressFn = Callable[[int, int, str], None]
@@ -485,9 +486,7 @@ def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str
         "base_model_hash": model_hash(model_ref),
         "steps": config.max_train_steps,
     }
-    tmp = out / (TOKENS_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=2))
-    tmp.replace(out / TOKENS_FILE)
+    write_adapter_index(out, index)
 
 
 def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, model_ref: str) -> None:

@@ -10,10 +10,11 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
+from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
 from engine.config import GenerationConfig, TrainConfig
 from engine.generate import generate, read_png_parameters
-from engine.models import load_pipeline, read_adapter, resolve_model
+from engine.models import load_pipeline, resolve_model
 from engine.train import latest_checkpoint
 from tests.conftest import make_steel_like
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.adapters import save_tuned_strength
 from engine.data import read_image_folder
 from engine.evaluate import (
     InceptionFeatures,
     RealismScorer,
     export_neu_split,
     fidelity,
-    save_default_strength,
     tune_strength,
     two_sample_test,
 )
@@ -168,16 +168,16 @@ def test_strength_sweep_picks_the_setting_that_matches_the_real_images(toy, toy_
     assert report.rows[0].kid_mean < report.rows[1].kid_mean
     assert report.rows[0].recognition_rate > report.rows[1].recognition_rate
 
-    from engine.models import read_adapter
+    from engine.adapters import read_adapter
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     entry = {"token": "<stripes>", "embedding_file": "stripes.safetensors", "init_word": "lines"}
     (adapter / "tokens.json").write_text(json.dumps({"tokens": {"stripes": entry}, "base_model_hash": "x"}))
-    save_default_strength(adapter, "stripes", report.best_strength)
+    save_tuned_strength(adapter, "stripes", report.best_strength)
     assert read_adapter(adapter).tokens["stripes"].default_strength == 0.4
     with pytest.raises(ValueError, match="no token"):
-        save_default_strength(adapter, "blobs", 0.5)
+        save_tuned_strength(adapter, "blobs", 0.5)
 
 
 def test_feature_net_round_trip_and_cli(toy, toy_net, tmp_path, capsys):
@@ -226,8 +226,8 @@ def test_tune_adapter_strength_generates_and_stores_the_choice(
 ):
     import shutil
 
+    from engine.adapters import read_adapter
     from engine.evaluate import tune_adapter_strength
-    from engine.models import read_adapter
 
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     report = tune_adapter_strength(

@@ -104,9 +104,8 @@ def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_
 def test_tune_masked_strength_stores_the_lowest_kid_strength_per_class(tiny_neu, tiny_model, tiny_adapter, tmp_path):
     import shutil
 
-    from engine.evaluate import save_default_strength
+    from engine.adapters import read_adapter, save_tuned_strength
     from engine.masked_report import tune_masked_strength
-    from engine.models import read_adapter
 
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     report = tune_masked_strength(adapter, tiny_neu, [1.0, 0.5], model=str(tiny_model), per_class=2, steps=2)
@@ -122,8 +121,8 @@ def test_tune_masked_strength_stores_the_lowest_kid_strength_per_class(tiny_neu,
     assert all(tokens[c].default_strength is None for c in CLASSES), "the whole-window strength is left alone"
     assert "chosen" in report.table()
     # A class that had a masked strength and gets no winner loses it (the default applies again).
-    save_default_strength(adapter, "inclusion", 0.7, key="masked_strength")
-    save_default_strength(adapter, "inclusion", None, key="masked_strength")
+    save_tuned_strength(adapter, "inclusion", 0.7, key="masked_strength")
+    save_tuned_strength(adapter, "inclusion", None, key="masked_strength")
     assert read_adapter(adapter).tokens["inclusion"].masked_strength is None
     with pytest.raises(ValueError, match="Strengths must lie in"):
         tune_masked_strength(adapter, tiny_neu, [0.0], model=str(tiny_model))

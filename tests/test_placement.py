@@ -257,7 +257,7 @@ def test_masked_repaint_works_for_a_unet_with_more_than_four_latent_channels(tmp
 
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from engine.models import AdapterInfo, TokenInfo
+    from engine.adapters import AdapterInfo, TokenInfo
     from engine.prior import PriorSize, build_components
 
     size = dataclasses.replace(PriorSize.tiny(), latent_channels=8)

@@ -11,10 +11,11 @@ import numpy as np
 from PIL import Image
 
 import launch
+from engine.adapters import EMBEDDED_TOKENS
 from engine.config import EMBEDDED_MODEL, GenerationConfig
 from engine.data import NEU_CLASSES
 from engine.generate import generate, read_png_parameters
-from engine.models import EMBEDDED_TOKENS, load_pipeline, model_resolution
+from engine.models import load_pipeline, model_resolution
 
 
 def test_embedded_prior_loads_offline_with_its_six_tokens():

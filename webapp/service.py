@@ -10,7 +10,6 @@ commands (import, export, verify-export) start without loading torch.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from engine.adapters import DEFAULT_STRENGTH, EMBEDDED_TOKENS, is_adapter, proposed_strength, read_adapter
 from engine.config import DEFAULT_MASKED_STRENGTH, PRESETS, GenerationConfig, finetune_config
 from engine.data import find_annotation, list_images, parse_voc
 from storage import repository
@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]
 
-# The strength proposed for a class without a tuned one (GenerationConfig's documented default).
-DEFAULT_STRENGTH = GenerationConfig.strength
 # The masked loss's weight off the defect: 0.2 gave the lower masked-crop KID in 11 of 12 class × seed pairs on NEU.
 MASKED_LOSS_BACKGROUND_WEIGHT = 0.2
 # Two pipelines cover the usual review loop (two classes side by side) within ~1 GB on a CPU box.
@@ -74,8 +72,6 @@ MAX_BATCH_BYTES = 1024**3
 MIN_REALISM_REFERENCES = 3
 MAX_REALISM_REFERENCES = 300
 REALISM_REJECT_REASON = "below realism threshold"
-# An adapter folder's index (engine.models.TOKENS_FILE), named here so that reading it needs no torch.
-ADAPTER_INDEX = "tokens.json"
 
 
 # Results
@@ -366,16 +362,6 @@ def check_class_name(name: str | None) -> str:
     return name
 
 
-def _tuned_masked_strength(adapter_path: str | None, class_name: str) -> float:
-    """The class's `masked_strength` in its adapter's tokens.json (tune-masked-strength), else the default."""
-    index = Path(adapter_path) / "tokens.json" if adapter_path else None
-    try:
-        tuned = json.loads(index.read_text())["tokens"][class_name].get("masked_strength") if index else None
-    except (OSError, ValueError, KeyError, TypeError):
-        tuned = None
-    return float(tuned) if tuned else DEFAULT_MASKED_STRENGTH
-
-
 def realism_sort_key(score: float | None) -> tuple[bool, float]:
     """Sort key for best-first realism order: higher scores first, unscored last (a stable sort keeps ties)."""
     return (score is None, -(score or 0.0))
@@ -442,9 +428,7 @@ class StudioService:
         """On first start with the embedded model, register its shipped defect tokens as version 1 of each class."""
         if not self._uses_embedded_model():
             return
-        from engine.models import EMBEDDED_TOKENS, TOKENS_FILE, read_adapter
-
-        if not (EMBEDDED_TOKENS / TOKENS_FILE).is_file():
+        if not is_adapter(EMBEDDED_TOKENS):
             return
         info = read_adapter(EMBEDDED_TOKENS)
         path = str(EMBEDDED_TOKENS.resolve())
@@ -511,9 +495,9 @@ class StudioService:
                 if adapter is None:
                     continue
                 try:
-                    tokens = json.loads((Path(adapter.path) / ADAPTER_INDEX).read_text())["tokens"]
-                    tuned = (tokens.get(defect_class.name) or {}).get("default_strength")
-                except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                    token = read_adapter(adapter.path).tokens.get(defect_class.name)
+                    tuned = token.default_strength if token else None
+                except (OSError, ValueError, KeyError, TypeError) as error:
                     logger.warning(
                         "Cannot read the tuned strength of %s in %s: %s", defect_class.name, adapter.path, error
                     )
@@ -527,7 +511,7 @@ class StudioService:
 
     def _read_matching_adapter(self, path: Path):
         """The adapter folder's info; raises ValueError if it was trained on another base model."""
-        from engine.models import model_hash, read_adapter
+        from engine.models import model_hash
 
         info = read_adapter(path)
         base_hash = model_hash(self.model_ref)
@@ -705,6 +689,7 @@ class StudioService:
             classes = []
             for defect_class in repository.list_defect_classes(s):
                 adapter = repository.active_adapter(s, defect_class.name)
+                adapter_path = adapter.path if adapter else None
                 classes.append(
                     ClassInfo(
                         name=defect_class.name,
@@ -712,8 +697,8 @@ class StudioService:
                         default_strength=defect_class.default_strength or DEFAULT_STRENGTH,
                         tuned_strength=defect_class.default_strength,
                         adapter_version=adapter.version if adapter else None,
-                        adapter_path=adapter.path if adapter else None,
-                        masked_strength=_tuned_masked_strength(adapter.path if adapter else None, defect_class.name),
+                        adapter_path=adapter_path,
+                        masked_strength=proposed_strength(adapter_path, defect_class.name, masked=True),
                     )
                 )
             return classes
@@ -1209,7 +1194,6 @@ class StudioService:
 
     def resume_finetune(self, run_id: int, user: str) -> int:
         """Continue a stopped or failed run from its last checkpoint, as a new run on the same folder and data."""
-        from engine.models import TOKENS_FILE
 
         self._require_no_active_run()
         with self.database.transaction() as s:
@@ -1219,7 +1203,7 @@ class StudioService:
             if run.status not in ("stopped", "failed"):
                 raise ValueError(f"Run {run_id} is {run.status}; only a stopped or failed run can be resumed.")
             out_dir = Path(run.out_dir or self.runs_dir / RUN_FOLDER_FORMAT.format(run_id))
-            if (out_dir / TOKENS_FILE).is_file():
+            if is_adapter(out_dir):
                 raise ValueError(f"Run {run_id} was resumed before and its adapter is finished.")
             settings = {**run.config_json, "resumed_from": run_id}
             new_id = repository.create_run(
@@ -1296,7 +1280,7 @@ class StudioService:
             chosen = next((v for v in repository.list_adapter_versions(s, class_name) if v.version == version), None)
             if chosen is None:
                 raise ValueError(f"Class {class_name!r} has no adapter version {version}.")
-            if not (Path(chosen.path) / ADAPTER_INDEX).exists():
+            if not is_adapter(chosen.path):
                 raise ValueError(f"Adapter version {version} of {class_name!r} is missing on disk ({chosen.path}).")
             repository.activate_adapter_version(s, chosen.id)
         return next(v for v in self.adapter_versions(class_name) if v.version == version)

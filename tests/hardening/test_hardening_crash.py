@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.adapters import TOKENS_FILE, read_adapter
 from engine.config import PRESETS, GenerationConfig
-from engine.models import TOKENS_FILE, read_adapter
 from engine.train import latest_checkpoint
 from storage.export import ExportItem, verify_export, write_export
 from storage.files import FileStore

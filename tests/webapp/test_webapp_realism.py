@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from engine.adapters import save_tuned_strength
 from engine.config import GenerationConfig
-from engine.evaluate import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features, save_default_strength
+from engine.evaluate import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features
 from engine.features import load_feature_net
 from engine.generate import read_png_parameters
 from engine.masks import repainted_region
@@ -168,7 +169,7 @@ def test_the_ui_captions_sorts_and_rejects_the_flagged_candidates(service, slab_
 def tuned_copy(tiny_adapter: Path, folder: Path, strengths: dict[str, float]) -> Path:
     adapter = shutil.copytree(tiny_adapter, folder)
     for class_name, strength in strengths.items():
-        save_default_strength(adapter, class_name, strength)
+        save_tuned_strength(adapter, class_name, strength)
     return adapter
 
 
@@ -189,7 +190,7 @@ def test_a_strength_tuned_after_registration_reaches_the_classes_at_start(tmp_pa
     first.register_adapter(adapter)
     first.close()
 
-    save_default_strength(adapter, "inclusion", 0.7)
+    save_tuned_strength(adapter, "inclusion", 0.7)
     index = adapter / "tokens.json"
     data = json.loads(index.read_text())
     data["tokens"]["scratches"]["default_strength"] = "strong"
@@ -221,9 +222,9 @@ def test_a_tuned_masked_strength_is_proposed_for_masked_repaints(service, tiny_a
     from engine.config import DEFAULT_MASKED_STRENGTH
 
     adapter = tuned_copy(tiny_adapter, tmp_path / "tuned", {"scratches": 0.45})
-    save_default_strength(adapter, "scratches", 0.95, key="masked_strength")
+    save_tuned_strength(adapter, "scratches", 0.95, key="masked_strength")
     with pytest.raises(ValueError, match="one of default_strength, masked_strength"):
-        save_default_strength(adapter, "scratches", 0.5, key="strength")
+        save_tuned_strength(adapter, "scratches", 0.5, key="strength")
     service.register_adapter(adapter)
     classes = {c.name: c for c in service.list_classes()}
     assert (classes["scratches"].default_strength, classes["scratches"].masked_strength) == (0.45, 0.95)

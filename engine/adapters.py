@@ -1,0 +1,114 @@
+"""The adapter index: an adapter folder's `tokens.json` (its tokens, tuned strengths, base model), torch-free.
+
+An adapter folder holds one `learned_embeds-<class>.safetensors` per class (textual inversion), optionally
+`pytorch_lora_weights.safetensors`, and `tokens.json`, written last, which marks the folder complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.config import DEFAULT_MASKED_STRENGTH, EMBEDDED_MODEL, GenerationConfig
+
+# The defect tokens shipped with the embedded prior: an ordinary adapter folder.
+EMBEDDED_TOKENS = EMBEDDED_MODEL.parent / "steel-prior-tokens"
+TOKENS_FILE = "tokens.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+# Tuned strengths a token can carry: for img2img of a whole window (tune-strength) and a masked repaint.
+STRENGTH_KEYS = ("default_strength", "masked_strength")
+# The strength proposed for a whole window when a token has no tuned one.
+DEFAULT_STRENGTH = GenerationConfig.strength
+
+
+@dataclass
+class TokenInfo:
+    """A learned defect token inside an adapter folder."""
+
+    class_name: str
+    token: str
+    embedding_file: str
+    init_word: str = ""
+    default_strength: float | None = None
+    masked_strength: float | None = None
+
+    def proposed_strength(self, masked: bool = False) -> float:
+        """The tuned strength for a whole window (or a masked repaint), else the studio's default."""
+        tuned = self.masked_strength if masked else self.default_strength
+        return tuned or (DEFAULT_MASKED_STRENGTH if masked else DEFAULT_STRENGTH)
+
+
+@dataclass
+class AdapterInfo:
+    """What an adapter folder holds: one token per class and optionally a LoRA."""
+
+    path: Path
+    tokens: dict[str, TokenInfo] = field(default_factory=dict)
+    has_lora: bool = False
+    base_model_hash: str = ""
+
+    @property
+    def version(self) -> str:
+        return self.path.name
+
+
+def is_adapter(path: str | os.PathLike) -> bool:
+    """Whether a folder is a finished adapter (its index was written)."""
+    return (Path(path) / TOKENS_FILE).is_file()
+
+
+def read_adapter(path: str | os.PathLike) -> AdapterInfo:
+    """Read an adapter folder's index; raises ValueError if the folder is not a finished adapter."""
+    path = Path(path)
+    if not is_adapter(path):
+        raise ValueError(f"{path} is not a finished adapter folder (no {TOKENS_FILE}).")
+    data = json.loads((path / TOKENS_FILE).read_text())
+    tokens = {name: TokenInfo(class_name=name, **info) for name, info in data["tokens"].items()}
+    return AdapterInfo(path, tokens, (path / LORA_FILE).is_file(), data.get("base_model_hash", ""))
+
+
+def write_adapter_index(path: str | os.PathLike, index: dict[str, Any]) -> Path:
+    """Write `tokens.json` atomically (a temporary file renamed), so a reader never sees half of it."""
+    target = Path(path) / TOKENS_FILE
+    temporary = target.with_name(TOKENS_FILE + ".tmp")
+    temporary.write_text(json.dumps(index, indent=2))
+    os.replace(temporary, target)
+    return target
+
+
+def save_tuned_strength(
+    adapter_dir: str | os.PathLike, class_name: str, strength: float | None, key: str = "default_strength"
+) -> Path:
+    """Store a tuned strength (`default_strength`, or `masked_strength` for masked repaints) in the class's entry
+    of the adapter's index (None removes it, so the default applies); returns the index file."""
+    if key not in STRENGTH_KEYS:
+        raise ValueError(f"A tuned strength is one of {', '.join(STRENGTH_KEYS)}, got {key!r}.")
+    if strength is not None and not 0 < strength <= 1:
+        raise ValueError(f"Strength must be in (0, 1], got {strength}.")
+    if not is_adapter(adapter_dir):
+        raise ValueError(f"{adapter_dir} is not a finished adapter folder (no {TOKENS_FILE}).")
+    data = json.loads((Path(adapter_dir) / TOKENS_FILE).read_text())
+    if class_name not in data.get("tokens", {}):
+        raise ValueError(f"The adapter has no token for {class_name!r}; it has {', '.join(data.get('tokens', {}))}.")
+    if strength is None:
+        data["tokens"][class_name].pop(key, None)
+    else:
+        data["tokens"][class_name][key] = round(float(strength), 3)
+    return write_adapter_index(adapter_dir, data)
+
+
+def proposed_strength(adapter_dir: str | os.PathLike | None, class_name: str, masked: bool = False) -> float:
+    """The strength to propose for a class: its token's tuned one in the adapter, else the studio's default.
+
+    An unreadable or foreign index falls back to the default (it is a proposal, not a requirement)."""
+    if adapter_dir is not None:
+        try:
+            token = read_adapter(adapter_dir).tokens.get(class_name)
+        except (OSError, ValueError, KeyError, TypeError):
+            token = None
+        if token is not None:
+            return token.proposed_strength(masked)
+    return DEFAULT_MASKED_STRENGTH if masked else DEFAULT_STRENGTH
