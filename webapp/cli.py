@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from storage.db import DATABASE_FILE_NAME
 from webapp.service import StudioService, verify_export
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,12 @@ def run_service_command(args: argparse.Namespace) -> int:
         return add_user_command(args.users_file, args.user, args.password_stdin)
     if command == "app":
         return run_app(args)
+    if (
+        command in ("export", "review")
+        and args.database_url is None
+        and not (args.data_dir / DATABASE_FILE_NAME).exists()
+    ):
+        raise FileNotFoundError(f"No studio in {args.data_dir} (no {DATABASE_FILE_NAME}); pass the app's --data-dir.")
     service = StudioService(args.data_dir, args.model, args.database_url)
     try:
         if command == "import":

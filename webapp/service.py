@@ -765,8 +765,12 @@ class StudioService:
         # 4. Store each candidate (PNG with its parameters, realism included, and its mask) and its row
         stored = []
         for candidate, score in zip(result.candidates, realism, strict=True):
+            # One hash per source everywhere (PNG metadata, manifest, lineage): the stored file's.
             candidate.params.update(
-                adapter_version=adapter_version, adapter_folder=Path(adapter_path).name, source_image_id=source_id
+                adapter_version=adapter_version,
+                adapter_folder=Path(adapter_path).name,
+                source_image_id=source_id,
+                source_sha256=source_sha256,
             )
             flagged = threshold is not None and score is not None and score["score"] < threshold
             if score is not None:
@@ -987,6 +991,8 @@ class StudioService:
             raise ValueError(f"No generated images in {folder}.")
         sources = self._ensure_sources(inits, init_role, class_name if init_role == "defect" else None, user)
         source_of = {path.name: source for path, source in zip(inits, sources, strict=True)}
+        with self.database.session() as s:
+            source_sha256_of = {info.id: repository.get_source_image(s, info.id).sha256 for info in sources}
         sample_ids, duplicates = [], []
         with self.database.transaction() as s:
             if repository.get_defect_class(s, class_name) is None:
@@ -1024,7 +1030,12 @@ class StudioService:
                     mask_sha256=mask_sha256,
                     boxes_json=params.get("boxes", []),
                     realism_score=realism.get("score"),
-                    params_json={**params, "source_image_id": source.id, "batch_folder": str(folder.resolve())},
+                    params_json={
+                        **params,
+                        "source_image_id": source.id,
+                        "source_sha256": source_sha256_of[source.id],
+                        "batch_folder": str(folder.resolve()),
+                    },
                     created_by=user,
                 )
                 sample_ids.append(sample.id)

@@ -50,3 +50,5 @@ def test_upload_generate_accept_export_through_the_client(service: StudioService
         with zipfile.ZipFile(download) as archive:
             manifest = json.loads(archive.read("manifest.json"))
         assert [(item["kind"], item["sample_id"]) for item in manifest["items"]] == [("synthetic", first)]
+        (item,) = manifest["items"]
+        assert item["params"]["source_sha256"] == item["lineage"]["source_image_sha256"], "one hash per source"

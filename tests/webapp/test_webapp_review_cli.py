@@ -64,3 +64,14 @@ def test_a_batch_generated_into_the_studio_is_reviewed_and_exported_from_the_com
     for item in manifest["items"]:
         by_source.setdefault(item["lineage"]["source_image_sha256"], set()).add(item["split"])
     assert all(len(sides) == 1 for sides in by_source.values()), "a source and its samples share a split"
+    for item in manifest["items"]:
+        if item["kind"] == "synthetic":
+            assert item["params"]["source_sha256"] == item["lineage"]["source_image_sha256"], "one hash per source"
+
+
+def test_export_and_review_refuse_a_folder_without_a_studio(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "not-a-studio"
+    assert launch.main(["export", "--data-dir", str(missing), "--out", str(tmp_path / "x.zip")]) == 2
+    assert launch.main(["review", "list", "--data-dir", str(missing)]) == 2
+    assert "No studio in" in capsys.readouterr().err
+    assert not missing.exists(), "nothing is created by a mistyped --data-dir"

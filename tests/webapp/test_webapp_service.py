@@ -50,7 +50,7 @@ def test_a_refused_upload_writes_nothing(service: StudioService, slab_png) -> No
     with pytest.raises(UploadError, match="bad.png is empty"):
         service.upload_images([good, ("bad.png", b"")], "clean", None, "alice")
     with pytest.raises(ValueError, match="Class name"):
-        service.upload_images([good], "defect", "no spaces allowed", "alice")
+        service.upload_images([good], "defect", "no/slashes allowed", "alice")
     with pytest.raises(ValueError, match="clean slab has no defect class"):
         service.upload_images([good], "clean", "scratches", "alice")
     assert service.list_sources() == []
