@@ -3,7 +3,7 @@
 python launch.py                      # the app on http://127.0.0.1:7860
 python launch.py generate --token crazing --init slab.png --num 8 --out out/
 python launch.py finetune --dataset data/ --out runs/my-adapter
-python launch.py pretrain --data ../shared/data/neu --out engine/models/steel-prior
+python launch.py pretrain --data ../shared/data/neu --out engine/weights/steel-prior
 python launch.py evaluate fidelity --generated out/ --real /tmp/neu-split/val --reference /tmp/neu-split/pool
 python launch.py evaluate recognition --train /tmp/neu-split/pool --test /tmp/neu-split/val --synthetic out/ --k 5
 python launch.py tune-strength --adapter runs/my-adapter --token crazing --val /tmp/neu-split/val
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-model",
         type=Path,
         default=None,
-        help="Continue from this prior folder (e.g. engine/models/steel-prior): keep its autoencoder, train on.",
+        help="Continue from this prior folder (e.g. engine/weights/steel-prior): keep its autoencoder, train on.",
     )
     pre.add_argument("--learning-rate", type=float, default=None)
     pre.add_argument("--decoder-steps", type=int, default=None, help="Steps of the decoder stage (perceptual + GAN).")

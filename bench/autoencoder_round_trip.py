@@ -5,7 +5,7 @@
   (64 px, never used in training the autoencoder), so a decoder that only learnt to please the feature network
   does not pass unseen.
 
-    python -m bench.autoencoder_round_trip --neu ../shared/data/neu [--model engine/models/steel-prior] [--seeds 3]
+    python -m bench.autoencoder_round_trip --neu ../shared/data/neu [--model engine/weights/steel-prior] [--seeds 3]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Write a grid of generated samples per class (model output only, never the source images).
 
-python -m bench.sample_grid --init-root /tmp/neu-split/pool --out engine/models/steel-prior/samples.png
+python -m bench.sample_grid --init-root /tmp/neu-split/pool --out engine/weights/steel-prior/samples.png
 """
 
 from __future__ import annotations

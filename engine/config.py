@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-EMBEDDED_MODEL = Path(__file__).parent / "models" / "steel-prior"
+EMBEDDED_MODEL = Path(__file__).parent / "weights" / "steel-prior"
 # A masked repaint changes only the mask, so it starts from more noise than a whole-window img2img: the masked
 # report on NEU (README) paints small defects at 0.9-1.0 and almost nothing at 0.6. Tokens may store their own.
 DEFAULT_MASKED_STRENGTH = 0.9

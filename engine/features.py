@@ -23,7 +23,7 @@ from torch import nn
 from engine.config import ConfigMixin
 from engine.data import LabelledImage, load_rgb, read_image_folder, read_neu, split_neu
 
-SHIPPED_FEATURES = Path(__file__).parent / "models" / "steel-features"
+SHIPPED_FEATURES = Path(__file__).parent / "weights" / "steel-features"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 

@@ -1,7 +1,7 @@
 """Auto-place: plausible defect masks per class, drawn from the statistics of real NEU-DET boxes.
 
 The statistics (box sizes and boxes per image of each class, from the training pool only) ship as
-`engine/models/placement-stats.json`; rebuild them with `python -m engine.placement --neu DATA/neu`.
+`engine/weights/placement-stats.json`; rebuild them with `python -m engine.placement --neu DATA/neu`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 from engine.data import read_neu, split_neu
 from engine.masks import mask_image
 
-STATS_FILE = Path(__file__).parent / "models" / "placement-stats.json"
+STATS_FILE = Path(__file__).parent / "weights" / "placement-stats.json"
 # Shapes per class: scratches are thin lines across their box; inclusions small elongated ellipses;
 # the area defects irregular blobs that fill most of their box.
 SHAPES = {
