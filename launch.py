@@ -6,6 +6,8 @@ python launch.py finetune --dataset data/ --out runs/my-adapter
 python launch.py pretrain --data ../shared/data/neu --out engine/weights/steel-prior
 python launch.py evaluate fidelity --generated out/ --real /tmp/neu-split/val --reference /tmp/neu-split/pool
 python launch.py evaluate recognition --train /tmp/neu-split/pool --test /tmp/neu-split/val --synthetic out/ --k 5
+python launch.py evaluate neu-split --data ../shared/data/neu --out /tmp/neu-split   # also reference-features,
+                                                                                      # train-features, placement-stats
 python launch.py tune-strength --adapter runs/my-adapter --token crazing --val /tmp/neu-split/val
 """
 
@@ -246,6 +248,29 @@ def add_evaluate_parsers(sub) -> None:
     two.add_argument("--real", required=True, type=Path)
     two.add_argument("--seeds", type=int, default=3)
 
+    split = ev_sub.add_parser("neu-split", help="Write NEU's pool/val split as ImageFolder trees of symlinks.")
+    split.add_argument("--data", required=True, type=Path, help="The NEU folder (with manifest.csv).")
+    split.add_argument("--out", required=True, type=Path, help="A folder outside the repository.")
+
+    reference = ev_sub.add_parser(
+        "reference-features", help="Write the per-class features of NEU's training pool for the realism score."
+    )
+    reference.add_argument("--data", required=True, type=Path, help="The NEU folder (with manifest.csv).")
+    reference.add_argument("--out", type=Path, default=None, help="Default: beside the shipped feature network.")
+    reference.add_argument("--features", type=Path, default=None, help="Feature network folder (default: shipped).")
+    reference.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+
+    features = ev_sub.add_parser("train-features", help="Train the steel feature network on the NEU training pool.")
+    features.add_argument("--data", required=True, type=Path, help="The NEU folder (with manifest.csv).")
+    features.add_argument("--out", required=True, type=Path)
+    features.add_argument("--epochs", type=int, default=25)
+    features.add_argument("--seed", type=int, default=0)
+    features.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+
+    placement = ev_sub.add_parser("placement-stats", help="Compute the auto-place statistics from NEU-DET's boxes.")
+    placement.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
+    placement.add_argument("--out", type=Path, default=None, help="Default: the shipped placement-stats.json.")
+
     masked = ev_sub.add_parser(
         "masked", help="Masked samples auto-placed on clean NEU regions, judged on the masked crop (KID, realism)."
     )
@@ -445,6 +470,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from engine.features import load_feature_net
     from engine.recognition import recognition
 
+    if args.evaluation in DATA_COMMANDS:
+        DATA_COMMANDS[args.evaluation](args)
+        return
     progress = None if args.json else _print_progress_stderr
     if args.evaluation == "fidelity":
         report = fidelity(
@@ -476,6 +504,55 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             args.train, args.test, args.synthetic, args.k, args.seeds, args.classic, args.steps, progress=progress
         )
     _print_report(report, args.json)
+
+
+def cmd_neu_split(args: argparse.Namespace) -> None:
+    from engine.evaluate import export_neu_split
+
+    counts = export_neu_split(args.data, args.out)
+    print(f"Wrote links under {args.out}: pool {counts['pool']} images, val {counts['val']} images")
+
+
+def cmd_reference_features(args: argparse.Namespace) -> None:
+    import torch
+
+    from engine.evaluate import SHIPPED_REFERENCE_FEATURES, build_neu_reference_features
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or SHIPPED_REFERENCE_FEATURES
+    counts = build_neu_reference_features(args.data, out, args.features, _print_progress_stderr)
+    print(f"Wrote {out} ({out.stat().st_size / 1024:.0f} KB): " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+
+
+def cmd_train_features(args: argparse.Namespace) -> None:
+    import torch
+
+    from engine.evaluate import train_feature_network
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = train_feature_network(args.data, args.out, args.epochs, args.seed, _print_progress_stderr)
+    per_class = ", ".join(f"{c} {a:.3f}" for c, a in result.val_per_class.items())
+    print(
+        f"Saved to {result.output_dir}: train accuracy {result.train_accuracy:.4f}, validation "
+        f"{result.val_accuracy:.4f} ({per_class}) in {result.seconds:.0f} s on {torch.get_num_threads()} threads"
+    )
+
+
+def cmd_placement_stats(args: argparse.Namespace) -> None:
+    from engine.placement import STATS_FILE, write_box_statistics
+
+    out, summary = write_box_statistics(args.neu, args.out or STATS_FILE)
+    print(f"Wrote {out}: (boxes, images) per class {summary}")
+
+
+DATA_COMMANDS = {
+    "neu-split": cmd_neu_split,
+    "reference-features": cmd_reference_features,
+    "train-features": cmd_train_features,
+    "placement-stats": cmd_placement_stats,
+}
 
 
 def cmd_tune_strength(args: argparse.Namespace) -> None:

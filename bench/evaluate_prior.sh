@@ -11,7 +11,7 @@ neu=${1:-../shared/data/neu}
 work=${2:-/tmp/studio-eval}
 per_class=${3:-40}
 strength=${STRENGTH:-0.6}
-python -m engine.evaluate neu-split --data "$neu" --out "$work/neu-split"
+python launch.py evaluate neu-split --data "$neu" --out "$work/neu-split"
 for class_dir in "$work"/neu-split/pool/*/; do
   name=$(basename "$class_dir")
   python launch.py generate --token "$name" --init "$class_dir" --num "$per_class" \

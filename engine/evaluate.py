@@ -2,17 +2,15 @@
 the few-shot recognition protocol and strength tuning.
 
 All distances use the steel feature network (engine/features.py) unless Inception weights are given.
-`python -m engine.evaluate train-features …` trains that network; `… neu-split …` writes NEU's split as
+`launch.py evaluate train-features …` trains that network; `… neu-split …` writes NEU's split as
 ImageFolder trees of links so the CLI commands can run on it; `… reference-features …` writes the
 shipped per-class NEU features the realism score compares with.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,14 +35,13 @@ from engine.features import (
     images_to_tensor,
     load_feature_net,
     load_tensor,
-    train_feature_network,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ProgressFn = Callable[[int, int, str], None]
 # Per-class features of NEU's training pool, shipped beside the network (features only, never NEU images).
 SHIPPED_REFERENCE_FEATURES = SHIPPED_FEATURES / "reference-features.safetensors"
-REFERENCE_FEATURES_COMMAND = "python -m engine.evaluate reference-features --data <NEU folder>"
+REFERENCE_FEATURES_COMMAND = "python launch.py evaluate reference-features --data <NEU folder>"
 
 # KID: 100 subsets as in the KID paper, each as large as the smaller set allows (at most 1000): the
 # mean is then the most precise; the ± is the spread from resampling the larger set (0 for equal sizes).
@@ -775,61 +772,3 @@ def export_neu_split(neu_root: Path | str, out: Path | str) -> dict[str, int]:
                 xml_target.symlink_to(item.annotation.resolve())
         counts[name] = len(items)
     return counts
-
-
-# ---------------------------------------------------------------------------------------------------------
-# python -m engine.evaluate
-
-
-def _print_progress(step: int, total: int, message: str) -> None:
-    print(f"\r{message}", end="\n" if step == total else "", flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    tf = sub.add_parser("train-features", help="Train the steel feature network on the NEU training pool.")
-    tf.add_argument("--data", required=True, type=Path, help="The NEU folder (with manifest.csv).")
-    tf.add_argument("--out", required=True, type=Path)
-    tf.add_argument("--epochs", type=int, default=25)
-    tf.add_argument("--seed", type=int, default=0)
-    tf.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-    ns = sub.add_parser("neu-split", help="Write NEU's pool/val split as ImageFolder trees of symlinks.")
-    ns.add_argument("--data", required=True, type=Path)
-    ns.add_argument("--out", required=True, type=Path, help="A folder outside the repository.")
-    rf = sub.add_parser(
-        "reference-features", help="Write the per-class features of NEU's training pool for the realism score."
-    )
-    rf.add_argument("--data", required=True, type=Path, help="The NEU folder (with manifest.csv).")
-    rf.add_argument("--out", type=Path, default=SHIPPED_REFERENCE_FEATURES, help="Default: beside the shipped network.")
-    rf.add_argument("--features", type=Path, default=None, help="Feature network folder (default: the shipped one).")
-    rf.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "train-features":
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            result = train_feature_network(args.data, args.out, args.epochs, args.seed, _print_progress)
-            per_class = ", ".join(f"{c} {a:.3f}" for c, a in result.val_per_class.items())
-            print(
-                f"Saved to {result.output_dir}: train accuracy {result.train_accuracy:.4f}, validation "
-                f"{result.val_accuracy:.4f} ({per_class}) in {result.seconds:.0f} s "
-                f"on {torch.get_num_threads()} threads"
-            )
-        elif args.command == "reference-features":
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            counts = build_neu_reference_features(args.data, args.out, args.features, _print_progress)
-            size_kb = args.out.stat().st_size / 1024
-            print(f"Wrote {args.out} ({size_kb:.0f} KB): " + ", ".join(f"{c} {n}" for c, n in counts.items()))
-        else:
-            counts = export_neu_split(args.data, args.out)
-            print(f"Wrote links under {args.out}: pool {counts['pool']} images, val {counts['val']} images")
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -193,7 +193,7 @@ def load_feature_net(folder: Path | str | None = None) -> SteelFeatureNet:
     if not (folder / WEIGHTS_FILE).is_file() or not (folder / CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"No feature network in {folder} (expected {WEIGHTS_FILE} and {CONFIG_FILE}); "
-            "train one with `python -m engine.evaluate train-features`."
+            "train one with `python launch.py evaluate train-features`."
         )
     net = SteelFeatureNet(FeatureNetConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())))
     net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))

@@ -1,12 +1,11 @@
 """Auto-place: plausible defect masks per class, drawn from the statistics of real NEU-DET boxes.
 
 The statistics (box sizes and boxes per image of each class, from the training pool only) ship as
-`engine/weights/placement-stats.json`; rebuild them with `python -m engine.placement --neu DATA/neu`.
+`engine/weights/placement-stats.json`; rebuild them with `python launch.py evaluate placement-stats --neu DATA/neu`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections import Counter, defaultdict
@@ -66,7 +65,9 @@ def box_statistics(neu_root: Path) -> dict:
 def load_statistics(path: Path = STATS_FILE) -> dict:
     """The shipped statistics; raises a readable error if the file is missing."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"No placement statistics at {path}; run `python -m engine.placement --neu DIR`.")
+        raise FileNotFoundError(
+            f"No placement statistics at {path}; run `python launch.py evaluate placement-stats --neu DIR`."
+        )
     return json.loads(Path(path).read_text())
 
 
@@ -152,18 +153,11 @@ def propose_masks(
     return masks
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compute the auto-place statistics from the NEU training pool.")
-    parser.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
-    parser.add_argument("--out", type=Path, default=STATS_FILE)
-    args = parser.parse_args(argv)
-    stats = box_statistics(args.neu)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stats, separators=(",", ":")) + "\n")
-    summary = {name: (len(c["boxes"]), sum(c["per_image"].values())) for name, c in stats["classes"].items()}
-    print(f"Wrote {args.out}: (boxes, images) per class {summary}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_box_statistics(neu: Path, out: Path = STATS_FILE) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """Compute the auto-place statistics from NEU-DET's boxes and write them; returns the file and, per class,
+    (boxes, images with boxes)."""
+    stats = box_statistics(neu)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(stats, separators=(",", ":")) + "\n")
+    return out, {name: (len(c["boxes"]), sum(c["per_image"].values())) for name, c in stats["classes"].items()}

@@ -192,7 +192,12 @@ def test_shipped_statistics_come_from_the_training_pool(tmp_path):
     # Of 7 images, positions 0 and 6 are validation images: their boxes (widths 6 and 12) are left out.
     assert computed["classes"]["scratches"]["per_image"] == {"1": 5}
     assert [w for w, _ in computed["classes"]["scratches"]["boxes"]] == [7, 8, 9, 10, 11]
-    json.dumps(computed)
+
+    import launch
+
+    out = tmp_path / "stats.json"
+    assert launch.main(["evaluate", "placement-stats", "--neu", str(tmp_path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == computed, "the CLI writes the same statistics"
 
 
 def test_quality_of_an_unchanged_image_is_perfect_and_a_changed_mask_is_measured():
