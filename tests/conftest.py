@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import make_steel_like
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -20,21 +22,6 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.browser)
         if "hardening" in parts or "distributed" in parts:
             item.add_marker(pytest.mark.subprocess)
-
-
-def make_steel_like(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
-    """A grey uint8 H×W×3 image: noise texture plus a class-specific mark (lines, blobs or flat)."""
-    base = rng.normal(128, 12, (size, size)).clip(0, 255)
-    if kind == "scratches":
-        for _ in range(2):
-            x = rng.integers(2, size - 2)
-            base[:, x - 1 : x + 1] = 40
-    elif kind == "inclusion":
-        for _ in range(3):
-            y, x = rng.integers(3, size - 3, 2)
-            base[y - 2 : y + 2, x - 2 : x + 2] = 220
-    image = base.astype(np.uint8)
-    return np.repeat(image[..., None], 3, axis=2)
 
 
 @pytest.fixture(scope="session")

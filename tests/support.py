@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -76,3 +77,24 @@ def served_client(studio: StudioService) -> Iterator:
         if client is not None:
             client.close()
         app.close()
+
+
+def make_steel_like(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+    """A grey uint8 H×W×3 image: noise texture plus a class-specific mark (lines, blobs or flat)."""
+    base = rng.normal(128, 12, (size, size)).clip(0, 255)
+    if kind == "scratches":
+        for _ in range(2):
+            x = rng.integers(2, size - 2)
+            base[:, x - 1 : x + 1] = 40
+    elif kind == "inclusion":
+        for _ in range(3):
+            y, x = rng.integers(3, size - 3, 2)
+            base[y - 2 : y + 2, x - 2 : x + 2] = 220
+    image = base.astype(np.uint8)
+    return np.repeat(image[..., None], 3, axis=2)
+
+
+def slab(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A grey noise slab of the given size."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.normal(128, 15, (height, width)).clip(0, 255).astype(np.uint8))

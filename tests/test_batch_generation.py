@@ -10,7 +10,7 @@ from engine.batch import FLAGGED_FOLDER, RealismGateError, generate_to_folder
 from engine.data import list_images
 from engine.generate import read_png_parameters
 from engine.models import load_pipeline
-from tests.conftest import make_steel_like
+from tests.support import make_steel_like
 
 
 @pytest.fixture(scope="module")

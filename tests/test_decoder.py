@@ -16,7 +16,7 @@ from engine.decoder import (
     train_decoder,
 )
 from engine.features import load_feature_net
-from tests.conftest import make_steel_like
+from tests.support import make_steel_like
 
 
 def _pixels(count: int = 6, size: int = 32) -> np.ndarray:

@@ -16,12 +16,7 @@ from engine.config import GenerationConfig, TrainConfig
 from engine.generate import generate, read_png_parameters
 from engine.models import load_pipeline, resolve_model
 from engine.train import latest_checkpoint
-from tests.conftest import make_steel_like
-
-
-def slab(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.normal(128, 15, (height, width)).clip(0, 255).astype(np.uint8))
+from tests.support import make_steel_like, slab
 
 
 def test_resolve_model_refuses_a_folder_that_is_not_a_diffusers_model(tmp_path):

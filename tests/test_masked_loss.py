@@ -14,8 +14,7 @@ from engine.batch import finetune_folder
 from engine.config import TrainConfig, finetune_config
 from engine.data import find_annotation, parse_voc, read_mask_beside
 from engine.train import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
-from tests.conftest import make_steel_like
-from tests.support import voc_xml
+from tests.support import make_steel_like, voc_xml
 
 
 def test_voc_boxes_are_read_as_one_based_inclusive_pixels(tmp_path):

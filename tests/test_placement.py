@@ -19,12 +19,7 @@ from engine.masks import MASK_WINDOW_SCALE, grow, mask_boxes, mask_from_boxes, m
 from engine.models import load_pipeline
 from engine.placement import box_statistics, load_statistics, propose_masks
 from engine.quality import PSNR_CEILING_DB, masked_quality
-from tests.support import voc_xml
-
-
-def slab(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.normal(128, 15, (height, width)).clip(0, 255).astype(np.uint8))
+from tests.support import slab, voc_xml
 
 
 @pytest.fixture(scope="module")

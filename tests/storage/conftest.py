@@ -1,7 +1,6 @@
 """Fixtures for storage tests: a real database (SQLite in tmp_path, or STUDIO_TEST_DATABASE_URL) and a file store."""
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,13 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-if str(PROJECT_ROOT) not in sys.path:
-    sys.path.insert(0, str(PROJECT_ROOT))
-
-from storage.db import Database  # noqa: E402
-from storage.files import FileStore, sha256_hex  # noqa: E402
-from storage.tables import Base  # noqa: E402
+from storage.db import Database
+from storage.files import FileStore, sha256_hex
+from storage.tables import Base
 
 TEST_DATABASE_URL_VARIABLE = "STUDIO_TEST_DATABASE_URL"
 
