@@ -26,7 +26,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,9 @@ MANIFEST_JSON = "manifest.json"
 ITEM_KINDS = ("synthetic", "real")
 # This share of source images (and every sample made from each) goes to the validation split by default.
 DEFAULT_VAL_FRACTION = 0.1
-MAX_VAL_FRACTION = 0.9
+# At most this share of source images is held out (validation plus test).
+MAX_HELD_OUT = 0.9
+SPLITS = ("train", "val", "test")
 LINEAGE_CSV_COLUMNS = (
     "source_image_sha256",
     "model_hash",
@@ -238,10 +240,36 @@ def _class_folders(class_names: Sequence[str]) -> dict[str, str]:
     return folders
 
 
-def plan_items(
-    items: Sequence[ExportItem], val_fraction: float = DEFAULT_VAL_FRACTION, split_seed: int = 0
-) -> list[PlannedItem]:
-    """Check items and give each a unique safe name and its manifest entry (with its train/val split)."""
+@dataclass(frozen=True)
+class SplitPlan:
+    """A seeded train/val/test split by source image: about `val_fraction` of the sources go to "val",
+    `test_fraction` to "test", the rest to "train"; every sample goes where its source image went (no leakage), and
+    a re-export with the same plan keeps each item where it was."""
+
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        held_out = self.val_fraction + self.test_fraction
+        if min(self.val_fraction, self.test_fraction) < 0 or held_out > MAX_HELD_OUT:
+            raise ValueError(
+                f"The validation and test fractions must be ≥ 0 and hold out at most {MAX_HELD_OUT} together, got "
+                f"{self.val_fraction} and {self.test_fraction}."
+            )
+
+    def split_of(self, item: ExportItem) -> str:
+        """The split of an item, drawn from its source image's hash mixed with the seed."""
+        key = item.lineage.get("source_image_sha256") or item.image_sha256
+        draw = int(hashlib.sha256(f"{self.seed}:{key}".encode()).hexdigest()[:8], 16) / 16**8
+        if draw < self.val_fraction:
+            return "val"
+        return "test" if draw < self.val_fraction + self.test_fraction else "train"
+
+
+def plan_items(items: Sequence[ExportItem], split: SplitPlan | None = None) -> list[PlannedItem]:
+    """Check items and give each a unique safe name and its manifest entry (with its split)."""
+    split = split or SplitPlan()
     folders = _class_folders([item.class_name for item in items])
     used: set[tuple[str, str]] = set()
     planned = []
@@ -268,19 +296,10 @@ def plan_items(
             "boxes": item.boxes,
             "params": item.params,
             "lineage": item.lineage,
-            "split": split_of(item, val_fraction, split_seed),
+            "split": split.split_of(item),
         }
         planned.append(PlannedItem(item, folders[item.class_name], stem, entry))
     return planned
-
-
-def split_of(item: ExportItem, val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0) -> str:
-    """ "val" for about `val_fraction` of items, else "train"; by the source image's hash (mixed with `seed`), so a
-    real image and every sample made from it fall on the same side (no leakage) and a re-export with the same
-    fraction and seed keeps each item where it was."""
-    key = item.lineage.get("source_image_sha256") or item.image_sha256
-    draw = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 16**8
-    return "val" if draw < val_fraction else "train"
 
 
 def _stored_suffix(file_store: FileStore, sha256: str) -> str:
@@ -427,14 +446,16 @@ def write_yolo(zip_writer: ZipWriter, planned: list[PlannedItem], file_store: Fi
         zip_writer.add(path, ("\n".join(lines) + "\n").encode())
         plan.entry["yolo_label_path"] = path
         listed.setdefault(plan.entry["split"], []).append(f"./{plan.entry['path']}")
-    for split in ("train", "val"):
-        zip_writer.add(f"yolo-{split}.txt", "".join(f"{line}\n" for line in listed.get(split, [])).encode())
+    for split in SPLITS:
+        if split != "test" or listed.get("test"):
+            zip_writer.add(f"yolo-{split}.txt", "".join(f"{line}\n" for line in listed.get(split, [])).encode())
     names = "".join(f"  {number}: {json.dumps(name)}\n" for name, number in classes.items())
     val_list = "yolo-val.txt" if listed.get("val") else "yolo-train.txt"
+    test_line = "test: yolo-test.txt\n" if listed.get("test") else ""
     data_yaml = (
         "# Ultralytics dataset: labels/ mirrors images/. The split follows each item's source image (manifest "
         "'split'); with no val item, val lists the train images.\n"
-        f"train: yolo-train.txt\nval: {val_list}\nnc: {len(classes)}\nnames:\n{names}"
+        f"train: yolo-train.txt\nval: {val_list}\n{test_line}nc: {len(classes)}\nnames:\n{names}"
     )
     zip_writer.add("data.yaml", data_yaml.encode())
 
@@ -531,19 +552,17 @@ def write_export(
     file_store: FileStore,
     extra_manifest: dict[str, Any] | None = None,
     formats: Sequence[str] = ("masks",),
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-    split_seed: int = 0,
+    split: SplitPlan | None = None,
 ) -> ExportSummary:
     """Write the export zip to `out_zip` (which must not exist) atomically: a temp file renamed when complete."""
-    if not 0.0 <= val_fraction <= MAX_VAL_FRACTION:
-        raise ValueError(f"The validation fraction must be between 0 and {MAX_VAL_FRACTION}, got {val_fraction}.")
+    split = split or SplitPlan()
     out_zip = Path(out_zip)
     unknown = sorted(set(formats) - set(FORMAT_WRITERS))
     if unknown:
         raise ValueError(f"Unknown export format(s) {unknown}; known: {sorted(FORMAT_WRITERS)}")
     if out_zip.exists():
         raise FileExistsError(f"Export already exists: {out_zip}")
-    planned = plan_items(items, val_fraction, split_seed)
+    planned = plan_items(items, split)
     needed = {p.item.image_sha256 for p in planned} | {p.item.mask_sha256 for p in planned if p.item.mask_sha256}
     missing = sorted(sha256 for sha256 in needed if not file_store.exists(sha256))
     if missing:
@@ -572,7 +591,7 @@ def write_export(
                         "formats": ["imagefolder", *formats],
                         "n_items": len(planned),
                         "counts": counts,
-                        "split": {"val_fraction": val_fraction, "seed": split_seed},
+                        "split": asdict(split),
                         "extra": extra_manifest or {},
                         "items": [plan.entry for plan in planned],
                         "files": zip_writer.files,

@@ -24,11 +24,11 @@ from PIL import Image, ImageChops
 from engine.config import GenerationConfig
 from webapp.previews import VIEW_MAX_SIDE, ReviewViews, window_view
 from webapp.service import (
-    DEFAULT_VAL_FRACTION,
     EXPORT_FORMATS,
     FineTuneStatus,
     SampleDetails,
     SourceInfo,
+    SplitPlan,
     StudioService,
     realism_sort_key,
 )
@@ -900,8 +900,13 @@ def create_export_tab(service: StudioService) -> TabLoad:
         with gr.Row():
             export_classes = gr.CheckboxGroup(label="Classes (none ticked: all)")
             val_fraction = gr.Slider(
-                0.0, 0.5, value=DEFAULT_VAL_FRACTION, step=0.05, label="Validation share (by source image, no leakage)"
+                0.0,
+                0.5,
+                value=SplitPlan().val_fraction,
+                step=0.05,
+                label="Validation share (by source image, no leakage)",
             )
+            test_fraction = gr.Slider(0.0, 0.5, value=0.0, step=0.05, label="Test share (by source image)")
             split_seed = gr.Number(value=0, precision=0, label="Split seed")
         export_counts = gr.Markdown()
         export_button = gr.Button("Export accepted dataset (zip)", variant="primary")
@@ -921,14 +926,14 @@ def create_export_tab(service: StudioService) -> TabLoad:
         classes: list[str] | None = None,
         fraction: float | None = None,
         seed: int | None = None,
+        test: float | None = None,
         request: gr.Request = None,
     ):
         result = service.export_dataset(
             user_of(request),
             formats=EXPORT_FORMATS if chosen is None else chosen,
             classes=classes or None,
-            val_fraction=fraction,
-            split_seed=int(seed or 0),
+            split=SplitPlan(SplitPlan().val_fraction if fraction is None else fraction, test or 0.0, int(seed or 0)),
         )
         counts = json.dumps(result.counts, sort_keys=True)
         splits = ", ".join(f"{name} {n}" for name, n in sorted(result.split_counts.items()))
@@ -939,7 +944,10 @@ def create_export_tab(service: StudioService) -> TabLoad:
         return text, str(result.path)
 
     export_button.click(
-        export, [formats, export_classes, val_fraction, split_seed], [summary, download], api_name="export"
+        export,
+        [formats, export_classes, val_fraction, split_seed, test_fraction],
+        [summary, download],
+        api_name="export",
     )
     tab.select(counts_before_export, None, [export_classes, export_counts], api_name="export_counts")
     return TabLoad(counts_before_export, [export_classes, export_counts], "export_load")

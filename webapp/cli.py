@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.db import DATABASE_FILE_NAME
+from storage.export import SplitPlan
 from webapp.service import StudioService, verify_export
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,8 @@ def run_service_command(args: argparse.Namespace) -> int:
             result = service.import_folder(args.images, args.role, args.class_name, args.annotations, cli_user())
             print(result.summary)
         elif command == "export":
-            export = service.export_dataset(
-                cli_user(), args.out, args.formats, classes=args.classes, val_fraction=args.val_fraction,
-                split_seed=args.split_seed,
-            )  # fmt: skip
+            split = SplitPlan(args.val_fraction, args.test_fraction, args.split_seed)
+            export = service.export_dataset(cli_user(), args.out, args.formats, classes=args.classes, split=split)
             counts = ", ".join(f"{split} {n}" for split, n in export.split_counts.items())
             print(f"Wrote {export.n_items} images ({counts}) to {export.path} (sha256 {export.sha256})")
         elif command == "review":

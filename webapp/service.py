@@ -27,9 +27,9 @@ from engine.data import find_annotation, list_images, parse_voc
 from storage import repository
 from storage.db import open_database
 from storage.export import (
-    DEFAULT_VAL_FRACTION,
     FORMAT_WRITERS,
     ExportItem,
+    SplitPlan,
     export_item_for_sample,
     export_item_for_source,
     write_export,
@@ -1436,18 +1436,16 @@ class StudioService:
         out: Path | None = None,
         formats: Sequence[str] = EXPORT_FORMATS,
         classes: Sequence[str] | None = None,
-        val_fraction: float | None = None,
-        split_seed: int = 0,
+        split: SplitPlan | None = None,
     ) -> ExportResult:
         """Write the curated dataset (accepted samples and real defect images) as a zip in the chosen formats.
 
-        `classes` limits it to those classes; `val_fraction` of the source images (with their samples) form the
-        validation split, drawn by `split_seed` (see storage.export.split_of).
+        `classes` limits it to those classes; `split` draws the train/val/test split by source image (default:
+        about a tenth of the sources, with their samples, in val).
         """
         unknown = sorted(set(formats) - set(FORMAT_WRITERS))
         if unknown:
             raise ValueError(f"Unknown export format(s) {', '.join(unknown)}; choose from {', '.join(EXPORT_FORMATS)}.")
-        val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         with self.database.session() as s:
             run_of_version = {}
             for defect_class in repository.list_defect_classes(s):
@@ -1478,8 +1476,7 @@ class StudioService:
             self.files,
             extra_manifest={"exported_by": user},
             formats=tuple(formats),
-            val_fraction=val_fraction,
-            split_seed=split_seed,
+            split=split,
         )
         with self.database.transaction() as s:
             export_id = repository.record_export(

@@ -215,21 +215,40 @@ def test_png_masks_are_the_stored_mask_or_drawn_from_boxes(unpacked, items: list
     assert "mask_path" not in unboxed
 
 
+def test_a_test_split_gets_its_own_yolo_list(tmp_path: Path, items: list[ExportItem], file_store: FileStore) -> None:
+    from storage.export import SplitPlan
+
+    out = tmp_path / "three-way.zip"
+    write_export(out, items, file_store, formats=("yolo",), split=SplitPlan(0.0, 0.9, seed=3))
+    with zipfile.ZipFile(out) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        data = yaml.safe_load(archive.read("data.yaml"))
+        tested = archive.read("yolo-test.txt").decode().split()
+    assert manifest["split"] == {"val_fraction": 0.0, "test_fraction": 0.9, "seed": 3}
+    in_test = {entry["path"] for entry in manifest["items"] if entry["split"] == "test" and entry["boxes"]}
+    assert in_test and {p.removeprefix("./") for p in tested} == in_test
+    assert data["test"] == "yolo-test.txt" and data["val"] == "yolo-train.txt"
+
+
 def test_unknown_format_is_refused(tmp_path: Path, items: list[ExportItem], file_store: FileStore) -> None:
     with pytest.raises(ValueError, match="Unknown export format"):
         write_export(tmp_path / "x.zip", items, file_store, formats=("coco", "tfrecord"))
 
 
 def test_split_follows_the_source_image_so_samples_never_leak_across() -> None:
-    from storage.export import DEFAULT_VAL_FRACTION, ExportItem, split_of
+    from storage.export import DEFAULT_VAL_FRACTION, ExportItem, SplitPlan
 
     sources = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(200)]
     real = [ExportItem("scratches", sha, "real", lineage={"source_image_sha256": sha}) for sha in sources]
     made = [ExportItem("scratches", "f" * 64, "synthetic", lineage={"source_image_sha256": sha}) for sha in sources]
-    assert [split_of(r) for r in real] == [split_of(m) for m in made]
-    share = sum(split_of(r) == "val" for r in real) / len(real)
+    plan = SplitPlan()
+    assert [plan.split_of(r) for r in real] == [plan.split_of(m) for m in made]
+    share = sum(plan.split_of(r) == "val" for r in real) / len(real)
     assert 0.5 * DEFAULT_VAL_FRACTION < share < 2 * DEFAULT_VAL_FRACTION
-    larger = sum(split_of(r, 0.3) == "val" for r in real) / len(real)
-    assert 0.2 < larger < 0.4
-    assert [split_of(r, 0.3, seed=1) for r in real] != [split_of(r, 0.3) for r in real], "the seed draws another split"
-    assert {split_of(r, 0.0) for r in real} == {"train"}
+    three = SplitPlan(0.3, 0.2)
+    sides = [three.split_of(r) for r in real]
+    assert 0.2 < sides.count("val") / len(real) < 0.4 and 0.1 < sides.count("test") / len(real) < 0.3
+    assert [SplitPlan(0.3, 0.2, seed=1).split_of(r) for r in real] != sides, "the seed draws another split"
+    assert {SplitPlan(0.0).split_of(r) for r in real} == {"train"}
+    with pytest.raises(ValueError, match="at most 0.9"):
+        SplitPlan(0.6, 0.4)

@@ -57,7 +57,7 @@ def test_a_batch_generated_into_the_studio_is_reviewed_and_exported_from_the_com
         manifest = json.loads(archive.read("manifest.json"))
     kinds = sorted(item["kind"] for item in manifest["items"])
     assert kinds == ["real"] * 4 + ["synthetic"] * 2
-    assert manifest["split"] == {"val_fraction": 0.5, "seed": 0}
+    assert manifest["split"] == {"val_fraction": 0.5, "test_fraction": 0.0, "seed": 0}
     splits = [item["split"] for item in manifest["items"]]
     assert f"train {splits.count('train')}" in printed and "6 images" in printed
     by_source = {}
