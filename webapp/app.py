@@ -691,7 +691,9 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
             return None, progress_bar(None), "No fine-tune run yet.", []
         run = service.finetune_status(current)
         loss = f" · loss {run.loss:.4f}" if run.loss is not None else ""
-        text = f"**Run {run.run_id}** ({', '.join(run.classes)}): {run.status}{loss}  \n{run.message}"
+        # While it trains, the bar shows the step: the progress text would say it again.
+        detail = "" if run.is_active and run.total else f"  \n{run.message}"
+        text = f"**Run {run.run_id}** ({', '.join(run.classes)}): {run.status}{loss}{detail}"
         return current, progress_bar(run), text, [(str(p), p.stem) for p in run.previews]
 
     @errors_shown_in(2, 4)

@@ -197,6 +197,11 @@ class DecisionResult:
     revision: int
     message: str
 
+    @classmethod
+    def of(cls, sample_id: int, outcome: repository.DecisionOutcome) -> DecisionResult:
+        """The result of a decision on a sample, from the repository's outcome."""
+        return cls(sample_id, outcome.applied, outcome.status, outcome.revision, outcome.message)
+
 
 @dataclass(frozen=True)
 class StoredBatch:
@@ -934,7 +939,7 @@ class StudioService:
         with self.database.transaction() as s:
             self._require_sample(s, sample_id)
             outcome = repository.decide(s, sample_id, status, reason, user, expected_revision)
-        return DecisionResult(sample_id, outcome.applied, outcome.status, outcome.revision, outcome.message)
+        return DecisionResult.of(sample_id, outcome)
 
     def undo(self, sample_id: int, user: str, expected_revision: int | None = None) -> DecisionResult:
         """Put a decided sample back to pending (recorded as a decision)."""
@@ -943,7 +948,7 @@ class StudioService:
             if sample.status == "pending":
                 raise ValueError(f"Sample {sample_id} is pending; there is no decision to undo.")
             outcome = repository.undo_decision(s, sample_id, user, expected_revision)
-        return DecisionResult(sample_id, outcome.applied, outcome.status, outcome.revision, outcome.message)
+        return DecisionResult.of(sample_id, outcome)
 
     def reject_flagged(
         self, sample_ids: Sequence[int], user: str, realism_threshold: float | None = None
@@ -967,9 +972,7 @@ class StudioService:
                 if not flagged:
                     continue
                 outcome = repository.decide(s, sample.id, "rejected", REALISM_REJECT_REASON, user, sample.revision)
-                results.append(
-                    DecisionResult(sample.id, outcome.applied, outcome.status, outcome.revision, outcome.message)
-                )
+                results.append(DecisionResult.of(sample.id, outcome))
         return results
 
     def store_generated(
