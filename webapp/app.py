@@ -461,12 +461,16 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         centre = (event.index[0] * scale, event.index[1] * scale)
         return picker_view(slab, centre), centre
 
-    def class_strength(class_name: str | None, masked: bool | None = False, boxes: str | None = ""):
-        """The token's proposed strength: for a masked repaint when auto-place is on or boxes are typed."""
+    def class_strength(
+        class_name: str | None, masked: bool | None = False, boxes: str | None = "", painted: dict | None = None
+    ):
+        """The token's proposed strength: for a masked repaint when auto-place is on, boxes are typed or a mask is
+        painted; else for a whole window."""
         matches = [c for c in service.list_classes() if c.name == class_name]
         if not matches:
             return gr.update()
-        return matches[0].masked_strength if masked or (boxes or "").strip() else matches[0].default_strength
+        with_mask = masked or (boxes or "").strip() or painted_mask(painted, (1, 1)) is not None
+        return matches[0].masked_strength if with_mask else matches[0].default_strength
 
     @errors_shown_in(3, 4)
     def generate(
@@ -597,9 +601,10 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     tab.select(refresh, picks, picks, api_name="generate_tab")
     source.change(show_source, source, [source_preview, window_picker, window_centre], api_name="show_source")
     window_picker.select(pick_window, source, [window_picker, window_centre], api_name="pick_window")
-    strength_inputs = [class_name, auto_place, box_text]
+    strength_inputs = [class_name, auto_place, box_text, source_preview]
     class_name.change(class_strength, strength_inputs, strength, api_name="class_strength")
     auto_place.change(class_strength, strength_inputs, strength, api_name="masked_strength")
+    source_preview.change(class_strength, strength_inputs, strength, api_visibility="private", show_progress="hidden")
     generate_button.click(
         generate,
         [

@@ -230,12 +230,21 @@ def test_a_tuned_masked_strength_is_proposed_for_masked_repaints(service, tiny_a
     assert (classes["scratches"].default_strength, classes["scratches"].masked_strength) == (0.45, 0.95)
     assert classes["inclusion"].masked_strength == DEFAULT_MASKED_STRENGTH
 
-    # The UI proposes the masked strength once auto-place is ticked or boxes are typed.
+    # The UI proposes the masked strength once auto-place is ticked, boxes are typed or a mask is painted.
+    from gradio_client import handle_file
+
+    background, stroke = tmp_path / "background.png", tmp_path / "stroke.png"
+    Image.new("RGB", (48, 40), (120, 120, 120)).save(background)
+    painted = Image.new("RGBA", (48, 40), (0, 0, 0, 0))
+    painted.paste((255, 48, 48, 255), (10, 10, 14, 30))
+    painted.save(stroke)
+    editor = {"background": handle_file(str(background)), "layers": [handle_file(str(stroke))], "composite": None}
     with served_client(service) as client:
         client.predict(None, None, api_name="/generate_refresh")
         assert client.predict("scratches", False, "", api_name="/class_strength") == pytest.approx(0.45)
         assert client.predict("scratches", True, "", api_name="/masked_strength") == pytest.approx(0.95)
         assert client.predict("scratches", False, "1,1,9,9", api_name="/class_strength") == pytest.approx(0.95)
+        assert client.predict("scratches", False, "", editor, api_name="/class_strength") == pytest.approx(0.95)
 
     # The CLI uses it when a masked repaint gives no strength; a whole-window one keeps the other.
     slab = tmp_path / "slab.png"
