@@ -30,6 +30,7 @@ from webapp.service import (
     SourceInfo,
     SplitPlan,
     StudioService,
+    parse_box_text,
     realism_sort_key,
 )
 
@@ -342,7 +343,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                     brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=8),
                     height=260,
                 )
-                with gr.Accordion("Window on a large slab: click to choose where it goes", open=False):
+                with gr.Accordion("Window on a large slab (click to choose where it goes) and typed boxes", open=False):
                     window_picker = gr.Image(
                         label="Whole-window generation repaints the outlined square; click to centre it elsewhere",
                         interactive=False,
@@ -443,23 +444,32 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         path = str(service.preview(slab.path, VIEW_MAX_SIDE))
         return {"background": path, "layers": [], "composite": path}, picker_view(slab, None), None
 
-    def picker_view(slab: SourceInfo, centre: tuple[float, float] | None):
+    def picker_view(slab: SourceInfo, centre: tuple[float, float] | None, box_text: str | None = None):
         config = GenerationConfig("window")
         if centre is not None:
             config = config.centred_on(*centre, slab.width, slab.height)
         side = config.window_side(slab.width, slab.height)
         x = (slab.width - side) // 2 if config.window_x is None else config.window_x
         y = (slab.height - side) // 2 if config.window_y is None else config.window_y
-        return window_view(slab.path, service.previews_dir, (x, y, side))
+        try:
+            boxes = parse_box_text(box_text) if (box_text or "").strip() else []
+        except ValueError:
+            boxes = []
+        return window_view(slab.path, service.previews_dir, (x, y, side), boxes=boxes)
 
-    def pick_window(source_id: int | None, event: gr.SelectData):
+    def show_boxes(source_id: int | None, box_text: str | None, centre: tuple[float, float] | None = None):
+        """The window picker with the typed boxes drawn on the slab."""
+        slab = clean_slab(source_id)
+        return picker_view(slab, centre, box_text) if slab is not None else gr.update()
+
+    def pick_window(source_id: int | None, box_text: str | None, event: gr.SelectData):
         slab = clean_slab(source_id)
         if slab is None or event.index is None:
             return gr.update(), None
         with Image.open(service.preview(slab.path, VIEW_MAX_SIDE)) as shown:
             scale = slab.width / shown.width
         centre = (event.index[0] * scale, event.index[1] * scale)
-        return picker_view(slab, centre), centre
+        return picker_view(slab, centre, box_text), centre
 
     def class_strength(
         class_name: str | None, masked: bool | None = False, boxes: str | None = "", painted: dict | None = None
@@ -600,7 +610,8 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     refresh_button.click(refresh, picks, picks, api_name="generate_refresh")
     tab.select(refresh, picks, picks, api_name="generate_tab")
     source.change(show_source, source, [source_preview, window_picker, window_centre], api_name="show_source")
-    window_picker.select(pick_window, source, [window_picker, window_centre], api_name="pick_window")
+    window_picker.select(pick_window, [source, box_text], [window_picker, window_centre], api_name="pick_window")
+    box_text.change(show_boxes, [source, box_text, window_centre], window_picker, api_name="show_boxes")
     strength_inputs = [class_name, auto_place, box_text, source_preview]
     class_name.change(class_strength, strength_inputs, strength, api_name="class_strength")
     auto_place.change(class_strength, strength_inputs, strength, api_name="masked_strength")

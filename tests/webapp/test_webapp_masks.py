@@ -184,6 +184,13 @@ def test_a_click_on_a_wide_slab_moves_the_window_there(service: StudioService, s
         editor, picker = client.predict(wide.id, api_name="/show_source")
         with Image.open(editor["background"]) as shown, Image.open(picker) as outlined:
             assert max(shown.size) <= 768 and outlined.size == shown.size, "a downscaled slab reaches the browser"
+            scale = shown.width / wide.width
+        boxed = client.predict(wide.id, "1400,100,1500,150", api_name="/show_boxes")
+        with Image.open(boxed) as drawn:
+            pixels = np.asarray(drawn.convert("RGB")).astype(int)
+        cyan = (pixels[..., 0] < 40) & (pixels[..., 1] > 150) & (pixels[..., 2] > 200)
+        rows, cols = np.nonzero(cyan)
+        assert cyan.any() and abs(cols.min() - 1400 * scale) <= 2 and abs(rows.min() - 100 * scale) <= 2
         outcome = service.generate_candidates(wide.id, config, "a")
         params = service.sample_details(outcome.sample_ids[0]).params
         assert params["window"] == {"x": 1344, "y": 0, "size": 256}
