@@ -178,10 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--val-fraction",
         type=float,
-        default=0.1,
+        default=None,
         help="Share of source images, with every sample made from them, in the validation split (default 0.1).",
     )
-    exp.add_argument("--test-fraction", type=float, default=0.0, help="Share of source images in a test split.")
+    exp.add_argument("--test-fraction", type=float, default=None, help="Share of source images in a test split.")
     exp.add_argument("--split-seed", type=int, default=0, help="Seed of the train/val split.")
     exp.add_argument("--classes", nargs="*", default=None, help="Export only these classes (default: all).")
     exp.add_argument(

@@ -35,10 +35,6 @@ class ConfigMixin:
 MAX_DEFAULT_WINDOW = 256
 
 
-# A whole-window generation repaints at most this many slab pixels a side unless a window size is chosen.
-MAX_DEFAULT_WINDOW = 256
-
-
 @dataclass
 class GenerationConfig(ConfigMixin):
     """One image-oriented generation request."""
@@ -68,6 +64,13 @@ class GenerationConfig(ConfigMixin):
         """The side of the square repainted in a width×height slab: the chosen size, else the short side up to
         MAX_DEFAULT_WINDOW px; never more than the slab."""
         return min(self.window_size or min(width, height, MAX_DEFAULT_WINDOW), width, height)
+
+    def window_box(self, width: int, height: int) -> tuple[int, int, int]:
+        """(x, y, side) of the square repainted in a width×height slab: the chosen position, else centred."""
+        side = self.window_side(width, height)
+        x = (width - side) // 2 if self.window_x is None else self.window_x
+        y = (height - side) // 2 if self.window_y is None else self.window_y
+        return x, y, side
 
     def centred_on(self, x: float, y: float, width: int, height: int) -> GenerationConfig:
         """This config with its window centred as near (x, y) as the slab allows."""

@@ -90,11 +90,9 @@ def resolve_token(pipe, class_name: str) -> str:
 
 def choose_window(width: int, height: int, config: GenerationConfig) -> tuple[int, int, int]:
     """(x, y, size) of the square the model repaints: the user's choice, else centred, at most 256 px."""
-    size = config.window_side(width, height)
+    x, y, size = config.window_box(width, height)
     if size < 16:
         raise ValueError(f"The image is too small ({width}×{height}); it needs at least 16 px on each side.")
-    x = (width - size) // 2 if config.window_x is None else config.window_x
-    y = (height - size) // 2 if config.window_y is None else config.window_y
     if not (0 <= x <= width - size and 0 <= y <= height - size):
         raise ValueError(f"The window ({x}, {y}, {size} px) does not fit inside the {width}×{height} image.")
     return x, y, size

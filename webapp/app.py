@@ -448,14 +448,11 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         config = GenerationConfig("window")
         if centre is not None:
             config = config.centred_on(*centre, slab.width, slab.height)
-        side = config.window_side(slab.width, slab.height)
-        x = (slab.width - side) // 2 if config.window_x is None else config.window_x
-        y = (slab.height - side) // 2 if config.window_y is None else config.window_y
         try:
             boxes = parse_box_text(box_text) if (box_text or "").strip() else []
         except ValueError:
             boxes = []
-        return window_view(slab.path, service.previews_dir, (x, y, side), boxes=boxes)
+        return window_view(slab.path, service.previews_dir, config.window_box(slab.width, slab.height), boxes=boxes)
 
     def show_boxes(source_id: int | None, box_text: str | None, centre: tuple[float, float] | None = None):
         """The window picker with the typed boxes drawn on the slab."""
@@ -554,9 +551,9 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     def show_candidate(sample_id: int | None):
         if sample_id is None:
             return None, None
-        views = service.review_views(int(sample_id))
-        examples = service.real_examples(service.sample_details(int(sample_id)).class_name)
-        return overlay(views), comparison(views, examples)
+        details = service.sample_details(int(sample_id))
+        views = service.review_views(details)
+        return overlay(views), comparison(views, service.real_examples(details.class_name))
 
     def select_from_gallery(ids: list[int], event: gr.SelectData):
         return gr.update(value=ids[event.index]) if event.index is not None and event.index < len(ids) else gr.update()
@@ -841,7 +838,7 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
             "revision": sample.revision,
             "realism_score": sample.realism_score,
         }
-        views = service.review_views(sample.id)
+        views = service.review_views(sample)
         side_by_side = comparison(views, service.real_examples(sample.class_name))
         return overlay(views), side_by_side, {**record, "parameters": sample.params, "decisions": sample.decisions}
 
@@ -920,7 +917,7 @@ def create_export_tab(service: StudioService) -> TabLoad:
             val_fraction = gr.Slider(
                 0.0,
                 0.5,
-                value=SplitPlan().val_fraction,
+                value=SplitPlan.val_fraction,
                 step=0.05,
                 label="Validation share (by source image, no leakage)",
             )
@@ -932,7 +929,7 @@ def create_export_tab(service: StudioService) -> TabLoad:
         download = gr.File(label="Download", interactive=False)
 
     def counts_before_export():
-        counts = service.dataset_view().counts
+        counts = service.class_counts()
         rows = [f"| {c.class_name} | {c.real} | {c.accepted} |" for c in counts if c.real or c.accepted]
         table = "| class | real | accepted samples |\n| --- | --- | --- |\n" + "\n".join(rows) if rows else ""
         names = [c.class_name for c in counts if c.real or c.accepted]
@@ -951,7 +948,7 @@ def create_export_tab(service: StudioService) -> TabLoad:
             user_of(request),
             formats=EXPORT_FORMATS if chosen is None else chosen,
             classes=classes or None,
-            split=SplitPlan(SplitPlan().val_fraction if fraction is None else fraction, test or 0.0, int(seed or 0)),
+            split=SplitPlan(SplitPlan.val_fraction if fraction is None else fraction, test or 0.0, int(seed or 0)),
         )
         counts = json.dumps(result.counts, sort_keys=True)
         splits = ", ".join(f"{name} {n}" for name, n in sorted(result.split_counts.items()))

@@ -53,7 +53,8 @@ def run_service_command(args: argparse.Namespace) -> int:
             result = service.import_folder(args.images, args.role, args.class_name, args.annotations, cli_user())
             print(result.summary)
         elif command == "export":
-            split = SplitPlan(args.val_fraction, args.test_fraction, args.split_seed)
+            chosen = {"val_fraction": args.val_fraction, "test_fraction": args.test_fraction, "seed": args.split_seed}
+            split = SplitPlan(**{name: value for name, value in chosen.items() if value is not None})
             export = service.export_dataset(cli_user(), args.out, args.formats, classes=args.classes, split=split)
             counts = ", ".join(f"{split} {n}" for split, n in export.split_counts.items())
             print(f"Wrote {export.n_items} images ({counts}) to {export.path} (sha256 {export.sha256})")

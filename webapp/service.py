@@ -1089,19 +1089,22 @@ class StudioService:
         """Counts per class (real images and samples by status) and the newest samples matching the filters."""
         if status is not None and status not in SAMPLE_STATUSES:
             raise ValueError(f"Status must be one of {', '.join(SAMPLE_STATUSES)}, got {status!r}.")
+        counts = self.class_counts()
+        with self.database.session() as s:
+            rows = [_sample_row(x) for x in repository.list_samples(s, class_name, status, limit=limit)]
+        return DatasetView(counts, rows)
+
+    def class_counts(self) -> list[ClassCounts]:
+        """Images per class: uploaded real defects and generated samples by review status."""
         real = defaultdict(int)
         for source in self.list_sources(role="defect"):
             real[source.class_name] += 1
         with self.database.session() as s:
             by_status = repository.counts_by_class_and_status(s)
-            names = sorted(set(real) | {name for name, _ in by_status})
-            counts = [
-                ClassCounts(name, real[name], *(by_status.get((name, st), 0) for st in SAMPLE_STATUSES))
-                for name in names
-            ]
-            samples = repository.list_samples(s, class_name, status, limit=limit)
-            rows = [_sample_row(x) for x in samples]
-        return DatasetView(counts, rows)
+        names = sorted(set(real) | {name for name, _ in by_status})
+        return [
+            ClassCounts(name, real[name], *(by_status.get((name, st), 0) for st in SAMPLE_STATUSES)) for name in names
+        ]
 
     def sample_details(self, sample_id: int) -> SampleDetails:
         """A sample's image path, parameters and review history."""
@@ -1125,9 +1128,9 @@ class StudioService:
                 sample.realism_score,
             )
 
-    def review_views(self, sample_id: int, max_side: int = VIEW_MAX_SIDE) -> ReviewViews:
-        """Close-up views of a sample for judging: its repainted region, its source there and their difference."""
-        details = self.sample_details(sample_id)
+    def review_views(self, details: SampleDetails, max_side: int = VIEW_MAX_SIDE) -> ReviewViews:
+        """Close-up views of a sample (from `sample_details`) for judging: its repainted region, its source there
+        and their difference."""
         with self.database.session() as s:
             source = repository.get_source_image(s, details.source_image_id)
             source_path = self.files.path(source.sha256) if source is not None else None
@@ -1274,8 +1277,7 @@ class StudioService:
 
     def training_counts(self, classes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Images a fine-tune of these classes would train on, per class: real defects and accepted samples."""
-        view = self.dataset_view()
-        counts = {c.class_name: {"real": c.real, "accepted": c.accepted} for c in view.counts}
+        counts = {c.class_name: {"real": c.real, "accepted": c.accepted} for c in self.class_counts()}
         return {name: counts.get(name, {"real": 0, "accepted": 0}) for name in classes}
 
     def adapter_versions(self, class_name: str) -> list[AdapterVersionInfo]:

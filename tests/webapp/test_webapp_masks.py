@@ -138,7 +138,7 @@ def test_the_ui_generates_from_typed_boxes_and_shows_the_overlay(service: Studio
         shown, side_by_side = client.predict(sample_id, api_name="/candidate_overlay")
         labels = sorted(annotation["label"] for annotation in shown["annotations"])
         assert labels == ["mask", "scratches box"]
-        views = service.review_views(sample_id)
+        views = service.review_views(service.sample_details(sample_id))
         x0, y0, x1, y1 = views.region
         assert (x0, y0) <= (5, 5) and (x1, y1) >= (25, 20) and (x1 - x0, y1 - y0) < (64, 48), "a close-up"
         with Image.open(shown["image"]) as image:
@@ -194,5 +194,5 @@ def test_a_click_on_a_wide_slab_moves_the_window_there(service: StudioService, s
         outcome = service.generate_candidates(wide.id, config, "a")
         params = service.sample_details(outcome.sample_ids[0]).params
         assert params["window"] == {"x": 1344, "y": 0, "size": 256}
-        views = service.review_views(outcome.sample_ids[0])
+        views = service.review_views(service.sample_details(outcome.sample_ids[0]))
         assert views.region == (1344, 0, 1600, 256), "the close-up is the chosen window"
