@@ -11,6 +11,7 @@ import json
 import re
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,32 @@ SLAB_SIZE = (48, 40)
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
 
 
+@contextmanager
+def chromium_pages(url: str, tmp_path: Path, count: int = 1, **context_options) -> Iterator[list]:
+    """`count` pages of one headless Chromium context, opened at `url`; when the test fails inside, a screenshot of
+    the first page and the browser console's last lines are kept for the report."""
+    from playwright.sync_api import sync_playwright
+
+    console: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(**context_options)
+            pages = [context.new_page() for _ in range(count)]
+            for page in pages:
+                page.set_default_timeout(STEP_TIMEOUT_MS)
+                page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+                page.goto(url)
+            try:
+                yield pages
+            except Exception:
+                pages[0].screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+                print(f"Screenshot: {tmp_path / 'failure.png'}\nBrowser console:\n" + "\n".join(console[-30:]))
+                raise
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def studio_url(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> Iterator[tuple[StudioService, str]]:
     """The studio on the tiny model with the tiny adapter, served on a free loopback port."""
@@ -65,70 +92,56 @@ def studio_url(tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> Iterator
 def test_upload_generate_accept_and_download_the_export_in_chromium(
     studio_url: tuple[StudioService, str], tmp_path: Path
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     service, url = studio_url
     slab = tmp_path / "slab.png"
     pixels = np.random.default_rng(0).normal(128, 12, SLAB_SIZE[::-1]).clip(0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(slab)
 
-    console: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900}).new_page()
-            page.set_default_timeout(STEP_TIMEOUT_MS)
-            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-            page.goto(url)
+    with chromium_pages(url, tmp_path, accept_downloads=True, viewport={"width": 1280, "height": 900}) as (page,):
+        # 1. Upload a clean slab
+        page.get_by_role("button", name="Upload and store").wait_for()
+        page.locator("input[type=file]").set_input_files(str(slab))
+        page.get_by_text("slab.png").first.wait_for()
+        page.get_by_role("button", name="Upload and store").click()
+        page.get_by_text("Stored 1 image(s)").wait_for()
+        (source,) = service.list_sources(role="clean")
+        assert (source.name, source.uploaded_by) == ("slab.png", "local")
 
-            # 1. Upload a clean slab
-            page.get_by_role("button", name="Upload and store").wait_for()
-            page.locator("input[type=file]").set_input_files(str(slab))
-            page.get_by_text("slab.png").first.wait_for()
-            page.get_by_role("button", name="Upload and store").click()
-            page.get_by_text("Stored 1 image(s)").wait_for()
-            (source,) = service.list_sources(role="clean")
-            assert (source.name, source.uploaded_by) == ("slab.png", "local")
+        # 2. Two candidates of 2 steps at full strength on it
+        page.get_by_role("tab", name="Generate & review").click()
+        expect(page.get_by_role("combobox", name="Clean slab", exact=True)).to_have_value(
+            f"#{source.id} slab.png (48×40)"
+        )
+        for label, value in (
+            ("Strength (how much the model repaints)", "1"),
+            ("Candidates", "2"),
+            ("Steps", "2"),
+        ):
+            box = page.get_by_label(f"number input for {label}", exact=True)
+            box.fill(value)
+            box.press("Enter")
+        page.get_by_role("button", name="Generate candidates").click()
+        page.get_by_text(re.compile(r"^2 candidates in [0-9.]+ s; judge each one\.")).wait_for()
+        first, second = sorted(row.id for row in service.dataset_view().rows)
 
-            # 2. Two candidates of 2 steps at full strength on it
-            page.get_by_role("tab", name="Generate & review").click()
-            expect(page.get_by_role("combobox", name="Clean slab", exact=True)).to_have_value(
-                f"#{source.id} slab.png (48×40)"
-            )
-            for label, value in (
-                ("Strength (how much the model repaints)", "1"),
-                ("Candidates", "2"),
-                ("Steps", "2"),
-            ):
-                box = page.get_by_label(f"number input for {label}", exact=True)
-                box.fill(value)
-                box.press("Enter")
-            page.get_by_role("button", name="Generate candidates").click()
-            page.get_by_text(re.compile(r"^2 candidates in [0-9.]+ s; judge each one\.")).wait_for()
-            first, second = sorted(row.id for row in service.dataset_view().rows)
+        # 3. Accept the selected (first) candidate
+        candidate = page.get_by_role("combobox", name="Candidate to judge (click an image or pick here)")
+        expect(candidate).to_have_value(re.compile(rf"^#{first} "))
+        page.get_by_role("button", name="Accept candidate").click()
+        page.get_by_text(f"Sample {first} is now accepted.").wait_for()
+        statuses = {row.id: (row.status, row.decided_by) for row in service.dataset_view().rows}
+        assert statuses == {first: ("accepted", "local"), second: ("pending", None)}
 
-            # 3. Accept the selected (first) candidate
-            candidate = page.get_by_role("combobox", name="Candidate to judge (click an image or pick here)")
-            expect(candidate).to_have_value(re.compile(rf"^#{first} "))
-            page.get_by_role("button", name="Accept candidate").click()
-            page.get_by_text(f"Sample {first} is now accepted.").wait_for()
-            statuses = {row.id: (row.status, row.decided_by) for row in service.dataset_view().rows}
-            assert statuses == {first: ("accepted", "local"), second: ("pending", None)}
-
-            # 4. Export and download the zip through the page's link
-            page.get_by_role("tab", name="Export").click()
-            page.get_by_role("button", name="Export accepted dataset (zip)").click()
-            page.get_by_text(re.compile(r"^Export \d+: 1 images")).wait_for()
-            with page.expect_download() as download_info:
-                page.locator('a[download$=".zip"]').click()
-            downloaded = tmp_path / "downloaded.zip"
-            download_info.value.save_as(downloaded)
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            print(f"Screenshot: {tmp_path / 'failure.png'}\nBrowser console:\n" + "\n".join(console[-30:]))
-            raise
-        finally:
-            browser.close()
+        # 4. Export and download the zip through the page's link
+        page.get_by_role("tab", name="Export").click()
+        page.get_by_role("button", name="Export accepted dataset (zip)").click()
+        page.get_by_text(re.compile(r"^Export \d+: 1 images")).wait_for()
+        with page.expect_download() as download_info:
+            page.locator('a[download$=".zip"]').click()
+        downloaded = tmp_path / "downloaded.zip"
+        download_info.value.save_as(downloaded)
 
     # 5. The downloaded file is the export: intact, safe paths, the accepted candidate with its parameters
     assert verify_export(downloaded) == []
@@ -146,7 +159,7 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
 def test_the_review_queue_across_batches_reloads_and_tabs_and_a_wide_slab_up_close(
     studio_url: tuple[StudioService, str], tmp_path: Path
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from engine.config import GenerationConfig
 
@@ -164,49 +177,35 @@ def test_the_review_queue_across_batches_reloads_and_tabs_and_a_wide_slab_up_clo
     (wide_sample, _) = service.generate_candidates(slabs[1].id, wide_config, "setup").sample_ids
     first, second = earlier.sample_ids
 
-    console: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page, other = context.new_page(), context.new_page()
-        try:
-            for tab in (page, other):
-                tab.set_default_timeout(STEP_TIMEOUT_MS)
-                tab.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
-                tab.goto(url)
-                tab.get_by_role("tab", name="Dataset and review queue").click()
-            sample_id = page.get_by_label("Sample id")
+    with chromium_pages(url, tmp_path, 2, viewport={"width": 1280, "height": 1000}) as (page, other):
+        for tab in (page, other):
+            tab.get_by_role("tab", name="Dataset and review queue").click()
+        sample_id = page.get_by_label("Sample id")
 
-            # 1. A sample of an earlier batch, decided after a reload: typed id, then A on the keyboard
-            page.reload()
-            page.get_by_role("tab", name="Dataset and review queue").click()
-            sample_id.fill(str(first))
-            sample_id.press("Enter")
-            page.get_by_text("Parameters and review history").wait_for()
-            page.locator("body").click(position={"x": 5, "y": 5})
-            page.keyboard.press("a")
-            page.get_by_text(f"Sample {first} is now accepted.").wait_for()
+        # 1. A sample of an earlier batch, decided after a reload: typed id, then A on the keyboard
+        page.reload()
+        page.get_by_role("tab", name="Dataset and review queue").click()
+        sample_id.fill(str(first))
+        sample_id.press("Enter")
+        page.get_by_text("Parameters and review history").wait_for()
+        page.locator("body").click(position={"x": 5, "y": 5})
+        page.keyboard.press("a")
+        page.get_by_text(f"Sample {first} is now accepted.").wait_for()
 
-            # 2. The other tab sees it without a reload (the queue refreshes itself)
-            expect(other.locator("table").get_by_text("accepted").first).to_be_visible(timeout=STEP_TIMEOUT_MS)
+        # 2. The other tab sees it without a reload (the queue refreshes itself)
+        expect(other.locator("table").get_by_text("accepted").first).to_be_visible(timeout=STEP_TIMEOUT_MS)
 
-            # 3. Next pending from the queue, rejected with a reason, from the other tab
-            other.get_by_role("button", name="Next pending (→)").click()
-            expect(other.get_by_label("Sample id")).to_have_value(str(second))
-            other.get_by_label("Reject reason (optional)").fill("seam visible")
-            other.get_by_role("button", name="Reject (R)").click()
-            other.get_by_text(f"Sample {second} is now rejected.").wait_for()
-            assert {r.id: r.status for r in service.dataset_view().rows}[second] == "rejected"
+        # 3. Next pending from the queue, rejected with a reason, from the other tab
+        other.get_by_role("button", name="Next pending (→)").click()
+        expect(other.get_by_label("Sample id")).to_have_value(str(second))
+        other.get_by_label("Reject reason (optional)").fill("seam visible")
+        other.get_by_role("button", name="Reject (R)").click()
+        other.get_by_text(f"Sample {second} is now rejected.").wait_for()
+        assert {r.id: r.status for r in service.dataset_view().rows}[second] == "rejected"
 
-            # 4. A sample on a wide slab is judged on its window, not the 1600 px slab
-            sample_id.fill(str(wide_sample))
-            sample_id.press("Enter")
-            page.get_by_text("candidate, region 1344,0–1600,256").first.wait_for()
-            sizes = page.evaluate("() => [...document.images].map(i => [i.naturalWidth, i.naturalHeight])")
-            assert [256, 256] in sizes and not any(w >= 1600 for w, _ in sizes), sizes
-        except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            print(f"Screenshot: {tmp_path / 'failure.png'}\nBrowser console:\n" + "\n".join(console[-30:]))
-            raise
-        finally:
-            browser.close()
+        # 4. A sample on a wide slab is judged on its window, not the 1600 px slab
+        sample_id.fill(str(wide_sample))
+        sample_id.press("Enter")
+        page.get_by_text("candidate, region 1344,0–1600,256").first.wait_for()
+        sizes = page.evaluate("() => [...document.images].map(i => [i.naturalWidth, i.naturalHeight])")
+        assert [256, 256] in sizes and not any(w >= 1600 for w, _ in sizes), sizes
