@@ -381,7 +381,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"Wrote {len(written)} images{masks} to {out}{flagged_text}")
     if store:
         from webapp.cli import cli_user
-        from webapp.service import StudioService
+        from webapp.studio import StudioService
 
         role = args.init_role or ("clean" if args.mask or args.auto_place else "defect")
         service = StudioService(args.data_dir, args.model, args.database_url)

@@ -83,7 +83,7 @@ def serve(data_dir: str, model: str | None, adapter: str | None, port: int, thre
 
     from webapp.app import build_app, served_folders
     from webapp.cli import queue_app
-    from webapp.service import StudioService
+    from webapp.studio import StudioService
 
     torch.set_num_threads(threads)
     service = StudioService(Path(data_dir), model=model)

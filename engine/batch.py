@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from engine.evaluate import class_realism_scorer
 from engine.generate import generate, resolve_token
 from engine.masks import repainted_region
 from engine.models import load_pipeline, resolve_model
+from engine.progress import ProgressFn, StepFn, StopFn
 from engine.train import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 from engine.variation import varied_init
 
@@ -247,8 +247,9 @@ def finetune_folder(
     batch_size: int | None = None,
     seed: int = 0,
     resume: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_step: StepFn | None = None,
     checkpointing_steps: int | None = None,
     background_loss_weight: float | None = None,
     mixed_precision: str | None = None,
@@ -278,7 +279,7 @@ def finetune_folder(
         background_loss_weight=background_loss_weight,
         mixed_precision=mixed_precision,
     )
-    return train(config, images, progress, should_stop)
+    return train(config, images, progress, should_stop, on_step)
 
 
 def _resolution_of(model_ref: str) -> int:

@@ -25,8 +25,7 @@ from torch import nn
 from engine.config import DecoderConfig
 from engine.features import SteelFeatureNet, load_feature_net
 from engine.pretrain import atomic_save, encode_pixels, finished_stage, pixels_to_tensor, round_trip, training_device
-
-ProgressFn = Callable[[int, int, str], None]
+from engine.progress import ProgressFn
 
 
 class PatchDiscriminator(nn.Module):

@@ -36,9 +36,9 @@ from engine.features import (
     load_feature_net,
     load_tensor,
 )
+from engine.progress import ProgressFn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ProgressFn = Callable[[int, int, str], None]
 # Per-class features of NEU's training pool, shipped beside the network (features only, never NEU images).
 SHIPPED_REFERENCE_FEATURES = SHIPPED_FEATURES / "reference-features.safetensors"
 REFERENCE_FEATURES_COMMAND = "python launch.py evaluate reference-features --data <NEU folder>"

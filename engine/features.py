@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +21,11 @@ from torch import nn
 
 from engine.config import ConfigMixin
 from engine.data import LabelledImage, load_rgb, read_image_folder, read_neu, split_neu
+from engine.progress import ProgressFn
 
 SHIPPED_FEATURES = Path(__file__).parent / "weights" / "steel-features"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-ProgressFn = Callable[[int, int, str], None]
 
 
 @dataclass

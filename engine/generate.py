@@ -30,9 +30,9 @@ from engine.masks import (
 )
 from engine.models import model_resolution
 from engine.placement import propose_masks
+from engine.progress import ProgressFn
 from engine.quality import masked_quality
 
-ProgressFn = Callable[[int, int, str], None]
 # Width of the linear blend at a window's inner border, so a pasted window shows no seam.
 FEATHER_PX = 8
 SOFTWARE = "steel-defect-studio"

@@ -14,7 +14,6 @@ A small placed defect barely moves a whole-image score, so each sample is judged
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from engine.evaluate import RealismScorer, SetDistance, _fmt, _r, _recognition, 
 from engine.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.generate import generate, known_tokens
 from engine.masks import CROP_MARGIN, boxes_union, grown_box, mask_bbox, mask_image
-
-ProgressFn = Callable[[int, int, str], None]
+from engine.progress import ProgressFn
 
 MIN_CLEAN_SIDE = 64
 

@@ -33,8 +33,8 @@ from engine.data import (
     to_square_pixels,
 )
 from engine.prior import PriorSize, build_vae
+from engine.progress import ProgressFn
 
-ProgressFn = Callable[[int, int, str], None]
 STAGES = ("autoencoder", "decoder", "diffusion")
 
 # Captions never name a class: the classes are what the defect tokens learn later.

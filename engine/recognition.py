@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from torch import nn
 
 from engine.data import load_rgb
 from engine.features import image_to_array, images_by_class, load_tensor
+from engine.progress import ProgressFn
 from engine.variation import geometric_variant, photometric_jitter
-
-ProgressFn = Callable[[int, int, str], None]
 
 # The classifier sees 64 px grey images: enough for NEU's textures, ~0.04 s per step on one core.
 RECOGNITION_SIZE = 64

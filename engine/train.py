@@ -42,9 +42,7 @@ from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
 from engine.models import model_hash, resolve_model
 from engine.pretrain import encode_pixels
-
-ProgressFn = Callable[[int, int, str], None]
-StopFn = Callable[[], bool]
+from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep
 
 # Captions for fine-tuning; the first is also the generation prompt's default.
 TOKEN_TEMPLATES = (
@@ -140,8 +138,12 @@ def train(
     images: list[TrainingImage],
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    on_step: StepFn | None = None,
 ) -> TrainResult:
-    """Run (or resume) one training job; a stopped job keeps its last checkpoint and can be resumed."""
+    """Run (or resume) one training job; a stopped job keeps its last checkpoint and can be resumed.
+
+    `progress` gets a line per step for people; `on_step` the step's figures for programs (the studio's bar).
+    """
     started = time.time()
     if not images:
         raise ValueError("No training images.")
@@ -288,9 +290,12 @@ def train(
         window_steps += 1
         step_loss = accelerator.reduce(loss.detach(), reduction="mean").item() if world > 1 else loss.item()
         losses.append(step_loss)
-        if progress and main:
-            message = f"step {global_step}/{config.max_train_steps} loss {step_loss:.4f}"
-            progress(global_step, config.max_train_steps, message)
+        if main:
+            report = TrainingStep(global_step, config.max_train_steps, step_loss)
+            if on_step:
+                on_step(report)
+            if progress:
+                progress(report.step, report.total, report.message)
         if global_step % 10 == 0:
             seen = accelerator.gather(index.to(accelerator.device)).cpu().view(world, -1) if world > 1 else index[None]
             if main:

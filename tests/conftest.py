@@ -86,7 +86,7 @@ def slab_png():
 @pytest.fixture
 def service(tmp_path, tiny_model, tiny_adapter):
     """A studio on the tiny model whose classes (scratches, inclusion) use the tiny adapter as version 1."""
-    from webapp.service import StudioService
+    from webapp.studio import StudioService
 
     studio = StudioService(tmp_path / "data", model=str(tiny_model))
     studio.preview_steps = 2

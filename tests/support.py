@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from webapp.service import StudioService
+    from webapp.studio import StudioService
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **save_args) -> bytes:

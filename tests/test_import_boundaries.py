@@ -12,7 +12,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 
-@pytest.mark.parametrize("module", ["engine.adapters", "engine.masks", "engine.config", "webapp.service", "webapp.app"])
+@pytest.mark.parametrize(
+    "module", ["engine.adapters", "engine.masks", "engine.config", "webapp.studio", "webapp.auth", "webapp.app"]
+)
 def test_module_imports_no_torch(module: str) -> None:
     probe = f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)

@@ -22,13 +22,13 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from engine.config import GenerationConfig
+from storage.export import SplitPlan
 from webapp.previews import VIEW_MAX_SIDE, ReviewViews, window_view
-from webapp.service import (
+from webapp.studio import (
     EXPORT_FORMATS,
     FineTuneStatus,
     SampleDetails,
     SourceInfo,
-    SplitPlan,
     StudioService,
     parse_box_text,
     realism_sort_key,

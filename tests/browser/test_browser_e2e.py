@@ -22,7 +22,7 @@ from storage.export import unsafe_path_problem, verify_export
 from tests.support import free_port
 from webapp.app import build_app, served_folders
 from webapp.cli import queue_app
-from webapp.service import StudioService
+from webapp.studio import StudioService
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless on a machine with no network beyond loopback: no GPU, no background fetches, no first-run UI.

@@ -143,7 +143,7 @@ def test_two_process_generation_writes_the_same_images_as_one(
 def test_two_process_generation_into_the_studio_stores_every_sample_once(
     tiny_model: Path, tiny_adapter: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from webapp.service import StudioService
+    from webapp.studio import StudioService
 
     data = tmp_path / "data"
     args = [

@@ -20,8 +20,9 @@ import launch
 from storage.export import unsafe_path_problem, verify_export
 from webapp import cli
 from webapp.app import build_app, served_folders
-from webapp.cli import add_user, password_checker, queue_app
-from webapp.service import StudioService
+from webapp.auth import add_user, password_checker
+from webapp.cli import queue_app
+from webapp.studio import StudioService
 
 MODEL_HANDLERS = {"generate", "finetune_start", "finetune_resume"}
 

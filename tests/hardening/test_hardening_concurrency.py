@@ -11,7 +11,7 @@ import pytest
 from storage.db import DatabaseIntegrityError, open_database
 from storage.files import sha256_hex
 from storage.repository import add_sample, add_source_image, get_sample, list_decisions
-from webapp.service import StudioService
+from webapp.studio import StudioService
 
 REVIEWERS = 4
 PROCESS_TIMEOUT_S = 60

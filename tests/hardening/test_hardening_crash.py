@@ -16,11 +16,12 @@ import pytest
 
 from engine.adapters import TOKENS_FILE, read_adapter
 from engine.config import PRESETS, GenerationConfig
+from engine.progress import TrainingStep
 from engine.train import latest_checkpoint
 from storage.export import ExportItem, verify_export, write_export
 from storage.files import FileStore
 from storage.repository import get_run
-from webapp.service import StudioService
+from webapp.studio import StudioService
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What accelerate's save_state writes for the two prepared models, the optimizer, the schedule and the RNGs.
@@ -99,7 +100,7 @@ def test_a_killed_finetune_keeps_a_complete_checkpoint_and_resume_finishes_it(
 CHILD_RUN = f"""
 import sys
 import engine.config
-from webapp.service import StudioService
+from webapp.studio import StudioService
 
 engine.config.PRESETS["cpu-quick"].update({QUICK_CHECKPOINTS!r})
 studio = StudioService(sys.argv[1], model=sys.argv[2])
@@ -154,8 +155,8 @@ def test_a_failed_run_leaves_the_previous_adapter_active(
 ) -> None:
     service.upload_images([(f"s{i}.png", slab_png(32, 32, 20 + i)) for i in range(2)], "defect", "scratches", "alice")
 
-    def crash(*args, progress=None, **kwargs):
-        progress(1, 5, "step 1/5 loss 0.5")
+    def crash(*args, on_step=None, **kwargs):
+        on_step(TrainingStep(1, 5, 0.5))
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr("engine.batch.finetune_folder", crash)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from storage.files import safe_file_name
 from storage.tables import SourceImage
-from webapp.service import StudioService
+from webapp.studio import StudioService
 from webapp.validation import UploadError, normalise_upload
 
 # Small images keep each example ~1 ms; the decoders' code paths do not depend on size.
@@ -211,12 +211,12 @@ def test_a_batch_with_one_bad_file_stores_nothing(
 def test_a_batch_over_the_size_limit_is_refused_before_decoding(
     service: StudioService, slab_png, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("webapp.service.MAX_BATCH_FILES", 3)
+    monkeypatch.setattr("webapp.studio.sources.MAX_BATCH_FILES", 3)
     batch = [(f"slab{i}.png", slab_png(32, 32, i)) for i in range(4)]
     with pytest.raises(ValueError, match="4 files at once; the limit is 3") as error:
         service.upload_images(batch, "clean", None, "alice")
     assert "\n" not in str(error.value)
-    monkeypatch.setattr("webapp.service.MAX_BATCH_BYTES", sum(len(d) for _, d in batch[:3]) - 1)
+    monkeypatch.setattr("webapp.studio.sources.MAX_BATCH_BYTES", sum(len(d) for _, d in batch[:3]) - 1)
     with pytest.raises(ValueError, match="MB in one batch"):
         service.upload_images(batch[:3], "clean", None, "alice")
     assert service.list_sources() == [] and stored_files(service) == []

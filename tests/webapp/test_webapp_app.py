@@ -9,7 +9,7 @@ from pathlib import Path
 from gradio_client import handle_file
 
 from tests.support import served_client
-from webapp.service import StudioService
+from webapp.studio import StudioService
 
 
 def test_upload_generate_accept_export_through_the_client(service: StudioService, slab_png, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import launch
-from webapp.cli import add_user, check_host, password_checker, run_service_command
+from webapp.auth import add_user, password_checker
+from webapp.cli import check_host, run_service_command
 
 
 def run(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ from PIL import Image
 from engine.config import GenerationConfig
 from engine.data import list_images
 from tests.support import voc_xml
-from webapp.service import MASKED_LOSS_BACKGROUND_WEIGHT, StudioService
+from webapp.studio import MASKED_LOSS_BACKGROUND_WEIGHT, StudioService
 
 RUN_TIMEOUT_S = 240
 

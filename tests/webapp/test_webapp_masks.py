@@ -17,7 +17,7 @@ from engine.config import GenerationConfig
 from engine.data import parse_voc
 from tests.support import served_client, voc_xml
 from webapp.app import painted_mask
-from webapp.service import StudioService, parse_box_text
+from webapp.studio import StudioService, parse_box_text
 
 FAST = {"strength": 1.0, "steps": 2}
 

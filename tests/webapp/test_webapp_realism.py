@@ -17,7 +17,7 @@ from engine.generate import read_png_parameters
 from engine.masks import repainted_region
 from tests.support import served_client
 from webapp.app import SAMPLE_HEADERS
-from webapp.service import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService
+from webapp.studio import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService
 
 FAST = {"steps": 2, "strength": 1.0}
 NEU_CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]

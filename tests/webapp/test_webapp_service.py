@@ -12,7 +12,7 @@ import pytest
 from engine.config import GenerationConfig
 from engine.generate import read_png_parameters
 from tests.support import stored_files, voc_xml
-from webapp.service import StudioService
+from webapp.studio import StudioService
 from webapp.validation import UploadError
 
 # Two denoising steps keep generation fast; steps × strength must be at least 1.

@@ -1,0 +1,27 @@
+"""How long jobs report progress: one callback type, and the figures a training step reports. No torch here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# step, total, a human-readable line
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """What one optimisation step of the training loop reports to a listener (the studio's progress bar)."""
+
+    step: int
+    total: int
+    loss: float
+
+    @property
+    def message(self) -> str:
+        return f"step {self.step}/{self.total} loss {self.loss:.4f}"
+
+
+StepFn = Callable[[TrainingStep], None]
+# Asked between steps: True stops the job at the next safe point.
+StopFn = Callable[[], bool]

@@ -1,0 +1,221 @@
+"""Generation: candidates on a clean slab in the studio, and batches generated from the command line, stored
+as pending samples with their lineage."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from engine.config import GenerationConfig
+from engine.progress import ProgressFn
+from storage import repository
+from storage.files import sha256_hex
+from webapp.studio.classes import check_class_name
+from webapp.studio.context import StudioContext, require_source
+from webapp.studio.realism import Realism, check_realism_threshold
+from webapp.studio.results import CandidateInfo, GenerationOutcome, StoredBatch
+from webapp.studio.sources import Sources
+
+logger = logging.getLogger(__name__)
+
+
+class Generation:
+    """Generate candidates and store them, with realism scores, as pending samples."""
+
+    def __init__(self, ctx: StudioContext, sources: Sources, realism: Realism) -> None:
+        self.ctx = ctx
+        self.database, self.files = ctx.database, ctx.files
+        self.sources, self.realism = sources, realism
+
+    def generate_candidates(
+        self,
+        source_id: int,
+        config: GenerationConfig,
+        user: str,
+        progress: ProgressFn | None = None,
+        mask: Image.Image | None = None,
+        realism_threshold: float | None = None,
+    ) -> GenerationOutcome:
+        """Generate candidates on a clean slab with a class's active adapter and store them as pending samples.
+
+        With a `mask` (the slab's size, white = repaint) or `config.auto_place`, only the masked region is
+        repainted; each sample then stores its mask (file store) and the boxes of the mask's components.
+        Each candidate's repainted region gets a realism score (see `realism_scorer`), stored in its row and,
+        with the class probability and predicted class, in its params. Candidates scoring below
+        `realism_threshold` are flagged "pre_rejected" but stay pending: the user decides.
+        """
+        from engine.generate import generate
+        from engine.masks import repainted_region
+
+        # 1. Check inputs
+        threshold = check_realism_threshold(realism_threshold)
+        with self.database.session() as s:
+            source = require_source(s, source_id)
+            if source.role != "clean":
+                raise ValueError(f"Image {source_id} is a real defect; generate on a clean slab.")
+            if repository.get_defect_class(s, config.class_name) is None:
+                known = ", ".join(c.name for c in repository.list_defect_classes(s)) or "none yet"
+                raise ValueError(f"Unknown defect class {config.class_name!r}; known classes: {known}.")
+            adapter = repository.active_adapter(s, config.class_name)
+            if adapter is None:
+                raise ValueError(f"Class {config.class_name!r} has no trained adapter yet; fine-tune it first.")
+            source_sha256, adapter_path, adapter_version = source.sha256, adapter.path, adapter.version
+        with Image.open(io.BytesIO(self.files.read(source_sha256))) as opened:
+            init_image = opened.copy()
+
+        # 2. Generate
+        with self.ctx.model_lock:
+            pipe = self.ctx.pipeline(adapter_path)
+            result = generate(pipe, init_image, config, progress, mask=mask)
+
+        # 3. Score each candidate against the class's real images
+        crops = [repainted_region(c.image, c.params) for c in result.candidates]
+        realism = self.realism.score(config.class_name, crops)
+        # The untouched slab's score on the same region: the baseline a candidate's score is read against.
+        untouched = repainted_region(init_image.convert("RGB"), result.candidates[0].params)
+        baseline = (self.realism.score(config.class_name, [untouched])[0] or {}).get("score")
+
+        # 4. Store each candidate (PNG with its parameters, realism included, and its mask) and its row
+        stored = []
+        for candidate, score in zip(result.candidates, realism, strict=True):
+            # One hash per source everywhere (PNG metadata, manifest, lineage): the stored file's.
+            candidate.params.update(
+                adapter_version=adapter_version,
+                adapter_folder=Path(adapter_path).name,
+                source_image_id=source_id,
+                source_sha256=source_sha256,
+            )
+            flagged = threshold is not None and score is not None and score["score"] < threshold
+            if score is not None:
+                candidate.params["realism"] = {**score, "untouched_source_score": baseline}
+            if threshold is not None:
+                candidate.params.update(realism_threshold=threshold, pre_rejected=flagged)
+            mask_png = candidate.mask_png()
+            mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
+            stored.append((candidate, self.files.put(candidate.png_bytes(), ".png"), mask_sha256, score, flagged))
+        duplicate_seeds = []
+        with self.database.transaction() as s:
+            candidates = []
+            for candidate, sha256, mask_sha256, score, flagged in stored:
+                if repository.find_sample_by_sha256(s, sha256) is not None:
+                    duplicate_seeds.append(candidate.seed)
+                    continue
+                params = candidate.params
+                window = params["window"]
+                # A masked repaint's boxes are its mask's components. A whole-window img2img has none: its defect
+                # may lie anywhere in the window, and a box must mean "the defect is here" (as the CLI writes it).
+                boxes = params.get("boxes", [])
+                sample = repository.add_sample(
+                    s,
+                    sha256=sha256,
+                    class_name=config.class_name,
+                    source_image_id=source_id,
+                    model_hash=params["model_hash"],
+                    model_ref=params["model_ref"],
+                    token=params["token"],
+                    adapter_path=adapter_path,
+                    adapter_version=adapter_version,
+                    strength=config.strength,
+                    steps=config.steps,
+                    guidance=config.guidance_scale,
+                    seed=candidate.seed,
+                    prompt=params["prompt"],
+                    negative_prompt=params["negative_prompt"],
+                    width=params["width"],
+                    height=params["height"],
+                    window_json=window,
+                    mask_sha256=mask_sha256,
+                    boxes_json=boxes,
+                    realism_score=score["score"] if score is not None else None,
+                    params_json=params,
+                    created_by=user,
+                )
+                candidates.append(
+                    CandidateInfo(
+                        sample.id,
+                        candidate.seed,
+                        self.files.path(sha256),
+                        realism_score=score["score"] if score is not None else None,
+                        class_probability=score["class_probability"] if score is not None else None,
+                        predicted_class=score["predicted_class"] if score is not None else None,
+                        suggested="reject" if flagged else None,
+                    )
+                )
+        if duplicate_seeds:
+            logger.warning("Skipped %d candidate(s) identical to stored samples.", len(duplicate_seeds))
+        return GenerationOutcome(
+            source_id, config.class_name, candidates, result.wall_time_s, duplicate_seeds, baseline
+        )
+
+    def store_generated(
+        self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str
+    ) -> StoredBatch:
+        """Store the PNGs a batch generation wrote in `folder` (flagged ones included) as pending samples.
+
+        The init images become source images (`init_role`: real defects of the class, or clean slabs) unless
+        already stored; each sample's source is the first init image its PNG's metadata names. A PNG identical
+        (same sha256) to a stored sample is skipped and named in `duplicates`. All rows land in one transaction.
+        """
+        from engine.data import MASK_SUFFIX
+        from engine.generate import read_png_parameters
+
+        class_name = check_class_name(class_name)
+        folder = Path(folder)
+        outputs = sorted(p for p in folder.rglob("*.png") if not p.name.endswith(MASK_SUFFIX))
+        if not outputs:
+            raise ValueError(f"No generated images in {folder}.")
+        sources = self.sources.ensure_sources(inits, init_role, class_name if init_role == "defect" else None, user)
+        source_of = {path.name: source for path, source in zip(inits, sources, strict=True)}
+        with self.database.session() as s:
+            source_sha256_of = {info.id: repository.get_source_image(s, info.id).sha256 for info in sources}
+        sample_ids, duplicates = [], []
+        with self.database.transaction() as s:
+            if repository.get_defect_class(s, class_name) is None:
+                repository.ensure_defect_class(s, class_name, f"<{class_name}>", class_name)
+            for path in outputs:
+                data = path.read_bytes()
+                sha256 = sha256_hex(data)
+                if repository.find_sample_by_sha256(s, sha256) is not None:
+                    duplicates.append(path.name)
+                    continue
+                params = read_png_parameters(data)
+                source = source_of.get(params["init"]["sources"][0]) if "init" in params else sources[0]
+                mask_path = path.with_name(path.stem + MASK_SUFFIX)
+                mask_sha256 = self.files.put(mask_path.read_bytes(), ".png") if mask_path.exists() else None
+                realism = params.get("realism") or {}
+                sample = repository.add_sample(
+                    s,
+                    sha256=self.files.put(data, ".png"),
+                    class_name=class_name,
+                    source_image_id=source.id,
+                    model_hash=params["model_hash"],
+                    model_ref=params["model_ref"],
+                    token=params["token"],
+                    adapter_path=params.get("adapter_path"),
+                    adapter_version=version if isinstance(version := params.get("adapter_version"), int) else None,
+                    strength=params["strength"],
+                    steps=params["steps"],
+                    guidance=params["guidance_scale"],
+                    seed=params["seed"],
+                    prompt=params["prompt"],
+                    negative_prompt=params["negative_prompt"],
+                    width=params["width"],
+                    height=params["height"],
+                    window_json=params["window"],
+                    mask_sha256=mask_sha256,
+                    boxes_json=params.get("boxes", []),
+                    realism_score=realism.get("score"),
+                    params_json={
+                        **params,
+                        "source_image_id": source.id,
+                        "source_sha256": source_sha256_of[source.id],
+                        "batch_folder": str(folder.resolve()),
+                    },
+                    created_by=user,
+                )
+                sample_ids.append(sample.id)
+        return StoredBatch(sample_ids, duplicates, sources)

@@ -1,0 +1,116 @@
+"""Realism scores at generation time: each class's reference (uploaded real defects or NEU's shipped features)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from PIL import Image
+
+from storage import repository
+from webapp.studio.context import StudioContext
+
+logger = logging.getLogger(__name__)
+
+# Realism: a class's uploaded real defects are its reference from this many on (fewer give a noisy typical
+# distance); below that, a NEU class uses the shipped NEU features and another class goes unscored. At most
+# MAX_REALISM_REFERENCES uploads (the oldest) are used, which bounds the feature pass to a few seconds.
+MIN_REALISM_REFERENCES = 3
+MAX_REALISM_REFERENCES = 300
+REALISM_REJECT_REASON = "below realism threshold"
+
+
+def check_realism_threshold(threshold: float | None) -> float | None:
+    """A realism threshold in [0, 1], or None (off); raises ValueError otherwise."""
+    if threshold is None:
+        return None
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"The realism threshold must lie between 0 and 1, got {threshold}.")
+    return threshold
+
+
+class Realism:
+    """Scorers per class, built once per set of reference images and kept until the class's uploads change."""
+
+    def __init__(self, ctx: StudioContext) -> None:
+        self.ctx = ctx
+        self.database, self.files = ctx.database, ctx.files
+        self._lock = threading.Lock()
+        self._feature_net: Any = None
+        self._shipped_references: dict[str, Any] | None = None
+        self._scorers: dict[str, tuple[tuple[str, ...], Any, str]] = {}
+
+    def scorer(self, class_name: str) -> tuple[Any, str] | None:
+        """The class's RealismScorer and a description of its reference, or None when it has no reference.
+
+        The reference is the class's uploaded real defects once there are MIN_REALISM_REFERENCES of them; a
+        NEU class with fewer uses the shipped features of NEU's training pool. A scorer is kept until the
+        class's uploads change.
+        """
+        from engine.evaluate import RealismScorer
+        from engine.features import image_to_array
+
+        with self.database.session() as s:
+            rows = repository.list_source_images(s, "defect", class_name, MAX_REALISM_REFERENCES, 0)
+            shas = tuple(row.sha256 for row in rows)
+        uploaded = len(shas) >= MIN_REALISM_REFERENCES
+        key = shas if uploaded else ()
+        with self._lock:
+            cached = self._scorers.get(class_name)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
+            net = self._load_feature_net()
+            if net is None:
+                return None
+            if uploaded:
+                size = net.config.input_size
+                images = []
+                for sha256 in shas:
+                    with Image.open(io.BytesIO(self.files.read(sha256))) as opened:
+                        images.append(Image.fromarray(image_to_array(opened, size)))
+                scorer = RealismScorer(net, {class_name: images})
+                reference = f"{len(images)} uploaded real defect images"
+            else:
+                shipped = self._load_shipped_references()
+                if class_name not in shipped:
+                    return None
+                scorer = RealismScorer.from_features(net, {class_name: shipped[class_name]})
+                reference = "NEU training pool (shipped features)"
+            self._scorers[class_name] = (key, scorer, reference)
+            return scorer, reference
+
+    def score(self, class_name: str, images: list[Image.Image]) -> list[dict[str, Any] | None]:
+        """Each image's realism for the class with its parts and reference, or None where it has no reference."""
+        found = self.scorer(class_name)
+        if found is None:
+            return [None] * len(images)
+        scorer, reference = found
+        return [{**asdict(score), "reference": reference} for score in scorer.score_many(images, class_name)]
+
+    def _load_feature_net(self):
+        """The shipped steel feature network, loaded once; None (logged) if it is missing."""
+        if self._feature_net is None:
+            from engine.features import load_feature_net
+
+            try:
+                self._feature_net = load_feature_net()
+            except FileNotFoundError as error:
+                logger.warning("Realism scores are off: %s", error)
+                self._feature_net = False
+        return self._feature_net or None
+
+    def _load_shipped_references(self) -> dict[str, Any]:
+        """The shipped NEU reference features by class, loaded once; empty (logged) if missing or stale."""
+        if self._shipped_references is None:
+            from engine.evaluate import load_reference_features
+
+            try:
+                self._shipped_references = load_reference_features()
+            except (FileNotFoundError, ValueError) as error:
+                logger.warning("NEU classes without uploaded real defects get no realism score: %s", error)
+                self._shipped_references = {}
+        return self._shipped_references

@@ -1,0 +1,213 @@
+"""Uploaded images: clean slabs to generate on and real defects to learn from (upload, import, boxes, delete)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from engine.data import find_annotation, list_images, parse_voc
+from storage import repository
+from storage.files import sha256_hex
+from storage.tables import SOURCE_ROLES
+from webapp.studio.classes import check_class_name
+from webapp.studio.context import PAGE_SIZE, StudioContext, all_pages, require_source
+from webapp.studio.results import SourceInfo, UploadResult
+from webapp.validation import normalise_upload
+
+BOX_TEXT_PATTERN = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
+# One upload batch is validated in memory before anything is stored: 2000 files (NEU holds 1800) and 1 GB
+# bound that memory, well above any real camera folder yet far below what would exhaust the host.
+MAX_BATCH_FILES = 2000
+MAX_BATCH_BYTES = 1024**3
+
+
+class Sources:
+    """Store, list, re-class, box and delete the uploaded images."""
+
+    def __init__(self, ctx: StudioContext) -> None:
+        self.ctx = ctx
+        self.database, self.files = ctx.database, ctx.files
+
+    def upload_images(
+        self, files: Sequence[tuple[str, bytes]], role: str, class_name: str | None, user: str
+    ) -> UploadResult:
+        """Store uploaded images of one role (and class, for real defects); all are stored or none."""
+        return self.store_images([(name, data, class_name, []) for name, data in files], role, user)
+
+    def import_folder(
+        self,
+        images_dir: Path,
+        role: str,
+        class_name: str | None = None,
+        annotations_dir: Path | None = None,
+        user: str = "cli",
+    ) -> UploadResult:
+        """Import a folder: flat images of one class (or clean slabs), or `<class>/` subfolders of real defects.
+
+        With `annotations_dir`, a Pascal VOC file there gives an image's boxes: `<image stem>.xml`, or NEU-DET's
+        `<class>_<n>.xml` for an image `<Ab>_<n>` of that class.
+        """
+        # 1. Check inputs
+        images_dir = Path(images_dir)
+        if not images_dir.is_dir():
+            raise FileNotFoundError(f"Image folder not found: {images_dir}")
+        if annotations_dir is not None and not Path(annotations_dir).is_dir():
+            raise FileNotFoundError(f"Annotation folder not found: {annotations_dir}")
+        class_dirs = [d for d in sorted(images_dir.iterdir()) if d.is_dir() and list_images(d)]
+
+        # 2. Decide each file's class
+        if role == "clean" or class_name:
+            if class_dirs and not list_images(images_dir):
+                raise ValueError(f"{images_dir} holds class subfolders; import it without a class name as defects.")
+            paths = [(path, class_name) for path in list_images(images_dir)]
+        elif class_dirs:
+            paths = [(path, d.name) for d in class_dirs for path in list_images(d)]
+        else:
+            raise ValueError(f"Give a class name, or put the images of {images_dir} in <class>/ subfolders.")
+        if not paths:
+            raise ValueError(f"No images in {images_dir}.")
+
+        # 3. Read boxes and store everything in one go
+        entries = []
+        for path, image_class in paths:
+            xml = find_annotation(annotations_dir, path, image_class) if annotations_dir is not None else None
+            boxes = parse_voc(xml) if xml is not None else []
+            entries.append((path.name, path.read_bytes(), image_class, boxes))
+        return self.store_images(entries, role, user)
+
+    def store_images(self, entries: list[tuple[str, bytes, str | None, list]], role: str, user: str) -> UploadResult:
+        """Validate every image first, then write rows and files in one transaction: a refusal writes nothing."""
+        # 1. Check inputs (UploadError names the file)
+        if role not in SOURCE_ROLES:
+            raise ValueError(f"Image role must be one of {', '.join(SOURCE_ROLES)}, got {role!r}.")
+        if not entries:
+            raise ValueError("No files were uploaded.")
+        total_bytes = sum(len(data) for _, data, _, _ in entries)
+        if len(entries) > MAX_BATCH_FILES:
+            raise ValueError(f"{len(entries)} files at once; the limit is {MAX_BATCH_FILES}, so upload them in parts.")
+        if total_bytes > MAX_BATCH_BYTES:
+            raise ValueError(
+                f"{total_bytes / 2**20:.0f} MB in one batch; the limit is {MAX_BATCH_BYTES // 2**20} MB, "
+                "so upload it in parts."
+            )
+        checked = []
+        for name, data, class_name, boxes in entries:
+            if role == "defect":
+                if not class_name:
+                    raise ValueError("Real defect images need a defect class; choose or type one.")
+                class_name = check_class_name(class_name)
+            elif class_name:
+                raise ValueError("A clean slab has no defect class; leave the class empty.")
+            image = normalise_upload(name, data)
+            try:
+                repository.normalize_boxes(boxes, image.width, image.height)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from error
+            checked.append((image, class_name, boxes))
+
+        # 2. Rows first, files last, in one transaction
+        with self.database.transaction() as s:
+            rows, already_stored, seen = [], [], set()
+            for image, class_name, boxes in checked:
+                sha256 = sha256_hex(image.png_bytes)
+                known = sha256 in seen or repository.find_source_by_sha256(s, sha256) is not None
+                seen.add(sha256)
+                row = repository.add_source_image(
+                    s, sha256, role, class_name, image.name, image.width, image.height, boxes, user
+                )
+                if known:
+                    already_stored.append(row.id)
+                if (row.role, row.class_name) != (role, class_name):
+                    kind = f"a real defect of class {row.class_name!r}" if row.role == "defect" else "a clean slab"
+                    raise ValueError(f"{image.name} is already stored as {kind} (image {row.id}).")
+                rows.append(row)
+            for image, _, _ in checked:
+                self.files.put(image.png_bytes, ".png")
+            sources = [self.ctx.source_info(row) for row in rows]
+        return UploadResult(sources, {image.name: image.changes for image, _, _ in checked}, already_stored)
+
+    def ensure_sources(self, paths: Sequence[Path], role: str, class_name: str | None, user: str) -> list[SourceInfo]:
+        """The source rows of these image files, storing those not stored yet (in the order given)."""
+        entries = [(path.name, path.read_bytes(), class_name, []) for path in paths]
+        known = {}
+        with self.database.session() as s:
+            for name, data, _, _ in entries:
+                row = repository.find_source_by_sha256(s, sha256_hex(normalise_upload(name, data).png_bytes))
+                if row is not None:
+                    known[name] = self.ctx.source_info(row)
+        missing = [entry for entry in entries if entry[0] not in known]
+        if missing:
+            for info in self.store_images(missing, role, user).sources:
+                known[info.name] = info
+        return [known[path.name] for path in paths]
+
+    def source_boxes(self, source_id: int) -> list[dict[str, Any]]:
+        """The defect boxes stored with an uploaded image."""
+        with self.database.session() as s:
+            source = require_source(s, source_id)
+            return list(source.boxes_json)
+
+    def delete_source(self, source_id: int, with_samples: bool = False) -> int:
+        """Delete an uploaded image with its pending and rejected samples; one with accepted samples is refused
+        unless `with_samples` (they go too). Returns how many samples were deleted."""
+        with self.database.transaction() as s:
+            if repository.get_source_image(s, source_id) is None:
+                raise ValueError(f"There is no uploaded image with id {source_id}.")
+            accepted = repository.source_sample_counts(s, source_id).get("accepted", 0)
+            if accepted and not with_samples:
+                raise ValueError(
+                    f"Image {source_id} has {accepted} accepted sample(s) made from it; delete it with its samples, "
+                    "or keep it."
+                )
+            return repository.delete_source_image(s, source_id, with_samples=True)
+
+    def update_source(self, source_id: int, class_name: str | None = None, box_text: str | None = None) -> SourceInfo:
+        """Re-class a real defect and/or set its boxes from "x0,y0,x1,y1" lines (empty text: no boxes)."""
+        boxes = None
+        with self.database.transaction() as s:
+            source = require_source(s, source_id)
+            new_class = check_class_name(class_name) if class_name else None
+            if box_text is not None:
+                label = new_class or source.class_name or ""
+                boxes = [{**box, "label": label} for box in parse_box_text(box_text)] if box_text.strip() else []
+            try:
+                row = repository.update_source_image(s, source_id, new_class, boxes)
+            except LookupError as error:
+                raise ValueError(str(error)) from error
+            return self.ctx.source_info(row)
+
+    def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
+        """Uploaded images, oldest first, optionally of one role and class."""
+        if role is not None and role not in SOURCE_ROLES:
+            raise ValueError(f"Image role must be one of {', '.join(SOURCE_ROLES)}, got {role!r}.")
+        with self.database.session() as s:
+            rows = all_pages(lambda offset: repository.list_source_images(s, role, class_name, PAGE_SIZE, offset))
+            return [self.ctx.source_info(row) for row in rows]
+
+    def box_mask(self, source_id: int, text: str) -> Image.Image:
+        """A mask of the source's size with the boxes of `text` ("x0,y0,x1,y1", one per line or ';') filled."""
+        from engine.masks import mask_from_boxes, mask_image
+
+        boxes = parse_box_text(text)
+        with self.database.session() as s:
+            source = require_source(s, source_id)
+            width, height = source.width, source.height
+        return mask_image(mask_from_boxes(boxes, width, height))
+
+
+def parse_box_text(text: str) -> list[dict[str, int]]:
+    """Boxes from "x0,y0,x1,y1" entries (pixels, x1/y1 exclusive), one per line or separated by ';'."""
+    boxes = []
+    for part in filter(str.strip, re.split(r"[;\n]", text or "")):
+        match = BOX_TEXT_PATTERN.fullmatch(part)
+        if match is None:
+            raise ValueError(f"Box {part.strip()!r} is not x0,y0,x1,y1 in whole pixels.")
+        xmin, ymin, xmax, ymax = map(int, match.groups())
+        boxes.append({"label": "", "xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax})
+    if not boxes:
+        raise ValueError("Give at least one box as x0,y0,x1,y1.")
+    return boxes
