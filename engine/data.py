@@ -11,23 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from engine.boxes import Box, to_mask
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # `generate --mask/--auto-place` writes each image's mask beside it; folder readers skip those.
 MASK_SUFFIX = "_mask.png"
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 # Every sixth image of each class (by NEU index) is held out: 40 per class, never trained on.
 VALIDATION_EVERY = 6
-
-
-@dataclass
-class Box:
-    """A Pascal VOC box in pixel coordinates (xmax/ymax exclusive)."""
-
-    label: str
-    xmin: int
-    ymin: int
-    xmax: int
-    ymax: int
 
 
 @dataclass
@@ -52,7 +43,7 @@ def parse_voc(xml_path: Path) -> list[Box]:
     for obj in root.iter("object"):
         bb = obj.find("bndbox")
         xmin, ymin, xmax, ymax = (round(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
-        boxes.append(Box(obj.findtext("name", "").strip(), max(xmin - 1, 0), max(ymin - 1, 0), xmax, ymax))
+        boxes.append(Box(max(xmin - 1, 0), max(ymin - 1, 0), xmax, ymax, obj.findtext("name", "").strip()))
     return boxes
 
 
@@ -114,14 +105,6 @@ def split_neu(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[Lab
     return pool, val
 
 
-def boxes_mask(boxes: list[Box], width: int, height: int) -> np.ndarray:
-    """A bool height×width mask, True inside any of the boxes."""
-    mask = np.zeros((height, width), dtype=bool)
-    for b in boxes:
-        mask[max(b.ymin, 0) : min(b.ymax, height), max(b.xmin, 0) : min(b.xmax, width)] = True
-    return mask
-
-
 def read_mask_beside(image_path: Path, resolution: int) -> np.ndarray | None:
     """An image's defect mask at resolution × resolution (bool), from `<name>_mask.png` or `<name>.xml` beside it.
 
@@ -136,7 +119,7 @@ def read_mask_beside(image_path: Path, resolution: int) -> np.ndarray | None:
     elif xml_path.is_file():
         with Image.open(image_path) as opened:
             width, height = opened.size
-        mask = Image.fromarray(boxes_mask(parse_voc(xml_path), width, height))
+        mask = Image.fromarray(to_mask(parse_voc(xml_path), width, height, clamp=True))
     else:
         return None
     return np.asarray(mask.convert("L").resize((resolution, resolution), Image.Resampling.BOX)) >= 128
@@ -163,7 +146,7 @@ def clean_regions(width: int, height: int, boxes: list[Box], min_size: int = 64)
 
     Greedy: for each row band and column band that no box touches, the largest free rectangle is kept.
     """
-    occupied = boxes_mask(boxes, width, height)
+    occupied = to_mask(boxes, width, height, clamp=True)
     free_rows = ~occupied.any(axis=1)
     free_cols = ~occupied.any(axis=0)
     regions = []

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from engine.boxes import from_mask
 from engine.config import GenerationConfig
 from engine.masks import (
     MASK_GROW_PX,
@@ -22,7 +23,6 @@ from engine.masks import (
     grow,
     latent_mask,
     mask_array,
-    mask_boxes,
     mask_png,
     mask_sha256,
     mirror_pad,
@@ -351,7 +351,7 @@ def _generate_masked(
             mask_source="drawn" if mask is not None else "auto-place",
             mask_sha256=mask_sha256(drawn),
             mask_grow_px=MASK_GROW_PX,
-            boxes=mask_boxes(drawn, config.class_name),
+            boxes=[box.as_dict() for box in from_mask(drawn, config.class_name)],
             quality=masked_quality(source, image, drawn),
         )
         candidates.append(Candidate(image, seed, params, drawn))

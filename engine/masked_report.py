@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 
 from engine.batch import default_strength
+from engine.boxes import CROP_MARGIN, bounding_box, union
 from engine.config import GenerationConfig
 from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_neu
 from engine.evaluate import RealismScorer, SetDistance, _fmt, _r, _recognition, set_distance
 from engine.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.generate import generate, known_tokens
-from engine.masks import CROP_MARGIN, boxes_union, grown_box, mask_bbox, mask_image
+from engine.masks import mask_image
 from engine.progress import ProgressFn
 
 MIN_CLEAN_SIDE = 64
@@ -39,7 +40,7 @@ def defect_crop(item: LabelledImage) -> Image.Image | None:
     if not boxes:
         return None
     image = load_rgb(item.path)
-    return image.crop(grown_box(boxes_union(boxes), image.width, image.height))
+    return image.crop(union(boxes).grown(image.width, image.height).corners)
 
 
 def defect_crops(items: list[LabelledImage], classes: list[str]) -> dict[str, list[Image.Image]]:
@@ -219,7 +220,7 @@ def _paint_and_score(
                 **extra,
             )
             candidate = generate(pipe, slab, config).candidates[0]
-            box = grown_box(mask_bbox(candidate.mask), slab.width, slab.height)
+            box = bounding_box(candidate.mask).grown(slab.width, slab.height).corners
             painted.append(candidate.image.crop(box))
             untouched.append(slab.convert("RGB").crop(box))
             psnrs.append(candidate.params["quality"]["background_psnr"])

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from engine.boxes import Box, union
+
 # Masks are grown a little before repainting so the defect's rim is generated too, then feathered over the
 # grown ring: pixels farther than GROW from the drawn mask are never touched.
 MASK_GROW_PX = 4
@@ -21,11 +23,6 @@ MASK_MARGIN_PX = 32
 # prior learnt NEU's 200 px images at 128 px. A slab too small for such a window is extended by mirroring it, so a
 # thin strip is not magnified (which would paint its defect at several times the scale the model learnt).
 MASK_WINDOW_SCALE = 200 / 128
-# The masked crop (realism scores, the masked report): the mask's box grown by this share of its larger side.
-CROP_MARGIN = 0.1
-MIN_CROP_SIDE = 16
-# Components smaller than this (stray brush dots) get no box of their own.
-MIN_BOX_AREA_PX = 4
 # A window much longer than wide is generated at a non-square size; beyond this the UNet leaves its training regime.
 MAX_WINDOW_ASPECT = 4.0
 # More components than this are repainted in one window instead of being grouped (grouping is quadratic).
@@ -79,27 +76,6 @@ def mask_sha256(mask: np.ndarray) -> str:
     return hashlib.sha256(mask_png(mask)).hexdigest()
 
 
-def mask_boxes(mask: np.ndarray, label: str, min_area: int = MIN_BOX_AREA_PX) -> list[dict]:
-    """One box {label, xmin, ymin, xmax, ymax} (max exclusive) per 8-connected component, in reading order."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    boxes = []
-    for x, y, w, h, area in stats[1:count]:
-        if area >= min_area:
-            boxes.append({"label": label, "xmin": int(x), "ymin": int(y), "xmax": int(x + w), "ymax": int(y + h)})
-    return sorted(boxes, key=lambda b: (b["ymin"], b["xmin"]))
-
-
-def mask_from_boxes(boxes: list[dict], width: int, height: int) -> np.ndarray:
-    """A bool mask with every box filled."""
-    mask = np.zeros((height, width), dtype=bool)
-    for box in boxes:
-        xmin, ymin, xmax, ymax = (int(box[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
-        if not (0 <= xmin < xmax <= width and 0 <= ymin < ymax <= height):
-            raise ValueError(f"Box {box} is empty or outside the {width}×{height} image.")
-        mask[ymin:ymax, xmin:xmax] = True
-    return mask
-
-
 def grow(mask: np.ndarray, pixels: int = MASK_GROW_PX) -> np.ndarray:
     """The mask dilated by a disc of `pixels` radius."""
     if pixels <= 0:
@@ -114,29 +90,12 @@ def feather(grown: np.ndarray, pixels: int = MASK_FEATHER_PX) -> np.ndarray:
     return np.clip(distance / max(pixels, 1), 0.0, 1.0).astype(np.float32)
 
 
-def _components(grown: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+def _components(grown: np.ndarray) -> tuple[np.ndarray, list[Box]]:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(grown.astype(np.uint8), connectivity=8)
-    return labels, [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:count]]
+    return labels, [Box(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:count]]
 
 
-def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
-def boxes_union(boxes: list) -> tuple[int, int, int, int] | None:
-    """The box (x0, y0, x1, y1) around box dicts (`xmin`…) or objects with those attributes; None for none."""
-    corners = [
-        tuple(b[k] if isinstance(b, dict) else getattr(b, k) for k in ("xmin", "ymin", "xmax", "ymax")) for b in boxes
-    ]
-    if not corners:
-        return None
-    union = corners[0]
-    for box in corners[1:]:
-        union = _union(union, box)
-    return union
-
-
-def _group_components(bboxes: list[tuple[int, int, int, int]], base: int, margin: int) -> list[list[int]]:
+def _group_components(bboxes: list[Box], base: int, margin: int) -> list[list[int]]:
     """Indices of components repainted together: merged while their joint box plus margin fits one base window."""
     if len(bboxes) > MAX_GROUPED_COMPONENTS:
         return [list(range(len(bboxes)))]
@@ -146,8 +105,8 @@ def _group_components(bboxes: list[tuple[int, int, int, int]], base: int, margin
         merged = False
         for i in range(len(groups)):
             for j in range(i + 1, len(groups)):
-                box = _union(groups[i][1], groups[j][1])
-                if max(box[2] - box[0], box[3] - box[1]) + 2 * margin <= base:
+                box = groups[i][1].union(groups[j][1])
+                if max(box.width, box.height) + 2 * margin <= base:
                     groups[i] = (groups[i][0] + groups[j][0], box)
                     del groups[j]
                     merged = True
@@ -157,11 +116,9 @@ def _group_components(bboxes: list[tuple[int, int, int, int]], base: int, margin
     return [members for members, _ in groups]
 
 
-def _window_around(
-    box: tuple[int, int, int, int], width: int, height: int, base: int, margin: int
-) -> tuple[int, int, int, int]:
+def _window_around(box: Box, width: int, height: int, base: int, margin: int) -> tuple[int, int, int, int]:
     """(x, y, w, h): a window at least `base` (square where the image allows) holding the box plus margin."""
-    x0, y0, x1, y1 = box
+    x0, y0, x1, y1 = box.corners
     side = max(base, x1 - x0 + 2 * margin, y1 - y0 + 2 * margin)
     w, h = min(width, side), min(height, side)
     x = min(max(round((x0 + x1 - w) / 2), 0), width - w)
@@ -190,7 +147,7 @@ def plan_windows(
     for members in _group_components(bboxes, base, margin):
         box = bboxes[members[0]]
         for index in members[1:]:
-            box = _union(box, bboxes[index])
+            box = box.union(bboxes[index])
         x, y, w, h = _window_around(box, width, height, base, margin)
         region = np.isin(labels[y : y + h, x : x + w], [index + 1 for index in members])
         windows.append(MaskWindow(x, y, w, h, *_model_size(w, h, resolution, multiple), region))
@@ -211,44 +168,24 @@ def latent_mask(region: np.ndarray, model_width: int, model_height: int, factor:
     return cells.any(axis=(1, 3)).astype(np.float32)
 
 
-Box = tuple[int, int, int, int]
-
-
-def grown_box(box: Box, width: int, height: int, margin: float = CROP_MARGIN) -> Box:
-    """Box (x0, y0, x1, y1) grown by `margin` × its larger side, at least MIN_CROP_SIDE a side, inside the image."""
-    x0, y0, x1, y1 = box
-    pad = round(margin * max(x1 - x0, y1 - y0))
-    pad_x = pad + max(0, MIN_CROP_SIDE - (x1 - x0) - 2 * pad) // 2
-    pad_y = pad + max(0, MIN_CROP_SIDE - (y1 - y0) - 2 * pad) // 2
-    return max(x0 - pad_x, 0), max(y0 - pad_y, 0), min(x1 + pad_x, width), min(y1 + pad_y, height)
-
-
-def mask_bbox(mask: np.ndarray) -> Box | None:
-    """The bounding box (x0, y0, x1, y1) of a bool mask's True pixels, or None if there are none."""
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
-        return None
-    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
-
-
 def repainted_box(params: dict, width: int, height: int) -> Box:
-    """The box (x0, y0, x1, y1) a candidate of this size was repainted in, by its parameters: its window; for a
+    """The box a candidate of this size was repainted in, by its parameters: its window; for a
     masked repaint the union of its boxes grown a little (as `evaluate masked` crops real defects), else its
     windows' extent; else the whole image."""
     window = params.get("window")
     if window:
-        return window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"]
-    if (union := boxes_union(params.get("boxes") or [])) is not None:
-        return grown_box(union, width, height)
+        return Box(window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"])
+    if (around := union(params.get("boxes") or [])) is not None:
+        return around.grown(width, height)
     windows = params.get("windows") or []
     if windows:
         left, top = min(w["x"] for w in windows), min(w["y"] for w in windows)
-        return left, top, max(w["x"] + w["width"] for w in windows), max(w["y"] + w["height"] for w in windows)
-    return 0, 0, width, height
+        return Box(left, top, max(w["x"] + w["width"] for w in windows), max(w["y"] + w["height"] for w in windows))
+    return Box(0, 0, width, height)
 
 
 def repainted_region(image: Image.Image, params: dict) -> Image.Image:
     """The part of a candidate the model repainted (`repainted_box`): what the realism score judges, in batch
     generation and in the studio alike, and what the review desk shows up close."""
     box = repainted_box(params, image.width, image.height)
-    return image if box == (0, 0, image.width, image.height) else image.crop(box)
+    return image if box == Box(0, 0, image.width, image.height) else image.crop(box.corners)

@@ -43,7 +43,7 @@ class DecisionOutcome:
 def normalize_boxes(boxes: Iterable[Any] | None, width: int, height: int) -> list[dict[str, Any]]:
     """Boxes as dicts {label, xmin, ymin, xmax, ymax} (pixel ints, max exclusive), checked to lie in the image.
 
-    Accepts mappings or objects with those attributes (such as engine.data.Box).
+    Accepts mappings or objects with those attributes (such as engine.boxes.Box).
     """
     normalized = []
     for index, box in enumerate(boxes or []):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data import Box, LabelledImage
+from engine.boxes import Box, bounding_box
+from engine.data import LabelledImage
 from engine.masked_report import clean_slabs, defect_crop
-from engine.masks import grown_box, mask_bbox
 from tests.support import voc_xml
 
 CLASSES = ("inclusion", "scratches")
@@ -40,17 +40,17 @@ def tiny_neu(tmp_path_factory) -> Path:
 
 
 def test_grown_box_adds_a_margin_keeps_a_minimum_side_and_stays_inside():
-    assert grown_box((50, 50, 150, 70), 200, 200) == (40, 40, 160, 80)
-    assert grown_box((0, 0, 4, 4), 200, 200) == (0, 0, 10, 10)
-    assert grown_box((190, 100, 200, 196), 200, 200) == (180, 90, 200, 200)
+    assert Box(50, 50, 150, 70).grown(200, 200) == Box(40, 40, 160, 80)
+    assert Box(0, 0, 4, 4).grown(200, 200) == Box(0, 0, 10, 10)
+    assert Box(190, 100, 200, 196).grown(200, 200) == Box(180, 90, 200, 200)
 
 
 def test_mask_bbox_is_the_box_of_the_true_pixels():
     mask = np.zeros((20, 30), dtype=bool)
-    assert mask_bbox(mask) is None
+    assert bounding_box(mask) is None
     mask[3:5, 7] = True
     mask[10, 20] = True
-    assert mask_bbox(mask) == (7, 3, 21, 11)
+    assert bounding_box(mask) == Box(7, 3, 21, 11)
 
 
 def test_clean_slabs_alternate_between_classes_and_avoid_the_boxes(tmp_path):
@@ -59,7 +59,7 @@ def test_clean_slabs_alternate_between_classes_and_avoid_the_boxes(tmp_path):
         for index in range(2):
             path = tmp_path / f"{cls}{index}.png"
             Image.new("L", (100, 100), shade).save(path)
-            items.append(LabelledImage(path, cls, [Box(cls, 0, 0, 100, 30)], index))
+            items.append(LabelledImage(path, cls, [Box(0, 0, 100, 30, cls)], index))
     slabs = clean_slabs(items)
     # Each image has one clean band (rows 30-100); the slabs alternate a, b, a, b.
     assert [s.size for s in slabs] == [(100, 70)] * 4
@@ -69,7 +69,7 @@ def test_clean_slabs_alternate_between_classes_and_avoid_the_boxes(tmp_path):
 def test_real_defect_crops_cover_the_boxes_of_the_image_class(tmp_path):
     path = tmp_path / "a.png"
     Image.new("L", (200, 200)).save(path)
-    item = LabelledImage(path, "a", [Box("a", 50, 50, 100, 100), Box("b", 0, 0, 10, 10), Box("a", 120, 60, 150, 90)])
+    item = LabelledImage(path, "a", [Box(50, 50, 100, 100, "a"), Box(0, 0, 10, 10, "b"), Box(120, 60, 150, 90, "a")])
     assert defect_crop(item).size == (100 + 20, 50 + 20)
     assert defect_crop(LabelledImage(path, "a")) is None
 
@@ -97,7 +97,7 @@ def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_
         for mask_path in masks:
             mask = np.asarray(Image.open(mask_path)) > 0
             crop = Image.open(mask_path.with_name(mask_path.name.replace("_mask", "_crop")))
-            x0, y0, x1, y1 = grown_box(mask_bbox(mask), mask.shape[1], mask.shape[0])
+            x0, y0, x1, y1 = bounding_box(mask).grown(mask.shape[1], mask.shape[0]).corners
             assert crop.size == (x1 - x0, y1 - y0)
 
 

@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from engine.batch import generate_to_folder
+from engine.boxes import from_mask, to_mask
 from engine.config import GenerationConfig
 from engine.data import list_images
 from engine.generate import generate, read_png_parameters
-from engine.masks import MASK_WINDOW_SCALE, grow, mask_boxes, mask_from_boxes, mask_image, mirror_pad, plan_windows
+from engine.masks import MASK_WINDOW_SCALE, grow, mask_image, mirror_pad, plan_windows
 from engine.models import load_pipeline
 from engine.placement import box_statistics, load_statistics, propose_masks
 from engine.quality import PSNR_CEILING_DB, masked_quality
@@ -102,12 +103,12 @@ def test_long_masks_get_a_non_square_window_and_too_long_ones_are_refused():
 def test_boxes_are_the_connected_components_of_the_mask():
     mask = rectangle_mask(80, 60, 5, 5, 15, 25) | rectangle_mask(80, 60, 40, 30, 70, 35)
     mask[50, 50] = True
-    assert mask_boxes(mask, "inclusion") == [
+    assert [box.as_dict() for box in from_mask(mask, "inclusion")] == [
         {"label": "inclusion", "xmin": 5, "ymin": 5, "xmax": 15, "ymax": 25},
         {"label": "inclusion", "xmin": 40, "ymin": 30, "xmax": 70, "ymax": 35},
     ]
-    boxes = mask_boxes(mask, "inclusion")
-    assert np.array_equal(mask_from_boxes(boxes, 80, 60), mask & ~rectangle_mask(80, 60, 50, 50, 51, 51))
+    boxes = from_mask(mask, "inclusion")
+    assert np.array_equal(to_mask(boxes, 80, 60), mask & ~rectangle_mask(80, 60, 50, 50, 51, 51))
 
 
 def test_wrong_masks_are_refused(pipe):

@@ -67,16 +67,16 @@ def review_views(
     with Image.open(candidate_path) as opened:
         candidate = opened.convert("RGB")
     region = repainted_box(params, candidate.width, candidate.height)
-    scale = min(1.0, max_side / max(region[2] - region[0], region[3] - region[1]))
-    size = (max(1, round((region[2] - region[0]) * scale)), max(1, round((region[3] - region[1]) * scale)))
+    scale = min(1.0, max_side / max(region.width, region.height))
+    size = (max(1, round(region.width * scale)), max(1, round(region.height * scale)))
 
     def close_up(image: Image.Image, kind: str) -> Path:
         target = cache_dir / VIEW_NAME.format(key=key, kind=kind, side=max_side)
         if not target.exists():
-            _save_atomically(image.crop(region).resize(size, Image.Resampling.LANCZOS), target)
+            _save_atomically(image.crop(region.corners).resize(size, Image.Resampling.LANCZOS), target)
         return target
 
-    views = ReviewViews(close_up(candidate, "candidate"), None, None, region, scale)
+    views = ReviewViews(close_up(candidate, "candidate"), None, None, region.corners, scale)
     init = params.get("init") or {"kind": "source"}
     if source_path is not None:
         with Image.open(source_path) as opened:
@@ -88,10 +88,12 @@ def review_views(
                 views.difference = close_up(difference.point(lambda v: min(255, v * DIFFERENCE_GAIN)), "difference")
     if mask_path is not None:
         with Image.open(mask_path) as opened:
-            mask = opened.convert("L").crop(region).resize(size, Image.Resampling.NEAREST)
+            mask = opened.convert("L").crop(region.corners).resize(size, Image.Resampling.NEAREST)
         views.annotations.append((np.asarray(mask, dtype=np.float32) / 255, "mask"))
     for box in boxes or []:
-        corners = [round((box[k] - region[i % 2]) * scale) for i, k in enumerate(("xmin", "ymin", "xmax", "ymax"))]
+        corners = [
+            round((box[k] - region.corners[i % 2]) * scale) for i, k in enumerate(("xmin", "ymin", "xmax", "ymax"))
+        ]
         corners = [min(max(c, 0), size[i % 2]) for i, c in enumerate(corners)]
         views.annotations.append((tuple(corners), f"{box.get('label') or label} box"))
     return views

@@ -275,8 +275,9 @@ class FineTuneRuns:
         A real image's mask is its boxes filled, a masked sample's its stored mask (`<name>_mask.png`, which the
         masked loss reads). Files already there are kept, for resume.
         """
+        from engine.boxes import to_mask
         from engine.data import MASK_SUFFIX
-        from engine.masks import mask_from_boxes, mask_png
+        from engine.masks import mask_png
 
         for item in snapshot:
             target = dataset_dir / item["class_name"] / f"{item['kind']}-{item['id']:06d}.png"
@@ -289,7 +290,7 @@ class FineTuneRuns:
             if item.get("mask_sha256"):
                 mask_target.write_bytes(self.files.read(item["mask_sha256"]))
             elif item.get("boxes"):
-                mask_target.write_bytes(mask_png(mask_from_boxes(item["boxes"], item["width"], item["height"])))
+                mask_target.write_bytes(mask_png(to_mask(item["boxes"], item["width"], item["height"])))
         return dataset_dir
 
     def _write_previews(self, out_dir: Path, classes: list[str]) -> list[Path]:

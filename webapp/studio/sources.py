@@ -190,13 +190,14 @@ class Sources:
 
     def box_mask(self, source_id: int, text: str) -> Image.Image:
         """A mask of the source's size with the boxes of `text` ("x0,y0,x1,y1", one per line or ';') filled."""
-        from engine.masks import mask_from_boxes, mask_image
+        from engine.boxes import to_mask
+        from engine.masks import mask_image
 
         boxes = parse_box_text(text)
         with self.database.session() as s:
             source = require_source(s, source_id)
             width, height = source.width, source.height
-        return mask_image(mask_from_boxes(boxes, width, height))
+        return mask_image(to_mask(boxes, width, height))
 
 
 def parse_box_text(text: str) -> list[dict[str, int]]:
