@@ -349,7 +349,7 @@ def _threshold(text: str) -> float | str | None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from engine.batch import FLAGGED_FOLDER, generate_to_folder, init_images
-    from engine.train import shared_value
+    from engine.training.loop import shared_value
 
     store = args.out is None
     out = args.out or Path(shared_value(lambda: str(_new_batch_folder(args.data_dir, args.token))))
@@ -428,8 +428,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
     from engine.config import pretrain_configs
-    from engine.pretrain import pretrain
-    from engine.prior import PriorSize
+    from engine.training.pretrain import pretrain
+    from engine.training.prior import PriorSize
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -467,9 +467,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from engine.evaluate import fidelity, two_sample_test
-    from engine.features import load_feature_net
-    from engine.recognition import recognition
+    from engine.evaluation.features import load_feature_net
+    from engine.evaluation.fidelity import fidelity, two_sample_test
+    from engine.evaluation.recognition import recognition
 
     if args.evaluation in DATA_COMMANDS:
         DATA_COMMANDS[args.evaluation](args)
@@ -480,8 +480,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             args.generated, args.real, args.reference, load_feature_net(args.feature_net), args.inception_weights
         )
     elif args.evaluation == "masked":
-        from engine.masked_report import masked_sample_report
-        from engine.models import load_pipeline
+        from engine.evaluation.masked_report import masked_sample_report
+        from engine.generation.pipeline import load_pipeline
 
         report = masked_sample_report(
             load_pipeline(args.model, args.adapter),
@@ -508,7 +508,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_neu_split(args: argparse.Namespace) -> None:
-    from engine.evaluate import export_neu_split
+    from engine.data import export_neu_split
 
     counts = export_neu_split(args.data, args.out)
     print(f"Wrote links under {args.out}: pool {counts['pool']} images, val {counts['val']} images")
@@ -517,7 +517,7 @@ def cmd_neu_split(args: argparse.Namespace) -> None:
 def cmd_reference_features(args: argparse.Namespace) -> None:
     import torch
 
-    from engine.evaluate import SHIPPED_REFERENCE_FEATURES, build_neu_reference_features
+    from engine.evaluation.realism import SHIPPED_REFERENCE_FEATURES, build_neu_reference_features
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -529,7 +529,7 @@ def cmd_reference_features(args: argparse.Namespace) -> None:
 def cmd_train_features(args: argparse.Namespace) -> None:
     import torch
 
-    from engine.evaluate import train_feature_network
+    from engine.evaluation.features import train_feature_network
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -542,7 +542,7 @@ def cmd_train_features(args: argparse.Namespace) -> None:
 
 
 def cmd_placement_stats(args: argparse.Namespace) -> None:
-    from engine.placement import STATS_FILE, write_box_statistics
+    from engine.generation.placement import STATS_FILE, write_box_statistics
 
     out, summary = write_box_statistics(args.neu, args.out or STATS_FILE)
     print(f"Wrote {out}: (boxes, images) per class {summary}")
@@ -557,8 +557,8 @@ DATA_COMMANDS = {
 
 
 def cmd_tune_strength(args: argparse.Namespace) -> None:
-    from engine.evaluate import DEFAULT_STRENGTHS, tune_adapter_strength
-    from engine.features import load_feature_net
+    from engine.evaluation.features import load_feature_net
+    from engine.evaluation.tuning import DEFAULT_STRENGTHS, tune_adapter_strength
 
     report = tune_adapter_strength(
         adapter=args.adapter,
@@ -578,8 +578,8 @@ def cmd_tune_strength(args: argparse.Namespace) -> None:
 
 
 def cmd_tune_masked_strength(args: argparse.Namespace) -> None:
-    from engine.features import load_feature_net
-    from engine.masked_report import tune_masked_strength
+    from engine.evaluation.features import load_feature_net
+    from engine.evaluation.masked_report import tune_masked_strength
 
     report = tune_masked_strength(
         adapter=args.adapter,

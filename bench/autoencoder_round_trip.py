@@ -17,11 +17,11 @@ import torch
 from diffusers import AutoencoderKL
 
 from engine.data import load_rgb, read_neu, split_neu, to_square_pixels
-from engine.decoder import round_trip_recognition
-from engine.features import image_to_array
-from engine.models import resolve_model
-from engine.pretrain import round_trip
-from engine.recognition import RECOGNITION_SIZE, train_recognizer
+from engine.evaluation.features import image_to_array
+from engine.evaluation.recognition import RECOGNITION_SIZE, train_recognizer
+from engine.generation.pipeline import resolve_model
+from engine.training.decoder import round_trip_recognition
+from engine.training.pretrain import round_trip
 
 
 def decoded_pixels(vae, pixels: np.ndarray) -> np.ndarray:

@@ -25,8 +25,8 @@ from PIL import Image
 from engine.quiet import quiet_libraries
 quiet_libraries()
 from engine.config import GenerationConfig
-from engine.generate import generate
-from engine.models import load_pipeline
+from engine.generation.generate import generate
+from engine.generation.pipeline import load_pipeline
 t0 = time.perf_counter()
 pipe = load_pipeline(sys.argv[1] or None)
 load_s = time.perf_counter() - t0

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from engine.adapters import is_adapter
 from engine.batch import FLAGGED_FOLDER, generate_to_folder
 from engine.data import list_images, load_rgb
-from engine.features import images_to_tensor, load_feature_net
-from engine.generate import read_png_parameters
-from engine.models import load_pipeline
+from engine.evaluation.features import images_to_tensor, load_feature_net
+from engine.evaluation.recognition import classic_augment, recognition
+from engine.generation.generate import read_png_parameters
+from engine.generation.pipeline import load_pipeline
 from engine.quiet import quiet_libraries
-from engine.recognition import classic_augment, recognition
 
 
 def draw_shots(pool: Path, k: int, seed: int, out: Path) -> Path:

@@ -58,7 +58,7 @@ def build_tiny(folder: Path) -> tuple[Path, Path]:
     from PIL import Image
 
     from engine.batch import finetune_folder
-    from engine.prior import PriorSize, build_components
+    from engine.training.prior import PriorSize, build_components
 
     torch.manual_seed(0)
     components = build_components(PriorSize.tiny(), folder / "tokenizer-src", seed=0)

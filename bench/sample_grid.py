@@ -13,8 +13,8 @@ from PIL import Image
 
 from engine.config import GenerationConfig
 from engine.data import list_images, load_rgb
-from engine.generate import generate, known_tokens
-from engine.models import load_pipeline
+from engine.generation.generate import generate, known_tokens
+from engine.generation.pipeline import load_pipeline
 from engine.quiet import quiet_libraries
 
 

@@ -16,17 +16,18 @@ from PIL import Image
 from engine.adapters import proposed_strength
 from engine.config import GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
-from engine.evaluate import class_realism_scorer
-from engine.generate import generate, resolve_token
+from engine.evaluation.realism import class_realism_scorer
+from engine.generation.generate import generate, resolve_token
+from engine.generation.pipeline import load_pipeline, resolve_model
+from engine.generation.variation import varied_init
 from engine.masks import repainted_region
-from engine.models import load_pipeline, resolve_model
 from engine.progress import ProgressFn, StepFn, StopFn
-from engine.train import TrainResult, images_from_folder, latest_checkpoint, process_state, train
-from engine.variation import varied_init
+from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 
 # Varied inits: candidates per init (2 keeps a batch's model call efficient and its layouts many).
 DEFAULT_PER_INIT = 2
-# Realism gate of batch generation (realism score 0-1, see engine.evaluate.RealismScorer); flagged, not dropped.
+# Realism gate of batch generation (realism score 0-1, see engine.evaluation.realism.RealismScorer): flagged,
+# not dropped.
 DEFAULT_REALISM_THRESHOLD = 0.3
 FLAGGED_FOLDER = "flagged"
 # Candidates are written here under their slot number first, then renamed once the batch is complete.
@@ -78,8 +79,8 @@ def generate_to_folder(
     """Write `num` PNGs to `out` from the init image(s); returns their paths.
 
     With `vary` (the default, not with `mask`), every `per_init` candidates start from a new varied init made
-    from all the init images (the image as is, a geometric variant or a mosaic; `engine.variation`), recorded in
-    each PNG's metadata; without it the init images are used in turn, `batch` candidates each.
+    from all the init images (the image as is, a geometric variant or a mosaic; `engine.generation.variation`),
+    recorded in each PNG's metadata; without it the init images are used in turn, `batch` candidates each.
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: the shipped NEU

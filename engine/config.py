@@ -6,7 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-EMBEDDED_MODEL = Path(__file__).parent / "weights" / "steel-prior"
+# The shipped model folders (the prior, its tokens, the steel feature network, placement statistics).
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+EMBEDDED_MODEL = WEIGHTS_DIR / "steel-prior"
 # A masked repaint changes only the mask, so it starts from more noise than a whole-window img2img: the masked
 # report on NEU (README) paints small defects at 0.9-1.0 and almost nothing at 0.6. Tokens may store their own.
 DEFAULT_MASKED_STRENGTH = 0.9
@@ -57,7 +59,8 @@ class GenerationConfig(ConfigMixin):
     window_x: int | None = None
     window_y: int | None = None
     window_size: int | None = None
-    # Without a drawn mask, place defect masks like real ones of the class (engine.placement) and repaint only them.
+    # Without a drawn mask, place defect masks like real ones of the class (engine.generation.placement) and
+    # repaint only them.
     auto_place: bool = False
 
     def window_side(self, width: int, height: int) -> int:

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from engine.boxes import Box, to_mask
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # `generate --mask/--auto-place` writes each image's mask beside it; folder readers skip those.
 MASK_SUFFIX = "_mask.png"
@@ -169,3 +170,30 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
             runs.append((start, i))
             start = None
     return runs
+
+
+def export_neu_split(neu_root: Path | str, out: Path | str) -> dict[str, int]:
+    """Write `pool/<class>/` and `val/<class>/` symlinks to NEU's split under `out` (outside the repo).
+
+    Each image's NEU-DET annotation is linked beside it as `<image stem>.xml`, so fine-tuning there can use the
+    masked loss.
+    """
+    out = Path(out).resolve()
+    if out == REPO_ROOT or REPO_ROOT in out.parents:
+        raise ValueError(f"{out} is inside the repository; NEU images must stay outside it (use e.g. /tmp/neu-split).")
+    pool, val = split_neu(read_neu(Path(neu_root)))
+    counts = {}
+    for name, items in (("pool", pool), ("val", val)):
+        for item in items:
+            target = out / name / item.class_name / item.path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            target.symlink_to(item.path.resolve())
+            xml_target = target.with_suffix(".xml")
+            if xml_target.is_symlink() or xml_target.exists():
+                xml_target.unlink()
+            if item.annotation is not None:
+                xml_target.symlink_to(item.annotation.resolve())
+        counts[name] = len(items)
+    return counts

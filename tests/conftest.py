@@ -30,8 +30,8 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from engine.prior import PriorSize, build_components
     from engine.quiet import quiet_libraries
+    from engine.training.prior import PriorSize, build_components
 
     quiet_libraries()
     torch.manual_seed(0)

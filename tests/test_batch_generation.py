@@ -8,8 +8,8 @@ from PIL import Image
 
 from engine.batch import FLAGGED_FOLDER, RealismGateError, generate_to_folder
 from engine.data import list_images
-from engine.generate import read_png_parameters
-from engine.models import load_pipeline
+from engine.generation.generate import read_png_parameters
+from engine.generation.pipeline import load_pipeline
 from tests.support import make_steel_like
 
 

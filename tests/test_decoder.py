@@ -7,7 +7,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from engine.config import DecoderConfig
-from engine.decoder import (
+from engine.evaluation.features import load_feature_net
+from engine.training.decoder import (
     PatchDiscriminator,
     feature_maps,
     perceptual_distance,
@@ -15,7 +16,6 @@ from engine.decoder import (
     texture_distance,
     train_decoder,
 )
-from engine.features import load_feature_net
 from tests.support import make_steel_like
 
 

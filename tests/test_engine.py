@@ -13,9 +13,9 @@ from PIL import Image
 from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
 from engine.config import GenerationConfig, TrainConfig
-from engine.generate import generate, read_png_parameters
-from engine.models import load_pipeline, resolve_model
-from engine.train import latest_checkpoint
+from engine.generation.generate import generate, read_png_parameters
+from engine.generation.pipeline import load_pipeline, resolve_model
+from engine.training.loop import latest_checkpoint
 from tests.support import make_steel_like, slab
 
 
@@ -128,7 +128,7 @@ def test_finetune_stops_and_resumes_from_its_checkpoint(tiny_model, tiny_dataset
 
 
 def test_pretrain_mode_learns_and_saves_a_loadable_model(tiny_model, tmp_path):
-    from engine.train import TrainingImage, train
+    from engine.training.loop import TrainingImage, train
 
     rng = np.random.default_rng(0)
     images = [

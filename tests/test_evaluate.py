@@ -11,17 +11,12 @@ import torch
 from PIL import Image
 
 from engine.adapters import save_tuned_strength
-from engine.data import read_image_folder
-from engine.evaluate import (
-    InceptionFeatures,
-    RealismScorer,
-    export_neu_split,
-    fidelity,
-    tune_strength,
-    two_sample_test,
-)
-from engine.features import FeatureNetConfig, fit_feature_network, load_feature_net, save_feature_net
-from engine.recognition import classic_augment, recognition
+from engine.data import export_neu_split, read_image_folder
+from engine.evaluation.features import FeatureNetConfig, fit_feature_network, load_feature_net, save_feature_net
+from engine.evaluation.fidelity import InceptionFeatures, fidelity, two_sample_test
+from engine.evaluation.realism import RealismScorer
+from engine.evaluation.recognition import classic_augment, recognition
+from engine.evaluation.tuning import tune_strength
 
 SIZE = 32
 CLASSES = ("blobs", "stripes")
@@ -227,7 +222,7 @@ def test_tune_adapter_strength_generates_and_stores_the_choice(
     import shutil
 
     from engine.adapters import read_adapter
-    from engine.evaluate import tune_adapter_strength
+    from engine.evaluation.tuning import tune_adapter_strength
 
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     report = tune_adapter_strength(

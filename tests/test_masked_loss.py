@@ -13,7 +13,7 @@ from PIL import Image
 from engine.batch import finetune_folder
 from engine.config import TrainConfig, finetune_config
 from engine.data import find_annotation, parse_voc, read_mask_beside
-from engine.train import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
+from engine.training.loop import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
 from tests.support import make_steel_like, voc_xml
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from engine.boxes import Box, bounding_box
 from engine.data import LabelledImage
-from engine.masked_report import clean_slabs, defect_crop
+from engine.evaluation.masked_report import clean_slabs, defect_crop
 from tests.support import voc_xml
 
 CLASSES = ("inclusion", "scratches")
@@ -105,7 +105,7 @@ def test_tune_masked_strength_stores_the_lowest_kid_strength_per_class(tiny_neu,
     import shutil
 
     from engine.adapters import read_adapter, save_tuned_strength
-    from engine.masked_report import tune_masked_strength
+    from engine.evaluation.masked_report import tune_masked_strength
 
     adapter = shutil.copytree(tiny_adapter, tmp_path / "adapter")
     report = tune_masked_strength(adapter, tiny_neu, [1.0, 0.5], model=str(tiny_model), per_class=2, steps=2)

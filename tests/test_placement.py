@@ -15,11 +15,11 @@ from engine.batch import generate_to_folder
 from engine.boxes import from_mask, to_mask
 from engine.config import GenerationConfig
 from engine.data import list_images
-from engine.generate import generate, read_png_parameters
+from engine.generation.generate import generate, read_png_parameters
+from engine.generation.pipeline import load_pipeline
+from engine.generation.placement import box_statistics, load_statistics, propose_masks
+from engine.generation.quality import PSNR_CEILING_DB, masked_quality
 from engine.masks import MASK_WINDOW_SCALE, grow, mask_image, mirror_pad, plan_windows
-from engine.models import load_pipeline
-from engine.placement import box_statistics, load_statistics, propose_masks
-from engine.quality import PSNR_CEILING_DB, masked_quality
 from tests.support import slab, voc_xml
 
 
@@ -259,7 +259,7 @@ def test_masked_repaint_works_for_a_unet_with_more_than_four_latent_channels(tmp
     from diffusers import StableDiffusionImg2ImgPipeline
 
     from engine.adapters import AdapterInfo, TokenInfo
-    from engine.prior import PriorSize, build_components
+    from engine.training.prior import PriorSize, build_components
 
     size = dataclasses.replace(PriorSize.tiny(), latent_channels=8)
     pipe = StableDiffusionImg2ImgPipeline(

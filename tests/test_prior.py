@@ -14,8 +14,8 @@ import launch
 from engine.adapters import EMBEDDED_TOKENS
 from engine.config import EMBEDDED_MODEL, GenerationConfig
 from engine.data import NEU_CLASSES
-from engine.generate import generate, read_png_parameters
-from engine.models import load_pipeline, model_resolution
+from engine.generation.generate import generate, read_png_parameters
+from engine.generation.pipeline import load_pipeline, model_resolution
 
 
 def test_embedded_prior_loads_offline_with_its_six_tokens():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.recognition import classic_augment
-from engine.variation import geometric_variant, mosaic, varied_init
+from engine.evaluation.recognition import classic_augment
+from engine.generation.variation import geometric_variant, mosaic, varied_init
 
 
 def _images(count: int, size: int = 64) -> list[Image.Image]:

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # costs ~150 MB of RAM per 8-bit RGB image; larger uploads are refused rather than slowing everyone down.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 MAX_PIXELS = 50_000_000
-# The generator needs a 16 px window at least (engine.generate.choose_window).
+# The generator needs a 16 px window at least (engine.generation.generate.choose_window).
 MIN_SIDE_PX = 16
 ACCEPTED_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "WEBP"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}

@@ -17,7 +17,7 @@ import pytest
 from engine.adapters import TOKENS_FILE, read_adapter
 from engine.config import PRESETS, GenerationConfig
 from engine.progress import TrainingStep
-from engine.train import latest_checkpoint
+from engine.training.loop import latest_checkpoint
 from storage.export import ExportItem, verify_export, write_export
 from storage.files import FileStore
 from storage.repository import get_run

@@ -11,9 +11,9 @@ from PIL import Image
 
 from engine.adapters import save_tuned_strength
 from engine.config import GenerationConfig
-from engine.evaluate import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features
-from engine.features import load_feature_net
-from engine.generate import read_png_parameters
+from engine.evaluation.features import load_feature_net
+from engine.evaluation.realism import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features
+from engine.generation.generate import read_png_parameters
 from engine.masks import repainted_region
 from tests.support import served_client
 from webapp.app import SAMPLE_HEADERS

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import GenerationConfig
-from engine.generate import read_png_parameters
+from engine.generation.generate import read_png_parameters
 from tests.support import stored_files, voc_xml
 from webapp.studio import StudioService
 from webapp.validation import UploadError

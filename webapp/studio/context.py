@@ -45,7 +45,7 @@ class StudioContext:
     def model_ref(self) -> str:
         """The resolved base model (a local folder or hub id); raises FileNotFoundError if it is missing."""
         if self._model_ref is None:
-            from engine.models import resolve_model
+            from engine.generation.pipeline import resolve_model
 
             self._model_ref = resolve_model(self.model)
         return self._model_ref
@@ -56,7 +56,7 @@ class StudioContext:
 
     def read_matching_adapter(self, path: Path) -> AdapterInfo:
         """The adapter folder's info; raises ValueError if it was trained on another base model."""
-        from engine.models import model_hash
+        from engine.generation.pipeline import model_hash
 
         info = read_adapter(path)
         base_hash = model_hash(self.model_ref)
@@ -69,7 +69,7 @@ class StudioContext:
 
     def pipeline(self, adapter_path: str | None):
         """A cached pipeline for (base model, adapter folder); the least recently used one is dropped."""
-        from engine.models import load_pipeline
+        from engine.generation.pipeline import load_pipeline
 
         key = (self.model_ref, adapter_path)
         with self.model_lock:

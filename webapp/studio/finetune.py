@@ -296,7 +296,7 @@ class FineTuneRuns:
     def _write_previews(self, out_dir: Path, classes: list[str]) -> list[Path]:
         """A few fixed-seed candidates per class from the reloaded adapter, on a slab of the class: the source of its
         newest sample, else the first clean slab, else one of its training images."""
-        from engine.generate import generate
+        from engine.generation.generate import generate
 
         clean = self.sources.list_sources(role="clean")
         preview_dir = out_dir / "previews"

@@ -48,7 +48,7 @@ class Generation:
         with the class probability and predicted class, in its params. Candidates scoring below
         `realism_threshold` are flagged "pre_rejected" but stay pending: the user decides.
         """
-        from engine.generate import generate
+        from engine.generation.generate import generate
         from engine.masks import repainted_region
 
         # 1. Check inputs
@@ -161,7 +161,7 @@ class Generation:
         (same sha256) to a stored sample is skipped and named in `duplicates`. All rows land in one transaction.
         """
         from engine.data import MASK_SUFFIX
-        from engine.generate import read_png_parameters
+        from engine.generation.generate import read_png_parameters
 
         class_name = check_class_name(class_name)
         folder = Path(folder)

@@ -51,8 +51,8 @@ class Realism:
         NEU class with fewer uses the shipped features of NEU's training pool. A scorer is kept until the
         class's uploads change.
         """
-        from engine.evaluate import RealismScorer
-        from engine.features import image_to_array
+        from engine.evaluation.features import image_to_array
+        from engine.evaluation.realism import RealismScorer
 
         with self.database.session() as s:
             rows = repository.list_source_images(s, "defect", class_name, MAX_REALISM_REFERENCES, 0)
@@ -94,7 +94,7 @@ class Realism:
     def _load_feature_net(self):
         """The shipped steel feature network, loaded once; None (logged) if it is missing."""
         if self._feature_net is None:
-            from engine.features import load_feature_net
+            from engine.evaluation.features import load_feature_net
 
             try:
                 self._feature_net = load_feature_net()
@@ -106,7 +106,7 @@ class Realism:
     def _load_shipped_references(self) -> dict[str, Any]:
         """The shipped NEU reference features by class, loaded once; empty (logged) if missing or stale."""
         if self._shipped_references is None:
-            from engine.evaluate import load_reference_features
+            from engine.evaluation.realism import load_reference_features
 
             try:
                 self._shipped_references = load_reference_features()

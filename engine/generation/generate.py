@@ -15,6 +15,9 @@ from PIL import Image, PngImagePlugin
 
 from engine.boxes import from_mask
 from engine.config import GenerationConfig
+from engine.generation.pipeline import model_resolution
+from engine.generation.placement import propose_masks
+from engine.generation.quality import masked_quality
 from engine.masks import (
     MASK_GROW_PX,
     MASK_WINDOW_SCALE,
@@ -28,10 +31,7 @@ from engine.masks import (
     mirror_pad,
     plan_windows,
 )
-from engine.models import model_resolution
-from engine.placement import propose_masks
 from engine.progress import ProgressFn
-from engine.quality import masked_quality
 
 # Width of the linear blend at a window's inner border, so a pasted window shows no seam.
 FEATHER_PX = 8

@@ -23,9 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import DecoderConfig
-from engine.features import SteelFeatureNet, load_feature_net
-from engine.pretrain import atomic_save, encode_pixels, finished_stage, pixels_to_tensor, round_trip, training_device
+from engine.evaluation.features import SteelFeatureNet, load_feature_net
 from engine.progress import ProgressFn
+from engine.training.pretrain import (
+    atomic_save,
+    encode_pixels,
+    finished_stage,
+    pixels_to_tensor,
+    round_trip,
+    training_device,
+)
 
 
 class PatchDiscriminator(nn.Module):

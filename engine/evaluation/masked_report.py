@@ -25,9 +25,10 @@ from engine.batch import default_strength
 from engine.boxes import CROP_MARGIN, bounding_box, union
 from engine.config import GenerationConfig
 from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_neu
-from engine.evaluate import RealismScorer, SetDistance, _fmt, _r, _recognition, set_distance
-from engine.features import SteelFeatureNet, images_to_tensor, load_feature_net
-from engine.generate import generate, known_tokens
+from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
+from engine.evaluation.fidelity import SetDistance, formatted, recognition_rate, rounded, set_distance
+from engine.evaluation.realism import RealismScorer
+from engine.generation.generate import generate, known_tokens
 from engine.masks import mask_image
 from engine.progress import ProgressFn
 
@@ -113,10 +114,11 @@ class MaskedReport:
             g, c, r = row.generated, row.clean, row.reference
             lines.append(
                 f"{row.class_name:<17}{row.strength:>5}{g.n_a:>4}{g.n_b:>7}"
-                f"{_fmt(g.kid_mean, '.4f'):>10}{_fmt(c.kid_mean, '.4f'):>10}"
-                f"{_fmt(r.kid_mean, '.4f'):>10}{_fmt(g.fid, '.2f'):>9}{_fmt(c.fid, '.2f'):>10}{_fmt(r.fid, '.2f'):>9}"
-                f"{_fmt(row.recognition_generated, '.2f'):>8}{_fmt(row.recognition_clean, '.2f'):>8}"
-                f"{_fmt(row.recognition_real, '.2f'):>9}{row.realism_generated:>9.3f}{row.realism_clean:>9.3f}"
+                f"{formatted(g.kid_mean, '.4f'):>10}{formatted(c.kid_mean, '.4f'):>10}"
+                f"{formatted(r.kid_mean, '.4f'):>10}{formatted(g.fid, '.2f'):>9}{formatted(c.fid, '.2f'):>10}"
+                f"{formatted(r.fid, '.2f'):>9}"
+                f"{formatted(row.recognition_generated, '.2f'):>8}{formatted(row.recognition_clean, '.2f'):>8}"
+                f"{formatted(row.recognition_real, '.2f'):>9}{row.realism_generated:>9.3f}{row.realism_clean:>9.3f}"
                 f"{row.realism_real:>9.3f}{row.background_psnr:>8.1f}"
             )
         lines.append(
@@ -270,13 +272,13 @@ def _class_row(class_name, strength, painted, untouched, real, pool, psnrs, net,
         generated=set_distance(gen_x, real_x, net, seed),
         clean=set_distance(clean_x, real_x, net, seed),
         reference=set_distance(ref_x, real_x, net, seed),
-        recognition_generated=_recognition(net, gen_x, class_name)[0],
-        recognition_clean=_recognition(net, clean_x, class_name)[0],
-        recognition_real=_recognition(net, real_x, class_name)[0],
+        recognition_generated=recognition_rate(net, gen_x, class_name)[0],
+        recognition_clean=recognition_rate(net, clean_x, class_name)[0],
+        recognition_real=recognition_rate(net, real_x, class_name)[0],
         realism_generated=mean_realism(painted),
         realism_clean=mean_realism(untouched),
         realism_real=mean_realism(real),
-        background_psnr=_r(float(np.mean(psnrs)), 2),
+        background_psnr=rounded(float(np.mean(psnrs)), 2),
     )
 
 
@@ -301,9 +303,9 @@ class MaskedStrengthReport:
             f"{'class':<17}" + "".join(f"{s:>10}" for s in strengths) + f"{'clean':>10}{'chosen':>8}",
         ]
         for class_name, row in self.kid_by_class.items():
-            cells = "".join(f"{_fmt(row.get(s), '.4f'):>10}" for s in strengths)
+            cells = "".join(f"{formatted(row.get(s), '.4f'):>10}" for s in strengths)
             chosen = self.best[class_name] if self.best[class_name] is not None else "default"
-            lines.append(f"{class_name:<17}{cells}{_fmt(self.clean_kid.get(class_name), '.4f'):>10}{chosen:>8}")
+            lines.append(f"{class_name:<17}{cells}{formatted(self.clean_kid.get(class_name), '.4f'):>10}{chosen:>8}")
         lines.append(
             "clean = the untouched crops; a class whose painted crops are never closer to real defects keeps the"
             " default masked strength."
@@ -333,7 +335,7 @@ def tune_masked_strength(
     validation split's crops, so later masked reports on that split are optimistic for it.
     """
     from engine.adapters import save_tuned_strength
-    from engine.models import load_pipeline
+    from engine.generation.pipeline import load_pipeline
 
     if not strengths or any(not 0 < s <= 1 for s in strengths):
         raise ValueError(f"Strengths must lie in (0, 1], got {strengths}.")

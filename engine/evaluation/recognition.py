@@ -19,9 +19,9 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 from engine.data import load_rgb
-from engine.features import image_to_array, images_by_class, load_tensor
+from engine.evaluation.features import image_to_array, images_by_class, load_tensor
+from engine.generation.variation import geometric_variant, photometric_jitter
 from engine.progress import ProgressFn
-from engine.variation import geometric_variant, photometric_jitter
 
 # The classifier sees 64 px grey images: enough for NEU's textures, ~0.04 s per step on one core.
 RECOGNITION_SIZE = 64

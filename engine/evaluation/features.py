@@ -19,11 +19,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine.config import ConfigMixin
+from engine.config import WEIGHTS_DIR, ConfigMixin
 from engine.data import LabelledImage, load_rgb, read_image_folder, read_neu, split_neu
 from engine.progress import ProgressFn
 
-SHIPPED_FEATURES = Path(__file__).parent / "weights" / "steel-features"
+SHIPPED_FEATURES = WEIGHTS_DIR / "steel-features"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 

@@ -40,9 +40,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
-from engine.models import model_hash, resolve_model
-from engine.pretrain import encode_pixels
+from engine.generation.pipeline import model_hash, resolve_model
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep
+from engine.training.pretrain import encode_pixels
 
 # Captions for fine-tuning; the first is also the generation prompt's default.
 TOKEN_TEMPLATES = (
@@ -496,7 +496,7 @@ def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str
 
 def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, model_ref: str) -> None:
     """Save the pretrained prior as an ordinary diffusers folder (fp16 weights keep it small)."""
-    from engine.prior import build_scheduler
+    from engine.training.prior import build_scheduler
 
     pipe = StableDiffusionImg2ImgPipeline(
         vae=vae,

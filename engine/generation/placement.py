@@ -15,10 +15,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from engine.config import WEIGHTS_DIR
 from engine.data import read_neu, split_neu
 from engine.masks import mask_image
 
-STATS_FILE = Path(__file__).parent / "weights" / "placement-stats.json"
+STATS_FILE = WEIGHTS_DIR / "placement-stats.json"
 # Shapes per class: scratches are thin lines across their box; inclusions small elongated ellipses;
 # the area defects irregular blobs that fill most of their box.
 SHAPES = {

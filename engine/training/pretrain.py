@@ -32,8 +32,8 @@ from engine.data import (
     split_neu,
     to_square_pixels,
 )
-from engine.prior import PriorSize, build_vae
 from engine.progress import ProgressFn
+from engine.training.prior import PriorSize, build_vae
 
 STAGES = ("autoencoder", "decoder", "diffusion")
 
@@ -260,8 +260,8 @@ class PretrainResult:
 
 def validation_round_trip(vae, data: Path, resolution: int) -> dict[str, float] | None:
     """Round-trip recognition of a NEU folder's validation split (None for another folder or a non-NEU class)."""
-    from engine.decoder import round_trip_recognition
-    from engine.features import load_feature_net
+    from engine.evaluation.features import load_feature_net
+    from engine.training.decoder import round_trip_recognition
 
     if not (data / "manifest.csv").exists():
         return None
@@ -288,7 +288,7 @@ def pretrain(
     stages: tuple[str, ...] = STAGES,
 ) -> PretrainResult:
     """Reproduce the prior from images, in resumable stages: autoencoder, its decoder fine-tuned with perceptual and
-    adversarial losses (`engine.decoder`), scaling factor, then UNet + text encoder.
+    adversarial losses (`engine.training.decoder`), scaling factor, then UNet + text encoder.
 
     With `init_model` (a prior folder, e.g. the shipped one) the autoencoder stage is skipped: the decoder stage
     starts from that model's autoencoder and the diffusion stage continues from its UNet and text encoder (the
@@ -301,9 +301,9 @@ def pretrain(
         raise ValueError("Without the diffusion stage, give the model to put the new decoder in (init_model).")
     from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline
 
-    from engine.decoder import train_decoder
-    from engine.prior import build_components
-    from engine.train import TrainingImage, process_state, train
+    from engine.training.decoder import train_decoder
+    from engine.training.loop import TrainingImage, process_state, train
+    from engine.training.prior import build_components
 
     size = size or PriorSize.embedded()
     work = Path(work_dir) if work_dir else Path(str(out).rstrip("/") + ".work")

@@ -1,0 +1,1 @@
+"""Generation: the one pipeline builder, image-oriented img2img and masked repaint, placement, varied inits."""

@@ -1,0 +1,1 @@
+"""Training: the one loop (fine-tuning and pretraining), the prior's stages and its architecture."""
