@@ -32,7 +32,7 @@ pipe = load_pipeline(sys.argv[1] or None)
 load_s = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 slab = Image.fromarray(rng.normal(128, 14, (200, 200)).clip(0, 255).astype(np.uint8))
-name = sorted(pipe.adapter_info.tokens)[0]
+name = sorted(pipe.tokens)[0]
 config = GenerationConfig(class_name=name, num_candidates=4, strength=0.6, steps=20)
 generate(pipe, slab, config)
 times = []

@@ -13,7 +13,7 @@ from PIL import Image
 
 from engine.config import GenerationConfig
 from engine.data import list_images, load_rgb
-from engine.generation.generate import generate, known_tokens
+from engine.generation.generate import generate
 from engine.generation.pipeline import load_pipeline
 from engine.quiet import quiet_libraries
 
@@ -32,7 +32,7 @@ def main() -> None:
     quiet_libraries()
     pipe = load_pipeline(args.model, args.adapter)
     rows = []
-    for class_name in sorted(known_tokens(pipe)):
+    for class_name in sorted(pipe.tokens):
         sources = list_images(args.init_root / class_name)[-args.per_row :]
         for strength in args.strengths:
             tiles = []

@@ -18,7 +18,7 @@ from engine.config import GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.generate import generate, resolve_token
-from engine.generation.pipeline import load_pipeline, resolve_model
+from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import varied_init
 from engine.masks import repainted_region
 from engine.progress import ProgressFn, StepFn, StopFn
@@ -49,10 +49,9 @@ def init_images(init: Path) -> list[Path]:
     return paths
 
 
-def default_strength(pipe, class_name: str, masked: bool = False) -> float:
+def default_strength(pipe: LoadedPipeline, class_name: str, masked: bool = False) -> float:
     """The token's tuned strength (for a masked repaint when `masked`) in the pipeline's adapter, else the default."""
-    info = getattr(pipe, "adapter_info", None)
-    return proposed_strength(info.path if info else None, class_name, masked)
+    return proposed_strength(pipe.adapter.path if pipe.adapter else None, class_name, masked)
 
 
 def generate_to_folder(
@@ -68,7 +67,7 @@ def generate_to_folder(
     seed: int = 0,
     batch: int = 8,
     window_size: int | None = None,
-    pipe=None,
+    pipe: LoadedPipeline | None = None,
     mask: Path | None = None,
     auto_place: bool = False,
     vary: bool = True,

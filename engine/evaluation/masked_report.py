@@ -28,7 +28,8 @@ from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.fidelity import SetDistance, formatted, recognition_rate, rounded, set_distance
 from engine.evaluation.realism import RealismScorer
-from engine.generation.generate import generate, known_tokens
+from engine.generation.generate import generate
+from engine.generation.pipeline import LoadedPipeline
 from engine.masks import mask_image
 from engine.progress import ProgressFn
 
@@ -144,11 +145,15 @@ class _ReportData:
 
 
 def _load_report_data(
-    pipe, neu_root: Path | str, classes: list[str] | None, per_class: int, feature_net: SteelFeatureNet | None
+    pipe: LoadedPipeline,
+    neu_root: Path | str,
+    classes: list[str] | None,
+    per_class: int,
+    feature_net: SteelFeatureNet | None,
 ) -> _ReportData:
     """Read the NEU split once: clean slabs from validation images, defect crops of validation and pool."""
     pool, val = split_neu(read_neu(Path(neu_root)))
-    classes = classes or [c for c in sorted({it.class_name for it in val}) if c in known_tokens(pipe)]
+    classes = classes or [c for c in sorted({it.class_name for it in val}) if c in pipe.tokens]
     if not classes:
         raise ValueError("The pipeline has no token for any class of the NEU folder.")
     slabs = clean_slabs(val)
@@ -164,7 +169,7 @@ def _load_report_data(
 
 
 def masked_sample_report(
-    pipe,
+    pipe: LoadedPipeline,
     neu_root: Path | str,
     classes: list[str] | None = None,
     per_class: int = 40,
@@ -192,7 +197,7 @@ def masked_sample_report(
 
 
 def _paint_and_score(
-    pipe,
+    pipe: LoadedPipeline,
     data: _ReportData,
     per_class: int,
     strength: float | None,

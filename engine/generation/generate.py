@@ -15,7 +15,7 @@ from PIL import Image, PngImagePlugin
 
 from engine.boxes import from_mask
 from engine.config import GenerationConfig
-from engine.generation.pipeline import model_resolution
+from engine.generation.pipeline import LoadedPipeline
 from engine.generation.placement import propose_masks
 from engine.generation.quality import masked_quality
 from engine.masks import (
@@ -71,15 +71,9 @@ def image_sha256(image: Image.Image) -> str:
     return sha256_bytes(image.tobytes() + f"{image.mode}{image.size}".encode())
 
 
-def known_tokens(pipe) -> dict[str, str]:
-    """Class name -> token string for the pipeline's loaded adapter."""
-    info = getattr(pipe, "adapter_info", None)
-    return {name: t.token for name, t in info.tokens.items()} if info else {}
-
-
-def resolve_token(pipe, class_name: str) -> str:
+def resolve_token(loaded: LoadedPipeline, class_name: str) -> str:
     """The token string for a class (or a token given directly); raises a readable error if unknown."""
-    tokens = known_tokens(pipe)
+    tokens = loaded.tokens
     if class_name in tokens:
         return tokens[class_name]
     if class_name in tokens.values():
@@ -123,7 +117,7 @@ def is_grayscale(image: Image.Image) -> bool:
 
 
 def generate(
-    pipe,
+    loaded: LoadedPipeline,
     init_image: Image.Image,
     config: GenerationConfig,
     progress: ProgressFn | None = None,
@@ -136,14 +130,15 @@ def generate(
     repainted and every pixel farther than MASK_GROW_PX from the mask keeps the source's value exactly.
     """
     if mask is not None or config.auto_place:
-        return _generate_masked(pipe, init_image, config, mask, progress, should_stop)
+        return _generate_masked(loaded, init_image, config, mask, progress, should_stop)
+    pipe = loaded.pipe
     started = time.time()
     # 1. Check inputs
-    token = resolve_token(pipe, config.class_name)
+    token = resolve_token(loaded, config.class_name)
     source = init_image.convert("RGB")
     gray = is_grayscale(init_image)
     x, y, size = choose_window(source.width, source.height, config)
-    resolution = model_resolution(pipe)
+    resolution = loaded.resolution
 
     # 2. Window at the model's resolution
     window = source.crop((x, y, x + size, y + size)).resize((resolution, resolution), Image.Resampling.LANCZOS)
@@ -189,7 +184,7 @@ def generate(
         image = Image.fromarray(np.clip(merged + 0.5, 0, 255).astype(np.uint8))
         if gray:
             image = image.convert("L")
-        params = _candidate_params(pipe, config, token, prompt, seed, source_hash, image)
+        params = _candidate_params(loaded, config, token, prompt, seed, source_hash, image)
         params["window"] = {"x": x, "y": y, "size": size}
         candidates.append(Candidate(image, seed, params))
     return GenerationResult(candidates, time.time() - started)
@@ -222,10 +217,16 @@ def restore_detail(pipe, windows: list[Image.Image], outputs: list[Image.Image],
 
 
 def _candidate_params(
-    pipe, config: GenerationConfig, token: str, prompt: str, seed: int, source_hash: str, image: Image.Image
+    loaded: LoadedPipeline,
+    config: GenerationConfig,
+    token: str,
+    prompt: str,
+    seed: int,
+    source_hash: str,
+    image: Image.Image,
 ) -> dict:
     """Every parameter that made a candidate, for its PNG metadata and its database row."""
-    info = getattr(pipe, "adapter_info", None)
+    info = loaded.adapter
     return {
         "software": SOFTWARE,
         "class_name": config.class_name,
@@ -237,13 +238,13 @@ def _candidate_params(
         "guidance_scale": config.guidance_scale,
         "detail_restore": config.detail_restore if config.strength < 1.0 else 0.0,
         "seed": seed,
-        "sampler": type(pipe.scheduler).__name__,
-        "model_ref": getattr(pipe, "model_ref", ""),
-        "model_hash": getattr(pipe, "model_hash", ""),
+        "sampler": type(loaded.pipe.scheduler).__name__,
+        "model_ref": loaded.model_ref,
+        "model_hash": loaded.model_hash,
         "adapter_path": str(info.path) if info else None,
         "adapter_version": info.version if info else None,
         "source_sha256": source_hash,
-        "resolution": model_resolution(pipe),
+        "resolution": loaded.resolution,
         "width": image.width,
         "height": image.height,
     }
@@ -264,7 +265,7 @@ def _part_seed(seed: int, part: int) -> int:
 
 
 def _generate_masked(
-    pipe,
+    loaded: LoadedPipeline,
     init_image: Image.Image,
     config: GenerationConfig,
     mask: Image.Image | np.ndarray | None,
@@ -273,9 +274,10 @@ def _generate_masked(
 ) -> GenerationResult:
     """Masked repaint (padding-mask-crop): each window around the mask is denoised at the model's resolution
     with the known latents blended back after every step, then pasted through the feathered grown mask."""
+    pipe = loaded.pipe
     started = time.time()
     # 1. Check inputs and get one mask per candidate (drawn once, or auto-placed from each candidate's seed)
-    token = resolve_token(pipe, config.class_name)
+    token = resolve_token(loaded, config.class_name)
     if mask is not None and config.auto_place:
         raise ValueError("Give a mask or ask for auto-place, not both.")
     if config.window_x is not None or config.window_y is not None:
@@ -290,7 +292,7 @@ def _generate_masked(
         masks = [mask_array(propose_masks(config.class_name, width, height, seed)[0], width, height) for seed in seeds]
 
     # 2. Mirror-extend a slab smaller than the window; grow each mask and plan its windows on that canvas
-    resolution = model_resolution(pipe)
+    resolution = loaded.resolution
     multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     base = config.window_size or round(resolution * MASK_WINDOW_SCALE)
     pad_x, pad_y = max(0, base - width), max(0, base - height)
@@ -343,7 +345,7 @@ def _generate_masked(
         image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
         if gray:
             image = image.convert("L")
-        params = _candidate_params(pipe, config, token, prompt, seed, source_hash, image)
+        params = _candidate_params(loaded, config, token, prompt, seed, source_hash, image)
         params.update(
             window=None,
             windows=[_on_slab(job.window, pad_x, pad_y, width, height) for job in jobs if job.candidate == index],

@@ -4,14 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 
-from engine.adapters import EMBEDDED_TOKENS, LORA_FILE, TOKENS_FILE, read_adapter
+from engine.adapters import EMBEDDED_TOKENS, LORA_FILE, TOKENS_FILE, AdapterInfo, read_adapter
 from engine.config import EMBEDDED_MODEL
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    """A built img2img pipeline with what it was built from: the resolved model, its hash and the adapter."""
+
+    pipe: StableDiffusionImg2ImgPipeline
+    model_ref: str
+    model_hash: str
+    adapter: AdapterInfo | None = None
+
+    @property
+    def resolution(self) -> int:
+        """The pixel size the model was trained at."""
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    @property
+    def tokens(self) -> dict[str, str]:
+        """Class name -> token string of the loaded adapter."""
+        return {name: t.token for name, t in self.adapter.tokens.items()} if self.adapter else {}
 
 
 def resolve_model(model_ref: str | os.PathLike | None) -> str:
@@ -58,11 +79,10 @@ def load_pipeline(
     adapter: str | os.PathLike | None = None,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> StableDiffusionImg2ImgPipeline:
+) -> LoadedPipeline:
     """Build an img2img pipeline from a model folder or hub id, with an adapter folder's tokens and LoRA loaded.
 
-    `adapter=None` on the embedded model loads its shipped defect tokens. The adapter's info is kept on
-    `pipe.adapter_info` and the model hash on `pipe.model_hash`.
+    `adapter=None` on the embedded model loads its shipped defect tokens.
     """
     resolved = resolve_model(model_ref)
     device = device or default_device()
@@ -84,12 +104,4 @@ def load_pipeline(
             pipe.load_lora_weights(str(info.path), weight_name=LORA_FILE)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    pipe.adapter_info = info
-    pipe.model_ref = resolved
-    pipe.model_hash = model_hash(resolved)
-    return pipe
-
-
-def model_resolution(pipe) -> int:
-    """The pixel size the model was trained at."""
-    return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    return LoadedPipeline(pipe, resolved, model_hash(resolved), info)

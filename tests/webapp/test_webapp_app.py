@@ -6,12 +6,14 @@ import json
 import zipfile
 from pathlib import Path
 
+import pytest
 from gradio_client import handle_file
 
 from tests.support import served_client
 from webapp.studio import StudioService
 
 
+@pytest.mark.slow
 def test_upload_generate_accept_export_through_the_client(service: StudioService, slab_png, tmp_path: Path) -> None:
     slab = tmp_path / "slab.png"
     slab.write_bytes(slab_png(48, 40, 0))

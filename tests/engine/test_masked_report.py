@@ -74,6 +74,7 @@ def test_real_defect_crops_cover_the_boxes_of_the_image_class(tmp_path):
     assert defect_crop(LabelledImage(path, "a")) is None
 
 
+@pytest.mark.slow
 def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_model, tiny_adapter, tmp_path, capsys):
     from launch import main
 
@@ -101,6 +102,7 @@ def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_
             assert crop.size == (x1 - x0, y1 - y0)
 
 
+@pytest.mark.slow
 def test_tune_masked_strength_stores_the_lowest_kid_strength_per_class(tiny_neu, tiny_model, tiny_adapter, tmp_path):
     import shutil
 

@@ -16,7 +16,7 @@ from engine.boxes import from_mask, to_mask
 from engine.config import GenerationConfig
 from engine.data import list_images
 from engine.generation.generate import generate, read_png_parameters
-from engine.generation.pipeline import load_pipeline
+from engine.generation.pipeline import LoadedPipeline, load_pipeline
 from engine.generation.placement import box_statistics, load_statistics, propose_masks
 from engine.generation.quality import PSNR_CEILING_DB, masked_quality
 from engine.masks import MASK_WINDOW_SCALE, grow, mask_image, mirror_pad, plan_windows
@@ -269,11 +269,12 @@ def test_masked_repaint_works_for_a_unet_with_more_than_four_latent_channels(tmp
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    pipe.adapter_info = AdapterInfo(tmp_path, {"scratches": TokenInfo("scratches", "scratch", "")})
+    adapter = AdapterInfo(tmp_path, {"scratches": TokenInfo("scratches", "scratch", "")})
+    loaded = LoadedPipeline(pipe, str(tmp_path), "untrained", adapter)
     source = slab(48, 48)
     mask = rectangle_mask(48, 48, 12, 12, 30, 20)
     config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
-    out = np.asarray(generate(pipe, source, config, mask=mask).candidates[0].image, dtype=np.int16)
+    out = np.asarray(generate(loaded, source, config, mask=mask).candidates[0].image, dtype=np.int16)
     original = np.asarray(source, dtype=np.int16)
     assert np.array_equal(out[~grow(mask)], original[~grow(mask)])
     assert np.abs(out[mask] - original[mask]).mean() > 1

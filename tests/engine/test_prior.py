@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import launch
@@ -15,16 +16,16 @@ from engine.adapters import EMBEDDED_TOKENS
 from engine.config import EMBEDDED_MODEL, GenerationConfig
 from engine.data import NEU_CLASSES
 from engine.generation.generate import generate, read_png_parameters
-from engine.generation.pipeline import load_pipeline, model_resolution
+from engine.generation.pipeline import load_pipeline
 
 
 def test_embedded_prior_loads_offline_with_its_six_tokens():
     pipe = load_pipeline()
     assert pipe.model_ref == str(EMBEDDED_MODEL.resolve())
-    assert set(pipe.adapter_info.tokens) == set(NEU_CLASSES)
-    assert pipe.adapter_info.has_lora
-    assert model_resolution(pipe) == 128
-    assert pipe.unet.dtype.is_floating_point and str(pipe.unet.dtype) == "torch.float32"
+    assert set(pipe.adapter.tokens) == set(NEU_CLASSES)
+    assert pipe.adapter.has_lora
+    assert pipe.resolution == 128
+    assert pipe.pipe.unet.dtype.is_floating_point and str(pipe.pipe.unet.dtype) == "torch.float32"
 
 
 def test_embedded_prior_generates_a_two_step_sample_with_metadata():
@@ -49,6 +50,7 @@ def write_slabs(folder: Path, count: int, seed: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     data = write_slabs(tmp_path / "slabs", 6, seed=0)
     out, work = tmp_path / "prior", tmp_path / "work"
@@ -79,7 +81,7 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     assert "diffusion resumed from step 4" in capsys.readouterr().out
     assert (work / "diffusion" / "checkpoint-8").is_dir()
     assert autoencoder_weights.stat().st_mtime_ns == first_autoencoder
-    pipe = load_pipeline(out)
+    pipe = load_pipeline(out).pipe
     image = pipe(
         prompt="a steel surface",
         image=Image.new("RGB", (32, 32), (128, 128, 128)),
@@ -90,6 +92,7 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     assert image.shape == (1, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
     from engine.config import PRETRAIN_PRESETS, pretrain_configs
 
@@ -105,7 +108,7 @@ def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     config = json.loads((tmp_path / "prior.work" / "diffusion" / "config.json").read_text())
     assert config["mixed_precision"] == "bf16" and config["learning_rate"] == PRETRAIN_PRESETS["gpu"]["learning_rate"]
-    assert load_pipeline(out).unet.config.sample_size == 16
+    assert load_pipeline(out).pipe.unet.config.sample_size == 16
 
 
 def test_decoder_stage_alone_replaces_only_the_decoder_of_a_prior(tiny_model, tmp_path):
@@ -115,7 +118,7 @@ def test_decoder_stage_alone_replaces_only_the_decoder_of_a_prior(tiny_model, tm
     out = tmp_path / "prior"
     args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--init-model", str(tiny_model)]
     assert launch.main([*args, "--stages", "decoder", "--decoder-steps", "2"]) == 0
-    before, after = load_pipeline(tiny_model), load_pipeline(out)
+    before, after = load_pipeline(tiny_model).pipe, load_pipeline(out).pipe
     for name in ("unet", "text_encoder"):
         old, new = getattr(before, name).state_dict(), getattr(after, name).state_dict()
         assert all(torch.allclose(old[k], new[k].float(), atol=1e-2) for k in old)

@@ -92,9 +92,9 @@ def test_finetune_writes_library_formats_that_diffusers_loads_and_that_change_ou
     config = json.loads((tiny_adapter / "config.json").read_text())
     assert config["mode"] == "finetune" and config["init_words"]["scratches"] == "scratches"
 
-    base = load_pipeline(tiny_model, adapter=None)
+    base = load_pipeline(tiny_model, adapter=None).pipe
     base.load_textual_inversion(str(tiny_adapter / info.tokens["scratches"].embedding_file), token="<scratches>")
-    adapted = load_pipeline(tiny_model, adapter=tiny_adapter)
+    adapted = load_pipeline(tiny_model, adapter=tiny_adapter).pipe
     image = slab(32, 32).convert("RGB")
     kwargs = dict(prompt="a photo of <scratches>", image=image, strength=1.0, num_inference_steps=2, output_type="np")
     without_lora = base(**kwargs, generator=torch.Generator().manual_seed(0)).images
@@ -127,6 +127,7 @@ def test_finetune_stops_and_resumes_from_its_checkpoint(tiny_model, tiny_dataset
     assert read_adapter(out).tokens["inclusion"].token == "<inclusion>"
 
 
+@pytest.mark.slow
 def test_pretrain_mode_learns_and_saves_a_loadable_model(tiny_model, tmp_path):
     from engine.training.loop import TrainingImage, train
 
@@ -152,7 +153,7 @@ def test_pretrain_mode_learns_and_saves_a_loadable_model(tiny_model, tmp_path):
     result = train(config, images)
     assert result.status == "completed"
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
-    pipe = load_pipeline(tmp_path / "pre" / "model")
+    pipe = load_pipeline(tmp_path / "pre" / "model").pipe
     out = pipe(
         prompt="a steel surface",
         image=Image.fromarray(images[0].pixels),
