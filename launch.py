@@ -17,7 +17,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -403,21 +407,23 @@ def _new_batch_folder(data_dir: Path, class_name: str) -> Path:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from engine.batch import finetune_folder
 
-    result = finetune_folder(
-        dataset=args.dataset,
-        out=args.out,
-        model=args.model,
-        classes=args.classes,
-        preset=args.preset,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        resume=args.resume,
-        checkpointing_steps=args.checkpointing_steps,
-        background_loss_weight=args.background_loss_weight,
-        mixed_precision=args.mixed_precision,
-        progress=_print_progress,
-    )
+    with stop_on_signal() as stop_requested:
+        result = finetune_folder(
+            dataset=args.dataset,
+            out=args.out,
+            model=args.model,
+            classes=args.classes,
+            preset=args.preset,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            resume=args.resume,
+            checkpointing_steps=args.checkpointing_steps,
+            background_loss_weight=args.background_loss_weight,
+            mixed_precision=args.mixed_precision,
+            progress=_print_progress,
+            should_stop=stop_requested,
+        )
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
     took = f"{result.wall_time_s:.0f} s"
     if _is_main_process():
@@ -444,21 +450,26 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         learning_rate=args.learning_rate,
         vflip=args.vflip or None,
     )
-    result = pretrain(
-        args.data,
-        args.out,
-        args.work_dir,
-        getattr(PriorSize, size_name)(),
-        autoencoder,
-        diffusion,
-        progress=_print_progress,
-        init_model=args.init_model,
-        decoder=decoder,
-        stages=tuple(args.stages),
-    )
+    with stop_on_signal() as stop_requested:
+        result = pretrain(
+            args.data,
+            args.out,
+            args.work_dir,
+            getattr(PriorSize, size_name)(),
+            autoencoder,
+            diffusion,
+            progress=_print_progress,
+            init_model=args.init_model,
+            decoder=decoder,
+            stages=tuple(args.stages),
+            should_stop=stop_requested,
+        )
     resumed = result.diffusion.resumed_from if result.diffusion is not None else None
     resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""
     if not _is_main_process():
+        return
+    if result.diffusion is not None and result.diffusion.status == "stopped":
+        print(f"\nStopped at diffusion step {result.diffusion.steps}; run the same command to resume from its checkpoint.")
         return
     print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f}{resumed_text})")
     if result.round_trip_recognition:
@@ -612,6 +623,29 @@ def _print_progress(step: int, total: int, message: str) -> None:
             print(f"\r{message}", end="", flush=True)
         else:
             print(message, flush=True)
+
+
+@contextmanager
+def stop_on_signal() -> Iterator[Callable[[], bool]]:
+    """Turn Ctrl-C and SIGTERM into a stop request for a training job: it saves a checkpoint at the end of the
+    current step and returns "stopped" (resume it with `--resume` / the same `pretrain` command)."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def request_stop(signum: int, _frame) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort).", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested.is_set
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_main_process() -> bool:

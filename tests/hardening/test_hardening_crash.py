@@ -216,3 +216,33 @@ def test_verify_export_on_the_command_line_passes_a_good_zip_and_fails_a_tampere
         launch_command("verify-export", str(tampered)), env=child_env(), capture_output=True, text=True
     )
     assert bad.returncode == 1 and "1 problem(s)" in bad.stdout and "sha256 mismatch: images/crazing/" in bad.stdout
+
+
+def test_ctrl_c_stops_a_cli_fine_tune_at_a_checkpoint_and_the_same_command_resumes_it(
+    tiny_model: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    argv = [sys.executable, "launch.py", "finetune", "--dataset", str(tiny_dataset), "--out", str(out)]
+    argv += ["--model", str(tiny_model), "--batch-size", "2", "--checkpointing-steps", "1000"]
+    child = subprocess.Popen(
+        [*argv, "--steps", "100000"], cwd=PROJECT_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + KILL_TIMEOUT_S
+    while not (out / "log.jsonl").is_file() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=KILL_TIMEOUT_S)
+    assert child.returncode == 0, stderr.decode()[-2000:]
+    assert "SIGINT: stopping after this step" in stderr.decode()
+    assert "\nstopped: " in stdout.decode()
+    checkpoint = latest_checkpoint(out)
+    assert checkpoint is not None and not (out / TOKENS_FILE).exists(), "a stop leaves a checkpoint, no adapter"
+    stopped_at = int(checkpoint.name.split("-")[1])
+    assert 10 <= stopped_at < 100000
+
+    done = subprocess.run(
+        [*argv, "--steps", str(stopped_at + 3), "--resume"], cwd=PROJECT_ROOT, env=child_env(), capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert f"completed: {stopped_at + 3} steps (resumed from step {stopped_at})" in done.stdout.decode()
+    assert sorted(read_adapter(out).tokens) == ["inclusion", "scratches"]
