@@ -469,7 +469,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if not _is_main_process():
         return
     if result.diffusion is not None and result.diffusion.status == "stopped":
-        print(f"\nStopped at diffusion step {result.diffusion.steps}; run the same command to resume from its checkpoint.")
+        print(f"\nStopped at diffusion step {result.diffusion.steps}; run the same command to resume from there.")
         return
     print(f"\nPrior saved to {result.model_dir} (autoencoder L1 {result.autoencoder_l1['all']:.4f}{resumed_text})")
     if result.round_trip_recognition:
