@@ -436,13 +436,22 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     def clean_slab(source_id: int | None) -> SourceInfo | None:
         return next((s for s in service.list_sources(role="clean") if s.id == source_id), None)
 
+    def editor_value(slab: SourceInfo) -> dict[str, Any]:
+        """The mask editor showing the slab, downscaled for the browser, with nothing painted."""
+        path = str(service.preview(slab.path, VIEW_MAX_SIDE))
+        return {"background": path, "layers": [], "composite": path}
+
     def show_source(source_id: int | None):
-        """The slab, downscaled for the browser, in the mask editor and the window picker (window centred)."""
+        """The slab in the mask editor and the window picker (window centred)."""
         slab = clean_slab(source_id)
         if slab is None:
             return None, None, None
-        path = str(service.preview(slab.path, VIEW_MAX_SIDE))
-        return {"background": path, "layers": [], "composite": path}, picker_view(slab, None), None
+        return editor_value(slab), picker_view(slab, None), None
+
+    def restore_slab(source_id: int | None):
+        """After the editor's clear button: the painted mask goes, the chosen slab stays."""
+        slab = clean_slab(source_id)
+        return editor_value(slab) if slab is not None else None
 
     def picker_view(slab: SourceInfo, centre: tuple[float, float] | None, box_text: str | None = None):
         config = GenerationConfig("window")
@@ -607,6 +616,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     refresh_button.click(refresh, picks, picks, api_name="generate_refresh")
     tab.select(refresh, picks, picks, api_name="generate_tab")
     source.change(show_source, source, [source_preview, window_picker, window_centre], api_name="show_source")
+    source_preview.clear(restore_slab, source, source_preview, api_name="restore_slab")
     window_picker.select(pick_window, [source, box_text], [window_picker, window_centre], api_name="pick_window")
     box_text.change(show_boxes, [source, box_text, window_centre], window_picker, api_name="show_boxes")
     strength_inputs = [class_name, auto_place, box_text, source_preview]

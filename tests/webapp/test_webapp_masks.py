@@ -185,6 +185,10 @@ def test_a_click_on_a_wide_slab_moves_the_window_there(service: StudioService, s
         with Image.open(editor["background"]) as shown, Image.open(picker) as outlined:
             assert max(shown.size) <= 768 and outlined.size == shown.size, "a downscaled slab reaches the browser"
             scale = shown.width / wide.width
+        restored = client.predict(wide.id, api_name="/restore_slab")
+        assert restored["layers"] == [] and Path(restored["background"]).name == Path(editor["background"]).name, (
+            "clearing the painted mask keeps the slab"
+        )
         boxed = client.predict(wide.id, "1400,100,1500,150", api_name="/show_boxes")
         with Image.open(boxed) as drawn:
             pixels = np.asarray(drawn.convert("RGB")).astype(int)
