@@ -202,8 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=["pending", "accepted", "rejected", "all"], default="pending")
     listing.add_argument("--class", dest="class_name", default=None)
     listing.add_argument("--source", type=int, default=None, help="Only samples made from this source image id.")
+    listing.add_argument("--batch", default=None, help="Only samples of this batch (see `review batches`).")
     listing.add_argument("--limit", type=int, default=200)
     listing.add_argument("--json", action="store_true")
+    batches = review.add_parser("batches", help="List the newest batches with their pending counts.")
+    batches.add_argument("--limit", type=int, default=50)
+    batches.add_argument("--json", action="store_true")
     accept = review.add_parser("accept", help="Accept samples.")
     accept.add_argument("ids", nargs="+", type=int)
     reject = review.add_parser("reject", help="Reject samples.")
@@ -211,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     reject.add_argument("--reason", default=None)
     undo = review.add_parser("undo", help="Put decided samples back to pending.")
     undo.add_argument("ids", nargs="+", type=int)
-    for review_parser in (listing, accept, reject, undo):
+    for review_parser in (listing, batches, accept, reject, undo):
         add_common(review_parser)
 
     ver = sub.add_parser("verify-export", help="Check an export zip against its manifest.")

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -229,8 +229,9 @@ def list_samples(
     offset: int = 0,
     newest_first: bool = True,
     source_image_id: int | None = None,
+    batch: str | None = None,
 ) -> list[GeneratedSample]:
-    """Samples, optionally only of one class, status and/or source image, a page at a time."""
+    """Samples, optionally only of one class, status, source image and/or batch, a page at a time."""
     order = GeneratedSample.id.desc() if newest_first else GeneratedSample.id
     query = select(GeneratedSample).order_by(order).limit(limit).offset(offset)
     if class_name is not None:
@@ -239,6 +240,8 @@ def list_samples(
         query = query.where(GeneratedSample.status == status)
     if source_image_id is not None:
         query = query.where(GeneratedSample.source_image_id == source_image_id)
+    if batch is not None:
+        query = query.where(GeneratedSample.batch == batch)
     return list(s.scalars(query))
 
 
@@ -250,6 +253,19 @@ def find_sample_by_sha256(s: Session, sha256: str) -> GeneratedSample | None:
 def find_source_by_sha256(s: Session, sha256: str) -> SourceImage | None:
     """The source image stored with this hash, if any."""
     return s.scalars(select(SourceImage).where(SourceImage.sha256 == sha256)).first()
+
+
+def list_batches(s: Session, limit: int = 100) -> list[tuple[str, int, int]]:
+    """(batch, pending samples, all samples) of the newest batches first."""
+    pending = func.sum(case((GeneratedSample.status == "pending", 1), else_=0))
+    query = (
+        select(GeneratedSample.batch, pending, func.count())
+        .where(GeneratedSample.batch.is_not(None))
+        .group_by(GeneratedSample.batch)
+        .order_by(func.max(GeneratedSample.id).desc())
+        .limit(limit)
+    )
+    return [(batch, int(waiting), int(total)) for batch, waiting, total in s.execute(query)]
 
 
 def counts_by_class_and_status(s: Session) -> dict[tuple[str, str], int]:

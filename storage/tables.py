@@ -191,6 +191,8 @@ class GeneratedSample(Base):
     boxes_json: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     realism_score: Mapped[float | None]
     params_json: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The generation it came from: one studio generation or one command-line batch folder (None before 0002).
+    batch: Mapped[str | None] = mapped_column(String, index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reject_reason: Mapped[str | None] = mapped_column(Text)
     decided_by: Mapped[str | None] = mapped_column(String)

@@ -792,6 +792,7 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         with gr.Row():
             class_filter = gr.Dropdown([ALL], value=ALL, label="Class")
             status_filter = gr.Dropdown(STATUS_FILTERS, value=ALL, label="Status")
+            batch_filter = gr.Dropdown([ALL], value=ALL, label="Batch (newest first, with pending counts)")
             refresh_button = gr.Button("Refresh", size="sm")
         counts = gr.Dataframe(headers=COUNT_HEADERS, label="Images per class", interactive=False)
         samples = gr.Dataframe(
@@ -822,9 +823,11 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         live = gr.Timer(REVIEW_REFRESH_S)
 
     @domain_errors
-    def view(class_name: str, status: str):
+    def view(class_name: str, status: str, batch: str = ALL):
         dataset = service.dataset_view(
-            None if class_name in (None, ALL) else class_name, None if status in (None, ALL) else status
+            None if class_name in (None, ALL) else class_name,
+            None if status in (None, ALL) else status,
+            batch=None if batch in (None, ALL) else batch,
         )
         count_rows = [[c.class_name, c.real, c.pending, c.accepted, c.rejected] for c in dataset.counts]
         sample_rows = [
@@ -834,7 +837,8 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
             for r in dataset.rows
         ]
         names = [ALL, *sorted({c.class_name for c in dataset.counts} | set(service.trainable_classes()))]
-        return gr.update(choices=names), count_rows, sample_rows
+        batches = [(ALL, ALL), *((b.label, b.name) for b in service.batches())]
+        return gr.update(choices=names), gr.update(choices=batches), count_rows, sample_rows
 
     @domain_errors
     def show(sample_id: int | None):
@@ -857,47 +861,60 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         return int(row[0]) if row else gr.update()
 
     @domain_errors
-    def next_pending(current: int | None, class_name: str):
-        queue = service.review_queue("pending", None if class_name in (None, ALL) else class_name, limit=1000)
+    def next_pending(current: int | None, class_name: str, batch: str = ALL):
+        queue = service.review_queue(
+            "pending",
+            None if class_name in (None, ALL) else class_name,
+            limit=1000,
+            batch=None if batch in (None, ALL) else batch,
+        )
         if not queue:
             raise gr.Error("Nothing is pending: every sample has been decided.")
         later = [row.id for row in queue if current is None or row.id > int(current)]
         return later[0] if later else queue[0].id
 
     def decide_as(status: str):
-        @errors_shown_in(0, 8)
-        def decide(sample_id: int | None, reason: str, class_name: str, status_name: str, request: gr.Request = None):
+        @errors_shown_in(0, 9)
+        def decide(
+            sample_id: int | None,
+            reason: str,
+            class_name: str,
+            status_name: str,
+            batch: str = ALL,
+            request: gr.Request = None,
+        ):
             if sample_id is None:
                 raise gr.Error("Enter a sample id or click a row first.")
             if status == "undo":
                 result = service.undo(int(sample_id), user_of(request))
             else:
                 result = service.decide(int(sample_id), status, reason, user_of(request))
-            return result.message, "", *show(sample_id), *view(class_name, status_name)
+            return result.message, "", *show(sample_id), *view(class_name, status_name, batch)
 
         return decide
 
-    def keep_view(class_name: str, status: str):
+    def keep_view(class_name: str, status: str, batch: str):
         try:
-            return view(class_name, status)
+            return view(class_name, status, batch)
         except gr.Error:
-            return gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update()
 
-    filters = [class_filter, status_filter]
-    listed = [class_filter, counts, samples]
+    filters = [class_filter, status_filter, batch_filter]
+    listed = [class_filter, batch_filter, counts, samples]
     refresh_button.click(view, filters, listed, api_name="dataset_view")
     class_filter.input(view, filters, listed, api_name="dataset_filter_class")
     status_filter.input(view, filters, listed, api_name="dataset_filter_status")
+    batch_filter.input(view, filters, listed, api_name="dataset_filter_batch")
     tab.select(view, filters, listed, api_name="dataset_tab")
     show_button.click(show, sample_id, [image, side_by_side, details], api_name="sample_details")
     sample_id.submit(show, sample_id, [image, side_by_side, details], api_name="sample_details_submit")
     samples.select(pick_row, None, sample_id, api_name="dataset_pick_row").then(
         show, sample_id, [image, side_by_side, details], api_name="dataset_show_row"
     )
-    next_button.click(next_pending, [sample_id, class_filter], sample_id, api_name="review_next").success(
+    next_button.click(next_pending, [sample_id, class_filter, batch_filter], sample_id, api_name="review_next").success(
         show, sample_id, [image, side_by_side, details], api_name="review_show_next"
     )
-    deciding = [sample_id, review_reason, class_filter, status_filter]
+    deciding = [sample_id, review_reason, class_filter, status_filter, batch_filter]
     decided = [review_message, review_reason, image, side_by_side, details, *listed]
     accept_button.click(decide_as("accepted"), deciding, decided, api_name="review_accept")
     reject_button.click(decide_as("rejected"), deciding, decided, api_name="review_reject")

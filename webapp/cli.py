@@ -67,7 +67,7 @@ def review_command(service: StudioService, args: argparse.Namespace) -> None:
     """`launch.py review list|accept|reject|undo`: the review queue for scripts and overnight batches."""
     if args.review_command == "list":
         status = None if args.status == "all" else args.status
-        rows = service.review_queue(status, args.class_name, args.source, args.limit)
+        rows = service.review_queue(status, args.class_name, args.source, args.limit, batch=args.batch)
         if args.json:
             print(json.dumps([asdict(row) for row in rows], indent=2))
             return
@@ -79,6 +79,15 @@ def review_command(service: StudioService, args: argparse.Namespace) -> None:
                 f"{row.seed:<4}  {row.created_by}"
             )
         print(f"{len(rows)} sample(s)")
+        return
+    if args.review_command == "batches":
+        batches = service.batches(args.limit)
+        if args.json:
+            print(json.dumps([asdict(batch) for batch in batches], indent=2))
+            return
+        print(f"{'pending':>7} {'total':>6}  batch")
+        for batch in batches:
+            print(f"{batch.pending:>7} {batch.total:>6}  {batch.name}")
         return
     user = cli_user()
     failed = 0

@@ -108,7 +108,7 @@ def test_two_app_instances_on_one_database_lose_no_decision_and_log_every_attemp
         assert not errors, errors
 
         # Each instance reads the other's decisions without a reload.
-        _, _, rows = clients["alice"].predict("All", "All", api_name="/dataset_view")
+        _, _, _, rows = clients["alice"].predict("All", "All", "All", api_name="/dataset_view")
         shown = {row[0]: row[2] for row in rows["data"]}
         for client in clients.values():
             client.close()

@@ -41,7 +41,7 @@ def test_upload_generate_accept_export_through_the_client(service: StudioService
         # A refused request says why next to the controls and leaves the other panels as they were.
         *_, refused = client.predict(source.id, "scratches", 0.05, 1, 2, 0, api_name="/generate")
         assert refused.startswith("⚠️") and "steps × strength must be at least 1" in refused
-        _, counts, rows = client.predict("All", "All", api_name="/dataset_view")
+        _, _, counts, rows = client.predict("All", "All", "All", api_name="/dataset_view")
         assert counts["data"] == [["scratches", 0, 0, 1, 1]] and len(rows["data"]) == 2
         _, _, details = client.predict(first, api_name="/sample_details")
         assert details["parameters"]["seed"] == 0 and details["decisions"][0]["user"] == "local"

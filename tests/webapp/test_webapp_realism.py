@@ -160,7 +160,7 @@ def test_the_ui_captions_sorts_and_rejects_the_flagged_candidates(service, slab_
         assert {r.reject_reason for r in rows if r.status == "rejected"} == {REALISM_REJECT_REASON}
         assert not any(item["caption"].endswith("pre-rejected") for item in gallery["value"])
 
-        _, _, table = client.predict("All", "All", api_name="/dataset_view")
+        _, _, _, table = client.predict("All", "All", "All", api_name="/dataset_view")
         column = SAMPLE_HEADERS.index("realism")
         assert table["headers"] == SAMPLE_HEADERS
         assert sorted(row[column] for row in table["data"]) == sorted(round(r.realism_score, 3) for r in rows)

@@ -75,3 +75,40 @@ def test_export_and_review_refuse_a_folder_without_a_studio(tmp_path: Path, caps
     assert launch.main(["review", "list", "--data-dir", str(missing)]) == 2
     assert "No studio in" in capsys.readouterr().err
     assert not missing.exists(), "nothing is created by a mistyped --data-dir"
+
+
+def test_the_review_queue_filters_by_batch_across_the_command_line_and_the_studio(
+    tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_dataset: Path, slab_png, capsys
+) -> None:
+    from engine.config import GenerationConfig
+    from webapp.studio import StudioService
+
+    data = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_model)]
+    generate = [
+        "generate", *data, "--adapter", str(tiny_adapter), "--token", "scratches",
+        "--init", str(tiny_dataset / "scratches"), "--num", "2", "--steps", "2", "--realism-threshold", "off",
+    ]  # fmt: skip
+    assert launch.main([*generate, "--seed", "0"]) == 0
+    assert launch.main([*generate, "--seed", "100"]) == 0
+    service = StudioService(tmp_path / "data", str(tiny_model))
+    try:
+        service.register_adapter(tiny_adapter)
+        slab = service.upload_images([("slab.png", slab_png(48, 40))], "clean", None, "alice").sources[0]
+        outcome = service.generate_candidates(slab.id, GenerationConfig("scratches", 3, 0.6, 2), "alice")
+        service.decide(outcome.sample_ids[0], "accepted", None, "alice")
+        capsys.readouterr()
+
+        assert launch.main(["review", "batches", *data, "--json"]) == 0
+        batches = json.loads(capsys.readouterr().out)
+        assert [(b["pending"], b["total"]) for b in batches] == [(2, 3), (2, 2), (2, 2)], "newest first"
+        studio_batch, second, first = (b["name"] for b in batches)
+        assert "scratches on slab" in studio_batch and second.startswith("command line ") and second != first
+
+        assert launch.main(["review", "list", *data, "--batch", first, "--json"]) == 0
+        assert [row["id"] for row in json.loads(capsys.readouterr().out)] == [1, 2]
+        assert [row.id for row in service.review_queue("pending", batch=studio_batch)] == outcome.sample_ids[1:]
+        view = service.dataset_view(batch=studio_batch)
+        assert [row.id for row in view.rows] == outcome.sample_ids[::-1]
+        assert {row.batch for row in view.rows} == {studio_batch}
+    finally:
+        service.close()

@@ -6,6 +6,7 @@ from webapp.studio.finetune import MASKED_LOSS_BACKGROUND_WEIGHT
 from webapp.studio.realism import REALISM_REJECT_REASON, check_realism_threshold
 from webapp.studio.results import (
     AdapterVersionInfo,
+    BatchInfo,
     CandidateInfo,
     ClassCounts,
     ClassInfo,
@@ -29,6 +30,7 @@ __all__ = [
     "MASKED_LOSS_BACKGROUND_WEIGHT",
     "REALISM_REJECT_REASON",
     "AdapterVersionInfo",
+    "BatchInfo",
     "CandidateInfo",
     "ClassCounts",
     "ClassInfo",

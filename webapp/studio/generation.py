@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from engine.config import GenerationConfig
 from engine.progress import ProgressFn
 from storage import repository
 from storage.files import sha256_hex
+from storage.tables import utc_now
 from webapp.studio.classes import check_class_name
 from webapp.studio.context import StudioContext, require_source
 from webapp.studio.realism import Realism, check_realism_threshold
@@ -98,6 +100,7 @@ class Generation:
             mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
             stored.append((candidate, self.files.put(candidate.png_bytes(), ".png"), mask_sha256, score, flagged))
         duplicate_seeds = []
+        batch = f"{utc_now():%Y-%m-%d %H:%M:%S} {config.class_name} on slab {source_id} ({secrets.token_hex(2)})"
         with self.database.transaction() as s:
             candidates = []
             for candidate, sha256, mask_sha256, score, flagged in stored:
@@ -132,6 +135,7 @@ class Generation:
                     boxes_json=boxes,
                     realism_score=score["score"] if score is not None else None,
                     params_json=params,
+                    batch=batch,
                     created_by=user,
                 )
                 candidates.append(
@@ -215,6 +219,7 @@ class Generation:
                         "source_sha256": source_sha256_of[source.id],
                         "batch_folder": str(folder.resolve()),
                     },
+                    batch=f"command line {folder.name}",
                     created_by=user,
                 )
                 sample_ids.append(sample.id)

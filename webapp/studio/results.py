@@ -184,6 +184,20 @@ class SampleRow:
     # A masked repaint's background preservation outside the mask (dB) and mean change inside it (0-1).
     background_psnr: float | None = None
     mask_change: float | None = None
+    batch: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """One batch of samples: a studio generation or a command-line batch, with its pending and total counts."""
+
+    name: str
+    pending: int
+    total: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} · {self.pending} of {self.total} pending"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from storage.tables import SAMPLE_STATUSES
 from webapp.previews import THUMBNAIL_MAX_SIDE, VIEW_MAX_SIDE, ReviewViews, review_views, thumbnail
 from webapp.studio.context import StudioContext, require_sample
 from webapp.studio.realism import REALISM_REJECT_REASON, check_realism_threshold
-from webapp.studio.results import ClassCounts, DatasetView, DecisionResult, SampleDetails, SampleRow
+from webapp.studio.results import BatchInfo, ClassCounts, DatasetView, DecisionResult, SampleDetails, SampleRow
 from webapp.studio.sources import Sources
 
 
@@ -76,24 +76,32 @@ class Review:
         source_id: int | None = None,
         limit: int = 200,
         offset: int = 0,
+        batch: str | None = None,
     ) -> list[SampleRow]:
-        """Samples of every batch, oldest first, by status (None: all), class and source: the review queue."""
+        """Samples of every batch, oldest first, by status (None: all), class, source and batch: the review queue."""
         if status is not None and status not in SAMPLE_STATUSES:
             raise ValueError(f"Status must be one of {', '.join(SAMPLE_STATUSES)}, got {status!r}.")
         with self.database.session() as s:
             samples = repository.list_samples(
-                s, class_name, status, limit, offset, newest_first=False, source_image_id=source_id
+                s, class_name, status, limit, offset, newest_first=False, source_image_id=source_id, batch=batch
             )
             return [sample_row(x) for x in samples]
 
-    def dataset_view(self, class_name: str | None = None, status: str | None = None, limit: int = 200) -> DatasetView:
+    def dataset_view(
+        self, class_name: str | None = None, status: str | None = None, limit: int = 200, batch: str | None = None
+    ) -> DatasetView:
         """Counts per class (real images and samples by status) and the newest samples matching the filters."""
         if status is not None and status not in SAMPLE_STATUSES:
             raise ValueError(f"Status must be one of {', '.join(SAMPLE_STATUSES)}, got {status!r}.")
         counts = self.class_counts()
         with self.database.session() as s:
-            rows = [sample_row(x) for x in repository.list_samples(s, class_name, status, limit=limit)]
+            rows = [sample_row(x) for x in repository.list_samples(s, class_name, status, limit=limit, batch=batch)]
         return DatasetView(counts, rows)
+
+    def batches(self, limit: int = 100) -> list[BatchInfo]:
+        """The newest batches (studio generations and command-line batches) with how many samples wait in each."""
+        with self.database.session() as s:
+            return [BatchInfo(name, pending, total) for name, pending, total in repository.list_batches(s, limit)]
 
     def class_counts(self) -> list[ClassCounts]:
         """Images per class: uploaded real defects and generated samples by review status."""
@@ -174,4 +182,5 @@ def sample_row(sample) -> SampleRow:
         sample.realism_score,
         quality.get("background_psnr"),
         quality.get("mask_change"),
+        sample.batch,
     )

@@ -24,6 +24,7 @@ from webapp.studio.generation import Generation
 from webapp.studio.realism import Realism
 from webapp.studio.results import (
     AdapterVersionInfo,
+    BatchInfo,
     ClassCounts,
     ClassInfo,
     DatasetView,
@@ -210,13 +211,20 @@ class StudioService:
         source_id: int | None = None,
         limit: int = 200,
         offset: int = 0,
+        batch: str | None = None,
     ) -> list[SampleRow]:
-        """Samples of every batch, oldest first, by status (None: all), class and source: the review queue."""
-        return self.review.review_queue(status, class_name, source_id, limit, offset)
+        """Samples of every batch, oldest first, by status (None: all), class, source and batch: the review queue."""
+        return self.review.review_queue(status, class_name, source_id, limit, offset, batch)
 
-    def dataset_view(self, class_name: str | None = None, status: str | None = None, limit: int = 200) -> DatasetView:
+    def dataset_view(
+        self, class_name: str | None = None, status: str | None = None, limit: int = 200, batch: str | None = None
+    ) -> DatasetView:
         """Counts per class (real images and samples by status) and the newest samples matching the filters."""
-        return self.review.dataset_view(class_name, status, limit)
+        return self.review.dataset_view(class_name, status, limit, batch)
+
+    def batches(self, limit: int = 100) -> list[BatchInfo]:
+        """The newest batches (studio generations and command-line batches) with how many samples wait in each."""
+        return self.review.batches(limit)
 
     def class_counts(self) -> list[ClassCounts]:
         """Images per class: uploaded real defects and generated samples by review status."""
