@@ -150,7 +150,14 @@ def train(
     out = Path(config.output_dir)
 
     # 1. Accelerator and seed
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, project_dir=str(out), cpu=_cpu_only())
+    # The learning-rate schedule counts optimizer steps: without step_scheduler_with_optimizer=False Accelerate steps
+    # it once per process, so N processes would run through it N times faster.
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        project_dir=str(out),
+        cpu=_cpu_only(),
+        step_scheduler_with_optimizer=False,
+    )
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     if main:
@@ -225,7 +232,7 @@ def train(
 
     # 5. Optimizer, schedule, prepare
     optimizer = torch.optim.AdamW(param_groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config))
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config))
     unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
     if ema is not None:
         ema.to(accelerator.device)
@@ -434,7 +441,9 @@ def _diffusion_loss(
     return (per_sample * snr_weights).mean()
 
 
-def _warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
+def warmup_cosine(config: TrainConfig) -> Callable[[int], float]:
+    """The learning-rate factor at an optimizer step: linear warmup, then cosine down to a tenth."""
+
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / max(1, config.lr_warmup_steps))
         return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / config.max_train_steps, 1.0))))

@@ -49,7 +49,8 @@ def test_two_process_finetune_shards_batches_writes_one_adapter_and_resumes(
 ) -> None:
     from engine.generation.generate import GenerationConfig, generate
     from engine.generation.pipeline import load_pipeline
-    from engine.training.loop import latest_checkpoint
+    from engine.config import TrainConfig
+    from engine.training.loop import warmup_cosine, latest_checkpoint
 
     run = tmp_path / "run"
     done = torchrun(2, *_finetune_args(tiny_model, tiny_dataset, run, 10))
@@ -62,6 +63,10 @@ def test_two_process_finetune_shards_batches_writes_one_adapter_and_resumes(
     assert entry["processes"] == 2 and entry["images_per_s_per_process"] > 0
     first, second = entry["batch_by_process"]
     assert len(first) == len(second) == 2 and first != second, "each process trains on its own share of the batch"
+    config = TrainConfig.load(run / "config.json")
+    factor = warmup_cosine(config)(10)
+    expected = [rate * factor for rate in (config.ti_learning_rate, config.lora_learning_rate)]
+    assert min(abs(entry["lr"] - rate) for rate in expected) < 1e-9, "one schedule step per optimizer step"
     checkpoint = latest_checkpoint(run)
     assert checkpoint.name == "checkpoint-10"
     random_states = sorted(p.name for p in checkpoint.glob("random_states_*.pkl"))
@@ -88,7 +93,8 @@ def test_two_process_finetune_shards_batches_writes_one_adapter_and_resumes(
 def test_an_interrupted_two_process_finetune_resumes_from_its_last_checkpoint(
     tiny_model: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from engine.training.loop import latest_checkpoint
+    from engine.config import TrainConfig
+    from engine.training.loop import warmup_cosine, latest_checkpoint
 
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--"]
