@@ -7,7 +7,9 @@ import io
 import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -46,114 +48,99 @@ class Generation:
 
         With a `mask` (the slab's size, white = repaint) or `config.auto_place`, only the masked region is
         repainted; each sample then stores its mask (file store) and the boxes of the mask's components.
-        Each candidate's repainted region gets a realism score (see `realism_scorer`), stored in its row and,
+        Each candidate's repainted region gets a realism score (see `Realism.scorer`), stored in its row and,
         with the class probability and predicted class, in its params. Candidates scoring below
         `realism_threshold` are flagged "pre_rejected" but stay pending: the user decides.
         """
         from engine.generation.generate import generate
-        from engine.masks import repainted_region
 
         # 1. Check inputs
         threshold = check_realism_threshold(realism_threshold)
-        with self.database.session() as s:
-            source = require_source(s, source_id)
-            if source.role != "clean":
-                raise ValueError(f"Image {source_id} is a real defect; generate on a clean slab.")
-            if repository.get_defect_class(s, config.class_name) is None:
-                known = ", ".join(c.name for c in repository.list_defect_classes(s)) or "none yet"
-                raise ValueError(f"Unknown defect class {config.class_name!r}; known classes: {known}.")
-            adapter = repository.active_adapter(s, config.class_name)
-            if adapter is None:
-                raise ValueError(f"Class {config.class_name!r} has no trained adapter yet; fine-tune it first.")
-            source_sha256, adapter_path, adapter_version = source.sha256, adapter.path, adapter.version
-        with Image.open(io.BytesIO(self.files.read(source_sha256))) as opened:
-            init_image = opened.copy()
+        slab = self._slab_and_adapter(source_id, config.class_name)
 
         # 2. Generate
         with self.ctx.model_lock:
-            pipe = self.ctx.pipeline(adapter_path)
-            result = generate(pipe, init_image, config, progress, mask=mask)
+            result = generate(self.ctx.pipeline(slab.adapter_path), slab.image, config, progress, mask=mask)
 
-        # 3. Score each candidate against the class's real images
-        crops = [repainted_region(c.image, c.params) for c in result.candidates]
-        realism = self.realism.score(config.class_name, crops)
-        # The untouched slab's score on the same region: the baseline a candidate's score is read against.
-        untouched = repainted_region(init_image.convert("RGB"), result.candidates[0].params)
-        baseline = (self.realism.score(config.class_name, [untouched])[0] or {}).get("score")
+        # 3. Score each candidate against the class's real images, and note what made it
+        baseline = self._score_candidates(result.candidates, slab, config.class_name, threshold)
 
-        # 4. Store each candidate (PNG with its parameters, realism included, and its mask) and its row
-        stored = []
-        for candidate, score in zip(result.candidates, realism, strict=True):
-            # One hash per source everywhere (PNG metadata, manifest, lineage): the stored file's.
-            candidate.params.update(
-                adapter_version=adapter_version,
-                adapter_folder=Path(adapter_path).name,
-                source_image_id=source_id,
-                source_sha256=source_sha256,
-            )
-            flagged = threshold is not None and score is not None and score["score"] < threshold
-            if score is not None:
-                candidate.params["realism"] = {**score, "untouched_source_score": baseline}
-            if threshold is not None:
-                candidate.params.update(realism_threshold=threshold, pre_rejected=flagged)
-            mask_png = candidate.mask_png()
-            mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
-            stored.append((candidate, self.files.put(candidate.png_bytes(), ".png"), mask_sha256, score, flagged))
-        duplicate_seeds = []
+        # 4. Store the images, then the rows in one transaction (identical candidates are skipped)
+        files = [self._put_files(candidate) for candidate in result.candidates]
         batch = f"{utc_now():%Y-%m-%d %H:%M:%S} {config.class_name} on slab {source_id} ({secrets.token_hex(2)})"
+        candidates, duplicate_seeds = [], []
         with self.database.transaction() as s:
-            candidates = []
-            for candidate, sha256, mask_sha256, score, flagged in stored:
+            for candidate, (sha256, mask_sha256) in zip(result.candidates, files, strict=True):
                 if repository.find_sample_by_sha256(s, sha256) is not None:
                     duplicate_seeds.append(candidate.seed)
                     continue
-                params = candidate.params
-                window = params["window"]
-                # A masked repaint's boxes are its mask's components. A whole-window img2img has none: its defect
-                # may lie anywhere in the window, and a box must mean "the defect is here" (as the CLI writes it).
-                boxes = params.get("boxes", [])
                 sample = repository.add_sample(
                     s,
+                    **sample_columns(candidate.params),
                     sha256=sha256,
                     class_name=config.class_name,
                     source_image_id=source_id,
-                    model_hash=params["model_hash"],
-                    model_ref=params["model_ref"],
-                    token=params["token"],
-                    adapter_path=adapter_path,
-                    adapter_version=adapter_version,
-                    strength=config.strength,
-                    steps=config.steps,
-                    guidance=config.guidance_scale,
-                    seed=candidate.seed,
-                    prompt=params["prompt"],
-                    negative_prompt=params["negative_prompt"],
-                    width=params["width"],
-                    height=params["height"],
-                    window_json=window,
+                    adapter_path=slab.adapter_path,
+                    adapter_version=slab.adapter_version,
                     mask_sha256=mask_sha256,
-                    boxes_json=boxes,
-                    realism_score=score["score"] if score is not None else None,
-                    params_json=params,
+                    params_json=candidate.params,
                     batch=batch,
                     created_by=user,
                 )
-                candidates.append(
-                    CandidateInfo(
-                        sample.id,
-                        candidate.seed,
-                        self.files.path(sha256),
-                        realism_score=score["score"] if score is not None else None,
-                        class_probability=score["class_probability"] if score is not None else None,
-                        predicted_class=score["predicted_class"] if score is not None else None,
-                        suggested="reject" if flagged else None,
-                    )
-                )
+                candidates.append(candidate_info(sample.id, candidate.seed, self.files.path(sha256), candidate.params))
         if duplicate_seeds:
             logger.warning("Skipped %d candidate(s) identical to stored samples.", len(duplicate_seeds))
         return GenerationOutcome(
             source_id, config.class_name, candidates, result.wall_time_s, duplicate_seeds, baseline
         )
+
+    def _slab_and_adapter(self, source_id: int, class_name: str) -> _Slab:
+        """The clean slab's image and the class's active adapter; ValueError if either is missing."""
+        with self.database.session() as s:
+            source = require_source(s, source_id)
+            if source.role != "clean":
+                raise ValueError(f"Image {source_id} is a real defect; generate on a clean slab.")
+            if repository.get_defect_class(s, class_name) is None:
+                known = ", ".join(c.name for c in repository.list_defect_classes(s)) or "none yet"
+                raise ValueError(f"Unknown defect class {class_name!r}; known classes: {known}.")
+            adapter = repository.active_adapter(s, class_name)
+            if adapter is None:
+                raise ValueError(f"Class {class_name!r} has no trained adapter yet; fine-tune it first.")
+            source_sha256, adapter_path, adapter_version = source.sha256, adapter.path, adapter.version
+        with Image.open(io.BytesIO(self.files.read(source_sha256))) as opened:
+            image = opened.copy()
+        return _Slab(source_id, source_sha256, image, adapter_path, adapter_version)
+
+    def _score_candidates(
+        self, candidates: list, slab: _Slab, class_name: str, threshold: float | None
+    ) -> float | None:
+        """Put each candidate's realism, lineage and flag into its params; returns the untouched slab's score on the
+        same region (the baseline a candidate's score is read against)."""
+        from engine.masks import repainted_region
+
+        realism = self.realism.score(class_name, [repainted_region(c.image, c.params) for c in candidates])
+        untouched = repainted_region(slab.image.convert("RGB"), candidates[0].params)
+        baseline = (self.realism.score(class_name, [untouched])[0] or {}).get("score")
+        for candidate, score in zip(candidates, realism, strict=True):
+            # One hash per source everywhere (PNG metadata, manifest, lineage): the stored file's.
+            candidate.params.update(
+                adapter_version=slab.adapter_version,
+                adapter_folder=Path(slab.adapter_path).name,
+                source_image_id=slab.source_id,
+                source_sha256=slab.sha256,
+            )
+            if score is not None:
+                candidate.params["realism"] = {**score, "untouched_source_score": baseline}
+            if threshold is not None:
+                flagged = score is not None and score["score"] < threshold
+                candidate.params.update(realism_threshold=threshold, pre_rejected=flagged)
+        return baseline
+
+    def _put_files(self, candidate) -> tuple[str, str | None]:
+        """Store a candidate's PNG (its parameters inside) and its mask; returns their hashes."""
+        mask_png = candidate.mask_png()
+        mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
+        return self.files.put(candidate.png_bytes(), ".png"), mask_sha256
 
     def store_generated(
         self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str
@@ -190,29 +177,15 @@ class Generation:
                 source = source_of.get(params["init"]["sources"][0]) if "init" in params else sources[0]
                 mask_path = path.with_name(path.stem + MASK_SUFFIX)
                 mask_sha256 = self.files.put(mask_path.read_bytes(), ".png") if mask_path.exists() else None
-                realism = params.get("realism") or {}
                 sample = repository.add_sample(
                     s,
+                    **sample_columns(params),
                     sha256=self.files.put(data, ".png"),
                     class_name=class_name,
                     source_image_id=source.id,
-                    model_hash=params["model_hash"],
-                    model_ref=params["model_ref"],
-                    token=params["token"],
                     adapter_path=params.get("adapter_path"),
                     adapter_version=version if isinstance(version := params.get("adapter_version"), int) else None,
-                    strength=params["strength"],
-                    steps=params["steps"],
-                    guidance=params["guidance_scale"],
-                    seed=params["seed"],
-                    prompt=params["prompt"],
-                    negative_prompt=params["negative_prompt"],
-                    width=params["width"],
-                    height=params["height"],
-                    window_json=params["window"],
                     mask_sha256=mask_sha256,
-                    boxes_json=params.get("boxes", []),
-                    realism_score=realism.get("score"),
                     params_json={
                         **params,
                         "source_image_id": source.id,
@@ -224,3 +197,52 @@ class Generation:
                 )
                 sample_ids.append(sample.id)
         return StoredBatch(sample_ids, duplicates, sources)
+
+
+@dataclass(frozen=True)
+class _Slab:
+    """A clean slab to generate on, with the class's active adapter."""
+
+    source_id: int
+    sha256: str
+    image: Image.Image
+    adapter_path: str
+    adapter_version: int
+
+
+def sample_columns(params: dict[str, Any]) -> dict[str, Any]:
+    """The sample row's columns that a candidate's parameters give, for studio and command-line batches alike.
+
+    A masked repaint's boxes are its mask's components. A whole-window img2img has none: its defect may lie anywhere
+    in the window, and a box must mean "the defect is here".
+    """
+    return {
+        "model_hash": params["model_hash"],
+        "model_ref": params["model_ref"],
+        "token": params["token"],
+        "strength": params["strength"],
+        "steps": params["steps"],
+        "guidance": params["guidance_scale"],
+        "seed": params["seed"],
+        "prompt": params["prompt"],
+        "negative_prompt": params["negative_prompt"],
+        "width": params["width"],
+        "height": params["height"],
+        "window_json": params["window"],
+        "boxes_json": params.get("boxes", []),
+        "realism_score": (params.get("realism") or {}).get("score"),
+    }
+
+
+def candidate_info(sample_id: int, seed: int, path: Path, params: dict[str, Any]) -> CandidateInfo:
+    """A stored candidate as the UI shows it: its realism and whether the threshold flagged it."""
+    realism = params.get("realism") or {}
+    return CandidateInfo(
+        sample_id,
+        seed,
+        path,
+        realism_score=realism.get("score"),
+        class_probability=realism.get("class_probability"),
+        predicted_class=realism.get("predicted_class"),
+        suggested="reject" if params.get("pre_rejected") else None,
+    )
