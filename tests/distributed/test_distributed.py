@@ -47,10 +47,10 @@ def _log(run: Path) -> list[dict]:
 def test_two_process_finetune_shards_batches_writes_one_adapter_and_resumes(
     tiny_model: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
+    from engine.config import TrainConfig
     from engine.generation.generate import GenerationConfig, generate
     from engine.generation.pipeline import load_pipeline
-    from engine.config import TrainConfig
-    from engine.training.loop import warmup_cosine, latest_checkpoint
+    from engine.training.loop import latest_checkpoint, warmup_cosine
 
     run = tmp_path / "run"
     done = torchrun(2, *_finetune_args(tiny_model, tiny_dataset, run, 10))
@@ -93,8 +93,7 @@ def test_two_process_finetune_shards_batches_writes_one_adapter_and_resumes(
 def test_an_interrupted_two_process_finetune_resumes_from_its_last_checkpoint(
     tiny_model: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    from engine.config import TrainConfig
-    from engine.training.loop import warmup_cosine, latest_checkpoint
+    from engine.training.loop import latest_checkpoint
 
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--"]

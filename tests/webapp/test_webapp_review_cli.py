@@ -9,14 +9,19 @@ from pathlib import Path
 import launch
 
 
+def generate_into_studio(data: list[str], adapter: Path, dataset: Path, num: int) -> list[str]:
+    """`generate` of `num` scratches from the tiny dataset into the studio of `data` (no --out)."""
+    return [
+        "generate", *data, "--adapter", str(adapter), "--token", "scratches",
+        "--init", str(dataset / "scratches"), "--num", str(num), "--steps", "2", "--realism-threshold", "off",
+    ]  # fmt: skip
+
+
 def test_a_batch_generated_into_the_studio_is_reviewed_and_exported_from_the_command_line(
     tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_dataset: Path, capsys
 ) -> None:
     data = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_model)]
-    generate = [
-        "generate", *data, "--adapter", str(tiny_adapter), "--token", "scratches",
-        "--init", str(tiny_dataset / "scratches"), "--num", "4", "--steps", "2", "--realism-threshold", "off",
-    ]  # fmt: skip
+    generate = generate_into_studio(data, tiny_adapter, tiny_dataset, 4)
     assert launch.main(generate) == 0
     out = capsys.readouterr().out
     assert "Stored 4 pending samples (ids 1-4)" in out
@@ -84,10 +89,7 @@ def test_the_review_queue_filters_by_batch_across_the_command_line_and_the_studi
     from webapp.studio import StudioService
 
     data = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_model)]
-    generate = [
-        "generate", *data, "--adapter", str(tiny_adapter), "--token", "scratches",
-        "--init", str(tiny_dataset / "scratches"), "--num", "2", "--steps", "2", "--realism-threshold", "off",
-    ]  # fmt: skip
+    generate = generate_into_studio(data, tiny_adapter, tiny_dataset, 2)
     assert launch.main([*generate, "--seed", "0"]) == 0
     assert launch.main([*generate, "--seed", "100"]) == 0
     service = StudioService(tmp_path / "data", str(tiny_model))
