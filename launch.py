@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     app = sub.add_parser("app", help="Start the web app (the default command).")
     add_app_arguments(app)
 
+    add_generate_parser(sub)
+    add_training_parsers(sub)
+    add_studio_parsers(sub)
+    add_evaluate_parsers(sub)
+    return parser
+
+
+def add_generate_parser(sub) -> None:
+    """`generate`: image-oriented generation into a folder or into the studio."""
     gen = sub.add_parser("generate", help="Generate defect images from init images (image-oriented).")
     add_common(gen)
     gen.add_argument("--token", required=True, help="Defect class (its learned token), e.g. crazing.")
@@ -111,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--auto-place", action="store_true", help="Repaint only masks placed like the class's real defects."
     )
 
+
+def add_training_parsers(sub) -> None:
+    """`finetune` (tokens + LoRA on a folder) and `pretrain` (the steel prior)."""
     ft = sub.add_parser("finetune", help="Learn one token per class plus LoRA from <class>/<images>.")
     add_common(ft)
     ft.add_argument("--dataset", required=True, type=Path)
@@ -169,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument("--vflip", action="store_true", help="Train on vertical mirrors too (4x the images with hflip).")
 
+
+def add_studio_parsers(sub) -> None:
+    """The commands over a studio's data folder: `import`, `export`, `review`, `verify-export`, `add-user`."""
     imp = sub.add_parser("import", help="Import images into the studio's dataset.")
     add_common(imp)
     imp.add_argument("--images", required=True, type=Path)
@@ -227,9 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument(
         "--password-stdin", action="store_true", help="Read the password from standard input instead of a prompt."
     )
-
-    add_evaluate_parsers(sub)
-    return parser
 
 
 def add_evaluate_parsers(sub) -> None:
