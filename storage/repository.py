@@ -116,6 +116,16 @@ def list_source_images(
     return list(s.scalars(query))
 
 
+def source_counts_by_class(s: Session, role: str = "defect") -> dict[str, int]:
+    """Number of source images of a role per class (images without a class are left out)."""
+    query = (
+        select(SourceImage.class_name, func.count())
+        .where(SourceImage.role == role, SourceImage.class_name.is_not(None))
+        .group_by(SourceImage.class_name)
+    )
+    return {class_name: count for class_name, count in s.execute(query)}
+
+
 def source_sample_counts(s: Session, source_image_id: int) -> dict[str, int]:
     """How many samples made from this source image are pending, accepted and rejected."""
     query = (

@@ -33,6 +33,7 @@ from storage.repository import (
     record_export,
     register_adapter_version,
     set_default_strength,
+    source_counts_by_class,
     start_run,
     undo_decision,
 )
@@ -218,6 +219,8 @@ def test_listing_counting_and_dataset_snapshot(db: Database, sample_fields: Samp
             ("crazing", "pending"): 1,
             ("scratches", "accepted"): 1,
         }
+        assert source_counts_by_class(s) == {"crazing": 1, "scratches": 1}
+        assert source_counts_by_class(s, "clean") == {}
         assert [x.id for x in list_samples(s, class_name="crazing", status="accepted")] == [ids[1], ids[0]]
         assert [x.id for x in list_samples(s, limit=2, offset=1, newest_first=False)] == [ids[1], ids[2]]
         snapshot = dataset_snapshot(s, ["crazing"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.adapters import DEFAULT_STRENGTH, EMBEDDED_TOKENS, is_adapter, proposed_strength, read_adapter
 from storage import repository
-from webapp.studio.context import PAGE_SIZE, StudioContext, all_pages
+from webapp.studio.context import StudioContext
 from webapp.studio.results import AdapterVersionInfo, ClassInfo
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,5 @@ class Classes:
         """Class names with a learned token or uploaded real defect images: what a fine-tune can learn."""
         with self.database.session() as s:
             known = {c.name for c in repository.list_defect_classes(s)}
-            defects = all_pages(lambda offset: repository.list_source_images(s, "defect", None, PAGE_SIZE, offset))
-            uploaded = {row.class_name for row in defects if row.class_name}
+            uploaded = set(repository.source_counts_by_class(s, "defect"))
         return sorted(known | uploaded)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,14 +104,13 @@ class Review:
 
     def class_counts(self) -> list[ClassCounts]:
         """Images per class: uploaded real defects and generated samples by review status."""
-        real = defaultdict(int)
-        for source in self.sources.list_sources(role="defect"):
-            real[source.class_name] += 1
         with self.database.session() as s:
+            real = repository.source_counts_by_class(s, "defect")
             by_status = repository.counts_by_class_and_status(s)
         names = sorted(set(real) | {name for name, _ in by_status})
         return [
-            ClassCounts(name, real[name], *(by_status.get((name, st), 0) for st in SAMPLE_STATUSES)) for name in names
+            ClassCounts(name, real.get(name, 0), *(by_status.get((name, st), 0) for st in SAMPLE_STATUSES))
+            for name in names
         ]
 
     def sample_details(self, sample_id: int) -> SampleDetails:
