@@ -76,7 +76,7 @@ def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
     for class_dir in sorted(p for p in synthetic.iterdir() if p.is_dir()):
         flagged = list_images(class_dir / FLAGGED_FOLDER) if (class_dir / FLAGGED_FOLDER).is_dir() else []
         flagged_any = flagged_any or bool(flagged)
-        candidates = sorted(list_images(class_dir) + flagged, key=lambda p: read_png_parameters(p.read_bytes())["seed"])
+        candidates = sorted(list_images(class_dir) + flagged, key=lambda p: read_png_parameters(p.read_bytes()).seed)
         target = out / class_dir.name
         target.mkdir(parents=True, exist_ok=True)
         for path in candidates[:per_class]:

@@ -18,9 +18,9 @@ from engine.config import GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.generate import generate, resolve_token
+from engine.generation.parameters import Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import varied_init
-from engine.masks import repainted_region
 from engine.progress import ProgressFn, StepFn, StopFn
 from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 
@@ -148,12 +148,12 @@ def generate_to_folder(
         crops = [repainted_region(c.image, c.params) for c in candidates]
         scores = scorer.score_many(crops, class_name) if scorer else [None] * len(candidates)
         for offset, (candidate, score) in enumerate(zip(candidates, scores, strict=True)):
-            candidate.params["source_file"] = lineage["sources"][0]
-            candidate.params["init"] = lineage
+            candidate.params.source_file = lineage["sources"][0]
+            candidate.params.init = lineage
             low = score is not None and score.score < realism_threshold
             if score is not None:
-                candidate.params["realism"] = {"score": score.score, "class_probability": score.class_probability}
-                candidate.params.update(realism_threshold=realism_threshold, pre_rejected=low)
+                candidate.params.realism = Realism(score.score, score.class_probability)
+                candidate.params.realism_threshold, candidate.params.pre_rejected = realism_threshold, low
             slot = attempt * per_attempt + offset
             (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
             if (mask_bytes := candidate.mask_png()) is not None:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from engine.boxes import Box, union
+from engine.boxes import Box
 
 # Masks are grown a little before repainting so the defect's rim is generated too, then feathered over the
 # grown ring: pixels farther than GROW from the drawn mask are never touched.
@@ -166,26 +166,3 @@ def latent_mask(region: np.ndarray, model_width: int, model_height: int, factor:
     scaled = cv2.resize(region.astype(np.float32), (model_width, model_height), interpolation=cv2.INTER_AREA) > 0
     cells = scaled.reshape(model_height // factor, factor, model_width // factor, factor)
     return cells.any(axis=(1, 3)).astype(np.float32)
-
-
-def repainted_box(params: dict, width: int, height: int) -> Box:
-    """The box a candidate of this size was repainted in, by its parameters: its window; for a
-    masked repaint the union of its boxes grown a little (as `evaluate masked` crops real defects), else its
-    windows' extent; else the whole image."""
-    window = params.get("window")
-    if window:
-        return Box(window["x"], window["y"], window["x"] + window["size"], window["y"] + window["size"])
-    if (around := union(params.get("boxes") or [])) is not None:
-        return around.grown(width, height)
-    windows = params.get("windows") or []
-    if windows:
-        left, top = min(w["x"] for w in windows), min(w["y"] for w in windows)
-        return Box(left, top, max(w["x"] + w["width"] for w in windows), max(w["y"] + w["height"] for w in windows))
-    return Box(0, 0, width, height)
-
-
-def repainted_region(image: Image.Image, params: dict) -> Image.Image:
-    """The part of a candidate the model repainted (`repainted_box`): what the realism score judges, in batch
-    generation and in the studio alike, and what the review desk shows up close."""
-    box = repainted_box(params, image.width, image.height)
-    return image if box == Box(0, 0, image.width, image.height) else image.crop(box.corners)

@@ -14,7 +14,16 @@ HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 @pytest.mark.parametrize(
     "module",
-    ["engine.adapters", "engine.boxes", "engine.masks", "engine.config", "webapp.studio", "webapp.auth", "webapp.app"],
+    [
+        "engine.adapters",
+        "engine.boxes",
+        "engine.masks",
+        "engine.config",
+        "engine.generation.parameters",
+        "webapp.studio",
+        "webapp.auth",
+        "webapp.app",
+    ],
 )
 def test_module_imports_no_torch(module: str) -> None:
     probe = f"import sys, {module}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"

@@ -160,9 +160,7 @@ def is_flagged(details: SampleDetails, threshold: float | None) -> bool:
 
 def candidate_caption(details: SampleDetails, threshold: float | None) -> str:
     """'#id seed s · status · realism r', with '· pre-rejected' when the threshold flags it."""
-    caption = (
-        f"#{details.id} seed {details.params.get('seed')} · {details.status} · {realism_text(details.realism_score)}"
-    )
+    caption = f"#{details.id} seed {details.params.seed} · {details.status} · {realism_text(details.realism_score)}"
     return caption + (" · pre-rejected" if is_flagged(details, threshold) else "")
 
 
@@ -854,7 +852,8 @@ def create_dataset_tab(service: StudioService) -> TabLoad:
         }
         views = service.review_views(sample)
         side_by_side = comparison(views, service.real_examples(sample.class_name))
-        return overlay(views), side_by_side, {**record, "parameters": sample.params, "decisions": sample.decisions}
+        details = {**record, "parameters": sample.params.as_dict(), "decisions": sample.decisions}
+        return overlay(views), side_by_side, details
 
     def pick_row(event: gr.SelectData):
         row = event.row_value or []

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from engine.masks import repainted_box
+from engine.generation.parameters import CandidateParameters
 
 # Longest side of a view sent to the browser: a close-up of the repainted region, or a whole-slab preview.
 VIEW_MAX_SIDE = 768
@@ -53,20 +53,20 @@ def review_views(
     key: str,
     candidate_path: Path,
     source_path: Path | None,
-    params: dict[str, Any],
+    params: CandidateParameters,
     cache_dir: Path,
     mask_path: Path | None = None,
     boxes: list[dict[str, Any]] | None = None,
     label: str = "defect",
     max_side: int = VIEW_MAX_SIDE,
 ) -> ReviewViews:
-    """The candidate's repainted region (window or mask crop, `engine.masks.repainted_box`) downscaled to `max_side`,
-    the same region of its source and their amplified difference when the source is the candidate's own init, and
-    the mask and boxes in the close-up's pixels (for an AnnotatedImage)."""
+    """The candidate's repainted region (window or mask crop, `CandidateParameters.repainted_box`) downscaled to
+    `max_side`, the same region of its source and their amplified difference when the source is the candidate's own
+    init, and the mask and boxes in the close-up's pixels (for an AnnotatedImage)."""
     cache_dir = Path(cache_dir)
     with Image.open(candidate_path) as opened:
         candidate = opened.convert("RGB")
-    region = repainted_box(params, candidate.width, candidate.height)
+    region = params.repainted_box(candidate.width, candidate.height)
     scale = min(1.0, max_side / max(region.width, region.height))
     size = (max(1, round(region.width * scale)), max(1, round(region.height * scale)))
 
@@ -77,13 +77,12 @@ def review_views(
         return target
 
     views = ReviewViews(close_up(candidate, "candidate"), None, None, region.corners, scale)
-    init = params.get("init") or {"kind": "source"}
     if source_path is not None:
         with Image.open(source_path) as opened:
             source = opened.convert("RGB")
         if source.size == candidate.size:
             views.source = close_up(source, "source")
-            if init.get("kind") == "source":
+            if params.init_kind == "source":
                 difference = ImageChops.difference(candidate, source).convert("L")
                 views.difference = close_up(difference.point(lambda v: min(255, v * DIFFERENCE_GAIN)), "difference")
     if mask_path is not None:

@@ -230,7 +230,7 @@ def _paint_and_score(
             box = bounding_box(candidate.mask).grown(slab.width, slab.height).corners
             painted.append(candidate.image.crop(box))
             untouched.append(slab.convert("RGB").crop(box))
-            psnrs.append(candidate.params["quality"]["background_psnr"])
+            psnrs.append(candidate.params.masked.quality["background_psnr"])
             if save_dir is not None:
                 target = Path(save_dir) / class_name
                 target.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from PIL import Image, PngImagePlugin
 
 from engine.boxes import from_mask
 from engine.config import GenerationConfig
+from engine.generation.parameters import CandidateParameters, MaskedRepaint, SlabWindow, Window
 from engine.generation.pipeline import LoadedPipeline
 from engine.generation.placement import propose_masks
 from engine.generation.quality import masked_quality
@@ -44,7 +45,7 @@ class Candidate:
 
     image: Image.Image
     seed: int
-    params: dict
+    params: CandidateParameters
     # The drawn or auto-placed mask (bool, image-sized) of a masked repaint; None for a window img2img.
     mask: np.ndarray | None = None
 
@@ -185,7 +186,7 @@ def generate(
         if gray:
             image = image.convert("L")
         params = _candidate_params(loaded, config, token, prompt, seed, source_hash, image)
-        params["window"] = {"x": x, "y": y, "size": size}
+        params.window = Window(x, y, size)
         candidates.append(Candidate(image, seed, params))
     return GenerationResult(candidates, time.time() - started)
 
@@ -224,30 +225,30 @@ def _candidate_params(
     seed: int,
     source_hash: str,
     image: Image.Image,
-) -> dict:
+) -> CandidateParameters:
     """Every parameter that made a candidate, for its PNG metadata and its database row."""
     info = loaded.adapter
-    return {
-        "software": SOFTWARE,
-        "class_name": config.class_name,
-        "token": token,
-        "prompt": prompt,
-        "negative_prompt": config.negative_prompt,
-        "strength": config.strength,
-        "steps": config.steps,
-        "guidance_scale": config.guidance_scale,
-        "detail_restore": config.detail_restore if config.strength < 1.0 else 0.0,
-        "seed": seed,
-        "sampler": type(loaded.pipe.scheduler).__name__,
-        "model_ref": loaded.model_ref,
-        "model_hash": loaded.model_hash,
-        "adapter_path": str(info.path) if info else None,
-        "adapter_version": info.version if info else None,
-        "source_sha256": source_hash,
-        "resolution": loaded.resolution,
-        "width": image.width,
-        "height": image.height,
-    }
+    return CandidateParameters(
+        class_name=config.class_name,
+        token=token,
+        prompt=prompt,
+        negative_prompt=config.negative_prompt,
+        strength=config.strength,
+        steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        detail_restore=config.detail_restore if config.strength < 1.0 else 0.0,
+        seed=seed,
+        sampler=type(loaded.pipe.scheduler).__name__,
+        model_ref=loaded.model_ref,
+        model_hash=loaded.model_hash,
+        adapter_path=str(info.path) if info else None,
+        adapter_version=info.version if info else None,
+        source_sha256=source_hash,
+        resolution=loaded.resolution,
+        width=image.width,
+        height=image.height,
+        software=SOFTWARE,
+    )
 
 
 @dataclass
@@ -346,25 +347,24 @@ def _generate_masked(
         if gray:
             image = image.convert("L")
         params = _candidate_params(loaded, config, token, prompt, seed, source_hash, image)
-        params.update(
-            window=None,
+        params.masked = MaskedRepaint(
             windows=[_on_slab(job.window, pad_x, pad_y, width, height) for job in jobs if job.candidate == index],
             window_scale=round(jobs[0].window.width / jobs[0].window.model_width, 4) if jobs else None,
             mask_source="drawn" if mask is not None else "auto-place",
             mask_sha256=mask_sha256(drawn),
             mask_grow_px=MASK_GROW_PX,
-            boxes=[box.as_dict() for box in from_mask(drawn, config.class_name)],
+            boxes=from_mask(drawn, config.class_name),
             quality=masked_quality(source, image, drawn),
         )
         candidates.append(Candidate(image, seed, params, drawn))
     return GenerationResult(candidates, time.time() - started)
 
 
-def _on_slab(window: MaskWindow, pad_x: int, pad_y: int, width: int, height: int) -> dict[str, int]:
+def _on_slab(window: MaskWindow, pad_x: int, pad_y: int, width: int, height: int) -> SlabWindow:
     """A window planned on the mirror-extended canvas, as the part of it that lies on the slab."""
     x0, y0 = max(window.x - pad_x, 0), max(window.y - pad_y, 0)
     x1, y1 = min(window.x + window.width - pad_x, width), min(window.y + window.height - pad_y, height)
-    return {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+    return SlabWindow(x0, y0, x1 - x0, y1 - y0)
 
 
 def _denoise_windows(
@@ -421,31 +421,31 @@ def _denoise_windows(
     return restore_detail(pipe, images, outputs, config)
 
 
-def parameters_line(params: dict) -> str:
+def parameters_line(params: CandidateParameters) -> str:
     """A1111-style one-line summary for the PNG 'parameters' text chunk."""
     return (
-        f"{params['prompt']}\nNegative prompt: {params.get('negative_prompt', '')}\n"
-        f"Steps: {params['steps']}, Sampler: {params['sampler']}, CFG scale: {params['guidance_scale']}, "
-        f"Seed: {params['seed']}, Denoising strength: {params['strength']}, Model hash: {params['model_hash']}, "
-        f"Token: {params['token']}, Adapter: {params['adapter_version']}, Source: {params['source_sha256'][:12]}"
+        f"{params.prompt}\nNegative prompt: {params.negative_prompt}\n"
+        f"Steps: {params.steps}, Sampler: {params.sampler}, CFG scale: {params.guidance_scale}, "
+        f"Seed: {params.seed}, Denoising strength: {params.strength}, Model hash: {params.model_hash}, "
+        f"Token: {params.token}, Adapter: {params.adapter_version}, Source: {params.source_sha256[:12]}"
     )
 
 
-def png_with_metadata(image: Image.Image, params: dict) -> bytes:
+def png_with_metadata(image: Image.Image, params: CandidateParameters) -> bytes:
     """PNG bytes carrying `parameters` (A1111 style) and `studio` (full JSON) text chunks."""
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", parameters_line(params))
-    info.add_text("studio", json.dumps(params, sort_keys=True))
+    info.add_text("studio", json.dumps(params.as_dict(), sort_keys=True))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 
-def read_png_parameters(data: bytes | str) -> dict:
-    """The `studio` JSON of a PNG written by `png_with_metadata` (bytes or a path)."""
+def read_png_parameters(data: bytes | str) -> CandidateParameters:
+    """The parameters in a PNG written by `png_with_metadata` (bytes or a path)."""
     source = io.BytesIO(data) if isinstance(data, bytes) else data
     with Image.open(source) as im:
         text = im.text.get("studio") if hasattr(im, "text") else None
     if not text:
         raise ValueError("This PNG carries no studio parameters.")
-    return json.loads(text)
+    return CandidateParameters.from_dict(json.loads(text))

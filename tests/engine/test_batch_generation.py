@@ -35,7 +35,7 @@ def _generate(pipe, shots, out, **options):
 def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_path):
     written = _generate(pipe, shots, tmp_path / "out", realism_threshold=None)
     assert [p.name for p in written] == [f"scratches_{i:05d}.png" for i in range(6)]
-    params = [read_png_parameters(p.read_bytes()) for p in written]
+    params = [read_png_parameters(p.read_bytes()).as_dict() for p in written]
     kinds = {p["init"]["kind"] for p in params}
     assert kinds <= {"source", "geometric", "mosaic"} and len({p["seed"] for p in params}) == 6
     assert all(set(p["init"]["sources"]) <= {"real_0.png", "real_1.png", "real_2.png"} for p in params)
@@ -53,16 +53,16 @@ def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_p
         vary=False,
         realism_threshold=None,
     )
-    assert read_png_parameters(plain[0].read_bytes())["init"] == {"kind": "source", "sources": ["real_0.png"]}
+    assert read_png_parameters(plain[0].read_bytes()).init == {"kind": "source", "sources": ["real_0.png"]}
 
 
 def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):
     kept = _generate(pipe, shots, tmp_path / "open", realism_threshold=0.0)
-    params = read_png_parameters(kept[0].read_bytes())
+    params = read_png_parameters(kept[0].read_bytes()).as_dict()
     assert 0.0 <= params["realism"]["score"] <= 1.0 and params["pre_rejected"] is False
     assert not (tmp_path / "open" / FLAGGED_FOLDER).exists()
     with pytest.raises(RealismGateError, match="below the realism threshold 1.0"):
         _generate(pipe, shots, tmp_path / "closed", realism_threshold=1.0)
     flagged = list_images(tmp_path / "closed" / FLAGGED_FOLDER)
     assert len(flagged) == 6 and list_images(tmp_path / "closed") == []
-    assert read_png_parameters(flagged[0].read_bytes())["pre_rejected"] is True
+    assert read_png_parameters(flagged[0].read_bytes()).pre_rejected is True

@@ -41,7 +41,7 @@ def test_generate_writes_candidates_with_full_metadata(tiny_model, tiny_adapter)
     first, second = result.candidates
     assert first.image.size == (48, 48) and first.image.mode == "L"
     assert not np.array_equal(np.asarray(first.image), np.asarray(second.image))
-    params = read_png_parameters(first.png_bytes())
+    params = read_png_parameters(first.png_bytes()).as_dict()
     assert params["token"] == "<scratches>"
     assert params["strength"] == 0.5 and params["steps"] == 4 and params["seed"] == 7
     assert params["model_hash"] == pipe.model_hash and len(params["model_hash"]) == 12
@@ -186,10 +186,10 @@ def test_detail_restore_adds_back_what_the_autoencoder_loses_but_not_at_strength
 
     plain, _ = render(0.5, 0.0)
     restored, params = render(0.5, 1.0)
-    assert params["detail_restore"] == 1.0
+    assert params.detail_restore == 1.0
     assert np.abs(plain - restored).mean() > 1
     noise_plain, _ = render(1.0, 0.0)
     noise_restored, params = render(1.0, 1.0)
-    assert np.array_equal(noise_plain, noise_restored) and params["detail_restore"] == 0.0
+    assert np.array_equal(noise_plain, noise_restored) and params.detail_restore == 0.0
     with pytest.raises(ValueError, match="Detail restore"):
         GenerationConfig(class_name="x", detail_restore=1.5)

@@ -47,7 +47,7 @@ def test_masked_repaint_keeps_every_pixel_outside_the_grown_mask_and_changes_ins
         assert candidate.image.size == source.size and candidate.image.mode == "L"
         assert np.array_equal(out[outside], original[outside])
         assert np.abs(out[mask] - original[mask]).mean() > 1
-        params = read_png_parameters(candidate.png_bytes())
+        params = read_png_parameters(candidate.png_bytes()).as_dict()
         assert params["boxes"] == [{"label": "scratches", "xmin": 30, "ymin": 20, "xmax": 50, "ymax": 30}]
         assert params["mask_sha256"] == hashlib.sha256(candidate.mask_png()).hexdigest()
         assert params["mask_source"] == "drawn"
@@ -72,10 +72,10 @@ def test_a_small_mask_on_a_large_slab_is_repainted_in_a_window_around_it(pipe):
     mask = rectangle_mask(400, 64, 300, 24, 312, 40)
     config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
     candidate = generate(pipe, source, config, mask=mask_image(mask)).candidates[0]
-    (window,) = candidate.params["windows"]
+    (window,) = candidate.params.masked.windows
     # A square around the grown mask (20 × 24 px) plus a 32 px margin each side, cut to the slab's height.
-    assert (window["width"], window["height"]) == (24 + 64, 64)
-    assert window["x"] <= 300 and window["x"] + window["width"] >= 312
+    assert (window.width, window.height) == (24 + 64, 64)
+    assert window.x <= 300 and window.x + window.width >= 312
     out, original = np.asarray(candidate.image, dtype=np.int16), np.asarray(source, dtype=np.int16)
     assert np.array_equal(out[:, :290], original[:, :290])
     assert np.abs(out[mask] - original[mask]).mean() > 1
@@ -124,7 +124,7 @@ def test_wrong_masks_are_refused(pipe):
 def test_auto_place_gives_each_candidate_its_own_mask_with_boxes(pipe):
     config = GenerationConfig(class_name="scratches", num_candidates=2, strength=1.0, steps=2, seed=3, auto_place=True)
     first, second = generate(pipe, slab(64, 64), config).candidates
-    assert first.params["mask_source"] == "auto-place" and first.params["boxes"]
+    assert first.params.masked.mask_source == "auto-place" and first.params.boxes
     assert not np.array_equal(first.mask, second.mask)
     again = generate(pipe, slab(64, 64), GenerationConfig("scratches", 1, 1.0, 2, seed=4, auto_place=True))
     assert np.array_equal(again.candidates[0].mask, second.mask)
@@ -233,7 +233,7 @@ def test_cli_generation_with_a_mask_writes_the_mask_beside_each_image(pipe, tmp_
         "scratches_00001_mask.png",
     ]
     assert list_images(out) == written
-    params = read_png_parameters(written[0].read_bytes())
+    params = read_png_parameters(written[0].read_bytes()).as_dict()
     assert (
         params["boxes"][0]["xmin"] == 8
         and params["mask_sha256"] == hashlib.sha256((out / "scratches_00000_mask.png").read_bytes()).hexdigest()
@@ -286,9 +286,9 @@ def test_a_thin_strip_is_mirror_extended_so_its_defect_is_painted_at_the_model_s
     config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
     candidate = generate(pipe, source, config, mask=mask_image(mask)).candidates[0]
     # Without the mirror the 20 px strip would be magnified to the model's 32 px (0.6 source px per model px).
-    assert candidate.params["window_scale"] >= MASK_WINDOW_SCALE
-    (window,) = candidate.params["windows"]
-    assert window["y"] == 0 and window["height"] == 20 and window["x"] <= 46 and window["x"] + window["width"] >= 64
+    assert candidate.params.masked.window_scale >= MASK_WINDOW_SCALE
+    (window,) = candidate.params.masked.windows
+    assert window.y == 0 and window.height == 20 and window.x <= 46 and window.x + window.width >= 64
     out, original = np.asarray(candidate.image, dtype=np.int16), np.asarray(source, dtype=np.int16)
     assert candidate.image.size == (120, 20)
     assert np.array_equal(out[~grow(mask)], original[~grow(mask)])

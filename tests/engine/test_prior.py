@@ -35,7 +35,7 @@ def test_embedded_prior_generates_a_two_step_sample_with_metadata():
     config = GenerationConfig(class_name="crazing", num_candidates=1, steps=2, strength=1.0, seed=5)
     candidate = generate(pipe, slab, config).candidates[0]
     assert candidate.image.size == (200, 200) and candidate.image.mode == "L"
-    params = read_png_parameters(candidate.png_bytes())
+    params = read_png_parameters(candidate.png_bytes()).as_dict()
     assert params["token"] == "<crazing>" and params["adapter_version"] == EMBEDDED_TOKENS.name
     assert params["model_hash"] == pipe.model_hash and params["window"] == {"x": 0, "y": 0, "size": 200}
     assert np.asarray(candidate.image).std() > 1

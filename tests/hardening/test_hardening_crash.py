@@ -135,7 +135,7 @@ def test_an_app_killed_mid_run_keeps_the_previous_adapter_and_the_run_resumes(
         assert (scratches.adapter_version, scratches.adapter_path) == (1, str(tiny_adapter.resolve()))
         source_id = studio.list_sources(role="clean")[0].id
         outcome = studio.generate_candidates(source_id, GenerationConfig("scratches", 1, 1.0, 2), "bob")
-        assert studio.sample_details(outcome.sample_ids[0]).params["adapter_version"] == 1
+        assert studio.sample_details(outcome.sample_ids[0]).params.adapter_version == 1
 
         # Resuming continues from the checkpoint the killed run left, to a new version.
         for key, value in QUICK_CHECKPOINTS.items():

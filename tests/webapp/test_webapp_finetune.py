@@ -39,7 +39,7 @@ def test_a_finished_run_becomes_the_active_adapter_with_previews(service: Studio
     assert classes["inclusion"].adapter_version == 1
     source_id = service.list_sources(role="clean")[0].id
     outcome = service.generate_candidates(source_id, GenerationConfig("scratches", steps=2, strength=1.0), "bob")
-    assert service.sample_details(outcome.sample_ids[0]).params["adapter_version"] == 2
+    assert service.sample_details(outcome.sample_ids[0]).params.adapter_version == 2
     assert status.elapsed_s > 0 and status.eta_s is None and status.fraction == 1.0
     assert service.training_counts(["scratches", "inclusion"]) == {
         "scratches": {"real": 2, "accepted": 0},
@@ -53,7 +53,7 @@ def test_a_finished_run_becomes_the_active_adapter_with_previews(service: Studio
     classes = {c.name: c for c in service.list_classes()}
     assert classes["scratches"].adapter_version == 1
     rolled_back = service.generate_candidates(source_id, GenerationConfig("scratches", steps=2, strength=1.0), "bob")
-    assert service.sample_details(rolled_back.sample_ids[0]).params["adapter_version"] == 1
+    assert service.sample_details(rolled_back.sample_ids[0]).params.adapter_version == 1
     with pytest.raises(ValueError, match="no adapter version 7"):
         service.activate_adapter_version("scratches", 7)
     service.activate_adapter_version("scratches", 2)

@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 import launch
 from engine.config import GenerationConfig
 from engine.data import parse_voc
+from engine.generation.parameters import CandidateParameters, Window
 from tests.support import served_client, voc_xml
 from webapp.app import painted_mask
 from webapp.studio import StudioService, parse_box_text
@@ -39,13 +40,13 @@ def test_a_masked_generation_stores_each_sample_with_its_mask_and_boxes(service:
             {"label": "inclusion", "xmin": 40, "ymin": 30, "xmax": 60, "ymax": 36},
         ]
         assert details.mask_path is not None
-        assert hashlib.sha256(details.mask_path.read_bytes()).hexdigest() == details.params["mask_sha256"]
+        assert hashlib.sha256(details.mask_path.read_bytes()).hexdigest() == details.params.masked.mask_sha256
         assert np.array_equal(np.asarray(Image.open(details.mask_path)), np.asarray(mask))
-        assert details.params["quality"]["background_ssim"] > 0.5
+        assert details.params.masked.quality["background_ssim"] > 0.5
     # The dataset table shows each masked sample's background PSNR and change inside the mask.
     rows = {row.id: row for row in service.dataset_view().rows}
     for sample_id in outcome.sample_ids:
-        quality = service.sample_details(sample_id).params["quality"]
+        quality = service.sample_details(sample_id).params.masked.quality
         assert (rows[sample_id].background_psnr, rows[sample_id].mask_change) == (
             quality["background_psnr"],
             quality["mask_change"],
@@ -57,7 +58,7 @@ def test_auto_place_gives_every_sample_its_own_mask(service: StudioService, slab
     source_id = upload_slab(service, slab_png)
     config = GenerationConfig("scratches", num_candidates=2, auto_place=True, **FAST)
     first, second = (service.sample_details(i) for i in service.generate_candidates(source_id, config, "a").sample_ids)
-    assert first.params["mask_source"] == "auto-place" and first.boxes and second.boxes
+    assert first.params.masked.mask_source == "auto-place" and first.boxes and second.boxes
     assert first.mask_path != second.mask_path
 
 
@@ -158,7 +159,7 @@ def test_review_views_of_a_wide_slab_are_downscaled_close_ups(tmp_path: Path) ->
     candidate[100:140, 900:1000] = 255
     Image.fromarray(source).save(tmp_path / "source.png")
     Image.fromarray(candidate).save(tmp_path / "candidate.png")
-    params = {"window": {"x": 800, "y": 0, "size": 256}}
+    params = CandidateParameters("scratches", "<scratches>", "", 0.6, 4, 3.0, 0, 1600, 256, window=Window(800, 0, 256))
     views = review_views(
         "s1", tmp_path / "candidate.png", tmp_path / "source.png", params, tmp_path / "views", max_side=128
     )
@@ -197,6 +198,6 @@ def test_a_click_on_a_wide_slab_moves_the_window_there(service: StudioService, s
         assert cyan.any() and abs(cols.min() - 1400 * scale) <= 2 and abs(rows.min() - 100 * scale) <= 2
         outcome = service.generate_candidates(wide.id, config, "a")
         params = service.sample_details(outcome.sample_ids[0]).params
-        assert params["window"] == {"x": 1344, "y": 0, "size": 256}
+        assert params.window == Window(1344, 0, 256)
         views = service.review_views(service.sample_details(outcome.sample_ids[0]))
         assert views.region == (1344, 0, 1600, 256), "the close-up is the chosen window"

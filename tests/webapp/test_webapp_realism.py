@@ -14,7 +14,6 @@ from engine.config import GenerationConfig
 from engine.evaluation.features import load_feature_net
 from engine.evaluation.realism import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features
 from engine.generation.generate import read_png_parameters
-from engine.masks import repainted_region
 from tests.support import served_client
 from webapp.app import SAMPLE_HEADERS
 from webapp.studio import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService
@@ -59,20 +58,20 @@ def test_candidates_are_scored_against_the_uploaded_real_defects(service, slab_p
         assert rows[candidate.sample_id].realism_score == candidate.realism_score
         details = service.sample_details(candidate.sample_id)
         assert details.realism_score == candidate.realism_score
-        assert details.params["realism"]["reference"] == "4 uploaded real defect images"
-        assert details.params["realism"]["class_probability"] == candidate.class_probability
-        assert "pre_rejected" not in details.params
+        assert details.params.realism.reference == "4 uploaded real defect images"
+        assert details.params.realism.class_probability == candidate.class_probability
+        assert details.params.pre_rejected is None
     scores = [c.realism_score for c in outcome.by_realism()]
     assert scores == sorted(scores, reverse=True)
     assert 0.0 <= outcome.baseline_realism <= 1.0, "the untouched slab is scored on the same region"
-    assert details.params["realism"]["untouched_source_score"] == outcome.baseline_realism
+    assert details.params.realism.untouched_source_score == outcome.baseline_realism
 
 
 def test_a_neu_class_with_few_uploads_uses_the_shipped_neu_features(service, slab_png, tiny_dataset) -> None:
     upload_real(service, tiny_dataset, "inclusion", 2)
     outcome = generate(service, upload_slab(service, slab_png), "inclusion", 2)
     details = service.sample_details(outcome.sample_ids[0])
-    assert details.params["realism"]["reference"] == "NEU training pool (shipped features)"
+    assert details.params.realism.reference == "NEU training pool (shipped features)"
     assert 0.0 <= details.realism_score <= 1.0
 
     features = load_reference_features()
@@ -109,8 +108,8 @@ def test_a_threshold_flags_candidates_that_stay_pending_until_reject_flagged(ser
         flagged = candidate.realism_score < 1.0
         assert candidate.pre_rejected == flagged == details.pre_rejected
         assert (candidate.suggested == "reject") == flagged
-        assert details.status == "pending" and details.params["realism_threshold"] == 1.0
-        assert read_png_parameters(details.path.read_bytes())["pre_rejected"] == flagged
+        assert details.status == "pending" and details.params.realism_threshold == 1.0
+        assert read_png_parameters(details.path.read_bytes()).pre_rejected == flagged
     flagged_ids = outcome.flagged_ids
     assert flagged_ids, "a candidate of the untrained tiny model should not score a perfect 1.0"
 
@@ -204,19 +203,6 @@ def test_a_strength_tuned_after_registration_reaches_the_classes_at_start(tmp_pa
         second.close()
 
 
-def test_the_realism_crop_is_the_window_or_the_masked_crop() -> None:
-    image = Image.new("L", (300, 100))
-    assert repainted_region(image, {"window": {"x": 10, "y": 0, "size": 100}}).size == (100, 100)
-    boxes = [
-        {"label": "scratches", "xmin": 100, "ymin": 20, "xmax": 150, "ymax": 40},
-        {"label": "scratches", "xmin": 160, "ymin": 30, "xmax": 200, "ymax": 60},
-    ]
-    # The boxes' union (100..200 × 20..60) grown by a tenth of its larger side on every side.
-    masked = {"window": None, "windows": [{"x": 0, "y": 0, "width": 300, "height": 100}], "boxes": boxes}
-    assert repainted_region(image, masked).size == (120, 60)
-    assert repainted_region(image, {}).size == (300, 100)
-
-
 def test_a_tuned_masked_strength_is_proposed_for_masked_repaints(service, tiny_adapter, tmp_path) -> None:
     from engine.batch import generate_to_folder
     from engine.config import DEFAULT_MASKED_STRENGTH
@@ -260,5 +246,5 @@ def test_a_tuned_masked_strength_is_proposed_for_masked_repaints(service, tiny_a
     )
     (masked,) = generate_to_folder(**common, out=tmp_path / "masked", auto_place=True)
     (window,) = generate_to_folder(**common, out=tmp_path / "window")
-    assert read_png_parameters(masked.read_bytes())["strength"] == pytest.approx(0.95)
-    assert read_png_parameters(window.read_bytes())["strength"] == pytest.approx(0.45)
+    assert read_png_parameters(masked.read_bytes()).strength == pytest.approx(0.95)
+    assert read_png_parameters(window.read_bytes()).strength == pytest.approx(0.45)

@@ -78,10 +78,10 @@ def test_generate_stores_pending_samples_with_png_metadata(service: StudioServic
     details = service.sample_details(outcome.sample_ids[0])
     assert (details.status, details.revision, details.source_image_id) == ("pending", 0, source_id)
     params = read_png_parameters(details.path.read_bytes())
-    assert params["token"] == "<scratches>"
-    assert params["seed"] == 5 and params["strength"] == 1.0
-    assert params["adapter_version"] == 1 and params["source_image_id"] == source_id
-    assert (params["width"], params["height"]) == (48, 40)
+    assert params.token == "<scratches>"
+    assert params.seed == 5 and params.strength == 1.0
+    assert params.adapter_version == 1 and params.source_image_id == source_id
+    assert (params.width, params.height) == (48, 40)
     assert details.params == params
 
 

@@ -14,6 +14,8 @@ from typing import Any
 from PIL import Image
 
 from engine.config import GenerationConfig
+from engine.generation.parameters import CandidateParameters, repainted_region
+from engine.generation.parameters import Realism as RealismRecord
 from engine.progress import ProgressFn
 from storage import repository
 from storage.files import sha256_hex
@@ -83,7 +85,7 @@ class Generation:
                     adapter_path=slab.adapter_path,
                     adapter_version=slab.adapter_version,
                     mask_sha256=mask_sha256,
-                    params_json=candidate.params,
+                    params_json=candidate.params.as_dict(),
                     batch=batch,
                     created_by=user,
                 )
@@ -116,24 +118,19 @@ class Generation:
     ) -> float | None:
         """Put each candidate's realism, lineage and flag into its params; returns the untouched slab's score on the
         same region (the baseline a candidate's score is read against)."""
-        from engine.masks import repainted_region
-
         realism = self.realism.score(class_name, [repainted_region(c.image, c.params) for c in candidates])
         untouched = repainted_region(slab.image.convert("RGB"), candidates[0].params)
         baseline = (self.realism.score(class_name, [untouched])[0] or {}).get("score")
         for candidate, score in zip(candidates, realism, strict=True):
             # One hash per source everywhere (PNG metadata, manifest, lineage): the stored file's.
-            candidate.params.update(
-                adapter_version=slab.adapter_version,
-                adapter_folder=Path(slab.adapter_path).name,
-                source_image_id=slab.source_id,
-                source_sha256=slab.sha256,
-            )
+            params = candidate.params
+            params.adapter_version, params.adapter_folder = slab.adapter_version, Path(slab.adapter_path).name
+            params.source_image_id, params.source_sha256 = slab.source_id, slab.sha256
             if score is not None:
-                candidate.params["realism"] = {**score, "untouched_source_score": baseline}
+                params.realism = RealismRecord(**score, untouched_source_score=baseline)
             if threshold is not None:
-                flagged = score is not None and score["score"] < threshold
-                candidate.params.update(realism_threshold=threshold, pre_rejected=flagged)
+                params.realism_threshold = threshold
+                params.pre_rejected = score is not None and score["score"] < threshold
         return baseline
 
     def _put_files(self, candidate) -> tuple[str, str | None]:
@@ -174,7 +171,7 @@ class Generation:
                     duplicates.append(path.name)
                     continue
                 params = read_png_parameters(data)
-                source = source_of.get(params["init"]["sources"][0]) if "init" in params else sources[0]
+                source = source_of.get(params.init["sources"][0]) if params.init else sources[0]
                 mask_path = path.with_name(path.stem + MASK_SUFFIX)
                 mask_sha256 = self.files.put(mask_path.read_bytes(), ".png") if mask_path.exists() else None
                 sample = repository.add_sample(
@@ -183,11 +180,11 @@ class Generation:
                     sha256=self.files.put(data, ".png"),
                     class_name=class_name,
                     source_image_id=source.id,
-                    adapter_path=params.get("adapter_path"),
-                    adapter_version=version if isinstance(version := params.get("adapter_version"), int) else None,
+                    adapter_path=params.adapter_path,
+                    adapter_version=params.adapter_version if isinstance(params.adapter_version, int) else None,
                     mask_sha256=mask_sha256,
-                    params_json={
-                        **params,
+                    params_json=params.as_dict()
+                    | {
                         "source_image_id": source.id,
                         "source_sha256": source_sha256_of[source.id],
                         "batch_folder": str(folder.resolve()),
@@ -210,39 +207,39 @@ class _Slab:
     adapter_version: int
 
 
-def sample_columns(params: dict[str, Any]) -> dict[str, Any]:
+def sample_columns(params: CandidateParameters) -> dict[str, Any]:
     """The sample row's columns that a candidate's parameters give, for studio and command-line batches alike.
 
     A masked repaint's boxes are its mask's components. A whole-window img2img has none: its defect may lie anywhere
     in the window, and a box must mean "the defect is here".
     """
     return {
-        "model_hash": params["model_hash"],
-        "model_ref": params["model_ref"],
-        "token": params["token"],
-        "strength": params["strength"],
-        "steps": params["steps"],
-        "guidance": params["guidance_scale"],
-        "seed": params["seed"],
-        "prompt": params["prompt"],
-        "negative_prompt": params["negative_prompt"],
-        "width": params["width"],
-        "height": params["height"],
-        "window_json": params["window"],
-        "boxes_json": params.get("boxes", []),
-        "realism_score": (params.get("realism") or {}).get("score"),
+        "model_hash": params.model_hash,
+        "model_ref": params.model_ref,
+        "token": params.token,
+        "strength": params.strength,
+        "steps": params.steps,
+        "guidance": params.guidance_scale,
+        "seed": params.seed,
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "width": params.width,
+        "height": params.height,
+        "window_json": params.window.as_dict() if params.window else None,
+        "boxes_json": [box.as_dict() for box in params.boxes],
+        "realism_score": params.realism.score if params.realism else None,
     }
 
 
-def candidate_info(sample_id: int, seed: int, path: Path, params: dict[str, Any]) -> CandidateInfo:
+def candidate_info(sample_id: int, seed: int, path: Path, params: CandidateParameters) -> CandidateInfo:
     """A stored candidate as the UI shows it: its realism and whether the threshold flagged it."""
-    realism = params.get("realism") or {}
+    realism = params.realism
     return CandidateInfo(
         sample_id,
         seed,
         path,
-        realism_score=realism.get("score"),
-        class_probability=realism.get("class_probability"),
-        predicted_class=realism.get("predicted_class"),
-        suggested="reject" if params.get("pre_rejected") else None,
+        realism_score=realism.score if realism else None,
+        class_probability=realism.class_probability if realism else None,
+        predicted_class=realism.predicted_class if realism else None,
+        suggested="reject" if params.pre_rejected else None,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from engine.config import DEFAULT_MASKED_STRENGTH
+from engine.generation.parameters import CandidateParameters
 from storage import repository
 
 SUMMARY_ITEMS = 10
@@ -216,7 +217,7 @@ class SampleDetails:
     revision: int
     path: Path
     source_image_id: int
-    params: dict[str, Any]
+    params: CandidateParameters
     decisions: list[dict[str, Any]]
     mask_path: Path | None = None
     boxes: list[dict[str, Any]] = field(default_factory=list)
@@ -225,7 +226,7 @@ class SampleDetails:
     @property
     def pre_rejected(self) -> bool:
         """Whether the realism threshold of its generation flagged it."""
-        return bool(self.params.get("pre_rejected"))
+        return bool(self.params.pre_rejected)
 
 
 @dataclass(frozen=True)

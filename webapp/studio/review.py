@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.generation.parameters import CandidateParameters
 from storage import repository
 from storage.tables import SAMPLE_STATUSES
 from webapp.previews import THUMBNAIL_MAX_SIDE, VIEW_MAX_SIDE, ReviewViews, review_views, thumbnail
@@ -48,8 +49,8 @@ class Review:
     ) -> list[DecisionResult]:
         """Reject, in one transaction, the pending samples among `sample_ids` that the realism threshold flags.
 
-        Without `realism_threshold` the flags set at generation count (params["pre_rejected"]); with one, every
-        scored sample below it. Decided and unscored samples are left as they are. Returns the decisions made.
+        Without `realism_threshold` the flags set at generation count (their parameters' `pre_rejected`); with one,
+        every scored sample below it. Decided and unscored samples are left as they are. Returns the decisions made.
         """
         threshold = check_realism_threshold(realism_threshold)
         results = []
@@ -59,7 +60,7 @@ class Review:
                 if sample.status != "pending":
                     continue
                 if threshold is None:
-                    flagged = bool(sample.params_json.get("pre_rejected"))
+                    flagged = bool(CandidateParameters.from_dict(sample.params_json).pre_rejected)
                 else:
                     flagged = sample.realism_score is not None and sample.realism_score < threshold
                 if not flagged:
@@ -128,7 +129,7 @@ class Review:
                 sample.revision,
                 self.files.path(sample.sha256),
                 sample.source_image_id,
-                dict(sample.params_json),
+                CandidateParameters.from_dict(sample.params_json),
                 decisions,
                 self.files.path(sample.mask_sha256) if sample.mask_sha256 else None,
                 list(sample.boxes_json),
@@ -166,7 +167,8 @@ class Review:
 
 
 def sample_row(sample) -> SampleRow:
-    quality = sample.params_json.get("quality") or {}
+    masked = CandidateParameters.from_dict(sample.params_json).masked
+    quality = masked.quality if masked else {}
     return SampleRow(
         sample.id,
         sample.class_name,
