@@ -7,7 +7,10 @@ from pathlib import Path
 from tests.support import top_level_imports
 
 WEBAPP_DIR = Path(__file__).resolve().parents[2] / "webapp"
-UI_MODULES = {"app.py"}
+UI_MODULES = {
+    "app.py",
+    *(f"tabs/{tab}.py" for tab in ("common", "upload", "generate", "finetune", "dataset", "export")),
+}
 NEVER_IN_WEBAPP = {"sqlalchemy", "alembic", "torch", "diffusers", "transformers", "peft", "accelerate"}
 
 

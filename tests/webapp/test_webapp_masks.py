@@ -17,8 +17,8 @@ from engine.config import GenerationConfig
 from engine.data import parse_voc
 from engine.generation.parameters import CandidateParameters, Window
 from tests.support import served_client, voc_xml
-from webapp.app import painted_mask
 from webapp.studio import StudioService, parse_box_text
+from webapp.tabs.generate import painted_mask
 
 FAST = {"strength": 1.0, "steps": 2}
 

@@ -15,8 +15,8 @@ from engine.evaluation.features import load_feature_net
 from engine.evaluation.realism import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features
 from engine.generation.generate import read_png_parameters
 from tests.support import served_client
-from webapp.app import SAMPLE_HEADERS
 from webapp.studio import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService
+from webapp.tabs.dataset import SAMPLE_HEADERS
 
 FAST = {"steps": 2, "strength": 1.0}
 NEU_CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]

@@ -1,0 +1,1 @@
+"""The studio's tabs, one module each; `webapp.app.build_app` puts them together."""

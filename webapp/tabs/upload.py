@@ -1,0 +1,102 @@
+"""Upload tab: store clean slabs and real defect images, re-class them, type boxes on real defects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from webapp.studio import StudioService
+from webapp.tabs.common import TabLoad, errors_shown_in, user_of
+
+ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
+
+
+def create_upload_tab(service: StudioService) -> TabLoad:
+    """Upload tab: store clean slabs and real defect images."""
+    with gr.Tab("Upload") as tab:
+        gr.Markdown(
+            "Clean slabs are the backgrounds defects are generated on; real defect images (with their class) "
+            "are training data for fine-tuning. PNG, JPEG, BMP, TIFF or WebP, up to 100 MB and 50 megapixels each; "
+            "16-bit, palette, CMYK and transparent images are converted to 8-bit grey or RGB."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="Images", file_count="multiple", file_types=["image"], type="filepath")
+                role = gr.Radio(ROLE_CHOICES, value="clean", label="These images are")
+                class_name = gr.Dropdown(
+                    label="Defect class (real defects only; type a new name to add a class)",
+                    allow_custom_value=True,
+                    interactive=False,
+                )
+                upload_button = gr.Button("Upload and store", variant="primary")
+                result = gr.Markdown()
+            with gr.Column(scale=2):
+                stored = gr.Gallery(label="Stored images (click one to edit it)", columns=6, height=420)
+                with gr.Accordion("Edit a stored image: class, boxes, delete", open=False):
+                    with gr.Row():
+                        edit_id = gr.Number(label="Image id", precision=0)
+                        edit_class = gr.Dropdown(label="Class (real defects)", allow_custom_value=True)
+                    edit_boxes = gr.Textbox(
+                        label="Defect boxes: x0,y0,x1,y1 in pixels, one per line (real defects; empty: none)", lines=2
+                    )
+                    with gr.Row():
+                        save_button = gr.Button("Save class and boxes", size="sm")
+                        with_samples = gr.Checkbox(label="Delete its accepted samples too", value=False)
+                        delete_button = gr.Button("Delete image", variant="stop", size="sm")
+                    edit_message = gr.Markdown()
+
+    def class_choices() -> list[str]:
+        return service.trainable_classes()
+
+    def listed_sources():
+        return list(reversed(service.list_sources()))
+
+    def gallery_items() -> list[tuple[str, str]]:
+        return [
+            (str(service.preview(s.path)), f"#{s.id} {s.class_name or 'clean'} · {s.name}") for s in listed_sources()
+        ]
+
+    def pick_source(event: gr.SelectData):
+        sources = listed_sources()
+        if event.index is None or event.index >= len(sources):
+            return gr.update(), gr.update(), gr.update()
+        picked = sources[event.index]
+        boxes = "\n".join(f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}" for b in service.source_boxes(picked.id))
+        return picked.id, gr.update(value=picked.class_name, choices=class_choices()), boxes
+
+    @errors_shown_in(0, 2)
+    def save_source(source_id: int | None, class_name: str | None, box_text: str):
+        if source_id is None:
+            raise gr.Error("Click a stored image (or type its id) first.")
+        info = service.update_source(int(source_id), class_name or None, box_text)
+        return f"Image {info.id} saved ({info.class_name or 'clean'}).", gallery_items()
+
+    @errors_shown_in(0, 2)
+    def delete_source(source_id: int | None, together: bool):
+        if source_id is None:
+            raise gr.Error("Click a stored image (or type its id) first.")
+        removed = service.delete_source(int(source_id), with_samples=bool(together))
+        return f"Image {int(source_id)} deleted with {removed} sample(s).", gallery_items()
+
+    @errors_shown_in(0, 4)
+    def upload(paths: list[str] | None, role: str, class_name: str | None, request: gr.Request):
+        if not paths:
+            raise gr.Error("Choose one or more image files first.")
+        files = [(Path(p).name, Path(p).read_bytes()) for p in paths]
+        outcome = service.upload_images(files, role, class_name if role == "defect" else None, user_of(request))
+        return outcome.summary, gallery_items(), gr.update(choices=class_choices()), None
+
+    def on_role(role: str):
+        return gr.update(interactive=role == "defect", choices=class_choices())
+
+    def refresh():
+        return gallery_items(), gr.update(choices=class_choices())
+
+    upload_button.click(upload, [files, role, class_name], [result, stored, class_name, files], api_name="upload")
+    stored.select(pick_source, None, [edit_id, edit_class, edit_boxes], api_name="pick_source")
+    save_button.click(save_source, [edit_id, edit_class, edit_boxes], [edit_message, stored], api_name="source_save")
+    delete_button.click(delete_source, [edit_id, with_samples], [edit_message, stored], api_name="source_delete")
+    role.change(on_role, role, class_name, api_name="upload_role")
+    tab.select(refresh, None, [stored, class_name], api_name="upload_refresh")
+    return TabLoad(refresh, [stored, class_name], "upload_load")
