@@ -3,9 +3,10 @@
 For each draw (seed) of K real images per class from the pool: fine-tune tokens + LoRA on just those (CPU
 preset), generate N samples per class from those same K images with the product's defaults (`generate
 --init DIR --num N`: tuned or default strength, varied inits, realism gate), then train the same small CNN
-from scratch on each arm and test it on the validation split: real only, + ours, ours only, + classic
-augmentation, + classic + ours, and the same with the realism gate off (the first N candidates by seed,
-flagged ones included). Diversity: mean distance (steel features) from each sample, and from each
+from scratch on each arm (`--recognizer-seeds` of them, averaged) and test it on the validation split: real
+only, + ours, ours only, + classic augmentation, + classic + ours, and the same with the realism gate off (the
+first N candidates by seed, flagged ones included). A work folder's adapters and samples are reused, so a rerun
+with other recognizer settings costs only the recognizers. Diversity: mean distance (steel features) from each sample, and from each
 classic augmentation, to the nearest of the K real images of its class. A K=20 real-only run is the target.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
@@ -97,6 +98,13 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--recognizer-seeds",
+        type=int,
+        default=3,
+        help="Recognizers trained per arm and draw (each its own seed and classic augmentations); a draw reports "
+        "their mean, so the recognizer's own noise does not hide a difference between arms.",
+    )
     parser.add_argument("--skip-target", action="store_true", help="Skip the K=20 real-only target.")
     ablation = parser.add_argument_group("ablations (default: the product's defaults)")
     ablation.add_argument("--strength", type=float, default=None)
@@ -113,7 +121,10 @@ def main() -> None:
         options["realism_threshold"] = None
     elif args.realism_threshold is not None:
         options["realism_threshold"] = args.realism_threshold
-    results: dict = {"options": {**options, "k": args.k, "per_class": args.per_class}, "seeds": {}}
+    results: dict = {
+        "options": {**options, "k": args.k, "per_class": args.per_class, "recognizer_seeds": args.recognizer_seeds},
+        "seeds": {},
+    }
     started = time.time()
     if not args.skip_target:
         target = recognition(args.pool, args.val, k=20, seeds=len(args.seeds))
@@ -149,13 +160,20 @@ def main() -> None:
                 pipe=pipe,
                 **options,
             )
-        report = recognition(shots, args.val, synthetic, k=args.k, seeds=1, classic_augment_per_class=args.per_class)
+        report = recognition(
+            shots, args.val, synthetic, k=args.k, seeds=args.recognizer_seeds, classic_augment_per_class=args.per_class
+        )
         spread = diversity(shots, synthetic, args.per_class, seed)
         results["seeds"][seed] = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
         ungated = ungated_tree(synthetic, args.work / f"seed{seed}" / "ungated", args.per_class)
         if ungated is not None:
             gate_off = recognition(
-                shots, args.val, ungated, k=args.k, seeds=1, classic_augment_per_class=args.per_class
+                shots,
+                args.val,
+                ungated,
+                k=args.k,
+                seeds=args.recognizer_seeds,
+                classic_augment_per_class=args.per_class,
             )
             for arm in gate_off.arms:
                 if "synth" in arm.name:
