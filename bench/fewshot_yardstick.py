@@ -6,8 +6,9 @@ preset), generate N samples per class from those same K images with the product'
 from scratch on each arm (`--recognizer-seeds` of them, averaged) and test it on the validation split: real
 only, + ours, ours only, + classic augmentation, + classic + ours, and the same with the realism gate off (the
 first N candidates by seed, flagged ones included). A work folder's adapters and samples are reused, so a rerun
-with other recognizer settings costs only the recognizers. Diversity: mean distance (steel features) from each sample, and from each
-classic augmentation, to the nearest of the K real images of its class. A K=20 real-only run is the target.
+with other recognizer settings costs only the recognizers. Diversity: mean distance (steel features) from each
+sample, and from each classic augmentation, to the nearest of the K real images of its class. A K=20 real-only
+run is the target.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
