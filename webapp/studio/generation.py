@@ -160,6 +160,7 @@ class Generation:
         source_of = {path.name: source for path, source in zip(inits, sources, strict=True)}
         with self.database.session() as s:
             source_sha256_of = {info.id: repository.get_source_image(s, info.id).sha256 for info in sources}
+        batch_folder = str(folder.resolve())
         sample_ids, duplicates = [], []
         with self.database.transaction() as s:
             if repository.get_defect_class(s, class_name) is None:
@@ -172,6 +173,8 @@ class Generation:
                     continue
                 params = read_png_parameters(data)
                 source = source_of.get(params.init["sources"][0]) if params.init else sources[0]
+                params.source_image_id, params.source_sha256 = source.id, source_sha256_of[source.id]
+                params.batch_folder = batch_folder
                 mask_path = path.with_name(path.stem + MASK_SUFFIX)
                 mask_sha256 = self.files.put(mask_path.read_bytes(), ".png") if mask_path.exists() else None
                 sample = repository.add_sample(
@@ -183,12 +186,7 @@ class Generation:
                     adapter_path=params.adapter_path,
                     adapter_version=params.adapter_version if isinstance(params.adapter_version, int) else None,
                     mask_sha256=mask_sha256,
-                    params_json=params.as_dict()
-                    | {
-                        "source_image_id": source.id,
-                        "source_sha256": source_sha256_of[source.id],
-                        "batch_folder": str(folder.resolve()),
-                    },
+                    params_json=params.as_dict(),
                     batch=f"command line {folder.name}",
                     created_by=user,
                 )

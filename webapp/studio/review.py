@@ -167,8 +167,8 @@ class Review:
 
 
 def sample_row(sample) -> SampleRow:
-    masked = CandidateParameters.from_dict(sample.params_json).masked
-    quality = masked.quality if masked else {}
+    # One key of the stored JSON: the table reads every row on each refresh, so it does not build the whole record.
+    quality = sample.params_json.get("quality") or {}
     return SampleRow(
         sample.id,
         sample.class_name,
