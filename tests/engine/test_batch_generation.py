@@ -66,3 +66,35 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
     flagged = list_images(tmp_path / "closed" / FLAGGED_FOLDER)
     assert len(flagged) == 6 and list_images(tmp_path / "closed") == []
     assert read_png_parameters(flagged[0].read_bytes()).pre_rejected is True
+
+
+def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path):
+    from engine.batch import finetune_folder
+
+    mill = tmp_path / "mill"
+    rng = np.random.default_rng(2)
+    for name, kind in (("edge crack", "scratches"), ("oil stain", "inclusion")):
+        (mill / name).mkdir(parents=True)
+        for i in range(3):
+            grey = make_steel_like(rng, 44, kind)[..., 0].astype(np.float32)
+            colour = np.stack([grey * 0.9, grey * 0.8, grey * 0.6], axis=-1).astype(np.uint8)
+            Image.fromarray(colour).save(mill / name / f"IMG {i}.JPG", quality=90)
+    adapter = tmp_path / "adapter"
+    assert finetune_folder(mill, adapter, model=str(tiny_model), steps=2, batch_size=2).status == "completed"
+    pipe = load_pipeline(tiny_model, adapter=adapter)
+    written = generate_to_folder(
+        None,
+        None,
+        "oil stain",
+        mill / "oil stain",
+        3,
+        tmp_path / "out",
+        strength=0.5,
+        steps=4,
+        pipe=pipe,
+        realism_threshold=None,
+    )
+    params = read_png_parameters(written[0].read_bytes())
+    assert len(written) == 3 and params.token == "<oil stain>"
+    assert set(params.init["sources"]) <= {"IMG 0.JPG", "IMG 1.JPG", "IMG 2.JPG"}
+    assert Image.open(written[0]).size == (44, 44)
