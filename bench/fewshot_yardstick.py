@@ -113,11 +113,20 @@ def main() -> None:
     ablation.add_argument("--realism-threshold", type=float, default=None)
     ablation.add_argument("--no-realism-gate", action="store_true")
     ablation.add_argument("--detail-restore", type=float, default=None)
+    ablation.add_argument("--per-init", type=int, default=None, help="Candidates per varied init.")
+    ablation.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
     args = parser.parse_args()
     quiet_libraries()
     from engine.batch import finetune_folder
 
-    options: dict = {"vary": args.vary, "detail_restore": args.detail_restore, "strength": args.strength}
+    options: dict = {
+        "vary": args.vary,
+        "detail_restore": args.detail_restore,
+        "strength": args.strength,
+        "guidance": args.guidance,
+    }
+    if args.per_init is not None:
+        options["per_init"] = args.per_init
     if args.no_realism_gate:
         options["realism_threshold"] = None
     elif args.realism_threshold is not None:
