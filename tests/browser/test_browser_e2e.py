@@ -208,5 +208,9 @@ def test_the_review_queue_across_batches_reloads_and_tabs_and_a_wide_slab_up_clo
         sample_id.fill(str(wide_sample))
         sample_id.press("Enter")
         page.get_by_text("candidate, region 1344,0–1600,256").first.wait_for()
+        # The caption can arrive before the close-up image has loaded; wait for the image itself.
+        page.wait_for_function(
+            "() => [...document.images].some(i => i.naturalWidth === 256 && i.naturalHeight === 256)"
+        )
         sizes = page.evaluate("() => [...document.images].map(i => [i.naturalWidth, i.naturalHeight])")
         assert [256, 256] in sizes and not any(w >= 1600 for w, _ in sizes), sizes
