@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.adapters import is_adapter
-from engine.batch import FLAGGED_FOLDER, generate_to_folder
+from engine.batch import DEFAULT_PER_INIT, FLAGGED_FOLDER, generate_to_folder
 from engine.data import list_images, load_rgb
 from engine.evaluation.features import images_to_tensor, load_feature_net
 from engine.evaluation.recognition import classic_augment, recognition
@@ -113,7 +113,7 @@ def main() -> None:
     ablation.add_argument("--realism-threshold", type=float, default=None)
     ablation.add_argument("--no-realism-gate", action="store_true")
     ablation.add_argument("--detail-restore", type=float, default=None)
-    ablation.add_argument("--per-init", type=int, default=None, help="Candidates per varied init.")
+    ablation.add_argument("--per-init", type=int, default=DEFAULT_PER_INIT, help="Candidates per varied init.")
     ablation.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
     args = parser.parse_args()
     quiet_libraries()
@@ -124,9 +124,8 @@ def main() -> None:
         "detail_restore": args.detail_restore,
         "strength": args.strength,
         "guidance": args.guidance,
+        "per_init": args.per_init,
     }
-    if args.per_init is not None:
-        options["per_init"] = args.per_init
     if args.no_realism_gate:
         options["realism_threshold"] = None
     elif args.realism_threshold is not None:

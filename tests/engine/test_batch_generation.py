@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.batch import FLAGGED_FOLDER, RealismGateError, generate_to_folder
+from engine.batch import FLAGGED_FOLDER, RealismGateError, finetune_folder, generate_to_folder
 from engine.data import list_images
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
@@ -69,8 +69,6 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
 
 
 def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path):
-    from engine.batch import finetune_folder
-
     mill = tmp_path / "mill"
     rng = np.random.default_rng(2)
     for name, kind in (("edge crack", "scratches"), ("oil stain", "inclusion")):
