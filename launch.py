@@ -180,6 +180,11 @@ def add_training_parsers(sub) -> None:
         help="Stages to run (the autoencoder stage is skipped with --init-model).",
     )
     pre.add_argument("--vflip", action="store_true", help="Train on vertical mirrors too (4x the images with hflip).")
+    pre.add_argument(
+        "--v-prediction",
+        action="store_true",
+        help="Train the UNet to predict v on a zero-terminal-SNR schedule (default: the model's own, epsilon).",
+    )
 
 
 def add_studio_parsers(sub) -> None:
@@ -465,6 +470,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         vflip=args.vflip or None,
+        prediction_type="v_prediction" if args.v_prediction else None,
+        zero_terminal_snr=True if args.v_prediction else None,
     )
     with stop_on_signal() as stop_requested:
         result = pretrain(

@@ -133,6 +133,10 @@ class TrainConfig(ConfigMixin):
     lr_warmup_steps: int = 50
     weight_decay: float = 1e-2
     snr_gamma: float | None = 5.0
+    # Pretraining only: the noise schedule to train with; None keeps the model's. "v_prediction" with a zero
+    # terminal SNR (Lin et al. 2024) trains the last step on pure noise, which is where strength 1.0 starts.
+    prediction_type: str | None = None
+    zero_terminal_snr: bool | None = None
     # Share of captions replaced by "" so classifier-free guidance has an unconditional model.
     caption_dropout: float = 0.0
     ema_decay: float | None = None
@@ -155,6 +159,10 @@ class TrainConfig(ConfigMixin):
             raise ValueError("train_batch_size must be at least 1.")
         if self.checkpointing_steps < 1:
             raise ValueError("checkpointing_steps must be at least 1.")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}.")
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise ValueError("A zero terminal SNR needs prediction_type 'v_prediction' (epsilon is undefined there).")
         if not 0.0 <= self.background_loss_weight <= 1.0:
             raise ValueError(f"background_loss_weight must be between 0 and 1, got {self.background_loss_weight}.")
 
@@ -277,6 +285,8 @@ def pretrain_configs(preset: str = "cpu", seed: int = 0, **overrides):
         learning_rate=values["learning_rate"],
         lr_warmup_steps=min(200, steps // 10 + 1),
         vflip=values.get("vflip", False),
+        prediction_type=values.get("prediction_type"),
+        zero_terminal_snr=values.get("zero_terminal_snr"),
         ema_decay=0.999,
         checkpointing_steps=max(1, min(250, steps // 4)),
         caption_dropout=0.1,

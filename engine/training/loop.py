@@ -172,7 +172,7 @@ def train(
     text_encoder = CLIPTextModel.from_pretrained(model_ref, subfolder="text_encoder", dtype=torch.float32)
     vae = AutoencoderKL.from_pretrained(model_ref, subfolder="vae", dtype=torch.float32)
     unet = UNet2DConditionModel.from_pretrained(model_ref, subfolder="unet", dtype=torch.float32)
-    noise_scheduler = DDPMScheduler.from_pretrained(model_ref, subfolder="scheduler")
+    noise_scheduler = DDPMScheduler.from_pretrained(model_ref, subfolder="scheduler", **_schedule_overrides(config))
     vae.requires_grad_(False)
 
     # 3. Attach trainable parts
@@ -338,7 +338,7 @@ def train(
         else:
             if ema is not None:
                 ema.copy_to(unet.parameters())
-            _save_prior(config, vae, text_encoder, tokenizer, unet, model_ref)
+            _save_prior(config, vae, text_encoder, tokenizer, unet, noise_scheduler)
         result.wall_time_s = time.time() - started
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -503,8 +503,22 @@ def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str
     write_adapter_index(out, index)
 
 
-def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, model_ref: str) -> None:
-    """Save the pretrained prior as an ordinary diffusers folder (fp16 weights keep it small)."""
+def _schedule_overrides(config: TrainConfig) -> dict:
+    """Noise-schedule settings a pretraining job changes from its model's scheduler (none when fine-tuning)."""
+    if config.mode != "pretrain":
+        return {}
+    overrides = {}
+    if config.prediction_type is not None:
+        overrides["prediction_type"] = config.prediction_type
+    if config.zero_terminal_snr is not None:
+        overrides["rescale_betas_zero_snr"] = config.zero_terminal_snr
+        overrides["timestep_spacing"] = "trailing" if config.zero_terminal_snr else "linspace"
+    return overrides
+
+
+def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, noise_scheduler: DDPMScheduler) -> None:
+    """Save the pretrained prior as an ordinary diffusers folder (fp16 weights keep it small), with the sampler
+    for the noise schedule it was trained on."""
     from engine.training.prior import build_scheduler
 
     pipe = StableDiffusionImg2ImgPipeline(
@@ -512,7 +526,9 @@ def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, model_r
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=build_scheduler(),
+        scheduler=build_scheduler(
+            noise_scheduler.config.prediction_type, bool(noise_scheduler.config.rescale_betas_zero_snr)
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -126,3 +126,41 @@ def test_decoder_stage_alone_replaces_only_the_decoder_of_a_prior(tiny_model, tm
     assert all(torch.allclose(encoder[k], v.float(), atol=1e-2) for k, v in after.vae.encoder.state_dict().items())
     decoder = before.vae.decoder.state_dict()
     assert any(not torch.allclose(decoder[k], v.float(), atol=1e-4) for k, v in after.vae.decoder.state_dict().items())
+
+
+def test_v_prediction_continuation_saves_its_schedule_and_fine_tunes_and_samples_from_pure_noise(
+    tiny_model, tiny_dataset, tmp_path
+):
+    from diffusers import DDPMScheduler
+
+    from engine.config import TrainConfig, finetune_config
+    from engine.training.loop import images_from_folder, train
+
+    data = write_slabs(tmp_path / "slabs", 4, seed=3)
+    out = tmp_path / "prior"
+    args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--init-model", str(tiny_model)]
+    assert launch.main([*args, "--stages", "diffusion", "--steps", "2", "--batch-size", "2", "--v-prediction"]) == 0
+    schedule = load_pipeline(out).pipe.scheduler.config
+    assert schedule.prediction_type == "v_prediction" and schedule.rescale_betas_zero_snr
+    assert schedule.timestep_spacing == "trailing"
+    training_schedule = DDPMScheduler.from_pretrained(out, subfolder="scheduler")
+    original_schedule = DDPMScheduler.from_pretrained(tiny_model, subfolder="scheduler")
+    assert training_schedule.alphas_cumprod[-1] < 1e-9 < 1e-3 < original_schedule.alphas_cumprod[-1]
+
+    config = finetune_config(
+        model=str(out),
+        output_dir=str(tmp_path / "adapter"),
+        classes=["scratches"],
+        max_train_steps=2,
+        resolution=32,
+        train_batch_size=2,
+    )
+    result = train(config, images_from_folder(tiny_dataset, ["scratches"], 32))
+    assert result.status == "completed" and all(np.isfinite(result.losses))
+    config = GenerationConfig(class_name="scratches", num_candidates=1, steps=3, strength=1.0, seed=1)
+    pipe = load_pipeline(out, tmp_path / "adapter")
+    pixels = np.asarray(generate(pipe, Image.new("L", (32, 32), 128), config).candidates[0].image)
+    assert np.isfinite(pixels).all() and pixels.std() > 0
+
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        TrainConfig(mode="pretrain", zero_terminal_snr=True)
