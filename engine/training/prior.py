@@ -209,7 +209,7 @@ def build_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = 
         prediction_type=prediction_type,
         rescale_betas_zero_snr=zero_terminal_snr,
         timestep_spacing="trailing" if zero_terminal_snr else "linspace",
-        steps_offset=0 if zero_terminal_snr else 1,
+        steps_offset=1,
     )
 
 
