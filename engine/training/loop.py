@@ -504,7 +504,10 @@ def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str
 
 
 def _schedule_overrides(config: TrainConfig) -> dict:
-    """Noise-schedule settings a pretraining job changes from its model's scheduler (none when fine-tuning)."""
+    """Noise-schedule settings a pretraining job changes from its model's scheduler (none when fine-tuning).
+
+    Training draws timesteps uniformly, so the sampler's timestep spacing is left to `build_scheduler` at save.
+    """
     if config.mode != "pretrain":
         return {}
     overrides = {}
@@ -512,7 +515,6 @@ def _schedule_overrides(config: TrainConfig) -> dict:
         overrides["prediction_type"] = config.prediction_type
     if config.zero_terminal_snr is not None:
         overrides["rescale_betas_zero_snr"] = config.zero_terminal_snr
-        overrides["timestep_spacing"] = "trailing" if config.zero_terminal_snr else "linspace"
     return overrides
 
 
