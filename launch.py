@@ -112,6 +112,13 @@ def add_generate_parser(sub) -> None:
         default=None,
         help="Share (0-1) of the source's fine grain added back to each output (default 1).",
     )
+    gen.add_argument(
+        "--capture-variation",
+        type=float,
+        default=None,
+        help="Exposure, focus and sensor-noise variation of each sample after the realism gate, 0 (off) to 1 and"
+        " beyond (default 1).",
+    )
     placement = gen.add_mutually_exclusive_group()
     placement.add_argument(
         "--mask", type=Path, default=None, help="Repaint only where this mask (init image size, white) is."
@@ -172,6 +179,12 @@ def add_training_parsers(sub) -> None:
     )
     pre.add_argument("--learning-rate", type=float, default=None)
     pre.add_argument("--decoder-steps", type=int, default=None, help="Steps of the decoder stage (perceptual + GAN).")
+    pre.add_argument(
+        "--decoder-denoised-share",
+        type=float,
+        default=None,
+        help="Share of the decoder stage's batches decoded from the UNet's denoised latents (needs --init-model).",
+    )
     pre.add_argument(
         "--stages",
         nargs="+",
@@ -395,6 +408,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         auto_place=args.auto_place,
         vary=args.vary,
         detail_restore=args.detail_restore,
+        **({"capture_variation": args.capture_variation} if args.capture_variation is not None else {}),
         **({"per_init": args.per_init} if args.per_init is not None else {}),
         **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
     )
@@ -466,6 +480,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         size=args.size,
         autoencoder_steps=args.autoencoder_steps,
         decoder_steps=args.decoder_steps,
+        decoder_denoised_share=args.decoder_denoised_share,
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

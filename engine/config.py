@@ -227,9 +227,21 @@ class DecoderConfig(ConfigMixin):
     # The discriminator joins after this many steps, once the perceptual terms have moved the decoder.
     adversarial_start: int = 200
     discriminator_channels: int = 32
+    # Share of each batch decoded from the prior's own latents rather than encoder posteriors: the UNet's one-step
+    # denoised estimate of the image's latents, noised to a random timestep up to `denoised_max_timestep`. A
+    # decoder fitted only to posteriors renders the UNet's off-posterior latents as artefacts; these teach it to
+    # draw steel from them. Needs a UNet, so a prior to continue from (`pretrain --init-model`).
+    denoised_share: float = 0.0
+    denoised_max_timestep: int = 300
     checkpointing_steps: int = 250
     seed: int = 0
     feature_net: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.denoised_share <= 1.0:
+            raise ValueError(f"The denoised share must be in [0, 1], got {self.denoised_share}.")
+        if not 1 <= self.denoised_max_timestep <= 999:
+            raise ValueError(f"The denoised latents' timestep must be in [1, 999], got {self.denoised_max_timestep}.")
 
 
 # Pretraining presets: "cpu" is the recipe of the shipped prior on 2 CPU cores; "gpu" trains a larger prior on one
@@ -275,6 +287,7 @@ def pretrain_configs(preset: str = "cpu", seed: int = 0, **overrides):
     decoder = DecoderConfig(
         max_train_steps=values["decoder_steps"],
         train_batch_size=values["decoder_batch_size"],
+        denoised_share=values.get("decoder_denoised_share", 0.0),
         seed=seed,
         checkpointing_steps=max(1, min(250, values["decoder_steps"] // 4)),
     )

@@ -8,6 +8,9 @@ on them, stay valid) and retrains the decoder with
 - a texture term: L1 between Gram matrices of the same activations (what makes grain look like grain),
 - a patch-GAN hinge loss (taming-transformers' NLayerDiscriminator), weighted adaptively against the
   reconstruction terms by their gradient norms at the decoder's last layer, as in latent diffusion.
+With a `denoiser` (a prior's UNet, `one_step_denoiser`) part of each batch is decoded from the UNet's one-step
+denoised estimate of the image's latents instead of the encoder's posterior: what the product decodes are the
+UNet's latents, and a decoder fitted only to posteriors draws their deviations as artefacts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from engine.config import DecoderConfig
 from engine.evaluation.features import SteelFeatureNet, load_feature_net
 from engine.progress import ProgressFn
 from engine.training.pretrain import (
+    DEFECT_CAPTIONS,
     atomic_save,
     encode_pixels,
     finished_stage,
@@ -33,6 +37,9 @@ from engine.training.pretrain import (
     round_trip,
     training_device,
 )
+
+# (latents on the posterior's scale, timestep, generator) -> the prior's denoised estimate of those latents.
+Denoiser = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
 
 class PatchDiscriminator(nn.Module):
@@ -97,14 +104,53 @@ def _adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, la
     return (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
+def one_step_denoiser(model_dir: str | Path, scaling_factor: float, device: torch.device | str = "cpu") -> Denoiser:
+    """The prior's UNet as a `Denoiser`: noise the latents to a timestep and take its one-step clean estimate.
+
+    The estimate (`DDPMScheduler.step(...).pred_original_sample`, whatever the model predicts) is conditioned on a
+    generic pretraining caption, as the UNet saw its images.
+    """
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    model_dir = Path(model_dir)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", dtype=torch.float32).to(device).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=torch.float32).to(device)
+    # No clipping: latents are not images in [-1, 1].
+    scheduler = DDPMScheduler.from_pretrained(model_dir, subfolder="scheduler", clip_sample=False)
+    ids = tokenizer(
+        DEFECT_CAPTIONS[0], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids.to(device)
+    with torch.no_grad():
+        caption = text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def denoise(latents: torch.Tensor, timestep: int, generator: torch.Generator) -> torch.Tensor:
+        clean = latents * scaling_factor
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device)
+        t = torch.full((len(clean),), timestep, dtype=torch.long, device=clean.device)
+        noisy = scheduler.add_noise(clean, noise, t)
+        prediction = unet(noisy, t, encoder_hidden_states=caption.expand(len(clean), -1, -1)).sample
+        return scheduler.step(prediction, timestep, noisy).pred_original_sample / scaling_factor
+
+    return denoise
+
+
 def train_decoder(
     vae,
     pixels: np.ndarray,
     config: DecoderConfig,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    denoiser: Denoiser | None = None,
 ):
-    """Fine-tune (or resume) the decoder of `vae` on uint8 N×H×W×3 images; returns it, saved in output_dir/final."""
+    """Fine-tune (or resume) the decoder of `vae` on uint8 N×H×W×3 images; returns it, saved in output_dir/final.
+
+    `config.denoised_share` of each batch decodes `denoiser`'s latents (required when that share is positive).
+    """
+    if config.denoised_share > 0 and denoiser is None:
+        raise ValueError("A positive denoised share needs a denoiser: the UNet of a prior to continue from.")
     out = Path(config.output_dir)
     final = out / "final"
     if (finished := finished_stage(out)) is not None:
@@ -152,8 +198,13 @@ def train_decoder(
         target = pixels_to_tensor(
             pixels[index.numpy(), y * factor : (y + crop) * factor, x * factor : (x + crop) * factor]
         )
-        mean, std = latent_mean[index, :, y : y + crop, x : x + crop], latent_std[index, :, y : y + crop, x : x + crop]
+        mean, std = latent_mean[index], latent_std[index]
         latents = (mean + std * torch.randn(mean.shape, generator=generator)).to(device)
+        denoised = round(config.denoised_share * len(latents))
+        if denoised:
+            timestep = int(torch.randint(1, config.denoised_max_timestep + 1, (1,), generator=generator))
+            latents[:denoised] = denoiser(latents[:denoised], timestep, generator)
+        latents = latents[:, :, y : y + crop, x : x + crop]
         target = target.to(device)
         reconstruction = vae.decode(latents).sample
         pred_maps = feature_maps(features, reconstruction)

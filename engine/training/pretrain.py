@@ -299,9 +299,11 @@ def pretrain(
         raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}.")
     if "diffusion" not in stages and init_model is None:
         raise ValueError("Without the diffusion stage, give the model to put the new decoder in (init_model).")
+    if "decoder" in stages and decoder is not None and decoder.denoised_share > 0 and init_model is None:
+        raise ValueError("Decoding denoised latents needs a UNet: give the prior to continue from (init_model).")
     from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline
 
-    from engine.training.decoder import train_decoder
+    from engine.training.decoder import one_step_denoiser, train_decoder
     from engine.training.loop import TrainingImage, process_state, train
     from engine.training.prior import build_components
 
@@ -330,7 +332,10 @@ def pretrain(
         if "decoder" in stages:
             decoder = decoder or pretrain_configs("cpu")[2]
             decoder.output_dir = str(work / "decoder")
-            vae = train_decoder(vae, stack, decoder, progress, should_stop)
+            denoiser = None
+            if decoder.denoised_share > 0:
+                denoiser = one_step_denoiser(init_model, vae.config.scaling_factor, training_device())
+            vae = train_decoder(vae, stack, decoder, progress, should_stop, denoiser)
             vae.eval()
             if state.is_main_process:
                 round_trip_shares = validation_round_trip(vae, Path(data), size.resolution)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from diffusers import AutoencoderKL
 
@@ -11,6 +12,7 @@ from engine.evaluation.features import load_feature_net
 from engine.training.decoder import (
     PatchDiscriminator,
     feature_maps,
+    one_step_denoiser,
     perceptual_distance,
     round_trip_recognition,
     texture_distance,
@@ -62,3 +64,41 @@ def test_decoder_stage_trains_only_the_decoder_and_resumes(tiny_model, tmp_path)
     assert any(not torch.equal(decoder_before[k], v) for k, v in trained.decoder.state_dict().items())
     scores = round_trip_recognition(trained, pixels, ["crazing", "scratches"] * 3)
     assert set(scores) == {"crazing", "scratches"} and all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def test_one_step_denoiser_keeps_lightly_noised_latents_and_redraws_heavily_noised_ones(tiny_model):
+    vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
+    denoise = one_step_denoiser(tiny_model, vae.config.scaling_factor)
+    with torch.no_grad():
+        latents = vae.encode(torch.from_numpy(_pixels(2)).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean
+    light = denoise(latents, 1, torch.Generator().manual_seed(0))
+    heavy = denoise(latents, 900, torch.Generator().manual_seed(0))
+    assert light.shape == latents.shape and torch.isfinite(heavy).all()
+    # Unclipped and on the posterior's scale: one step of noise barely moves them, 900 steps redraw them.
+    assert (light - latents).abs().mean() < 0.25 * (heavy - latents).abs().mean()
+
+
+def test_decoder_stage_decodes_the_denoisers_latents_for_its_share_of_each_batch(tiny_model, tmp_path):
+    vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
+    denoise = one_step_denoiser(tiny_model, vae.config.scaling_factor)
+    calls: list[tuple[int, int]] = []
+
+    def counting(latents: torch.Tensor, timestep: int, generator: torch.Generator) -> torch.Tensor:
+        calls.append((len(latents), timestep))
+        return denoise(latents, timestep, generator)
+
+    config = DecoderConfig(
+        output_dir=str(tmp_path / "decoder"),
+        max_train_steps=2,
+        train_batch_size=4,
+        adversarial_weight=0.0,
+        denoised_share=0.5,
+        denoised_max_timestep=200,
+    )
+    with pytest.raises(ValueError, match="denoiser"):
+        train_decoder(vae, _pixels(), config)
+    trained = train_decoder(vae, _pixels(), config, denoiser=counting)
+    assert len(calls) == 2 and all(count == 2 and 1 <= t <= 200 for count, t in calls)
+    assert (tmp_path / "decoder" / "final" / "config.json").exists() and trained.decoder.training is False
+    with pytest.raises(ValueError, match="denoised share"):
+        DecoderConfig(denoised_share=1.5)

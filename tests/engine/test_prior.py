@@ -128,6 +128,18 @@ def test_decoder_stage_alone_replaces_only_the_decoder_of_a_prior(tiny_model, tm
     assert any(not torch.allclose(decoder[k], v.float(), atol=1e-4) for k, v in after.vae.decoder.state_dict().items())
 
 
+def test_decoder_stage_on_denoised_latents_needs_a_prior_and_runs_from_the_cli(tiny_model, tmp_path, capsys):
+    data = write_slabs(tmp_path / "slabs", 4, seed=3)
+    out = tmp_path / "prior"
+    args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--decoder-steps", "2"]
+    args += ["--decoder-denoised-share", "0.5", "--stages", "decoder"]
+    assert launch.main([*args, "diffusion"]) == 2
+    assert "needs a UNet" in capsys.readouterr().err
+    assert launch.main([*args, "--init-model", str(tiny_model)]) == 0
+    config = json.loads((tmp_path / "prior.work" / "decoder" / "config.json").read_text())
+    assert config["denoised_share"] == 0.5 and load_pipeline(out).pipe.vae is not None
+
+
 def test_v_prediction_continuation_saves_its_schedule_and_fine_tunes_and_samples_from_pure_noise(
     tiny_model, tiny_dataset, tmp_path
 ):
