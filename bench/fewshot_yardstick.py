@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.adapters import is_adapter
-from engine.batch import DEFAULT_PER_INIT, FLAGGED_FOLDER, generate_to_folder
+from engine.batch import DEFAULT_CAPTURE_VARIATION, DEFAULT_PER_INIT, FLAGGED_FOLDER, generate_to_folder
 from engine.data import list_images, load_rgb
 from engine.evaluation.features import images_to_tensor, load_feature_net
 from engine.evaluation.recognition import classic_augment, recognition
@@ -115,6 +115,7 @@ def main() -> None:
     ablation.add_argument("--detail-restore", type=float, default=None)
     ablation.add_argument("--per-init", type=int, default=DEFAULT_PER_INIT, help="Candidates per varied init.")
     ablation.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
+    ablation.add_argument("--capture-variation", type=float, default=DEFAULT_CAPTURE_VARIATION)
     args = parser.parse_args()
     quiet_libraries()
     from engine.batch import finetune_folder
@@ -125,6 +126,7 @@ def main() -> None:
         "strength": args.strength,
         "guidance": args.guidance,
         "per_init": args.per_init,
+        "capture_variation": args.capture_variation,
     }
     if args.no_realism_gate:
         options["realism_threshold"] = None

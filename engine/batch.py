@@ -20,6 +20,7 @@ from engine.evaluation.realism import class_realism_scorer
 from engine.generation.generate import generate, resolve_token
 from engine.generation.parameters import Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
+from engine.generation.variation import capture_variation as vary_capture
 from engine.generation.variation import varied_init
 from engine.progress import ProgressFn, StepFn, StopFn
 from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
@@ -29,6 +30,9 @@ DEFAULT_PER_INIT = 2
 # Realism gate of batch generation (realism score 0-1, see engine.evaluation.realism.RealismScorer): flagged,
 # not dropped.
 DEFAULT_REALISM_THRESHOLD = 0.3
+# Capture variation of batch samples (exposure, focus, sensor noise; engine.generation.variation), applied after the
+# realism gate. 1 is the measured default (README, "Capture variation"); 0 turns it off.
+DEFAULT_CAPTURE_VARIATION = 1.0
 FLAGGED_FOLDER = "flagged"
 # Candidates are written here under their slot number first, then renamed once the batch is complete.
 PARTS_FOLDER = ".parts"
@@ -74,6 +78,7 @@ def generate_to_folder(
     per_init: int = DEFAULT_PER_INIT,
     realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
     detail_restore: float | None = None,
+    capture_variation: float = DEFAULT_CAPTURE_VARIATION,
 ) -> list[Path]:
     """Write `num` PNGs to `out` from the init image(s); returns their paths.
 
@@ -85,6 +90,8 @@ def generate_to_folder(
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: the shipped NEU
     features for a NEU class, else its init images when there are enough), candidates scoring below it are
     flagged: written to `out/flagged/`, not counted in `num`, and replaced, up to `num` flagged ones in all.
+    Then every candidate gets `capture_variation` (exposure, focus and sensor noise of another capture, recorded
+    in its metadata; the realism score is the model's render's).
     Under `torchrun` the processes take turns at the inits (attempt k goes to process k mod N) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
@@ -94,6 +101,8 @@ def generate_to_folder(
         raise ValueError(f"Strength must be in (0, 1], got {strength}.")
     if per_init < 1:
         raise ValueError("Candidates per init must be at least 1.")
+    if capture_variation < 0:
+        raise ValueError(f"The capture variation must not be negative, got {capture_variation}.")
     # Every other setting is checked before the model loads (strength 1 stands in for a tuned default).
     extra = {"guidance_scale": guidance} if guidance is not None else {}
     if detail_restore is not None:
@@ -148,13 +157,17 @@ def generate_to_folder(
         crops = [repainted_region(c.image, c.params) for c in candidates]
         scores = scorer.score_many(crops, class_name) if scorer else [None] * len(candidates)
         for offset, (candidate, score) in enumerate(zip(candidates, scores, strict=True)):
+            slot = attempt * per_attempt + offset
             candidate.params.source_file = lineage["sources"][0]
             candidate.params.init = lineage
             low = score is not None and score.score < realism_threshold
             if score is not None:
                 candidate.params.realism = Realism(score.score, score.class_probability)
                 candidate.params.realism_threshold, candidate.params.pre_rejected = realism_threshold, low
-            slot = attempt * per_attempt + offset
+            if capture_variation:
+                rng = random.Random(f"{seed}:capture:{slot}")
+                candidate.image, capture = vary_capture(candidate.image, rng, capture_variation)
+                candidate.params.capture = {"amount": capture_variation, **capture}
             (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
             if (mask_bytes := candidate.mask_png()) is not None:
                 (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)

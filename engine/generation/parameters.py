@@ -112,6 +112,8 @@ class CandidateParameters:
     masked: MaskedRepaint | None = None
     # Lineage of a varied init (`VariedInit.describe`: kind, sources and how it was made) and the source's file name.
     init: dict[str, Any] | None = None
+    # Capture variation applied to the finished image (`variation.capture_variation`: amount and what it drew).
+    capture: dict[str, Any] | None = None
     source_file: str | None = None
     # Set by the studio when it stores the candidate (the batch folder: for a command-line batch).
     adapter_folder: str | None = None
@@ -184,6 +186,7 @@ class CandidateParameters:
             }
         optional = {
             "init": self.init,
+            "capture": self.capture,
             "source_file": self.source_file,
             "adapter_folder": self.adapter_folder,
             "source_image_id": self.source_image_id,

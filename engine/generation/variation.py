@@ -10,6 +10,9 @@ from real pixels with a strength, as in StableSDG:
   defects of several images in new places (jittered like a geometric variant);
 - source: the real image as it is.
 Only PIL and numpy: the service and the CLI make inits without touching the model.
+
+`capture_variation` varies a finished sample the way another camera, lamp or lens would: exposure, focus and
+sensor noise that five real images from one line do not show.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 INIT_KINDS = ("source", "geometric", "mosaic")
 # Share of each kind in a varied batch. Mosaics need two or more sources; with one, their share goes to geometric.
@@ -81,6 +84,31 @@ def photometric_jitter(image: Image.Image, rng: random.Random, amount: float = 0
     contrast = rng.uniform(1 - amount, 1 + amount)
     image = ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(brightness)).enhance(contrast)
     return image, {"brightness": round(brightness, 3), "contrast": round(contrast, 3)}
+
+
+def capture_variation(image: Image.Image, rng: random.Random, amount: float = 1.0) -> tuple[Image.Image, dict]:
+    """Exposure, focus and sensor noise of another capture, scaled by `amount` (0: unchanged); returns (image, details).
+
+    At `amount` 1: brightness and contrast factors within 1 ± 0.25, half the time a Gaussian blur of σ 0.3-1.5 px,
+    half the time luminance noise of σ 2-10 grey levels (one plane for every channel, so grey stays grey).
+    """
+    if amount < 0:
+        raise ValueError(f"The capture variation must not be negative, got {amount}.")
+    if amount == 0:
+        return image, {}
+    image, details = photometric_jitter(image, rng, 0.25 * amount)
+    if rng.random() < 0.5:
+        radius = rng.uniform(0.3, 0.3 + 1.2 * amount)
+        image = image.filter(ImageFilter.GaussianBlur(radius))
+        details["blur"] = round(radius, 2)
+    if rng.random() < 0.5:
+        sigma = rng.uniform(2.0, 2.0 + 8.0 * amount)
+        pixels = np.asarray(image, dtype=np.float32)
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, sigma, pixels.shape[:2]).astype(np.float32)
+        pixels = pixels + (noise if pixels.ndim == 2 else noise[..., None])
+        image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)).convert(image.mode)
+        details["noise"] = round(sigma, 2)
+    return image, details
 
 
 def _ramp(length: int, split: float, seam: float) -> np.ndarray:

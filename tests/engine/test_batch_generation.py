@@ -96,3 +96,17 @@ def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_gen
     assert len(written) == 3 and params.token == "<oil stain>"
     assert set(params.init["sources"]) <= {"IMG 0.JPG", "IMG 1.JPG", "IMG 2.JPG"}
     assert Image.open(written[0]).size == (44, 44)
+
+
+def test_capture_variation_changes_the_written_samples_after_the_realism_gate(pipe, shots, tmp_path):
+    varied = _generate(pipe, shots, tmp_path / "varied", realism_threshold=0.0)
+    clean = _generate(pipe, shots, tmp_path / "clean", realism_threshold=0.0, capture_variation=0.0)
+    varied_params = [read_png_parameters(p.read_bytes()) for p in varied]
+    clean_params = [read_png_parameters(p.read_bytes()) for p in clean]
+    assert all(p.capture["amount"] == 1.0 for p in varied_params) and all(p.capture is None for p in clean_params)
+    # The gate scored the same renders; only the written pixels differ.
+    assert [p.realism.score for p in varied_params] == [p.realism.score for p in clean_params]
+    pixels = [(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(varied, clean, strict=True)]
+    assert sum(not np.array_equal(a, b) for a, b in pixels) >= 5
+    with pytest.raises(ValueError, match="capture variation"):
+        _generate(pipe, shots, tmp_path / "bad", capture_variation=-1.0)

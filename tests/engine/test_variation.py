@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from engine.evaluation.recognition import classic_augment
-from engine.generation.variation import geometric_variant, mosaic, varied_init
+from engine.generation.variation import capture_variation, geometric_variant, mosaic, varied_init
 
 
 def _images(count: int, size: int = 64) -> list[Image.Image]:
@@ -68,3 +68,20 @@ def test_varied_init_from_one_image_never_makes_a_mosaic():
         varied_init(_images(2), rng, mix={"collage": 1.0})
     with pytest.raises(ValueError, match="at least one image"):
         varied_init([], rng)
+
+
+def test_capture_variation_is_reproducible_keeps_grey_grey_and_is_off_at_zero():
+    grey = np.random.default_rng(3).integers(60, 200, (48, 48), dtype=np.uint8)
+    image = Image.fromarray(np.stack([grey] * 3, axis=-1))
+    assert capture_variation(image, random.Random(0), 0.0) == (image, {})
+    draws = [capture_variation(image, random.Random(seed)) for seed in range(12)]
+    again, details = capture_variation(image, random.Random(5))
+    assert np.array_equal(np.asarray(again), np.asarray(draws[5][0])) and details == draws[5][1]
+    for varied, details in draws:
+        pixels = np.asarray(varied)
+        assert varied.mode == "RGB" and varied.size == image.size
+        assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])
+        assert 0.75 <= details["brightness"] <= 1.25 and set(details) <= {"brightness", "contrast", "blur", "noise"}
+    assert any("blur" in d for _, d in draws) and any("noise" in d for _, d in draws)
+    with pytest.raises(ValueError, match="negative"):
+        capture_variation(image, random.Random(0), -0.5)
