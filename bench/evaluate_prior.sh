@@ -4,8 +4,8 @@
 # compared with the held-out validation images; the pool itself is the real-vs-real reference.
 #   bash bench/evaluate_prior.sh [NEU_DIR] [WORK_DIR] [PER_CLASS]
 # STRENGTH=0.6 and ADAPTER=<run folder> (default: the shipped tokens) change what is measured; GENERATE_ARGS
-# passes more `generate` options (e.g. "--detail-restore 1" or "--no-vary"). The realism gate is off here: the
-# raw output is what is measured.
+# passes more `generate` options (e.g. "--detail-restore 1" or "--no-vary"). The realism gate and the capture
+# variation are off here: the model's raw output is what is measured.
 set -euo pipefail
 neu=${1:-../shared/data/neu}
 work=${2:-/tmp/studio-eval}
@@ -16,7 +16,7 @@ for class_dir in "$work"/neu-split/pool/*/; do
   name=$(basename "$class_dir")
   python launch.py generate --token "$name" --init "$class_dir" --num "$per_class" \
     --out "$work/generated-$strength/$name" --strength "$strength" --seed 0 \
-    --realism-threshold off ${ADAPTER:+--adapter "$ADAPTER"} ${GENERATE_ARGS:-}
+    --realism-threshold off --capture-variation 0 ${ADAPTER:+--adapter "$ADAPTER"} ${GENERATE_ARGS:-}
 done
 python launch.py evaluate fidelity --generated "$work/generated-$strength" --real "$work/neu-split/val" \
   --reference "$work/neu-split/pool"

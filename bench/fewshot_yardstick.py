@@ -2,13 +2,13 @@
 
 For each draw (seed) of K real images per class from the pool: fine-tune tokens + LoRA on just those (CPU
 preset), generate N samples per class from those same K images with the product's defaults (`generate
---init DIR --num N`: tuned or default strength, varied inits, realism gate), then train the same small CNN
-from scratch on each arm (`--recognizer-seeds` of them, averaged) and test it on the validation split: real
-only, + ours, ours only, + classic augmentation, + classic + ours, and the same with the realism gate off (the
-first N candidates by seed, flagged ones included). A work folder's adapters and samples are reused, so a rerun
-with other recognizer settings costs only the recognizers. Diversity: mean distance (steel features) from each
-sample, and from each classic augmentation, to the nearest of the K real images of its class. A K=20 real-only
-run is the target.
+--init DIR --num N`: tuned or default strength, varied inits, realism gate, capture variation), then train
+the same small CNN from scratch on each arm (`--recognizer-seeds` of them, averaged) and test it on the
+validation split: real only, + ours, ours only, + classic augmentation, + classic + ours, and the same with the
+realism gate off (the first N candidates by seed, flagged ones included). A work folder's adapters and samples
+are reused, so a rerun with other recognizer settings costs only the recognizers. Diversity: mean distance
+(steel features) from each sample, and from each classic augmentation, to the nearest of the K real images of
+its class. A K=20 real-only run is the target.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
