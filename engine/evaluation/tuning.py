@@ -153,7 +153,7 @@ def tune_adapter_strength(
     class_images(val_dir, class_name)
     pipe = load_pipeline(model, adapter)
 
-    # 2. Sweep, each strength's images in a temporary folder
+    # 2. Sweep, each strength's images in a temporary folder (the model's render: no gate, no capture variation)
     with tempfile.TemporaryDirectory(prefix="tune-strength-") as tmp:
 
         def generate_fn(strength: float) -> list[Image.Image]:
@@ -170,6 +170,7 @@ def tune_adapter_strength(
                 seed=seed,
                 pipe=pipe,
                 realism_threshold=None,
+                capture_variation=0.0,
             )
             return [load_rgb(p) for p in paths]
 
