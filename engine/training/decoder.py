@@ -104,16 +104,19 @@ def _adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, la
     return (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
-def one_step_denoiser(model_dir: str | Path, scaling_factor: float, device: torch.device | str = "cpu") -> Denoiser:
+def one_step_denoiser(model_dir: str | Path, device: torch.device | str = "cpu") -> Denoiser:
     """The prior's UNet as a `Denoiser`: noise the latents to a timestep and take its one-step clean estimate.
 
     The estimate (`DDPMScheduler.step(...).pred_original_sample`, whatever the model predicts) is conditioned on a
-    generic pretraining caption, as the UNet saw its images.
+    generic pretraining caption, as the UNet saw its images. Latents are moved to and from the UNet's space with
+    the model's own VAE scaling and shift factors, as the training loop does.
     """
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model_dir = Path(model_dir)
+    vae_config = AutoencoderKL.load_config(model_dir, subfolder="vae")
+    scaling, shift = vae_config["scaling_factor"], vae_config.get("shift_factor") or 0.0
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", dtype=torch.float32).to(device).eval()
     tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", dtype=torch.float32).to(device)
@@ -127,12 +130,12 @@ def one_step_denoiser(model_dir: str | Path, scaling_factor: float, device: torc
 
     @torch.no_grad()
     def denoise(latents: torch.Tensor, timestep: int, generator: torch.Generator) -> torch.Tensor:
-        clean = latents * scaling_factor
+        clean = (latents - shift) * scaling
         noise = torch.randn(clean.shape, generator=generator).to(clean.device)
         t = torch.full((len(clean),), timestep, dtype=torch.long, device=clean.device)
         noisy = scheduler.add_noise(clean, noise, t)
         prediction = unet(noisy, t, encoder_hidden_states=caption.expand(len(clean), -1, -1)).sample
-        return scheduler.step(prediction, timestep, noisy).pred_original_sample / scaling_factor
+        return scheduler.step(prediction, timestep, noisy).pred_original_sample / scaling + shift
 
     return denoise
 

@@ -334,7 +334,7 @@ def pretrain(
             decoder.output_dir = str(work / "decoder")
             denoiser = None
             if decoder.denoised_share > 0:
-                denoiser = one_step_denoiser(init_model, vae.config.scaling_factor, training_device())
+                denoiser = one_step_denoiser(init_model, training_device())
             vae = train_decoder(vae, stack, decoder, progress, should_stop, denoiser)
             vae.eval()
             if state.is_main_process:

@@ -68,7 +68,7 @@ def test_decoder_stage_trains_only_the_decoder_and_resumes(tiny_model, tmp_path)
 
 def test_one_step_denoiser_keeps_lightly_noised_latents_and_redraws_heavily_noised_ones(tiny_model):
     vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
-    denoise = one_step_denoiser(tiny_model, vae.config.scaling_factor)
+    denoise = one_step_denoiser(tiny_model)
     with torch.no_grad():
         latents = vae.encode(torch.from_numpy(_pixels(2)).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean
     light = denoise(latents, 1, torch.Generator().manual_seed(0))
@@ -80,7 +80,7 @@ def test_one_step_denoiser_keeps_lightly_noised_latents_and_redraws_heavily_nois
 
 def test_decoder_stage_decodes_the_denoisers_latents_for_its_share_of_each_batch(tiny_model, tmp_path):
     vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
-    denoise = one_step_denoiser(tiny_model, vae.config.scaling_factor)
+    denoise = one_step_denoiser(tiny_model)
     calls: list[tuple[int, int]] = []
 
     def counting(latents: torch.Tensor, timestep: int, generator: torch.Generator) -> torch.Tensor:
