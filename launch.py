@@ -96,7 +96,13 @@ def add_generate_parser(sub) -> None:
         dest="vary",
         action="store_false",
         help="Start every candidate from an init image as it is (default: varied inits — the images, geometric"
-        " variants and mosaics of them — every --per-init candidates; not with --mask).",
+        " variants, mosaics and warped variants of them — every --per-init candidates; not with --mask).",
+    )
+    gen.add_argument(
+        "--init-mix",
+        default=None,
+        help="Shares of the varied inits' kinds, e.g. source=0.1,geometric=0.3,mosaic=0.3,warp=0.3"
+        " (default: the measured mix in engine/generation/variation.py).",
     )
     gen.add_argument("--per-init", type=int, default=None, help="Candidates per varied init (default 2).")
     gen.add_argument(
@@ -387,6 +393,7 @@ def _threshold(text: str) -> float | str | None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from engine.batch import FLAGGED_FOLDER, generate_to_folder, init_images
+    from engine.generation.variation import parse_init_mix
     from engine.training.loop import shared_value
 
     store = args.out is None
@@ -410,6 +417,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         detail_restore=args.detail_restore,
         **({"capture_variation": args.capture_variation} if args.capture_variation is not None else {}),
         **({"per_init": args.per_init} if args.per_init is not None else {}),
+        init_mix=parse_init_mix(args.init_mix) if args.init_mix is not None else None,
         **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
     )
     if not _is_main_process():

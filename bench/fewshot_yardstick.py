@@ -7,8 +7,9 @@ the same small CNN from scratch on each arm (`--recognizer-seeds` of them, avera
 validation split: real only, + ours, ours only, + classic augmentation, + classic + ours, and the same with the
 realism gate off (the first N candidates by seed, flagged ones included). A work folder's adapters and samples
 are reused, so a rerun with other recognizer settings costs only the recognizers. Diversity: mean distance
-(steel features) from each sample, and from each classic augmentation, to the nearest of the K real images of
-its class. A K=20 real-only run is the target.
+(steel features) from each sample, from each classic augmentation and from the geometric part of each (its
+layout without exposure, blur and noise: compare `--capture-variation 0` samples with it) to the nearest of the
+K real images of its class. A K=20 real-only run is the target.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
@@ -33,6 +34,7 @@ from engine.evaluation.features import images_to_tensor, load_feature_net
 from engine.evaluation.recognition import classic_augment, recognition
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
+from engine.generation.variation import geometric_variant, parse_init_mix
 from engine.quiet import quiet_libraries
 
 
@@ -58,17 +60,22 @@ def distance_to_shots(net, images, shots) -> float:
 
 
 def diversity(shots_dir: Path, synthetic_dir: Path, per_class: int, seed: int) -> dict[str, float]:
-    """Distance to the nearest real shot, of our samples and of as many classic augmentations, over all classes."""
+    """Distance to the nearest real shot, over all classes: of our samples, of as many classic augmentations, and
+    of the geometric part of classic augmentation alone (crop, rotation, mirrors: its layouts without the exposure,
+    blur and noise), the reference for samples made with `--capture-variation 0`."""
     net = load_feature_net()
-    rng = random.Random(seed)
-    ours, classic = [], []
+    rng, geometric_rng = random.Random(seed), random.Random(f"{seed}:geometric")
+    ours, classic, geometric = [], [], []
     for class_dir in sorted(p for p in shots_dir.iterdir() if p.is_dir()):
         shots = [load_rgb(p) for p in list_images(class_dir)]
         samples = [load_rgb(p) for p in list_images(synthetic_dir / class_dir.name)]
         augmented = [classic_augment(shots[i % len(shots)], rng) for i in range(per_class)]
+        variants = [geometric_variant(shots[i % len(shots)], geometric_rng)[0] for i in range(per_class)]
         ours.append(distance_to_shots(net, samples, shots))
         classic.append(distance_to_shots(net, augmented, shots))
-    return {"ours": round(float(np.mean(ours)), 4), "classic": round(float(np.mean(classic)), 4)}
+        geometric.append(distance_to_shots(net, variants, shots))
+    sides = {"ours": ours, "classic": classic, "classic_geometric": geometric}
+    return {side: round(float(np.mean(values)), 4) for side, values in sides.items()}
 
 
 def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
@@ -116,6 +123,9 @@ def main() -> None:
     ablation.add_argument("--per-init", type=int, default=DEFAULT_PER_INIT, help="Candidates per varied init.")
     ablation.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
     ablation.add_argument("--capture-variation", type=float, default=DEFAULT_CAPTURE_VARIATION)
+    ablation.add_argument(
+        "--init-mix", type=parse_init_mix, default=None, help="Shares of the varied inits' kinds (source=0.1,…)."
+    )
     args = parser.parse_args()
     quiet_libraries()
     from engine.batch import finetune_folder
@@ -127,6 +137,7 @@ def main() -> None:
         "guidance": args.guidance,
         "per_init": args.per_init,
         "capture_variation": args.capture_variation,
+        "init_mix": args.init_mix,
     }
     if args.no_realism_gate:
         options["realism_threshold"] = None
@@ -190,7 +201,10 @@ def main() -> None:
                 if "synth" in arm.name:
                     results["seeds"][seed][f"{arm.name} (gate off)"] = arm.mean
         print(f"seed {seed}: " + ", ".join(f"{a.name} {a.mean:.3f}" for a in report.arms), flush=True)
-        print(f"seed {seed}: distance to nearest shot, ours {spread['ours']:.4f}, classic {spread['classic']:.4f}")
+        print(
+            f"seed {seed}: distance to nearest shot, ours {spread['ours']:.4f}, classic {spread['classic']:.4f},"
+            f" classic geometric part {spread['classic_geometric']:.4f}"
+        )
     arms = [name for name in next(iter(results["seeds"].values())) if name != "diversity"]
     summary = {}
     print(f"\nK={args.k}, {len(args.seeds)} draws (mean ± std over draws):")
@@ -198,13 +212,13 @@ def main() -> None:
         values = [r[name] for r in results["seeds"].values()]
         summary[name] = {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
         print(f"  {name:<20}{summary[name]['mean']:.3f} ± {summary[name]['std']:.3f}")
-    for side in ("ours", "classic"):
-        values = [r["diversity"][side] for r in results["seeds"].values()]
+    for side in ("ours", "classic", "classic_geometric"):
+        values = [r["diversity"][side] for r in results["seeds"].values() if side in r["diversity"]]
         summary[f"diversity_{side}"] = {
             "mean": round(float(np.mean(values)), 4),
             "std": round(float(np.std(values)), 4),
         }
-        print(f"  distance to nearest shot, {side:<8}{np.mean(values):.4f} ± {np.std(values):.4f}")
+        print(f"  distance to nearest shot, {side:<18}{np.mean(values):.4f} ± {np.std(values):.4f}")
     results["summary"] = summary
     results["wall_s"] = round(time.time() - started, 1)
     args.work.mkdir(parents=True, exist_ok=True)

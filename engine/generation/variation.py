@@ -8,8 +8,10 @@ from real pixels with a strength, as in StableSDG:
 - mosaic: two or four real images of the class, each a geometric variant, cut into halves or quadrants at a
   random split, brought to one grey level and contrast and joined with feathered seams, so one init carries
   defects of several images in new places (jittered like a geometric variant);
+- warp: a geometric variant bent by a smooth random displacement field (an elastic warp), so a scratch curves,
+  a patch changes its outline and a crazing network stretches: layouts no rigid transform reaches;
 - source: the real image as it is.
-Only PIL and numpy: the service and the CLI make inits without touching the model.
+Only PIL, numpy and OpenCV: the service and the CLI make inits without touching the model.
 
 `capture_variation` varies a finished sample the way another camera, lamp or lens would: exposure, focus and
 sensor noise that five real images from one line do not show.
@@ -21,14 +23,18 @@ import math
 import random
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-INIT_KINDS = ("source", "geometric", "mosaic")
+INIT_KINDS = ("source", "geometric", "mosaic", "warp")
 # Share of each kind in a varied batch. Mosaics need two or more sources; with one, their share goes to geometric.
 DEFAULT_INIT_MIX = {"source": 0.2, "geometric": 0.4, "mosaic": 0.4}
 # Width of the blend between mosaic tiles, as a share of the image side.
 SEAM_SHARE = 0.06
+# Elastic warp: control points per side (drawn in this range) and the displacements' spread, as a share of the side.
+WARP_GRID = (3, 5)
+WARP_AMPLITUDE = 0.03
 
 
 @dataclass
@@ -111,6 +117,27 @@ def capture_variation(image: Image.Image, rng: random.Random, amount: float = 1.
     return image, details
 
 
+def elastic_warp(image: Image.Image, rng: random.Random, amplitude: float = WARP_AMPLITUDE) -> tuple[Image.Image, dict]:
+    """Bend `image` by a smooth random displacement field; returns (image, parameters).
+
+    A grid of 3-4 control points per side gets displacements of spread `amplitude` × the image side, which are
+    interpolated bicubically to every pixel; the image is resampled there, mirrored at its edges.
+    """
+    if amplitude < 0:
+        raise ValueError(f"The warp amplitude must not be negative, got {amplitude}.")
+    width, height = image.size
+    grid = rng.randrange(*WARP_GRID)
+    sigma = amplitude * min(width, height)
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, sigma, (2, grid, grid)).astype(np.float32)
+    shift_x, shift_y = (cv2.resize(n, (width, height), interpolation=cv2.INTER_CUBIC) for n in noise)
+    columns, rows = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    pixels = cv2.remap(
+        np.asarray(image), columns + shift_x, rows + shift_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
+    details = {"warp_grid": grid, "warp_max_shift": round(float(np.hypot(shift_x, shift_y).max()), 1)}
+    return Image.fromarray(pixels, mode=None).convert(image.mode), details
+
+
 def _ramp(length: int, split: float, seam: float) -> np.ndarray:
     """0 before `split`, 1 after it, a linear blend `seam` pixels wide around it."""
     positions = np.arange(length, dtype=np.float32) + 0.5
@@ -159,10 +186,30 @@ def mosaic(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6
     return image.convert(base.mode), chosen, details
 
 
+def parse_init_mix(text: str) -> dict[str, float]:
+    """Parse an init mix such as "source=0.1,geometric=0.3,mosaic=0.3,warp=0.3" (shares, normalised when drawn)."""
+    mix: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, _, share = item.partition("=")
+        kind = kind.strip()
+        if kind not in INIT_KINDS:
+            raise ValueError(f"Unknown init kind {kind!r}; choose from {', '.join(INIT_KINDS)}.")
+        try:
+            mix[kind] = float(share)
+        except ValueError:
+            raise ValueError(f"The share of {kind!r} must be a number, got {share.strip()!r}.") from None
+        if mix[kind] < 0:
+            raise ValueError(f"The share of {kind!r} must not be negative, got {share.strip()}.")
+    if not any(mix.values()):
+        raise ValueError(f"The init mix {text!r} gives no kind a positive share.")
+    return mix
+
+
 def varied_init(
     images: list[Image.Image], rng: random.Random, mix: dict[str, float] | None = None, min_scale: float = 0.6
 ) -> VariedInit:
-    """One init drawn from `images` (a class's real images): the source as is, a geometric variant or a mosaic."""
+    """One init drawn from `images` (a class's real images): the source as is, a geometric variant, a mosaic or a
+    warped geometric variant, in the shares of `mix` (default `DEFAULT_INIT_MIX`)."""
     if not images:
         raise ValueError("Varied inits need at least one image.")
     mix = dict(mix or DEFAULT_INIT_MIX)
@@ -176,9 +223,12 @@ def varied_init(
     kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
     if kind == "mosaic":
         image, sources, details = mosaic(images, rng, min_scale)
-    elif kind == "geometric":
+    elif kind in ("geometric", "warp"):
         sources = [rng.randrange(len(images))]
         image, details = geometric_variant(images[sources[0]], rng, min_scale)
+        if kind == "warp":
+            image, warp = elastic_warp(image, rng)
+            details = {**details, **warp}
     else:
         index = rng.randrange(len(images))
         return VariedInit(images[index].copy(), kind, [index])

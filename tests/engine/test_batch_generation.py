@@ -37,7 +37,7 @@ def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_p
     assert [p.name for p in written] == [f"scratches_{i:05d}.png" for i in range(6)]
     params = [read_png_parameters(p.read_bytes()).as_dict() for p in written]
     kinds = {p["init"]["kind"] for p in params}
-    assert kinds <= {"source", "geometric", "mosaic"} and len({p["seed"] for p in params}) == 6
+    assert kinds <= {"source", "geometric", "mosaic", "warp"} and len({p["seed"] for p in params}) == 6
     assert all(set(p["init"]["sources"]) <= {"real_0.png", "real_1.png", "real_2.png"} for p in params)
     assert all("realism" not in p for p in params)
     plain = generate_to_folder(
@@ -54,6 +54,9 @@ def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_p
         realism_threshold=None,
     )
     assert read_png_parameters(plain[0].read_bytes()).init == {"kind": "source", "sources": ["real_0.png"]}
+    warped = _generate(pipe, shots, tmp_path / "warped", realism_threshold=None, init_mix={"warp": 1.0})
+    inits = [read_png_parameters(p.read_bytes()).init for p in warped]
+    assert {init["kind"] for init in inits} == {"warp"} and all(init["warp_max_shift"] > 0 for init in inits)
 
 
 def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):

@@ -9,7 +9,15 @@ import pytest
 from PIL import Image
 
 from engine.evaluation.recognition import classic_augment
-from engine.generation.variation import capture_variation, geometric_variant, mosaic, varied_init
+from engine.generation.variation import (
+    DEFAULT_INIT_MIX,
+    capture_variation,
+    elastic_warp,
+    geometric_variant,
+    mosaic,
+    parse_init_mix,
+    varied_init,
+)
 
 
 def _images(count: int, size: int = 64) -> list[Image.Image]:
@@ -54,11 +62,51 @@ def test_varied_init_mixes_kinds_and_records_lineage():
     images = _images(3)
     rng = random.Random(0)
     inits = [varied_init(images, rng) for _ in range(40)]
-    assert {init.kind for init in inits} == {"source", "geometric", "mosaic"}
+    assert {init.kind for init in inits} == {kind for kind, share in DEFAULT_INIT_MIX.items() if share > 0}
     described = inits[0].describe(["a.png", "b.png", "c.png"])
     assert described["kind"] == inits[0].kind and set(described["sources"]) <= {"a.png", "b.png", "c.png"}
     source = next(init for init in inits if init.kind == "source")
     assert np.array_equal(np.asarray(source.image), np.asarray(images[source.sources[0]]))
+
+
+def test_elastic_warp_bends_a_straight_line_and_keeps_grey_grey():
+    pixels = np.full((80, 80), 40, dtype=np.uint8)
+    pixels[38:42] = 220  # a horizontal scratch
+    image = Image.fromarray(np.stack([pixels] * 3, axis=-1))
+    assert np.array_equal(np.asarray(elastic_warp(image, random.Random(0), amplitude=0.0)[0]), np.asarray(image))
+    bent = []
+    for seed in range(5):
+        warped, details = elastic_warp(image, random.Random(seed))
+        assert warped.size == image.size and warped.mode == "RGB" and 3 <= details["warp_grid"] <= 4
+        rgb = np.asarray(warped)
+        assert np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        # The line's row, column by column: a warp moves it by a different amount in different places.
+        rows = rgb[..., 0].argmax(axis=0)
+        bent.append(int(rows.max()) - int(rows.min()))
+        assert (rgb[..., 0] > 128).sum() > 0.5 * 4 * 80  # the line is bent, not erased
+    assert max(bent) >= 3
+    again, _ = elastic_warp(image, random.Random(4))
+    assert np.array_equal(np.asarray(again), rgb)
+    with pytest.raises(ValueError, match="must not be negative"):
+        elastic_warp(image, random.Random(0), amplitude=-0.1)
+
+
+def test_varied_init_warp_kind_records_its_geometry_and_warp():
+    init = varied_init(_images(2), random.Random(0), mix={"warp": 1.0})
+    assert init.kind == "warp" and len(init.sources) == 1
+    assert {"angle", "crop", "warp_grid", "warp_max_shift", "brightness"} <= set(init.details)
+
+
+def test_init_mix_parses_shares_and_refuses_unknown_kinds_and_empty_mixes():
+    assert parse_init_mix("source=0.1, warp=0.9") == {"source": 0.1, "warp": 0.9}
+    for text, message in [
+        ("collage=1", "Unknown init kind 'collage'"),
+        ("warp=much", "must be a number"),
+        ("warp=-0.5", "must not be negative"),
+        ("source=0,warp=0", "no kind a positive share"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_init_mix(text)
 
 
 def test_varied_init_from_one_image_never_makes_a_mosaic():
