@@ -96,7 +96,7 @@ def add_generate_parser(sub) -> None:
         dest="vary",
         action="store_false",
         help="Start every candidate from an init image as it is (default: varied inits — the images, geometric"
-        " variants, mosaics and warped variants of them — every --per-init candidates; not with --mask).",
+        " variants and mosaics of them, see --init-mix — every --per-init candidates; not with --mask).",
     )
     gen.add_argument(
         "--init-mix",

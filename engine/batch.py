@@ -21,7 +21,7 @@ from engine.generation.generate import generate, resolve_token
 from engine.generation.parameters import Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
-from engine.generation.variation import varied_init
+from engine.generation.variation import check_init_mix, varied_init
 from engine.progress import ProgressFn, StepFn, StopFn
 from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 
@@ -105,6 +105,8 @@ def generate_to_folder(
         raise ValueError("Candidates per init must be at least 1.")
     if capture_variation < 0:
         raise ValueError(f"The capture variation must not be negative, got {capture_variation}.")
+    if init_mix is not None:
+        check_init_mix(init_mix)
     # Every other setting is checked before the model loads (strength 1 stands in for a tuned default).
     extra = {"guidance_scale": guidance} if guidance is not None else {}
     if detail_restore is not None:

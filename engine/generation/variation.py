@@ -186,23 +186,27 @@ def mosaic(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6
     return image.convert(base.mode), chosen, details
 
 
+def check_init_mix(mix: dict[str, float]) -> dict[str, float]:
+    """`mix` if it names only known kinds, with shares ≥ 0 and at least one > 0; else a readable ValueError."""
+    if unknown := sorted(set(mix) - set(INIT_KINDS)):
+        raise ValueError(f"Unknown init kind(s) {', '.join(unknown)}; choose from {', '.join(INIT_KINDS)}.")
+    if negative := sorted(kind for kind, share in mix.items() if share < 0):
+        raise ValueError(f"Init kind shares must not be negative: {', '.join(f'{k}={mix[k]}' for k in negative)}.")
+    if not any(share > 0 for share in mix.values()):
+        raise ValueError("The init mix gives no kind a positive share.")
+    return mix
+
+
 def parse_init_mix(text: str) -> dict[str, float]:
     """Parse an init mix such as "source=0.1,geometric=0.3,mosaic=0.3,warp=0.3" (shares, normalised when drawn)."""
     mix: dict[str, float] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         kind, _, share = item.partition("=")
-        kind = kind.strip()
-        if kind not in INIT_KINDS:
-            raise ValueError(f"Unknown init kind {kind!r}; choose from {', '.join(INIT_KINDS)}.")
         try:
-            mix[kind] = float(share)
+            mix[kind.strip()] = float(share)
         except ValueError:
-            raise ValueError(f"The share of {kind!r} must be a number, got {share.strip()!r}.") from None
-        if mix[kind] < 0:
-            raise ValueError(f"The share of {kind!r} must not be negative, got {share.strip()}.")
-    if not any(mix.values()):
-        raise ValueError(f"The init mix {text!r} gives no kind a positive share.")
-    return mix
+            raise ValueError(f"The share of {kind.strip()!r} must be a number, got {share.strip()!r}.") from None
+    return check_init_mix(mix)
 
 
 def varied_init(
@@ -212,9 +216,7 @@ def varied_init(
     warped geometric variant, in the shares of `mix` (default `DEFAULT_INIT_MIX`)."""
     if not images:
         raise ValueError("Varied inits need at least one image.")
-    mix = dict(mix or DEFAULT_INIT_MIX)
-    if unknown := set(mix) - set(INIT_KINDS):
-        raise ValueError(f"Unknown init kind(s) {', '.join(sorted(unknown))}; choose from {', '.join(INIT_KINDS)}.")
+    mix = dict(check_init_mix(mix or DEFAULT_INIT_MIX))
     if len(images) < 2:
         mix["geometric"] = mix.get("geometric", 0.0) + mix.pop("mosaic", 0.0)
     kinds = [k for k in INIT_KINDS if mix.get(k, 0) > 0]

@@ -57,6 +57,9 @@ def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_p
     warped = _generate(pipe, shots, tmp_path / "warped", realism_threshold=None, init_mix={"warp": 1.0})
     inits = [read_png_parameters(p.read_bytes()).init for p in warped]
     assert {init["kind"] for init in inits} == {"warp"} and all(init["warp_max_shift"] > 0 for init in inits)
+    with pytest.raises(ValueError, match="no kind a positive share"):
+        _generate(pipe, shots, tmp_path / "none", init_mix={"warp": 0.0})
+    assert not (tmp_path / "none").exists()
 
 
 def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):

@@ -48,8 +48,8 @@ def not_a_model(tmp_path: Path) -> Path:
         (["--num", "0"], "--num must be at least 1."),
         (["--num", "100", "--batch", "65"], "Number of candidates must be between 1 and 64, got 65."),
         (["--guidance", "-1"], "Guidance scale must be between 0 and 30, got -1.0."),
-        (["--init-mix", "source=1,collage=2"], "Unknown init kind 'collage'; choose from source, geometric,"),
-        (["--init-mix", "warp=-1"], "The share of 'warp' must not be negative, got -1."),
+        (["--init-mix", "source=1,collage=2"], "Unknown init kind(s) collage; choose from source, geometric,"),
+        (["--init-mix", "warp=-1"], "Init kind shares must not be negative: warp=-1.0."),
     ],
 )
 def test_generate_settings_out_of_range_exit_2_before_loading_a_model(
