@@ -213,7 +213,7 @@ def main() -> None:
         summary[name] = {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
         print(f"  {name:<20}{summary[name]['mean']:.3f} ± {summary[name]['std']:.3f}")
     for side in ("ours", "classic", "classic_geometric"):
-        values = [r["diversity"][side] for r in results["seeds"].values() if side in r["diversity"]]
+        values = [r["diversity"][side] for r in results["seeds"].values()]
         summary[f"diversity_{side}"] = {
             "mean": round(float(np.mean(values)), 4),
             "std": round(float(np.std(values)), 4),

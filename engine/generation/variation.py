@@ -220,8 +220,6 @@ def varied_init(
     if len(images) < 2:
         mix["geometric"] = mix.get("geometric", 0.0) + mix.pop("mosaic", 0.0)
     kinds = [k for k in INIT_KINDS if mix.get(k, 0) > 0]
-    if not kinds:
-        raise ValueError("The init mix gives no kind a positive share.")
     kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
     if kind == "mosaic":
         image, sources, details = mosaic(images, rng, min_scale)
