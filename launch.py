@@ -200,6 +200,13 @@ def add_training_parsers(sub) -> None:
     )
     pre.add_argument("--vflip", action="store_true", help="Train on vertical mirrors too (4x the images with hflip).")
     pre.add_argument(
+        "--captions",
+        choices=["generic", "appearance"],
+        default="generic",
+        help="generic: captions that say only 'steel surface'; appearance: followed by each image's measured"
+        " appearance (brightness, grain, blotches, lines, spots, streaks), never its class.",
+    )
+    pre.add_argument(
         "--v-prediction",
         action="store_true",
         help="Train the UNet to predict v on a zero-terminal-SNR schedule (default: the model's own, epsilon).",
@@ -509,6 +516,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             decoder=decoder,
             stages=tuple(args.stages),
             should_stop=stop_requested,
+            captions=args.captions,
         )
     resumed = result.diffusion.resumed_from if result.diffusion is not None else None
     resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""

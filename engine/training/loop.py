@@ -369,17 +369,10 @@ def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLI
 def _encode_images(
     vae: AutoencoderKL, images: list[TrainingImage], config: TrainConfig, out: Path, write_cache: bool = True
 ):
-    """Latent mean/std of every image (and its mirrors), cached in the run folder for resume (when `write_cache`)."""
-    cache = out / "latents.pt"
-    if cache.exists():
-        data = torch.load(cache)
-        if data["count"] == len(images) and len(data["captions"]) == len(images) * _mirror_count(config):
-            return data["mean"], data["std"], data["captions"]
-    pixels = np.stack([im.pixels for im in images])
-    if config.hflip:
-        pixels = np.concatenate([pixels, pixels[:, :, ::-1]])
-    if config.vflip:
-        pixels = np.concatenate([pixels, pixels[:, ::-1]])
+    """Latent mean/std of every image (and its mirrors), cached in the run folder for resume (when `write_cache`).
+
+    The cache is used only when it was made from as many images with the same captions.
+    """
     rng = random.Random(config.seed)
     captions = []
     for _ in range(_mirror_count(config)):
@@ -388,6 +381,16 @@ def _encode_images(
                 captions.append(rng.choice(TOKEN_TEMPLATES).format(token=token_for(im.class_name)))
             else:
                 captions.append(im.caption)
+    cache = out / "latents.pt"
+    if cache.exists():
+        data = torch.load(cache)
+        if data["count"] == len(images) and data["captions"] == captions:
+            return data["mean"], data["std"], captions
+    pixels = np.stack([im.pixels for im in images])
+    if config.hflip:
+        pixels = np.concatenate([pixels, pixels[:, :, ::-1]])
+    if config.vflip:
+        pixels = np.concatenate([pixels, pixels[:, ::-1]])
     mean, std = encode_pixels(vae, pixels)
     if write_cache:
         torch.save({"count": len(images), "mean": mean, "std": std, "captions": captions}, cache)

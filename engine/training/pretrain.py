@@ -3,7 +3,8 @@
 1. autoencoder: AutoencoderKL on random crops (L1 + spectral + KL), checkpointed;
 1b. decoder: the decoder fine-tuned on the frozen encoder with perceptual, texture and patch-GAN losses;
 2. latents: every training image encoded once (the UNet stage never runs the encoder);
-3. diffusion: UNet + text encoder from scratch on generic captions, with the shared training loop;
+3. diffusion: UNet + text encoder on captions that never name a class (generic, or generic plus the image's measured
+   appearance), with the shared training loop;
 4. the result is saved as an ordinary diffusers folder that `load_pipeline` opens.
 """
 
@@ -33,6 +34,7 @@ from engine.data import (
     to_square_pixels,
 )
 from engine.progress import ProgressFn
+from engine.training.attributes import appearance_captions
 from engine.training.prior import PriorSize, build_vae
 
 STAGES = ("autoencoder", "decoder", "diffusion")
@@ -49,6 +51,8 @@ CLEAN_CAPTIONS = (
     "a grayscale photo of a defect free steel surface",
     "a clean hot rolled steel strip surface without defects",
 )
+# "generic": one of the captions above; "appearance": followed by the image's measured appearance words.
+CAPTION_KINDS = ("generic", "appearance")
 # A clean crop must be at least this large (in source pixels) so that resizing it does not invent blur.
 MIN_CLEAN_CROP = 96
 
@@ -61,12 +65,18 @@ class PretrainSample:
     caption: str
 
 
-def collect_pretrain_samples(data: Path, resolution: int, seed: int = 0) -> list[PretrainSample]:
-    """Training images with generic captions: defect images, plus clean crops outside the NEU-DET boxes.
+def collect_pretrain_samples(
+    data: Path, resolution: int, seed: int = 0, captions: str = "generic"
+) -> list[PretrainSample]:
+    """Training images with captions that never name a class: defect images, plus clean crops outside the NEU-DET
+    boxes. `captions="appearance"` follows each generic caption with the image's measured appearance words
+    (`engine.training.attributes`).
 
     A NEU folder (with manifest.csv) keeps its validation split out; any other folder is read as
     an ImageFolder tree or a flat folder of images, all used.
     """
+    if captions not in CAPTION_KINDS:
+        raise ValueError(f"Unknown captions {captions!r}; choose one of {', '.join(CAPTION_KINDS)}.")
     rng = random.Random(seed)
     data = Path(data)
     if (data / "manifest.csv").exists():
@@ -87,6 +97,9 @@ def collect_pretrain_samples(data: Path, resolution: int, seed: int = 0) -> list
             cy = rng.randint(y0, y1 - side)
             crop = image.crop((cx, cy, cx + side, cy + side))
             samples.append(PretrainSample(to_square_pixels(crop, resolution), rng.choice(CLEAN_CAPTIONS)))
+    if captions == "appearance":
+        described = appearance_captions([s.caption for s in samples], [s.pixels for s in samples])
+        samples = [PretrainSample(s.pixels, caption) for s, caption in zip(samples, described, strict=True)]
     return samples
 
 
@@ -286,6 +299,7 @@ def pretrain(
     init_model: Path | None = None,
     decoder: DecoderConfig | None = None,
     stages: tuple[str, ...] = STAGES,
+    captions: str = "generic",
 ) -> PretrainResult:
     """Reproduce the prior from images, in resumable stages: autoencoder, its decoder fine-tuned with perceptual and
     adversarial losses (`engine.training.decoder`), scaling factor, then UNet + text encoder.
@@ -293,7 +307,8 @@ def pretrain(
     With `init_model` (a prior folder, e.g. the shipped one) the autoencoder stage is skipped: the decoder stage
     starts from that model's autoencoder and the diffusion stage continues from its UNet and text encoder (the
     encoder, hence the latents, never change after the first stage). `stages` picks which of the decoder and
-    diffusion stages run; without "diffusion" the output is `init_model` with the new decoder.
+    diffusion stages run; without "diffusion" the output is `init_model` with the new decoder. `captions` is
+    `collect_pretrain_samples`'s.
     """
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}.")
@@ -314,7 +329,7 @@ def pretrain(
     autoencoder.output_dir = str(work / "autoencoder")
     autoencoder.resolution = size.resolution
     autoencoder.crop_size = min(autoencoder.crop_size, size.resolution)
-    samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed)
+    samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed, captions)
     stack = np.stack([s.pixels for s in samples])
 
     # Stages 1-3 run on the main process first; the other processes (under torchrun) then load what it saved.
