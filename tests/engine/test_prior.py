@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import launch
@@ -90,6 +91,21 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
         output_type="np",
     ).images
     assert image.shape == (1, 32, 32, 3)
+
+
+def test_pretrain_with_appearance_captions_encodes_them_and_does_not_reuse_generic_ones(tiny_model, tmp_path):
+    data = write_slabs(tmp_path / "slabs", 6, seed=1)
+    out, work = tmp_path / "prior", tmp_path / "work"
+    common = ["pretrain", "--data", str(data), "--out", str(out), "--work-dir", str(work), "--init-model"]
+    common += [str(tiny_model), "--stages", "diffusion", "--batch-size", "2"]
+    assert launch.main([*common, "--steps", "1"]) == 0
+    cached = torch.load(work / "diffusion" / "latents.pt")["captions"]
+    assert launch.main([*common, "--steps", "2", "--captions", "appearance"]) == 0
+    described = torch.load(work / "diffusion" / "latents.pt")["captions"]
+    assert len(described) == len(cached) and described != cached
+    assert all(d.startswith(c) for c, d in zip(cached, described, strict=True))
+    assert any(d != c for c, d in zip(cached, described, strict=True))
+    assert (out / "model_index.json").exists()
 
 
 @pytest.mark.slow
