@@ -155,13 +155,16 @@ def generate(
             pipeline._interrupt = True
         return callback_kwargs
 
-    # 3. Denoise all candidates in one batch
+    # 3. Denoise all candidates in one batch; strength 1.0 starts from pure noise, not from a noised source
+    if config.strength < 1.0:
+        denoiser, start = pipe, {"image": window, "strength": config.strength}
+    else:
+        denoiser, start = loaded.text_to_image, {"height": resolution, "width": resolution}
     with torch.inference_mode():
-        outputs = pipe(
+        outputs = denoiser(
             prompt=prompt,
             negative_prompt=config.negative_prompt or None,
-            image=window,
-            strength=config.strength,
+            **start,
             num_inference_steps=config.steps,
             guidance_scale=config.guidance_scale,
             num_images_per_prompt=config.num_candidates,

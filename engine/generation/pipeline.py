@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
 from engine.adapters import EMBEDDED_TOKENS, LORA_FILE, TOKENS_FILE, AdapterInfo, read_adapter
 from engine.config import EMBEDDED_MODEL
@@ -28,6 +28,12 @@ class LoadedPipeline:
     def resolution(self) -> int:
         """The pixel size the model was trained at."""
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    @cached_property
+    def text_to_image(self) -> StableDiffusionPipeline:
+        """The same components (tokens and LoRA included) as a text-to-image pipeline, for strength 1.0: SD's schedule
+        keeps √ᾱ ≈ 7 % of the source at its last step, so img2img at strength 1.0 still follows the source's layout."""
+        return StableDiffusionPipeline.from_pipe(self.pipe)
 
     @property
     def tokens(self) -> dict[str, str]:

@@ -193,3 +193,17 @@ def test_detail_restore_adds_back_what_the_autoencoder_loses_but_not_at_strength
     assert np.array_equal(noise_plain, noise_restored) and params.detail_restore == 0.0
     with pytest.raises(ValueError, match="Detail restore"):
         GenerationConfig(class_name="x", detail_restore=1.5)
+
+
+def test_strength_one_starts_from_pure_noise_not_from_the_source(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    bright, dark = Image.new("L", (32, 32), 220), slab(32, 32, seed=5)
+
+    def render(source: Image.Image, strength: float) -> np.ndarray:
+        config = GenerationConfig(class_name="scratches", num_candidates=2, strength=strength, steps=4, seed=3)
+        return np.stack([np.asarray(c.image, dtype=np.int16) for c in generate(pipe, source, config).candidates])
+
+    from_bright, from_dark = render(bright, 1.0), render(dark, 1.0)
+    assert np.array_equal(from_bright, from_dark)
+    assert np.abs(from_bright[0] - from_bright[1]).mean() > 1
+    assert np.abs(render(bright, 0.9) - render(dark, 0.9)).mean() > 1
