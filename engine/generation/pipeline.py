@@ -33,7 +33,9 @@ class LoadedPipeline:
     def text_to_image(self) -> StableDiffusionPipeline:
         """The same components (tokens and LoRA included) as a text-to-image pipeline, for strength 1.0: SD's schedule
         keeps √ᾱ ≈ 7 % of the source at its last step, so img2img at strength 1.0 still follows the source's layout."""
-        return StableDiffusionPipeline.from_pipe(self.pipe)
+        pipe = StableDiffusionPipeline.from_pipe(self.pipe)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     @property
     def tokens(self) -> dict[str, str]:
