@@ -135,6 +135,8 @@ def add_generate_parser(sub) -> None:
 
 
 def add_training_parsers(sub) -> None:
+    from engine.config import CAPTION_KINDS
+
     """`finetune` (tokens + LoRA on a folder) and `pretrain` (the steel prior)."""
     ft = sub.add_parser("finetune", help="Learn one token per class plus LoRA from <class>/<images>.")
     add_common(ft)
@@ -201,10 +203,11 @@ def add_training_parsers(sub) -> None:
     pre.add_argument("--vflip", action="store_true", help="Train on vertical mirrors too (4x the images with hflip).")
     pre.add_argument(
         "--captions",
-        choices=["generic", "appearance"],
-        default="generic",
+        choices=CAPTION_KINDS,
+        default=None,
         help="generic: captions that say only 'steel surface'; appearance: followed by each image's measured"
-        " appearance (brightness, grain, blotches, lines, spots, streaks), never its class.",
+        " appearance (brightness, grain, blotches, lines, spots, streaks), never its class. Default: the preset's"
+        " (cpu generic, gpu appearance).",
     )
     pre.add_argument(
         "--v-prediction",
@@ -500,6 +503,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         vflip=args.vflip or None,
+        captions=args.captions,
         prediction_type="v_prediction" if args.v_prediction else None,
         zero_terminal_snr=True if args.v_prediction else None,
     )
@@ -516,7 +520,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             decoder=decoder,
             stages=tuple(args.stages),
             should_stop=stop_requested,
-            captions=args.captions,
         )
     resumed = result.diffusion.resumed_from if result.diffusion is not None else None
     resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""

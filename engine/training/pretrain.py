@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import AutoencoderConfig, DecoderConfig, TrainConfig, pretrain_configs
+from engine.config import CAPTION_KINDS, AutoencoderConfig, DecoderConfig, TrainConfig, pretrain_configs
 from engine.data import (
     LabelledImage,
     clean_regions,
@@ -51,8 +51,6 @@ CLEAN_CAPTIONS = (
     "a grayscale photo of a defect free steel surface",
     "a clean hot rolled steel strip surface without defects",
 )
-# "generic": one of the captions above; "appearance": followed by the image's measured appearance words.
-CAPTION_KINDS = ("generic", "appearance")
 # A clean crop must be at least this large (in source pixels) so that resizing it does not invent blur.
 MIN_CLEAN_CROP = 96
 
@@ -299,7 +297,6 @@ def pretrain(
     init_model: Path | None = None,
     decoder: DecoderConfig | None = None,
     stages: tuple[str, ...] = STAGES,
-    captions: str = "generic",
 ) -> PretrainResult:
     """Reproduce the prior from images, in resumable stages: autoencoder, its decoder fine-tuned with perceptual and
     adversarial losses (`engine.training.decoder`), scaling factor, then UNet + text encoder.
@@ -307,8 +304,8 @@ def pretrain(
     With `init_model` (a prior folder, e.g. the shipped one) the autoencoder stage is skipped: the decoder stage
     starts from that model's autoencoder and the diffusion stage continues from its UNet and text encoder (the
     encoder, hence the latents, never change after the first stage). `stages` picks which of the decoder and
-    diffusion stages run; without "diffusion" the output is `init_model` with the new decoder. `captions` is
-    `collect_pretrain_samples`'s.
+    diffusion stages run; without "diffusion" the output is `init_model` with the new decoder. The captions are
+    `diffusion.captions` (see `collect_pretrain_samples`).
     """
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}.")
@@ -326,10 +323,11 @@ def pretrain(
     work = Path(work_dir) if work_dir else Path(str(out).rstrip("/") + ".work")
     work.mkdir(parents=True, exist_ok=True)
     autoencoder = autoencoder or pretrain_configs("cpu")[1]
+    diffusion = diffusion or pretrain_configs("cpu")[3]
     autoencoder.output_dir = str(work / "autoencoder")
     autoencoder.resolution = size.resolution
     autoencoder.crop_size = min(autoencoder.crop_size, size.resolution)
-    samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed, captions)
+    samples = collect_pretrain_samples(Path(data), size.resolution, autoencoder.seed, diffusion.captions)
     stack = np.stack([s.pixels for s in samples])
 
     # Stages 1-3 run on the main process first; the other processes (under torchrun) then load what it saved.
@@ -380,7 +378,6 @@ def pretrain(
             shutil.rmtree(init / "tmp", ignore_errors=True)
 
     # 4. Diffusion training with the shared loop, saved to `out`
-    diffusion = diffusion or pretrain_configs("cpu")[3]
     diffusion.mode = "pretrain"
     diffusion.model = str(init)
     diffusion.output_dir = str(work / "diffusion")

@@ -86,3 +86,10 @@ def test_pretrain_samples_carry_appearance_captions_only_when_asked(tmp_path):
     assert any("vertical lines" in s.caption for s in described)
     with pytest.raises(ValueError, match="Unknown captions"):
         collect_pretrain_samples(folder, 32, captions="classes")
+
+
+def test_a_training_config_refuses_unknown_captions():
+    from engine.config import TrainConfig
+
+    with pytest.raises(ValueError, match="captions must be one of generic, appearance"):
+        TrainConfig(mode="pretrain", captions="classes")
