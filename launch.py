@@ -206,8 +206,7 @@ def add_training_parsers(sub) -> None:
         choices=CAPTION_KINDS,
         default=None,
         help="generic: captions that say only 'steel surface'; appearance: followed by each image's measured"
-        " appearance (brightness, grain, blotches, lines, spots, streaks), never its class. Default: the preset's"
-        " (cpu generic, gpu appearance).",
+        " appearance (brightness, grain, blotches, lines, spots, streaks), never its class. Default: generic.",
     )
     pre.add_argument(
         "--v-prediction",

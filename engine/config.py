@@ -277,9 +277,6 @@ PRETRAIN_PRESETS: dict[str, dict] = {
         "batch_size": 128,
         "learning_rate": 4e-4,
         "mixed_precision": "bf16",
-        # Generic captions leave the text pathway unused (the shipped UNet's noise prediction moves by 0.2-0.3 %
-        # between prompts); a prior trained from scratch gets appearance words to learn to follow.
-        "captions": "appearance",
     },
 }
 

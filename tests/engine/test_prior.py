@@ -124,9 +124,6 @@ def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     config = json.loads((tmp_path / "prior.work" / "diffusion" / "config.json").read_text())
     assert config["mixed_precision"] == "bf16" and config["learning_rate"] == PRETRAIN_PRESETS["gpu"]["learning_rate"]
-    assert config["captions"] == "appearance" and pretrain_configs("cpu")[3].captions == "generic"
-    cached = torch.load(tmp_path / "prior.work" / "diffusion" / "latents.pt")["captions"]
-    assert any("vertical" in c or "spots" in c or "dark" in c or "bright" in c for c in cached)
     assert load_pipeline(out).pipe.unet.config.sample_size == 16
 
 
