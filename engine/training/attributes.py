@@ -14,9 +14,9 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
-# Every word used here is in the prior's vocabulary (engine.training.prior.VOCABULARY_WORDS).
 # Least difference from the local mean (0-1 intensity scale, ≈ 15 grey levels) for a dark spot or bright streak.
 MIN_MARK_CONTRAST = 0.06
+# Every word used here is in the prior's vocabulary (engine.training.prior.VOCABULARY_WORDS).
 ORIENTATION_WORDS = ("horizontal lines", "diagonal lines", "vertical lines", "diagonal lines")
 
 
