@@ -254,10 +254,12 @@ def _paint_and_score(
                 seed,
             )
         )
+    config = GenerationConfig(data.classes[0], **extra)
     settings = {
         "min_clean_side": MIN_CLEAN_SIDE,
         "crop_margin": CROP_MARGIN,
-        **{key: getattr(GenerationConfig(data.classes[0], **extra), key) for key in options},
+        **{key: getattr(config, key) for key in options},
+        "guidance_scale": config.guidance(masked=True),
     }
     return MaskedReport(rows, len(data.slabs), strength, steps, seed, settings)
 

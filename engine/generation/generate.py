@@ -166,7 +166,7 @@ def generate(
             negative_prompt=config.negative_prompt or None,
             **start,
             num_inference_steps=config.steps,
-            guidance_scale=config.guidance_scale,
+            guidance_scale=config.guidance(),
             num_images_per_prompt=config.num_candidates,
             generator=generators,
             callback_on_step_end=on_step_end,
@@ -228,6 +228,7 @@ def _candidate_params(
     seed: int,
     source_hash: str,
     image: Image.Image,
+    masked: bool = False,
 ) -> CandidateParameters:
     """Every parameter that made a candidate, for its PNG metadata and its database row."""
     info = loaded.adapter
@@ -238,7 +239,7 @@ def _candidate_params(
         negative_prompt=config.negative_prompt,
         strength=config.strength,
         steps=config.steps,
-        guidance_scale=config.guidance_scale,
+        guidance_scale=config.guidance(masked),
         detail_restore=config.detail_restore if config.strength < 1.0 else 0.0,
         seed=seed,
         sampler=type(loaded.pipe.scheduler).__name__,
@@ -349,7 +350,7 @@ def _generate_masked(
         image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
         if gray:
             image = image.convert("L")
-        params = _candidate_params(loaded, config, token, prompt, seed, source_hash, image)
+        params = _candidate_params(loaded, config, token, prompt, seed, source_hash, image, masked=True)
         params.masked = MaskedRepaint(
             windows=[_on_slab(job.window, pad_x, pad_y, width, height) for job in jobs if job.candidate == index],
             window_scale=round(jobs[0].window.width / jobs[0].window.model_width, 4) if jobs else None,
@@ -417,7 +418,7 @@ def _denoise_windows(
             image=images,
             strength=config.strength,
             num_inference_steps=config.steps,
-            guidance_scale=config.guidance_scale,
+            guidance_scale=config.guidance(masked=True),
             generator=[torch.Generator().manual_seed(job.seed) for job in jobs],
             callback_on_step_end=on_step_end,
         ).images

@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
-from engine.config import GenerationConfig, TrainConfig
+from engine.config import DEFAULT_GUIDANCE, PURE_NOISE_GUIDANCE, GenerationConfig, TrainConfig
 from engine.generation.generate import generate, read_png_parameters
 from engine.generation.pipeline import load_pipeline, resolve_model
 from engine.training.loop import latest_checkpoint
@@ -24,6 +24,15 @@ def test_resolve_model_refuses_a_folder_that_is_not_a_diffusers_model(tmp_path):
         resolve_model(tmp_path)
     with pytest.raises(FileNotFoundError):
         resolve_model(tmp_path / "missing")
+
+
+def test_guidance_defaults_higher_only_for_pure_noise_without_a_mask():
+    assert GenerationConfig("x").guidance() == DEFAULT_GUIDANCE
+    assert GenerationConfig("x", strength=1.0).guidance() == PURE_NOISE_GUIDANCE > DEFAULT_GUIDANCE
+    assert GenerationConfig("x", strength=1.0).guidance(masked=True) == DEFAULT_GUIDANCE
+    assert GenerationConfig("x", strength=1.0, guidance_scale=2.0).guidance() == 2.0
+    with pytest.raises(ValueError, match="Guidance scale must be between 0 and 30"):
+        GenerationConfig("x", guidance_scale=31)
 
 
 def test_generation_config_guards_steps_times_strength():
@@ -205,5 +214,7 @@ def test_strength_one_starts_from_pure_noise_not_from_the_source(tiny_model, tin
 
     from_bright, from_dark = render(bright, 1.0), render(dark, 1.0)
     assert np.array_equal(from_bright, from_dark)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
+    assert generate(pipe, bright, config).candidates[0].params.guidance_scale == PURE_NOISE_GUIDANCE
     assert np.abs(from_bright[0] - from_bright[1]).mean() > 1
     assert np.abs(render(bright, 0.9) - render(dark, 0.9)).mean() > 1
