@@ -38,7 +38,7 @@ MAX_DEFAULT_WINDOW = 256
 
 
 # Classifier-free guidance: image-oriented samples (and masked repaints) were tuned at 3; from pure noise the token is
-# all the prompt has, and a higher scale made the samples markedly more their class (see the model card).
+# all the prompt has, and a higher scale made the samples markedly more their class (README, "Pure noise").
 DEFAULT_GUIDANCE = 3.0
 PURE_NOISE_GUIDANCE = 12.0
 
