@@ -135,9 +135,9 @@ def add_generate_parser(sub) -> None:
 
 
 def add_training_parsers(sub) -> None:
+    """`finetune` (tokens + LoRA on a folder) and `pretrain` (the steel prior)."""
     from engine.config import CAPTION_KINDS
 
-    """`finetune` (tokens + LoRA on a folder) and `pretrain` (the steel prior)."""
     ft = sub.add_parser("finetune", help="Learn one token per class plus LoRA from <class>/<images>.")
     add_common(ft)
     ft.add_argument("--dataset", required=True, type=Path)
