@@ -162,6 +162,14 @@ def add_training_parsers(sub) -> None:
         help="Masked loss: weight (0-1) of the loss outside each image's defect mask (<name>_mask.png or <name>.xml"
         " beside it); 1 = plain loss. Default: the preset's.",
     )
+    ft.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (its alpha alike). Default: the preset's.")
+    ft.add_argument("--lora-learning-rate", type=float, default=None, help="Default: the preset's.")
+    ft.add_argument(
+        "--caption-dropout",
+        type=float,
+        default=None,
+        help="Share of captions trained as the empty prompt (the unconditional model guidance contrasts with).",
+    )
 
     pre = sub.add_parser("pretrain", help="Pretrain the steel prior from a folder of images (resumable).")
     pre.add_argument("--data", required=True, type=Path)
@@ -473,6 +481,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             checkpointing_steps=args.checkpointing_steps,
             background_loss_weight=args.background_loss_weight,
             mixed_precision=args.mixed_precision,
+            lora_rank=args.lora_rank,
+            lora_learning_rate=args.lora_learning_rate,
+            caption_dropout=args.caption_dropout,
             progress=_print_progress,
             should_stop=stop_requested,
         )

@@ -270,11 +270,15 @@ def finetune_folder(
     checkpointing_steps: int | None = None,
     background_loss_weight: float | None = None,
     mixed_precision: str | None = None,
+    lora_rank: int | None = None,
+    lora_learning_rate: float | None = None,
+    caption_dropout: float | None = None,
 ) -> TrainResult:
     """TI + LoRA fine-tune on `<class>/<images>`; the run folder becomes a loadable adapter when complete.
 
     Images with a defect mask beside them (`<name>_mask.png` or VOC `<name>.xml`) train with the masked loss when
-    `background_loss_weight` (or the preset's) is below 1.
+    `background_loss_weight` (or the preset's) is below 1. `lora_rank` sets the LoRA's alpha alike (scale 1); None
+    keeps the preset's value of each setting.
     """
     out = Path(out)
     if out.exists() and latest_checkpoint(out) is not None and not resume:
@@ -295,6 +299,10 @@ def finetune_folder(
         checkpointing_steps=checkpointing_steps,
         background_loss_weight=background_loss_weight,
         mixed_precision=mixed_precision,
+        lora_rank=lora_rank,
+        lora_alpha=lora_rank,
+        lora_learning_rate=lora_learning_rate,
+        caption_dropout=caption_dropout,
     )
     return train(config, images, progress, should_stop, on_step)
 

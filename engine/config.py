@@ -188,6 +188,12 @@ class TrainConfig(ConfigMixin):
             raise ValueError(f"captions must be one of {', '.join(CAPTION_KINDS)}, got {self.captions!r}.")
         if not 0.0 <= self.background_loss_weight <= 1.0:
             raise ValueError(f"background_loss_weight must be between 0 and 1, got {self.background_loss_weight}.")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be at least 1, got {self.lora_rank}.")
+        if not self.lora_learning_rate > 0:
+            raise ValueError(f"lora_learning_rate must be positive, got {self.lora_learning_rate}.")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}.")
 
 
 # Presets: CPU-quick is sized to fine-tune one class from ~20 images in a few minutes on 2 cores;

@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
-from engine.config import DEFAULT_GUIDANCE, PURE_NOISE_GUIDANCE, GenerationConfig, TrainConfig
+from engine.config import DEFAULT_GUIDANCE, PURE_NOISE_GUIDANCE, GenerationConfig, TrainConfig, finetune_config
 from engine.generation.generate import generate, read_png_parameters
 from engine.generation.pipeline import load_pipeline, resolve_model
 from engine.training.loop import latest_checkpoint
@@ -134,6 +134,31 @@ def test_finetune_stops_and_resumes_from_its_checkpoint(tiny_model, tiny_dataset
     resumed = finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=4, batch_size=2, resume=True)
     assert resumed.status == "completed" and len(resumed.losses) == 2
     assert read_adapter(out).tokens["inclusion"].token == "<inclusion>"
+
+
+def test_finetune_takes_its_lora_rank_learning_rate_and_caption_dropout(tiny_model, tiny_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    result = finetune_folder(
+        tiny_dataset,
+        out,
+        model=str(tiny_model),
+        steps=2,
+        batch_size=2,
+        lora_rank=3,
+        lora_learning_rate=2e-3,
+        caption_dropout=0.5,
+    )
+    assert result.status == "completed"
+    config = TrainConfig.load(out / "config.json")
+    assert (config.lora_rank, config.lora_alpha, config.lora_learning_rate, config.caption_dropout) == (3, 3, 2e-3, 0.5)
+    lora = load_file(out / "pytorch_lora_weights.safetensors")
+    down = [w for name, w in lora.items() if "lora_A" in name or "lora.down" in name]
+    assert down and all(w.shape[0] == 3 for w in down)
+    for bad in ({"lora_rank": 0}, {"lora_learning_rate": 0.0}, {"caption_dropout": 1.0}):
+        with pytest.raises(ValueError):
+            finetune_config("cpu-quick", **bad)
 
 
 @pytest.mark.slow

@@ -110,5 +110,7 @@ def test_finetune_settings_out_of_range_exit_2(
     expect_error([*common, "--checkpointing-steps", "0"], "checkpointing_steps must be at least 1.", capsys)
     expect_error([*common, "--steps", "-5"], "max_train_steps must be at least 1.", capsys)
     expect_error([*common, "--preset", "turbo"], "Unknown preset 'turbo'", capsys)
+    expect_error([*common, "--caption-dropout", "1.5"], "caption_dropout must be in [0, 1), got 1.5.", capsys)
+    expect_error([*common, "--lora-rank", "0"], "lora_rank must be at least 1, got 0.", capsys)
     missing = ["finetune", "--model", str(tiny_model), "--dataset", str(tmp_path / "none"), "--out", str(tmp_path)]
     expect_error(missing, "Dataset folder not found", capsys)
