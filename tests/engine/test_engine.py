@@ -157,7 +157,7 @@ def test_finetune_takes_its_lora_rank_learning_rate_and_caption_dropout(tiny_mod
     down = [w for name, w in lora.items() if "lora_A" in name or "lora.down" in name]
     assert down and all(w.shape[0] == 3 for w in down)
     for bad in ({"lora_rank": 0}, {"lora_learning_rate": 0.0}, {"caption_dropout": 1.0}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=next(iter(bad))):
             finetune_config("cpu-quick", **bad)
 
 
