@@ -343,7 +343,6 @@ def train(
 
     # 9. Tear down: drop the DDP wrappers while their process group still lives. A Reducer that outlives the group
     # destroys it on its own, joining gloo's threads while holding the GIL that those threads may wait for (a hang).
-    accelerator.wait_for_everyone()
     del unet, text_encoder, optimizer, lr_scheduler
     accelerator.free_memory()
     accelerator.wait_for_everyone()
