@@ -101,7 +101,7 @@ def add_generate_parser(sub) -> None:
     gen.add_argument(
         "--init-mix",
         default=None,
-        help="Shares of the varied inits' kinds, e.g. source=0.1,geometric=0.3,mosaic=0.3,warp=0.3"
+        help="Shares of the varied inits' kinds, e.g. source=0.1,geometric=0.3,mosaic=0.3,overlay=0.3"
         " (default: the measured mix in engine/generation/variation.py).",
     )
     gen.add_argument("--per-init", type=int, default=None, help="Candidates per varied init (default 2).")

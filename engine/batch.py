@@ -84,9 +84,9 @@ def generate_to_folder(
     """Write `num` PNGs to `out` from the init image(s); returns their paths.
 
     With `vary` (the default, not with `mask`), every `per_init` candidates start from a new varied init made
-    from all the init images (the image as is, a geometric variant, a mosaic or a warped variant, in the shares of
-    `init_mix`, default `DEFAULT_INIT_MIX`; `engine.generation.variation`), recorded in each PNG's metadata;
-    without it the init images are used in turn, `batch` candidates each.
+    from all the init images (the image as is, a geometric variant, a mosaic, a warped variant or an overlay, in
+    the shares of `init_mix`, default `DEFAULT_INIT_MIX`; `engine.generation.variation`), recorded in each PNG's
+    metadata; without it the init images are used in turn, `batch` candidates each.
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: the shipped NEU

@@ -133,7 +133,7 @@ class CandidateParameters:
 
     @property
     def init_kind(self) -> str:
-        """How the init image was made ("source", "geometric", "mosaic"); "source" when it was the image itself."""
+        """How the init image was made (a kind of `variation.INIT_KINDS`); "source" when it was the image itself."""
         return (self.init or {}).get("kind", "source")
 
     def repainted_box(self, width: int | None = None, height: int | None = None) -> Box:

@@ -10,6 +10,8 @@ from real pixels with a strength, as in StableSDG:
   defects of several images in new places (jittered like a geometric variant);
 - warp: a geometric variant bent by a smooth random displacement field (an elastic warp), so a scratch curves,
   a patch changes its outline and a crazing network stretches: layouts no rigid transform reaches;
+- overlay: geometric variants of two real images laid over each other, each pixel taken mostly from the one that
+  departs further from the common grey level, so the defects of both appear at full contrast in one init;
 - source: the real image as it is.
 Only PIL, numpy and OpenCV: the service and the CLI make inits without touching the model.
 
@@ -27,14 +29,19 @@ import cv2
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-INIT_KINDS = ("source", "geometric", "mosaic", "warp")
-# Share of each kind in a varied batch. Mosaics need two or more sources; with one, their share goes to geometric.
+INIT_KINDS = ("source", "geometric", "mosaic", "warp", "overlay")
+# Share of each kind in a varied batch. Mosaics and overlays need two or more sources; with one, their share goes
+# to geometric.
 DEFAULT_INIT_MIX = {"source": 0.2, "geometric": 0.4, "mosaic": 0.4}
 # Width of the blend between mosaic tiles, as a share of the image side.
 SEAM_SHARE = 0.06
 # Elastic warp: control points per side (drawn in this range) and the displacements' spread, as a share of the side.
 WARP_GRID = (3, 5)
 WARP_AMPLITUDE = 0.03
+# Overlay: how sharply a pixel goes to the image departing further from the grey level (per grey level of the
+# difference), and the blur of that choice, as a share of the image side, so it follows defects, not single grains.
+OVERLAY_SHARPNESS = 0.15
+OVERLAY_SMOOTHING = 0.01
 
 
 @dataclass
@@ -186,6 +193,35 @@ def mosaic(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6
     return image.convert(base.mode), chosen, details
 
 
+def overlay(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6):
+    """Geometric variants of two different images laid over each other; returns (image, sources, details).
+
+    Both are brought to the first's grey level and contrast; each pixel then comes mostly from the variant that
+    departs further from that level there (a soft choice, smoothed over a few pixels), so a scratch of one and
+    the inclusions of the other both keep their contrast, and the background stays one texture.
+    """
+    if len(images) < 2:
+        raise ValueError("An overlay needs at least two images.")
+    chosen = rng.sample(range(len(images)), 2)
+    base = images[chosen[0]]
+    width, height = base.size
+    first, second = (
+        np.asarray(geometric_variant(images[i].convert(base.mode).resize((width, height)), rng, min_scale)[0])
+        for i in chosen
+    )
+    first, second = first.astype(np.float32), second.astype(np.float32)
+    mean, std = first.mean(axis=(0, 1)), first.std(axis=(0, 1))
+    second = mean + (second - second.mean(axis=(0, 1))) * (std / np.maximum(second.std(axis=(0, 1)), 1e-3))
+    departure = [np.abs(v - mean) if v.ndim == 2 else np.abs(v - mean).mean(axis=-1) for v in (first, second)]
+    smoothing = OVERLAY_SMOOTHING * min(width, height)
+    margin = cv2.GaussianBlur(departure[1] - departure[0], (0, 0), smoothing)
+    weight = 1.0 / (1.0 + np.exp(-OVERLAY_SHARPNESS * margin))
+    pixels = first * (1 - weight if first.ndim == 2 else (1 - weight)[..., None])
+    pixels += second * (weight if second.ndim == 2 else weight[..., None])
+    image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), mode=None).convert(base.mode)
+    return image, chosen, {"second_share": round(float(weight.mean()), 3)}
+
+
 def check_init_mix(mix: dict[str, float]) -> dict[str, float]:
     """`mix` if it names only known kinds, with shares ≥ 0 and at least one > 0; else a readable ValueError."""
     if unknown := sorted(set(mix) - set(INIT_KINDS)):
@@ -213,16 +249,18 @@ def varied_init(
     images: list[Image.Image], rng: random.Random, mix: dict[str, float] | None = None, min_scale: float = 0.6
 ) -> VariedInit:
     """One init drawn from `images` (a class's real images): the source as is, a geometric variant, a mosaic or a
-    warped geometric variant, in the shares of `mix` (default `DEFAULT_INIT_MIX`)."""
+    warped geometric variant or an overlay, in the shares of `mix` (default `DEFAULT_INIT_MIX`)."""
     if not images:
         raise ValueError("Varied inits need at least one image.")
     mix = dict(check_init_mix(mix or DEFAULT_INIT_MIX))
     if len(images) < 2:
-        mix["geometric"] = mix.get("geometric", 0.0) + mix.pop("mosaic", 0.0)
+        mix["geometric"] = mix.get("geometric", 0.0) + mix.pop("mosaic", 0.0) + mix.pop("overlay", 0.0)
     kinds = [k for k in INIT_KINDS if mix.get(k, 0) > 0]
     kind = rng.choices(kinds, weights=[mix[k] for k in kinds])[0]
     if kind == "mosaic":
         image, sources, details = mosaic(images, rng, min_scale)
+    elif kind == "overlay":
+        image, sources, details = overlay(images, rng, min_scale)
     elif kind in ("geometric", "warp"):
         sources = [rng.randrange(len(images))]
         image, details = geometric_variant(images[sources[0]], rng, min_scale)

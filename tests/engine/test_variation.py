@@ -15,6 +15,7 @@ from engine.generation.variation import (
     elastic_warp,
     geometric_variant,
     mosaic,
+    overlay,
     parse_init_mix,
     varied_init,
 )
@@ -133,3 +134,28 @@ def test_capture_variation_is_reproducible_keeps_grey_grey_and_is_off_at_zero():
     assert any("blur" in d for _, d in draws) and any("noise" in d for _, d in draws)
     with pytest.raises(ValueError, match="negative"):
         capture_variation(image, random.Random(0), -0.5)
+
+
+def test_overlay_keeps_the_defects_of_both_sources_at_full_contrast():
+    bright_line, dark_spot = np.full((80, 80), 100, np.uint8), np.full((80, 80), 100, np.uint8)
+    bright_line[38:42] = 230
+    dark_spot[10:70, 60:70] = 10
+    images = [Image.fromarray(bright_line), Image.fromarray(dark_spot)]
+    for seed in range(4):
+        image, sources, details = overlay(images, random.Random(seed), min_scale=1.0)
+        assert image.size == (80, 80) and image.mode == "L" and sorted(sources) == [0, 1]
+        pixels = np.asarray(image)
+        # Both defects survive the overlay nearly as bright and as dark as they were (a blend would halve them).
+        assert pixels.max() > 200 and pixels.min() < 50 and 0 < details["second_share"] < 1
+    first, _, _ = overlay(images, random.Random(5))
+    assert np.array_equal(np.asarray(first), np.asarray(overlay(images, random.Random(5))[0]))
+    with pytest.raises(ValueError, match="at least two"):
+        overlay(images[:1], random.Random(0))
+
+
+def test_varied_init_overlay_kind_records_both_sources_and_keeps_colour():
+    images = [image.convert("RGB") for image in _images(3)]
+    init = varied_init(images, random.Random(0), {"overlay": 1.0})
+    assert init.kind == "overlay" and len(set(init.sources)) == 2 and init.image.mode == "RGB"
+    assert "second_share" in init.details
+    assert varied_init(images[:1], random.Random(0), {"overlay": 1.0}).kind == "geometric"
