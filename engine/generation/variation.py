@@ -151,7 +151,9 @@ def _ramp(length: int, split: float, seam: float) -> np.ndarray:
     return np.clip((positions - split) / max(seam, 1.0) + 0.5, 0.0, 1.0)
 
 
-def mosaic(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6):
+def mosaic(
+    images: list[Image.Image], rng: random.Random, min_scale: float = 0.6
+) -> tuple[Image.Image, list[int], dict]:
     """Two or four geometric variants of different images joined at a random split; returns (image, sources, details).
 
     The canvas has the first chosen image's size and mode; the others are resized to it before cutting, so
@@ -193,7 +195,9 @@ def mosaic(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6
     return image.convert(base.mode), chosen, details
 
 
-def overlay(images: list[Image.Image], rng: random.Random, min_scale: float = 0.6):
+def overlay(
+    images: list[Image.Image], rng: random.Random, min_scale: float = 0.6
+) -> tuple[Image.Image, list[int], dict]:
     """Geometric variants of two different images laid over each other; returns (image, sources, details).
 
     Both are brought to the first's grey level and contrast; each pixel then comes mostly from the variant that

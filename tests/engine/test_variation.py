@@ -1,4 +1,4 @@
-"""Varied inits: geometric variants and mosaics of a class's real images, and their lineage."""
+"""Varied inits: geometric variants, mosaics, warps and overlays of a class's real images, and their lineage."""
 
 from __future__ import annotations
 
