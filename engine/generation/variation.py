@@ -151,6 +151,21 @@ def _ramp(length: int, split: float, seam: float) -> np.ndarray:
     return np.clip((positions - split) / max(seam, 1.0) + 0.5, 0.0, 1.0)
 
 
+def _variants_at_one_level(
+    images: list[Image.Image], chosen: list[int], rng: random.Random, min_scale: float, axis: tuple | None = None
+) -> list[np.ndarray]:
+    """Geometric variants of the `chosen` images at the first's size and mode, as float arrays brought to the
+    first's grey level and contrast, so a seam or an overlay joins textures, not two exposures. `axis`: the axes
+    the level and contrast are taken over (None: every pixel and channel together; (0, 1): each channel)."""
+    base = images[chosen[0]]
+    variants = []
+    for index in chosen:
+        variant, _ = geometric_variant(images[index].convert(base.mode).resize(base.size), rng, min_scale)
+        variants.append(np.asarray(variant, dtype=np.float32))
+    mean, std = variants[0].mean(axis=axis), variants[0].std(axis=axis)
+    return [mean + (v - v.mean(axis=axis)) * (std / np.maximum(v.std(axis=axis), 1e-3)) for v in variants]
+
+
 def mosaic(
     images: list[Image.Image], rng: random.Random, min_scale: float = 0.6
 ) -> tuple[Image.Image, list[int], dict]:
@@ -165,13 +180,7 @@ def mosaic(
     chosen = rng.sample(range(len(images)), tiles)
     base = images[chosen[0]]
     width, height = base.size
-    variants = []
-    for index in chosen:
-        variant, _ = geometric_variant(images[index].convert(base.mode).resize((width, height)), rng, min_scale)
-        variants.append(np.asarray(variant, dtype=np.float32))
-    # Every tile takes the first's grey level and contrast, so a seam joins textures, not two exposures.
-    mean, std = variants[0].mean(), variants[0].std()
-    variants = [mean + (v - v.mean()) * (std / max(float(v.std()), 1e-3)) for v in variants]
+    variants = _variants_at_one_level(images, chosen, rng, min_scale)
     split_x = rng.uniform(0.3, 0.7) * width
     split_y = rng.uniform(0.3, 0.7) * height
     seam = SEAM_SHARE * min(width, height)
@@ -208,20 +217,13 @@ def overlay(
         raise ValueError("An overlay needs at least two images.")
     chosen = rng.sample(range(len(images)), 2)
     base = images[chosen[0]]
-    width, height = base.size
-    first, second = (
-        np.asarray(geometric_variant(images[i].convert(base.mode).resize((width, height)), rng, min_scale)[0])
-        for i in chosen
-    )
-    first, second = first.astype(np.float32), second.astype(np.float32)
-    mean, std = first.mean(axis=(0, 1)), first.std(axis=(0, 1))
-    second = mean + (second - second.mean(axis=(0, 1))) * (std / np.maximum(second.std(axis=(0, 1)), 1e-3))
-    departure = [np.abs(v - mean) if v.ndim == 2 else np.abs(v - mean).mean(axis=-1) for v in (first, second)]
-    smoothing = OVERLAY_SMOOTHING * min(width, height)
-    margin = cv2.GaussianBlur(departure[1] - departure[0], (0, 0), smoothing)
+    first, second = _variants_at_one_level(images, chosen, rng, min_scale, axis=(0, 1))
+    level = first.mean(axis=(0, 1))
+    departure = [np.abs(v - level) if v.ndim == 2 else np.abs(v - level).mean(axis=-1) for v in (first, second)]
+    margin = cv2.GaussianBlur(departure[1] - departure[0], (0, 0), OVERLAY_SMOOTHING * min(base.size))
     weight = 1.0 / (1.0 + np.exp(-OVERLAY_SHARPNESS * margin))
-    pixels = first * (1 - weight if first.ndim == 2 else (1 - weight)[..., None])
-    pixels += second * (weight if second.ndim == 2 else weight[..., None])
+    share = weight if first.ndim == 2 else weight[..., None]
+    pixels = first * (1 - share) + second * share
     image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), mode=None).convert(base.mode)
     return image, chosen, {"second_share": round(float(weight.mean()), 3)}
 
