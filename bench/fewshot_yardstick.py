@@ -9,7 +9,10 @@ realism gate off (the first N candidates by seed, flagged ones included). A work
 are reused, so a rerun with other recognizer settings costs only the recognizers. Diversity: mean distance
 (steel features) from each sample, from each classic augmentation and from the geometric part of each (its
 layout without exposure, blur and noise: compare `--capture-variation 0` samples with it) to the nearest of the
-K real images of its class. A K=20 real-only run is the target.
+K real images of its class. A K=20 real-only run is the target. The summary gives issue 10's bars as paired gains
+per draw (K + ours against K + classic; K + classic + ours against K + classic). Processes may share a work folder
+(`--seeds 0 1` beside `--seeds 2 3`): each draw's result stays in its seed folder, and a summary covers every draw
+there that ran with the same options.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -93,6 +97,65 @@ def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
             if not link.exists():
                 link.symlink_to(path.resolve())
     return out if flagged_any else None
+
+
+DRAW_RESULT = "result.json"
+PAIRED_GAINS = {
+    "ours - classic": ("real+synthetic", "real+classic", 0.0),
+    "classic+ours - classic": ("real+classic+synth", "real+classic", 0.03),
+}
+"""Issue 10's bars as paired differences between two arms of the same draw: (arm, baseline, the bar)."""
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically, so a second yardstick process never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(data, indent=2))
+    os.replace(partial, path)
+
+
+def draws_with_options(work: Path, options: dict) -> dict[str, dict]:
+    """Every draw's result in a work folder that was run with these options, by seed: the draws of all the
+    processes that shared the folder (for example `--seeds 0 1` and `--seeds 2 3` side by side)."""
+    wanted = json.loads(json.dumps(options))
+    draws = {}
+    for path in sorted(work.glob(f"seed*/{DRAW_RESULT}"), key=lambda p: int(p.parent.name.removeprefix("seed"))):
+        saved = json.loads(path.read_text())
+        if saved["options"] == wanted:
+            draws[path.parent.name.removeprefix("seed")] = saved["result"]
+    return draws
+
+
+def mean_and_std(values: list[float]) -> dict[str, float]:
+    """Mean and standard deviation (over draws, ddof 0), rounded to 4 places."""
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
+
+
+def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
+    """Mean ± std over draws of every arm and distance, and the paired gains the bars name (per draw, since the
+    draws differ far more from each other than the arms of one draw do). Returns the summary and its lines."""
+    arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name != "diversity"))
+    width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
+    summary, lines = {}, []
+    for name in arms:
+        values = [draw[name] for draw in draws.values() if name in draw]
+        summary[name] = mean_and_std(values)
+        partial = f" ({len(values)} of {len(draws)} draws)" if len(values) < len(draws) else ""
+        lines.append(f"  {name:<{width}}{summary[name]['mean']:.3f} ± {summary[name]['std']:.3f}{partial}")
+    for side in ("ours", "classic", "classic_geometric"):
+        summary[f"diversity_{side}"] = spread = mean_and_std([draw["diversity"][side] for draw in draws.values()])
+        lines.append(f"  distance to nearest shot, {side:<18}{spread['mean']:.4f} ± {spread['std']:.4f}")
+    for name, (arm, baseline, bar) in PAIRED_GAINS.items():
+        gains = [draw[arm] - draw[baseline] for draw in draws.values()]
+        summary[name] = gain = mean_and_std(gains)
+        verdict = "met" if gain["mean"] >= bar else "not met"
+        per_draw = ", ".join(f"{100 * g:+.1f}" for g in gains)
+        lines.append(
+            f"  {name:<{width}}{100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} points (per draw {per_draw});"
+            f" bar ≥ {100 * bar:+.0f}: {verdict}"
+        )
+    return summary, lines
 
 
 def main() -> None:
@@ -186,7 +249,7 @@ def main() -> None:
             shots, args.val, synthetic, k=args.k, seeds=args.recognizer_seeds, classic_augment_per_class=args.per_class
         )
         spread = diversity(shots, synthetic, args.per_class, seed)
-        results["seeds"][seed] = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
+        record = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
         ungated = ungated_tree(synthetic, args.work / f"seed{seed}" / "ungated", args.per_class)
         if ungated is not None:
             gate_off = recognition(
@@ -199,30 +262,20 @@ def main() -> None:
             )
             for arm in gate_off.arms:
                 if "synth" in arm.name:
-                    results["seeds"][seed][f"{arm.name} (gate off)"] = arm.mean
+                    record[f"{arm.name} (gate off)"] = arm.mean
+        write_json(args.work / f"seed{seed}" / DRAW_RESULT, {"options": results["options"], "result": record})
         print(f"seed {seed}: " + ", ".join(f"{a.name} {a.mean:.3f}" for a in report.arms), flush=True)
         print(
             f"seed {seed}: distance to nearest shot, ours {spread['ours']:.4f}, classic {spread['classic']:.4f},"
             f" classic geometric part {spread['classic_geometric']:.4f}"
         )
-    arms = [name for name in next(iter(results["seeds"].values())) if name != "diversity"]
-    summary = {}
-    print(f"\nK={args.k}, {len(args.seeds)} draws (mean ± std over draws):")
-    for name in arms:
-        values = [r[name] for r in results["seeds"].values()]
-        summary[name] = {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
-        print(f"  {name:<20}{summary[name]['mean']:.3f} ± {summary[name]['std']:.3f}")
-    for side in ("ours", "classic", "classic_geometric"):
-        values = [r["diversity"][side] for r in results["seeds"].values()]
-        summary[f"diversity_{side}"] = {
-            "mean": round(float(np.mean(values)), 4),
-            "std": round(float(np.std(values)), 4),
-        }
-        print(f"  distance to nearest shot, {side:<18}{np.mean(values):.4f} ± {np.std(values):.4f}")
+    results["seeds"] = draws_with_options(args.work, results["options"])
+    summary, lines = summarize(results["seeds"])
+    print(f"\nK={args.k}, {len(results['seeds'])} draws (seeds {' '.join(results['seeds'])}; mean ± std over draws):")
+    print("\n".join(lines))
     results["summary"] = summary
     results["wall_s"] = round(time.time() - started, 1)
-    args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / "yardstick.json").write_text(json.dumps(results, indent=2))
+    write_json(args.work / "yardstick.json", results)
     print(f"results -> {args.work / 'yardstick.json'} ({results['wall_s']} s)")
 
 

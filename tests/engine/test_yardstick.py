@@ -1,0 +1,64 @@
+"""The yardstick: its diversity figures (samples, classic augmentation and its geometric part against the shots) and its
+summary over the draws of every process that shared a work folder."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from bench.fewshot_yardstick import DRAW_RESULT, diversity, draws_with_options, summarize, write_json
+from tests.support import make_steel_like
+
+
+def test_diversity_measures_copies_as_zero_and_reports_the_geometric_part_of_classic(tmp_path):
+    rng = np.random.default_rng(0)
+    for kind in ("scratches", "inclusion"):
+        for folder in ("shots", "synthetic"):
+            (tmp_path / folder / kind).mkdir(parents=True)
+        for i in range(3):
+            image = Image.fromarray(make_steel_like(rng, 64, kind))
+            image.save(tmp_path / "shots" / kind / f"{i}.png")
+            image.save(tmp_path / "synthetic" / kind / f"copy_{i}.png")
+    spread = diversity(tmp_path / "shots", tmp_path / "synthetic", per_class=6, seed=0)
+    assert set(spread) == {"ours", "classic", "classic_geometric"}
+    assert abs(spread["ours"]) < 1e-4
+    assert spread["classic"] > 1e-3 and spread["classic_geometric"] > 1e-3
+    assert spread == diversity(tmp_path / "shots", tmp_path / "synthetic", per_class=6, seed=0)
+
+
+def draw(real: float, synthetic: float, classic: float, both: float) -> dict:
+    return {
+        "real": real,
+        "real+synthetic": synthetic,
+        "real+classic": classic,
+        "real+classic+synth": both,
+        "diversity": {"ours": 0.05, "classic": 0.03, "classic_geometric": 0.01},
+    }
+
+
+def test_summary_gives_the_bars_as_paired_gains_per_draw():
+    draws = {"0": draw(0.80, 0.86, 0.85, 0.89), "1": draw(0.70, 0.74, 0.75, 0.77)}
+    summary, lines = summarize(draws)
+    assert summary["real+classic"] == {"mean": 0.8, "std": 0.05}
+    assert summary["classic+ours - classic"] == {"mean": 0.03, "std": 0.01}
+    assert summary["ours - classic"] == {"mean": 0.0, "std": 0.01}
+    text = "\n".join(lines)
+    assert "+3.0 ± 1.0 points (per draw +4.0, +2.0); bar ≥ +3: met" in text
+    assert "ours - classic" in text and "(per draw +1.0, -1.0); bar ≥ +0: met" in text
+    draws["1"]["real+synthetic (gate off)"] = 0.72
+    assert "real+synthetic (gate off)  0.720 ± 0.000 (1 of 2 draws)" in "\n".join(summarize(draws)[1])
+    _, lines = summarize({"0": draw(0.80, 0.84, 0.85, 0.86)})
+    assert "bar ≥ +3: not met" in "\n".join(lines) and "bar ≥ +0: not met" in "\n".join(lines)
+
+
+def test_the_summary_collects_every_process_draws_run_with_the_same_options(tmp_path):
+    options = {"strength": 0.8, "init_mix": {"source": 0.5, "geometric": 0.5}, "per_class": 100}
+    for seed, value in ((10, 0.9), (2, 0.8)):
+        write_json(tmp_path / f"seed{seed}" / DRAW_RESULT, {"options": options, "result": draw(value, 0, 0, 0)})
+    other = {**options, "strength": 0.6}
+    write_json(tmp_path / "seed3" / DRAW_RESULT, {"options": other, "result": draw(0.5, 0, 0, 0)})
+    draws = draws_with_options(tmp_path, options)
+    assert list(draws) == ["2", "10"]
+    assert [d["real"] for d in draws.values()] == [0.8, 0.9]
+    assert list(draws_with_options(tmp_path, other)) == ["3"]
+    assert not list(tmp_path.rglob(".*"))
