@@ -51,7 +51,7 @@ def test_summary_gives_the_bars_as_paired_gains_per_draw():
     assert "bar ≥ +3: not met" in "\n".join(lines) and "bar ≥ +0: not met" in "\n".join(lines)
 
 
-def test_the_summary_collects_every_process_draws_run_with_the_same_options(tmp_path):
+def test_the_summary_collects_the_draws_of_every_process_run_with_the_same_options(tmp_path):
     options = {"strength": 0.8, "init_mix": {"source": 0.5, "geometric": 0.5}, "per_class": 100}
     for seed, value in ((10, 0.9), (2, 0.8)):
         write_json(tmp_path / f"seed{seed}" / DRAW_RESULT, {"options": options, "result": draw(value, 0, 0, 0)})
