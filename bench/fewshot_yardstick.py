@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
 from engine.generation.variation import geometric_variant, parse_init_mix
 from engine.quiet import quiet_libraries
+from storage.files import write_atomically
 
 
 def draw_shots(pool: Path, k: int, seed: int, out: Path) -> Path:
@@ -109,10 +109,7 @@ PAIRED_GAINS = {
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically, so a second yardstick process never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.write_text(json.dumps(data, indent=2))
-    os.replace(partial, path)
+    write_atomically(path, json.dumps(data, indent=2).encode())
 
 
 def draws_with_options(work: Path, options: dict) -> dict[str, dict]:
