@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -171,13 +172,15 @@ def recognition(
     batch_size: int = 32,
     image_size: int = RECOGNITION_SIZE,
     progress: ProgressFn | None = None,
+    arms: Sequence[str] | None = None,
 ) -> RecognitionReport:
     """The few-shot protocol: K real per class, alone and with synthetic and/or classic augmentation.
 
     Arms: 'real' (K per class), 'real+synthetic', 'synthetic' (only), 'real+classic' (K plus N classic
     augmentations per class) and 'real+classic+synth'. Every arm trains the same RecognitionNet from
     scratch for the same number of steps, so more data never means more compute. The synthetic images
-    are the same for every seed.
+    are the same for every seed. `arms` trains only those named (gains need 'real' among them), for a caller
+    that compares many synthetic sets against one baseline.
     """
     # 1. Check inputs
     start = time.perf_counter()
@@ -204,11 +207,17 @@ def recognition(
 
     x_test, y_test = pixels(test), labels(test)
     x_syn, y_syn = (pixels(synthetic), labels(synthetic)) if synthetic else (None, None)
-    arms = ["real"]
+    available = ["real"]
     if synthetic:
-        arms += ["real+synthetic", "synthetic"]
+        available += ["real+synthetic", "synthetic"]
     if classic_augment_per_class:
-        arms += ["real+classic"] + (["real+classic+synth"] if synthetic else [])
+        available += ["real+classic"] + (["real+classic+synth"] if synthetic else [])
+    if arms is not None:
+        if missing := sorted(set(arms) - set(available)):
+            runnable = ", ".join(available)
+            raise ValueError(f"Arm(s) {', '.join(missing)} need inputs not given; these can run: {runnable}.")
+        available = [name for name in available if name in arms]
+    arms = available
     results = {name: ArmResult(name, [], []) for name in arms}
 
     # 3. Per seed: draw K real per class, build the arms, train and test each
@@ -244,11 +253,11 @@ def recognition(
                 progress(done, total, f"seed {seed} {name}: {results[name].accuracies[-1]:.3f}")
 
     # 4. Summaries and gains over the real arm
-    base = float(np.mean(results["real"].accuracies))
+    base = float(np.mean(results["real"].accuracies)) if "real" in results else None
     for arm in results.values():
         arm.mean = round(float(np.mean(arm.accuracies)), 4)
         arm.std = round(float(np.std(arm.accuracies)), 4)
-        arm.gain = None if arm.name == "real" else round(arm.mean - base, 4)
+        arm.gain = None if arm.name == "real" or base is None else round(arm.mean - base, 4)
     return RecognitionReport(
         k,
         seeds,

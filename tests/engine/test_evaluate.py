@@ -239,3 +239,18 @@ def test_tune_adapter_strength_generates_and_stores_the_choice(
     assert [row.strength for row in report.rows] == [0.5, 1.0] and all(row.n == 2 for row in report.rows)
     assert read_adapter(adapter).tokens["scratches"].default_strength == report.best_strength
     assert report.saved_to == str(adapter / "tokens.json")
+
+
+def test_recognition_trains_only_the_arms_asked_for_and_names_those_it_cannot(toy):
+    settings = {"k": 2, "seeds": 1, "steps": 6, "batch_size": 8, "image_size": SIZE, "classic_augment_per_class": 4}
+    full = recognition(toy["train"], toy["real"], synthetic_dir=toy["gen_same"], **settings)
+    some = recognition(
+        toy["train"], toy["real"], toy["gen_same"], arms=["real+classic", "real+classic+synth"], **settings
+    )
+    assert [arm.name for arm in some.arms] == ["real+classic", "real+classic+synth"]
+    assert all(arm.gain is None for arm in some.arms)
+    # The classic augmentations and the recognizers are those of the full protocol.
+    by_name = {arm.name: arm.accuracies for arm in full.arms}
+    assert all(arm.accuracies == by_name[arm.name] for arm in some.arms)
+    with pytest.raises(ValueError, match="real\\+synthetic need inputs not given"):
+        recognition(toy["train"], toy["real"], arms=["real", "real+synthetic"], **settings)
