@@ -100,6 +100,8 @@ def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
 
 
 DRAW_RESULT = "result.json"
+GATE_OFF_ARMS = ["real+synthetic", "synthetic", "real+classic+synth"]
+"""The arms trained again on the samples the gate would have kept: those with samples (the others are unchanged)."""
 PAIRED_GAINS = {
     "ours - classic": ("real+synthetic", "real+classic", 0.0),
     "classic+ours - classic": ("real+classic+synth", "real+classic", 0.03),
@@ -256,10 +258,10 @@ def main() -> None:
                 k=args.k,
                 seeds=args.recognizer_seeds,
                 classic_augment_per_class=args.per_class,
+                arms=GATE_OFF_ARMS,
             )
             for arm in gate_off.arms:
-                if "synth" in arm.name:
-                    record[f"{arm.name} (gate off)"] = arm.mean
+                record[f"{arm.name} (gate off)"] = arm.mean
         write_json(args.work / f"seed{seed}" / DRAW_RESULT, {"options": results["options"], "result": record})
         print(f"seed {seed}: " + ", ".join(f"{a.name} {a.mean:.3f}" for a in report.arms), flush=True)
         print(
