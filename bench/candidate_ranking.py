@@ -90,6 +90,12 @@ RANKERS: dict[str, Ranker] = {
 """Each ranker orders a class's pooled candidates, best first, from the context `rank_draw` builds."""
 
 
+def realism_score(path: Path) -> float:
+    """The realism score the gate recorded in a sample; -inf for one made with the gate off (ranked last)."""
+    realism = read_png_parameters(path.read_bytes()).realism
+    return realism.score if realism is not None else float("-inf")
+
+
 def rank_draw(runs: list[Path], seed: int, keep: int, rankers: list[str], net: SteelFeatureNet) -> dict:
     """Per ranker and class, the kept candidates' paths (`all` keeps every one)."""
     shots_dir = runs[0] / f"seed{seed}" / "shots"
@@ -107,7 +113,7 @@ def rank_draw(runs: list[Path], seed: int, keep: int, rankers: list[str], net: S
             "shots": shots,
             "shot_classes": shot_classes,
             "own_shots": shot_features[class_name],
-            "realism": [read_png_parameters(p.read_bytes()).realism.score for p in paths],
+            "realism": [realism_score(p) for p in paths],
             "keep": keep,
         }
         for name in rankers:

@@ -36,10 +36,9 @@ def test_class_consistent_puts_candidates_nearest_another_class_last_in_order_of
     assert sorted(order[:2]) == [0, 2] and order[2:] == [3, 1]
 
 
-def write_candidate(path, image: Image.Image, class_name: str, seed: int, realism: float) -> None:
-    params = CandidateParameters(
-        class_name, f"<{class_name}>", "", 0.6, 4, 3.0, seed, *image.size, realism=Realism(score=realism)
-    )
+def write_candidate(path, image: Image.Image, class_name: str, seed: int, realism: float | None) -> None:
+    params = CandidateParameters(class_name, f"<{class_name}>", "", 0.6, 4, 3.0, seed, *image.size)
+    params.realism = Realism(score=realism) if realism is not None else None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png_with_metadata(image, params))
 
@@ -56,7 +55,8 @@ def test_rank_draw_pools_every_run_and_keeps_what_each_ranker_chose(tmp_path):
         for run_index, run in enumerate(runs):
             for i in range(4):
                 image = Image.fromarray(make_steel_like(rng, 64, class_name))
-                realism = 0.1 * (run_index * 4 + i)
+                # The first candidate was made with the realism gate off: no score, ranked last.
+                realism = 0.1 * (run_index * 4 + i) if run_index or i else None
                 write_candidate(run / "seed0" / "synthetic" / class_name / f"{i}.png", image, class_name, i, realism)
     kept = rank_draw(runs, 0, keep=3, rankers=["random", "all", "realism", "coverage"], net=load_feature_net())
     assert [len(kept["all"][c]) for c in classes] == [8, 8]
@@ -65,6 +65,8 @@ def test_rank_draw_pools_every_run_and_keeps_what_each_ranker_chose(tmp_path):
     best = [runs[1] / "seed0" / "synthetic" / "scratches" / f"{i}.png" for i in (3, 2, 1)]
     assert kept["realism"]["scratches"] == best
     assert len(set(kept["coverage"]["inclusion"])) == 3
+    worst = runs[0] / "seed0" / "synthetic" / "inclusion" / "0.png"
+    assert worst in kept["all"]["inclusion"] and worst not in kept["realism"]["inclusion"]
     tree = link_tree(kept["realism"], tmp_path / "kept")
     names = sorted(p.name for p in (tree / "scratches").iterdir())
     assert names == ["0000-other-3.png", "0001-other-2.png", "0002-other-1.png"]
