@@ -30,26 +30,27 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from bench.fewshot_yardstick import DRAW_RESULT, diversity, draws_with_options, mean_and_std, summarize, write_json
+from bench.fewshot_yardstick import (
+    DRAW_RESULT,
+    diversity,
+    draws_with_options,
+    embed,
+    mean_and_std,
+    nearest_shot_distance,
+    summarize,
+    write_json,
+)
 from engine.data import list_images, load_rgb
-from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
+from engine.evaluation.features import SteelFeatureNet, load_feature_net
 from engine.evaluation.recognition import recognition
 from engine.generation.generate import read_png_parameters
 from engine.quiet import quiet_libraries
 
 
-@torch.no_grad()
-def embed(net: SteelFeatureNet, paths: list[Path]) -> torch.Tensor:
+def embed_files(net: SteelFeatureNet, paths: list[Path]) -> torch.Tensor:
     """Unit-length steel features of the images at `paths`."""
-    pixels = images_to_tensor([load_rgb(p) for p in paths], net.config.input_size)
-    return F.normalize(net.features_and_probs(pixels)[0], dim=1)
-
-
-def nearest_shot_distance(candidates: torch.Tensor, shots: torch.Tensor) -> torch.Tensor:
-    """Cosine distance from each candidate to the nearest shot."""
-    return (1 - candidates @ shots.T).min(dim=1).values
+    return embed(net, [load_rgb(p) for p in paths])
 
 
 def coverage_order(candidates: torch.Tensor, shots: torch.Tensor, keep: int) -> list[int]:
@@ -100,7 +101,7 @@ def rank_draw(runs: list[Path], seed: int, keep: int, rankers: list[str], net: S
     """Per ranker and class, the kept candidates' paths (`all` keeps every one)."""
     shots_dir = runs[0] / f"seed{seed}" / "shots"
     classes = sorted(p.name for p in shots_dir.iterdir() if p.is_dir())
-    shot_features = {c: embed(net, list_images(shots_dir / c)) for c in classes}
+    shot_features = {c: embed_files(net, list_images(shots_dir / c)) for c in classes}
     shots = torch.cat([shot_features[c] for c in classes])
     shot_classes = torch.tensor([i for i, c in enumerate(classes) for _ in range(len(shot_features[c]))])
     kept: dict[str, dict[str, list[Path]]] = {name: {} for name in rankers}
@@ -108,7 +109,7 @@ def rank_draw(runs: list[Path], seed: int, keep: int, rankers: list[str], net: S
         paths = [p for run in runs for p in list_images(run / f"seed{seed}" / "synthetic" / class_name)]
         context = {
             "paths": paths,
-            "features": embed(net, paths),
+            "features": embed_files(net, paths),
             "class_index": class_index,
             "shots": shots,
             "shot_classes": shot_classes,
@@ -162,11 +163,10 @@ def main() -> None:
             )
             write_json(baseline_file, {"options": options, "result": {arm.name: arm.mean for arm in report.arms}})
         baseline = json.loads(baseline_file.read_text())["result"]
-        kept = rank_draw(args.runs, seed, args.keep, args.rankers, net)
-        for name in args.rankers:
+        pending = [name for name in args.rankers if str(seed) not in draws_with_options(args.out / name, options)]
+        kept = rank_draw(args.runs, seed, args.keep, pending, net) if pending else {}
+        for name in pending:
             result_file = args.out / name / f"seed{seed}" / DRAW_RESULT
-            if result_file.exists() and json.loads(result_file.read_text())["options"] == options:
-                continue
             shutil.rmtree(result_file.parent / "kept", ignore_errors=True)
             tree = link_tree(kept[name], result_file.parent / "kept")
             report = recognition(
@@ -188,12 +188,12 @@ def main() -> None:
         draws = draws_with_options(args.out / name, options)
         summary[name], lines = summarize(draws)
         for arm in ("real+synthetic", "real+classic+synth") if name != "random" else ():
-            gains = [100 * (draw[arm] - control[seed][arm]) for seed, draw in draws.items() if seed in control]
+            gains = [draw[arm] - control[seed][arm] for seed, draw in draws.items() if seed in control]
             if gains:
-                summary[name][f"{arm} - random"] = mean_and_std([g / 100 for g in gains])
+                summary[name][f"{arm} - random"] = mean_and_std(gains)
                 lines.append(
-                    f"  {arm} - random: {sum(gains) / len(gains):+.1f} points"
-                    f" (per draw {', '.join(f'{g:+.1f}' for g in gains)})"
+                    f"  {arm} - random: {100 * sum(gains) / len(gains):+.1f} points"
+                    f" (per draw {', '.join(f'{100 * g:+.1f}' for g in gains)})"
                 )
         print(f"\n{name} ({len(draws)} draws, seeds {' '.join(draws)}; {args.keep} kept per class; mean ± std):")
         print("\n".join(lines))

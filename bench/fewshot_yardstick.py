@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from engine.adapters import is_adapter
 from engine.batch import DEFAULT_CAPTURE_VARIATION, DEFAULT_PER_INIT, FLAGGED_FOLDER, generate_to_folder
 from engine.data import list_images, load_rgb
-from engine.evaluation.features import images_to_tensor, load_feature_net
+from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.recognition import classic_augment, recognition
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
@@ -55,12 +56,19 @@ def draw_shots(pool: Path, k: int, seed: int, out: Path) -> Path:
 
 
 @torch.no_grad()
-def distance_to_shots(net, images, shots) -> float:
+def embed(net: SteelFeatureNet, images: list[Image.Image]) -> torch.Tensor:
+    """Unit-length steel features of the images."""
+    return F.normalize(net.features_and_probs(images_to_tensor(images, net.config.input_size))[0], dim=1)
+
+
+def nearest_shot_distance(features: torch.Tensor, shots: torch.Tensor) -> torch.Tensor:
+    """Cosine distance from each of the unit-length `features` to the nearest of the shots' features."""
+    return (1 - features @ shots.T).min(dim=1).values
+
+
+def distance_to_shots(net: SteelFeatureNet, images: list[Image.Image], shots: list[Image.Image]) -> float:
     """Mean cosine distance (steel features) from each image to the nearest of the shots."""
-    size = net.config.input_size
-    feats = F.normalize(net.features_and_probs(images_to_tensor(images, size))[0], dim=1)
-    refs = F.normalize(net.features_and_probs(images_to_tensor(shots, size))[0], dim=1)
-    return float((1 - feats @ refs.T).min(dim=1).values.mean())
+    return float(nearest_shot_distance(embed(net, images), embed(net, shots)).mean())
 
 
 def diversity(shots_dir: Path, synthetic_dir: Path, per_class: int, seed: int) -> dict[str, float]:
