@@ -221,6 +221,13 @@ def add_training_parsers(sub) -> None:
         action="store_true",
         help="Train the UNet to predict v on a zero-terminal-SNR schedule (default: the model's own, epsilon).",
     )
+    pre.add_argument(
+        "--noise-shift",
+        type=float,
+        default=None,
+        help="Train on SD's schedule with every step's SNR divided by this (the latent channels' redundancy;"
+        " `python -m bench.latent_redundancy` measures it). Default: the model's own schedule.",
+    )
 
 
 def add_studio_parsers(sub) -> None:
@@ -516,6 +523,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         captions=args.captions,
         prediction_type="v_prediction" if args.v_prediction else None,
         zero_terminal_snr=True if args.v_prediction else None,
+        noise_shift=args.noise_shift,
     )
     with stop_on_signal() as stop_requested:
         result = pretrain(

@@ -156,6 +156,9 @@ class TrainConfig(ConfigMixin):
     # terminal SNR (Lin et al. 2024) trains the last step on pure noise, which is where strength 1.0 starts.
     prediction_type: str | None = None
     zero_terminal_snr: bool | None = None
+    # Pretraining only: divide the schedule's SNR by this (`engine.training.prior.shifted_betas`); None keeps the
+    # model's schedule.
+    noise_shift: float | None = None
     # Share of captions replaced by "" so classifier-free guidance has an unconditional model.
     caption_dropout: float = 0.0
     ema_decay: float | None = None
@@ -184,6 +187,8 @@ class TrainConfig(ConfigMixin):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}.")
         if self.zero_terminal_snr and self.prediction_type != "v_prediction":
             raise ValueError("A zero terminal SNR needs prediction_type 'v_prediction' (epsilon is undefined there).")
+        if self.noise_shift is not None and self.noise_shift < 1:
+            raise ValueError(f"noise_shift divides the SNR and must be at least 1, got {self.noise_shift}.")
         if self.captions not in CAPTION_KINDS:
             raise ValueError(f"captions must be one of {', '.join(CAPTION_KINDS)}, got {self.captions!r}.")
         if not 0.0 <= self.background_loss_weight <= 1.0:
@@ -330,6 +335,7 @@ def pretrain_configs(preset: str = "cpu", seed: int = 0, **overrides):
         captions=values.get("captions", "generic"),
         prediction_type=values.get("prediction_type"),
         zero_terminal_snr=values.get("zero_terminal_snr"),
+        noise_shift=values.get("noise_shift"),
         ema_decay=0.999,
         checkpointing_steps=max(1, min(250, steps // 4)),
         caption_dropout=0.1,

@@ -523,6 +523,10 @@ def _schedule_overrides(config: TrainConfig) -> dict:
         overrides["prediction_type"] = config.prediction_type
     if config.zero_terminal_snr is not None:
         overrides["rescale_betas_zero_snr"] = config.zero_terminal_snr
+    if config.noise_shift is not None:
+        from engine.training.prior import shifted_betas
+
+        overrides["trained_betas"] = shifted_betas(config.noise_shift)
     return overrides
 
 
@@ -537,7 +541,9 @@ def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, noise_s
         tokenizer=tokenizer,
         unet=unet,
         scheduler=build_scheduler(
-            noise_scheduler.config.prediction_type, bool(noise_scheduler.config.rescale_betas_zero_snr)
+            noise_scheduler.config.prediction_type,
+            bool(noise_scheduler.config.rescale_betas_zero_snr),
+            noise_scheduler.config.trained_betas,
         ),
         safety_checker=None,
         feature_extractor=None,

@@ -192,3 +192,47 @@ def test_v_prediction_continuation_saves_its_schedule_and_fine_tunes_and_samples
 
     with pytest.raises(ValueError, match="zero terminal SNR"):
         TrainConfig(mode="pretrain", zero_terminal_snr=True)
+
+
+def test_noise_shift_divides_every_steps_snr_and_a_shifted_continuation_fine_tunes_and_generates(
+    tiny_model, tiny_dataset, tmp_path
+):
+    from diffusers import DDPMScheduler
+
+    from engine.config import TrainConfig, finetune_config
+    from engine.training.loop import images_from_folder, train
+    from engine.training.prior import shifted_betas
+
+    def snr(schedule) -> torch.Tensor:
+        return schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)
+
+    data = write_slabs(tmp_path / "slabs", 4, seed=3)
+    out = tmp_path / "prior"
+    args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--init-model", str(tiny_model)]
+    assert launch.main([*args, "--stages", "diffusion", "--steps", "2", "--batch-size", "2", "--noise-shift", "4"]) == 0
+    original = DDPMScheduler.from_pretrained(tiny_model, subfolder="scheduler")
+    shifted = DDPMScheduler.from_pretrained(out, subfolder="scheduler")
+    assert torch.allclose(snr(shifted) * 4, snr(original), rtol=1e-4)
+    sampler = load_pipeline(out).pipe.scheduler
+    assert sampler.config.prediction_type == "epsilon"
+    assert torch.allclose(sampler.alphas_cumprod, shifted.alphas_cumprod)
+
+    config = finetune_config(
+        model=str(out),
+        output_dir=str(tmp_path / "adapter"),
+        classes=["scratches"],
+        max_train_steps=2,
+        resolution=32,
+        train_batch_size=2,
+    )
+    result = train(config, images_from_folder(tiny_dataset, ["scratches"], 32))
+    assert result.status == "completed" and all(np.isfinite(result.losses))
+    config = GenerationConfig(class_name="scratches", num_candidates=1, steps=3, strength=0.6, seed=1)
+    pipe = load_pipeline(out, tmp_path / "adapter")
+    assert torch.allclose(pipe.pipe.scheduler.alphas_cumprod, shifted.alphas_cumprod)
+    pixels = np.asarray(generate(pipe, Image.new("L", (32, 32), 128), config).candidates[0].image)
+    assert np.isfinite(pixels).all()
+
+    assert shifted_betas(1) == pytest.approx(original.betas.tolist(), rel=1e-5)
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainConfig(mode="pretrain", noise_shift=0.5)
