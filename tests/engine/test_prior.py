@@ -156,13 +156,32 @@ def test_decoder_stage_on_denoised_latents_needs_a_prior_and_runs_from_the_cli(t
     assert config["denoised_share"] == 0.5 and load_pipeline(out).pipe.vae is not None
 
 
+def fine_tune_and_generate(model: Path, dataset: Path, adapter: Path, strength: float) -> np.ndarray:
+    """Fine-tune a scratches token on `model` for two steps, then one candidate's pixels at `strength`."""
+    from engine.config import finetune_config
+    from engine.training.loop import images_from_folder, train
+
+    config = finetune_config(
+        model=str(model),
+        output_dir=str(adapter),
+        classes=["scratches"],
+        max_train_steps=2,
+        resolution=32,
+        train_batch_size=2,
+    )
+    result = train(config, images_from_folder(dataset, ["scratches"], 32))
+    assert result.status == "completed" and all(np.isfinite(result.losses))
+    config = GenerationConfig(class_name="scratches", num_candidates=1, steps=3, strength=strength, seed=1)
+    pipe = load_pipeline(model, adapter)
+    return np.asarray(generate(pipe, Image.new("L", (32, 32), 128), config).candidates[0].image)
+
+
 def test_v_prediction_continuation_saves_its_schedule_and_fine_tunes_and_samples_from_pure_noise(
     tiny_model, tiny_dataset, tmp_path
 ):
     from diffusers import DDPMScheduler
 
-    from engine.config import TrainConfig, finetune_config
-    from engine.training.loop import images_from_folder, train
+    from engine.config import TrainConfig
 
     data = write_slabs(tmp_path / "slabs", 4, seed=3)
     out = tmp_path / "prior"
@@ -175,19 +194,7 @@ def test_v_prediction_continuation_saves_its_schedule_and_fine_tunes_and_samples
     original_schedule = DDPMScheduler.from_pretrained(tiny_model, subfolder="scheduler")
     assert training_schedule.alphas_cumprod[-1] < 1e-9 < 1e-3 < original_schedule.alphas_cumprod[-1]
 
-    config = finetune_config(
-        model=str(out),
-        output_dir=str(tmp_path / "adapter"),
-        classes=["scratches"],
-        max_train_steps=2,
-        resolution=32,
-        train_batch_size=2,
-    )
-    result = train(config, images_from_folder(tiny_dataset, ["scratches"], 32))
-    assert result.status == "completed" and all(np.isfinite(result.losses))
-    config = GenerationConfig(class_name="scratches", num_candidates=1, steps=3, strength=1.0, seed=1)
-    pipe = load_pipeline(out, tmp_path / "adapter")
-    pixels = np.asarray(generate(pipe, Image.new("L", (32, 32), 128), config).candidates[0].image)
+    pixels = fine_tune_and_generate(out, tiny_dataset, tmp_path / "adapter", strength=1.0)
     assert np.isfinite(pixels).all() and pixels.std() > 0
 
     with pytest.raises(ValueError, match="zero terminal SNR"):
@@ -199,8 +206,7 @@ def test_noise_shift_divides_every_steps_snr_and_a_shifted_continuation_fine_tun
 ):
     from diffusers import DDPMScheduler
 
-    from engine.config import TrainConfig, finetune_config
-    from engine.training.loop import images_from_folder, train
+    from engine.config import TrainConfig
     from engine.training.prior import shifted_betas
 
     def snr(schedule) -> torch.Tensor:
@@ -217,21 +223,9 @@ def test_noise_shift_divides_every_steps_snr_and_a_shifted_continuation_fine_tun
     assert sampler.config.prediction_type == "epsilon"
     assert torch.allclose(sampler.alphas_cumprod, shifted.alphas_cumprod)
 
-    config = finetune_config(
-        model=str(out),
-        output_dir=str(tmp_path / "adapter"),
-        classes=["scratches"],
-        max_train_steps=2,
-        resolution=32,
-        train_batch_size=2,
-    )
-    result = train(config, images_from_folder(tiny_dataset, ["scratches"], 32))
-    assert result.status == "completed" and all(np.isfinite(result.losses))
-    config = GenerationConfig(class_name="scratches", num_candidates=1, steps=3, strength=0.6, seed=1)
-    pipe = load_pipeline(out, tmp_path / "adapter")
-    assert torch.allclose(pipe.pipe.scheduler.alphas_cumprod, shifted.alphas_cumprod)
-    pixels = np.asarray(generate(pipe, Image.new("L", (32, 32), 128), config).candidates[0].image)
-    assert np.isfinite(pixels).all()
+    assert np.isfinite(fine_tune_and_generate(out, tiny_dataset, tmp_path / "adapter", strength=0.6)).all()
+    adapted = load_pipeline(out, tmp_path / "adapter").pipe.scheduler
+    assert torch.allclose(adapted.alphas_cumprod, shifted.alphas_cumprod)
 
     assert shifted_betas(1) == pytest.approx(original.betas.tolist(), rel=1e-5)
     with pytest.raises(ValueError, match="at least 1"):
