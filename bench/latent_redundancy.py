@@ -21,18 +21,14 @@ import torch
 
 from engine.data import IMAGE_SUFFIXES, load_rgb, to_square_pixels
 from engine.generation.pipeline import load_pipeline
+from engine.training.pretrain import encode_pixels
 
 TIMESTEPS = (200, 400, 600, 800, 999)
 
 
-@torch.no_grad()
 def channel_spectrum(vae, pixels: np.ndarray, batch_size: int = 32) -> torch.Tensor:
     """Eigenvalues (descending) of the covariance of the scaled latent's channels over every latent pixel."""
-    scaled = []
-    for start in range(0, len(pixels), batch_size):
-        batch = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-        scaled.append(vae.encode(batch).latent_dist.mean * vae.config.scaling_factor)
-    latents = torch.cat(scaled)
+    latents = encode_pixels(vae, pixels, batch_size)[0] * vae.config.scaling_factor
     channels = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).double()
     channels = channels - channels.mean(0)
     return torch.linalg.eigvalsh(channels.T @ channels / len(channels)).flip(0)

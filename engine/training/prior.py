@@ -205,8 +205,7 @@ def shifted_betas(shift: float) -> list[float]:
     """
     if shift < 1:
         raise ValueError(f"A noise shift divides the SNR and must be at least 1, got {shift}.")
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    alphas_cumprod = torch.cumprod(1 - build_scheduler().betas.double(), 0)
     snr = alphas_cumprod / (1 - alphas_cumprod) / shift
     shifted = snr / (1 + snr)
     previous = torch.cat([torch.ones(1, dtype=torch.float64), shifted[:-1]])
