@@ -193,6 +193,12 @@ def add_training_parsers(sub) -> None:
         default=None,
         help="Continue from this prior folder (e.g. engine/weights/steel-prior): keep its autoencoder, train on.",
     )
+    pre.add_argument(
+        "--fresh-denoiser",
+        action="store_true",
+        help="With --init-model: keep only its autoencoder and train a new UNet and text encoder of --size on its"
+        " latents (e.g. the gpu preset's larger UNet on the shipped autoencoder).",
+    )
     pre.add_argument("--learning-rate", type=float, default=None)
     pre.add_argument("--decoder-steps", type=int, default=None, help="Steps of the decoder stage (perceptual + GAN).")
     pre.add_argument(
@@ -538,6 +544,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
             decoder=decoder,
             stages=tuple(args.stages),
             should_stop=stop_requested,
+            fresh_denoiser=args.fresh_denoiser,
         )
     resumed = result.diffusion.resumed_from if result.diffusion is not None else None
     resumed_text = f", diffusion resumed from step {resumed}" if resumed is not None else ""

@@ -297,6 +297,7 @@ def pretrain(
     init_model: Path | None = None,
     decoder: DecoderConfig | None = None,
     stages: tuple[str, ...] = STAGES,
+    fresh_denoiser: bool = False,
 ) -> PretrainResult:
     """Reproduce the prior from images, in resumable stages: autoencoder, its decoder fine-tuned with perceptual and
     adversarial losses (`engine.training.decoder`), scaling factor, then UNet + text encoder.
@@ -304,8 +305,10 @@ def pretrain(
     With `init_model` (a prior folder, e.g. the shipped one) the autoencoder stage is skipped: the decoder stage
     starts from that model's autoencoder and the diffusion stage continues from its UNet and text encoder (the
     encoder, hence the latents, never change after the first stage). `stages` picks which of the decoder and
-    diffusion stages run; without "diffusion" the output is `init_model` with the new decoder. The captions are
-    `diffusion.captions` (see `collect_pretrain_samples`).
+    diffusion stages run; without "diffusion" the output is `init_model` with the new decoder. With `fresh_denoiser`
+    the diffusion stage keeps only `init_model`'s autoencoder and trains a new UNet and text encoder of `size` on its
+    latents (a new diffusion recipe without retraining the autoencoder). The captions are `diffusion.captions` (see
+    `collect_pretrain_samples`).
     """
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}.")
@@ -313,6 +316,8 @@ def pretrain(
         raise ValueError("Without the diffusion stage, give the model to put the new decoder in (init_model).")
     if "decoder" in stages and decoder is not None and decoder.denoised_share > 0 and init_model is None:
         raise ValueError("Decoding denoised latents needs a UNet: give the prior to continue from (init_model).")
+    if fresh_denoiser and (init_model is None or "diffusion" not in stages):
+        raise ValueError("A fresh denoiser trains on a prior's autoencoder: give init_model and the diffusion stage.")
     from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline
 
     from engine.training.decoder import one_step_denoiser, train_decoder
@@ -368,8 +373,13 @@ def pretrain(
         l1 = {"all": reconstruction_error(vae, stack[:256])}
 
         # 3. Untrained UNet + text encoder beside the trained autoencoder, saved as the starting folder
-        init = Path(init_model) if init_model is not None else work / "init"
+        init = Path(init_model) if init_model is not None and not fresh_denoiser else work / "init"
         if not (init / "model_index.json").exists():
+            if size.latent_channels != vae.config.latent_channels:
+                raise ValueError(
+                    f"The autoencoder has {vae.config.latent_channels} latent channels, the {size.latent_channels}"
+                    "-channel UNet of this size cannot train on it: pick the size the autoencoder was made for."
+                )
             components = build_components(size, init / "tmp", seed=autoencoder.seed)
             components["vae"] = vae
             StableDiffusionImg2ImgPipeline(

@@ -230,3 +230,55 @@ def test_noise_shift_divides_every_steps_snr_and_a_shifted_continuation_fine_tun
     assert shifted_betas(1) == pytest.approx(original.betas.tolist(), rel=1e-5)
     with pytest.raises(ValueError, match="at least 1"):
         TrainConfig(mode="pretrain", noise_shift=0.5)
+
+
+def test_fresh_denoiser_trains_a_new_unet_on_the_init_models_autoencoder(tiny_model, tmp_path):
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from engine.training.pretrain import pretrain
+    from engine.training.prior import PriorSize
+
+    # A "trained" prior: the tiny model with its autoencoder and UNet moved away from a fresh build's weights.
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_model, trained)
+    for cls, subfolder in ((AutoencoderKL, "vae"), (UNet2DConditionModel, "unet")):
+        part = cls.from_pretrained(trained, subfolder=subfolder)
+        with torch.no_grad():
+            for weight in part.parameters():
+                weight.add_(0.05)
+        part.save_pretrained(trained / subfolder)
+
+    data = write_slabs(tmp_path / "slabs", 4, seed=4)
+    out, work = tmp_path / "prior", tmp_path / "work"
+    args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--work-dir", str(work)]
+    args += ["--init-model", str(trained), "--stages", "diffusion", "--steps", "1", "--batch-size", "2"]
+    assert launch.main([*args, "--fresh-denoiser"]) == 0
+
+    def weights(model: Path, subfolder: str) -> dict[str, torch.Tensor]:
+        cls = AutoencoderKL if subfolder == "vae" else UNet2DConditionModel
+        return cls.from_pretrained(model, subfolder=subfolder).state_dict()
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # The starting UNet is a fresh build (the untouched tiny model is one, same seed), not the trained one.
+    assert same(weights(work / "init", "unet"), weights(tiny_model, "unet"))
+    assert not same(weights(work / "init", "unet"), weights(trained, "unet"))
+    # The autoencoder is the trained prior's, in the starting folder and in the result.
+    assert same(weights(work / "init", "vae"), weights(trained, "vae"))
+    assert same(weights(out, "vae"), weights(trained, "vae"))
+    assert load_pipeline(out).pipe.unet.config.in_channels == 4
+
+    with pytest.raises(ValueError, match="give init_model"):
+        pretrain(data, tmp_path / "p2", size=PriorSize.tiny(), fresh_denoiser=True)
+    with pytest.raises(ValueError, match="latent channels"):
+        pretrain(
+            data,
+            tmp_path / "p3",
+            size=PriorSize.embedded(),
+            init_model=trained,
+            stages=("diffusion",),
+            fresh_denoiser=True,
+        )
