@@ -325,6 +325,14 @@ def pretrain(
     from engine.training.prior import build_components
 
     size = size or PriorSize.embedded()
+    if fresh_denoiser:
+        # Checked before the images are read: a mismatch would otherwise surface minutes later.
+        channels = AutoencoderKL.load_config(Path(init_model), subfolder="vae")["latent_channels"]
+        if channels != size.latent_channels:
+            raise ValueError(
+                f"The autoencoder has {channels} latent channels, the {size.latent_channels}-channel UNet of this"
+                " size cannot train on it: pick the size the autoencoder was made for."
+            )
     work = Path(work_dir) if work_dir else Path(str(out).rstrip("/") + ".work")
     work.mkdir(parents=True, exist_ok=True)
     autoencoder = autoencoder or pretrain_configs("cpu")[1]
@@ -375,11 +383,6 @@ def pretrain(
         # 3. Untrained UNet + text encoder beside the trained autoencoder, saved as the starting folder
         init = Path(init_model) if init_model is not None and not fresh_denoiser else work / "init"
         if not (init / "model_index.json").exists():
-            if size.latent_channels != vae.config.latent_channels:
-                raise ValueError(
-                    f"The autoencoder has {vae.config.latent_channels} latent channels, the {size.latent_channels}"
-                    "-channel UNet of this size cannot train on it: pick the size the autoencoder was made for."
-                )
             components = build_components(size, init / "tmp", seed=autoencoder.seed)
             components["vae"] = vae
             StableDiffusionImg2ImgPipeline(
