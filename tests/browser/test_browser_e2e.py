@@ -104,7 +104,7 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
         # 1. Upload a clean slab
         page.get_by_role("button", name="Upload and store").wait_for()
         page.locator("input[type=file]").set_input_files(str(slab))
-        page.get_by_text("slab.png").first.wait_for()
+        page.get_by_text("slab.png").filter(visible=True).first.wait_for()
         page.get_by_role("button", name="Upload and store").click()
         page.get_by_text("Stored 1 image(s)").wait_for()
         (source,) = service.list_sources(role="clean")
