@@ -183,6 +183,13 @@ def add_training_parsers(sub) -> None:
     )
     pre.add_argument("--size", choices=["embedded", "large", "tiny"], default=None, help="Default: the preset's.")
     pre.add_argument("--autoencoder-steps", type=int, default=None)
+    pre.add_argument(
+        "--autoencoder-perceptual-weight",
+        type=float,
+        default=None,
+        help="Train the autoencoder (encoder and decoder) with this weight on the steel feature network's"
+        " perceptual distance too, as SD's autoencoder was trained. Default 0: L1 + spectral, the shipped recipe.",
+    )
     pre.add_argument("--steps", type=int, default=None)
     pre.add_argument("--batch-size", type=int, default=None)
     pre.add_argument("--seed", type=int, default=0)
@@ -520,6 +527,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         seed=args.seed,
         size=args.size,
         autoencoder_steps=args.autoencoder_steps,
+        autoencoder_perceptual_weight=args.autoencoder_perceptual_weight,
         decoder_steps=args.decoder_steps,
         decoder_denoised_share=args.decoder_denoised_share,
         steps=args.steps,

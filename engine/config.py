@@ -236,6 +236,10 @@ class AutoencoderConfig(ConfigMixin):
     learning_rate: float = 1e-3
     kl_weight: float = 1e-6
     spectral_weight: float = 0.1
+    # SD's autoencoder recipe adds a perceptual loss with the encoder free to learn what it asks for (the decoder
+    # stage adds it on a frozen encoder). The steel feature network's LPIPS-style distance; 0 keeps the shipped recipe.
+    perceptual_weight: float = 0.0
+    feature_net: str | None = None
     checkpointing_steps: int = 250
     seed: int = 0
 
@@ -315,6 +319,7 @@ def pretrain_configs(preset: str = "cpu", seed: int = 0, **overrides):
     autoencoder = AutoencoderConfig(
         max_train_steps=values["autoencoder_steps"],
         train_batch_size=values["autoencoder_batch_size"],
+        perceptual_weight=values.get("autoencoder_perceptual_weight", 0.0),
         seed=seed,
         checkpointing_steps=max(1, min(250, values["autoencoder_steps"] // 4)),
     )

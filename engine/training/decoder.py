@@ -28,6 +28,7 @@ from torch import nn
 from engine.config import DecoderConfig
 from engine.evaluation.features import SteelFeatureNet, load_feature_net
 from engine.progress import ProgressFn
+from engine.training.losses import feature_maps, perceptual_distance, texture_distance
 from engine.training.pretrain import (
     DEFECT_CAPTIONS,
     atomic_save,
@@ -59,42 +60,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.mean(dim=1, keepdim=True))
-
-
-def feature_maps(net: SteelFeatureNet, images: torch.Tensor) -> list[torch.Tensor]:
-    """Activations of the stem and of every conv block for images in [-1, 1], at their own scale.
-
-    No resize: a crop is seen at the pixel scale the network learnt (it is convolutional up to its pooling).
-    """
-    x = ((images + 1) / 2).mean(dim=1, keepdim=True)
-    x = net.stem((x - net.mean) / net.std)
-    maps = [x]
-    for module in net.blocks:
-        x = module(x)
-        if not isinstance(module, nn.MaxPool2d):
-            maps.append(x)
-    return maps
-
-
-def perceptual_distance(pred_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
-    """LPIPS without learnt weights: squared distance of channel-normalised activations, averaged over layers."""
-    total = 0.0
-    for p, t in zip(pred_maps, target_maps, strict=True):
-        p = p / (p.norm(dim=1, keepdim=True) + 1e-8)
-        t = t / (t.norm(dim=1, keepdim=True) + 1e-8)
-        total = total + (p - t).pow(2).sum(dim=1).mean()
-    return total / len(pred_maps)
-
-
-def gram(x: torch.Tensor) -> torch.Tensor:
-    n, c, h, w = x.shape
-    flat = x.reshape(n, c, h * w)
-    return flat @ flat.transpose(1, 2) / (c * h * w)
-
-
-def texture_distance(pred_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
-    """Gram-matrix (texture statistics) L1, averaged over layers."""
-    return sum((gram(p) - gram(t)).abs().mean() for p, t in zip(pred_maps, target_maps, strict=True)) / len(pred_maps)
 
 
 def _adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:

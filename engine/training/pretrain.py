@@ -1,6 +1,6 @@
 """Pretraining the embedded steel prior from a folder of steel images, in resumable stages.
 
-1. autoencoder: AutoencoderKL on random crops (L1 + spectral + KL), checkpointed;
+1. autoencoder: AutoencoderKL on random crops (L1 + spectral + KL, optionally perceptual), checkpointed;
 1b. decoder: the decoder fine-tuned on the frozen encoder with perceptual, texture and patch-GAN losses;
 2. latents: every training image encoded once (the UNet stage never runs the encoder);
 3. diffusion: UNet + text encoder on captions that never name a class (generic, or generic plus the image's measured
@@ -33,8 +33,10 @@ from engine.data import (
     split_neu,
     to_square_pixels,
 )
+from engine.evaluation.features import load_feature_net
 from engine.progress import ProgressFn
 from engine.training.attributes import appearance_captions
+from engine.training.losses import feature_maps, perceptual_distance, spectral_loss
 from engine.training.prior import PriorSize, build_vae
 
 STAGES = ("autoencoder", "decoder", "diffusion")
@@ -106,16 +108,6 @@ def pixels_to_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def spectral_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between log-amplitude spectra: rewards keeping fine texture that plain L1 lets blur away.
-
-    The log makes a missing weak high frequency cost as much as a wrong strong low one.
-    """
-    pred_amp = torch.fft.rfft2(prediction.float(), norm="ortho").abs()
-    target_amp = torch.fft.rfft2(target.float(), norm="ortho").abs()
-    return (torch.log(pred_amp + 1e-2) - torch.log(target_amp + 1e-2)).abs().mean()
-
-
 def train_autoencoder(
     samples: list[PretrainSample],
     config: AutoencoderConfig,
@@ -128,9 +120,14 @@ def train_autoencoder(
     final = out / "final"
     if (finished := finished_stage(out)) is not None:
         return finished
+    config.save(out / "config.json")
     torch.manual_seed(config.seed)
     device = training_device()
     vae = build_vae(size).to(device)
+    features = None
+    if config.perceptual_weight > 0:
+        features = load_feature_net(config.feature_net).to(device)
+        features.requires_grad_(False)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -158,6 +155,12 @@ def train_autoencoder(
         spectral = spectral_loss(reconstruction, x)
         kl = posterior.kl().mean() / x[0].numel()
         loss = l1 + config.spectral_weight * spectral + config.kl_weight * kl
+        perceptual = torch.zeros(())
+        if features is not None:
+            with torch.no_grad():
+                target_maps = feature_maps(features, x)
+            perceptual = perceptual_distance(feature_maps(features, reconstruction), target_maps)
+            loss = loss + config.perceptual_weight * perceptual
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
@@ -171,6 +174,7 @@ def train_autoencoder(
                         "step": done,
                         "l1": l1.item(),
                         "spectral": spectral.item(),
+                        "perceptual": perceptual.item(),
                         "kl": kl.item(),
                         "elapsed_s": round(time.time() - started, 1),
                     }

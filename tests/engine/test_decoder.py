@@ -1,23 +1,21 @@
-"""The decoder stage: perceptual, texture and patch-GAN losses on a frozen encoder, checkpointed and resumable."""
+"""The autoencoder's perceptual and texture losses; the decoder stage (them and a patch-GAN on a frozen encoder,
+checkpointed and resumable); the autoencoder stage trained on them too."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from engine.config import DecoderConfig
+from engine.config import AutoencoderConfig, DecoderConfig
 from engine.evaluation.features import load_feature_net
-from engine.training.decoder import (
-    PatchDiscriminator,
-    feature_maps,
-    one_step_denoiser,
-    perceptual_distance,
-    round_trip_recognition,
-    texture_distance,
-    train_decoder,
-)
+from engine.training.decoder import PatchDiscriminator, one_step_denoiser, round_trip_recognition, train_decoder
+from engine.training.losses import feature_maps, perceptual_distance, texture_distance
+from engine.training.pretrain import PretrainSample, train_autoencoder
+from engine.training.prior import PriorSize
 from tests.support import make_steel_like
 
 
@@ -102,3 +100,23 @@ def test_decoder_stage_decodes_the_denoisers_latents_for_its_share_of_each_batch
     assert (tmp_path / "decoder" / "final" / "config.json").exists() and trained.decoder.training is False
     with pytest.raises(ValueError, match="denoised share"):
         DecoderConfig(denoised_share=1.5)
+
+
+def test_autoencoder_stage_trains_encoder_and_decoder_on_the_perceptual_term_when_weighted(tmp_path):
+    samples = [PretrainSample(pixels, "a steel surface") for pixels in _pixels(6, 32)]
+    trained = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"perceptual-{weight}"
+        config = AutoencoderConfig(
+            output_dir=str(out), crop_size=32, train_batch_size=2, max_train_steps=25, perceptual_weight=weight
+        )
+        trained[weight] = train_autoencoder(samples, config, PriorSize.tiny())
+        logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert logged[-1]["step"] == 25
+        assert (logged[-1]["perceptual"] > 0) == (weight > 0)
+        assert AutoencoderConfig.load(out / "config.json").perceptual_weight == weight
+    # Same seed, same crops: only the perceptual term tells the two apart, in the encoder as in the decoder.
+    for part in ("encoder", "decoder"):
+        plain = torch.cat([p.flatten() for p in getattr(trained[0.0], part).parameters()])
+        perceptual = torch.cat([p.flatten() for p in getattr(trained[1.0], part).parameters()])
+        assert not torch.allclose(plain, perceptual)

@@ -71,9 +71,12 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
         "4",
         "--decoder-steps",
         "3",
+        "--autoencoder-perceptual-weight",
+        "0.5",
     ]
     assert launch.main([*common, "--steps", "4"]) == 0
     assert (out / "model_index.json").exists() and (work / "diffusion" / "checkpoint-4").is_dir()
+    assert json.loads((work / "autoencoder" / "config.json").read_text())["perceptual_weight"] == 0.5
     assert (work / "decoder" / "final" / "config.json").exists()
     autoencoder_weights = next((work / "autoencoder" / "final").glob("*.safetensors"))
     first_autoencoder = autoencoder_weights.stat().st_mtime_ns
