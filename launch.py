@@ -190,6 +190,13 @@ def add_training_parsers(sub) -> None:
         help="Train the autoencoder (encoder and decoder) with this weight on the steel feature network's"
         " perceptual distance too, as SD's autoencoder was trained. Default 0: L1 + spectral, the shipped recipe.",
     )
+    pre.add_argument(
+        "--autoencoder-downsampling",
+        type=int,
+        default=None,
+        help="Pixels per latent cell along a side (a power of two; default: the size's, 8 for embedded and large)."
+        " 4 with --autoencoder-perceptual-weight 1 keeps steel's fine grain; the UNet then works on a 4x larger grid.",
+    )
     pre.add_argument("--steps", type=int, default=None)
     pre.add_argument("--batch-size", type=int, default=None)
     pre.add_argument("--seed", type=int, default=0)
@@ -539,12 +546,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         zero_terminal_snr=True if args.v_prediction else None,
         noise_shift=args.noise_shift,
     )
+    size = getattr(PriorSize, size_name)()
+    if args.autoencoder_downsampling:
+        size = size.with_autoencoder_downsampling(args.autoencoder_downsampling)
     with stop_on_signal() as stop_requested:
         result = pretrain(
             args.data,
             args.out,
             args.work_dir,
-            getattr(PriorSize, size_name)(),
+            size,
             autoencoder,
             diffusion,
             progress=_print_progress,

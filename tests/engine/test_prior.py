@@ -96,6 +96,39 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     assert image.shape == (1, 32, 32, 3)
 
 
+def test_prior_size_with_a_finer_autoencoder_keeps_the_latent_numbers_per_pixel():
+    from engine.training.prior import PriorSize
+
+    fine = PriorSize.embedded().with_autoencoder_downsampling(4)
+    assert fine.vae_channels == (32, 64, 128) and fine.latent_channels == 8
+    assert fine.unet_channels == PriorSize.embedded().unet_channels
+    assert PriorSize.embedded().with_autoencoder_downsampling(8) == PriorSize.embedded()
+    with pytest.raises(ValueError, match="power of two"):
+        PriorSize.embedded().with_autoencoder_downsampling(6)
+
+
+@pytest.mark.slow
+def test_pretrain_with_a_4x_down_autoencoder_writes_a_prior_that_generates(tmp_path):
+    data = write_slabs(tmp_path / "slabs", 4, seed=3)
+    out = tmp_path / "prior"
+    args = ["pretrain", "--size", "tiny", "--data", str(data), "--out", str(out), "--autoencoder-downsampling", "4"]
+    args += ["--autoencoder-steps", "2", "--autoencoder-perceptual-weight", "1", "--stages", "autoencoder"]
+    args += ["diffusion", "--steps", "2", "--batch-size", "2"]
+    assert launch.main(args) == 0
+    pipe = load_pipeline(out).pipe
+    assert pipe.vae_scale_factor == 4 and len(pipe.vae.config.block_out_channels) == 3
+    assert pipe.unet.config.in_channels == pipe.vae.config.latent_channels == 16
+    assert pipe.unet.config.sample_size == 8
+    image = pipe(
+        prompt="a steel surface",
+        image=Image.new("RGB", (32, 32), (128, 128, 128)),
+        strength=0.6,
+        num_inference_steps=2,
+        output_type="np",
+    ).images
+    assert image.shape == (1, 32, 32, 3)
+
+
 def test_pretrain_with_appearance_captions_encodes_them_and_does_not_reuse_generic_ones(tiny_model, tmp_path):
     data = write_slabs(tmp_path / "slabs", 6, seed=1)
     out, work = tmp_path / "prior", tmp_path / "work"
