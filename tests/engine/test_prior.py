@@ -51,6 +51,14 @@ def write_slabs(folder: Path, count: int, seed: int) -> Path:
     return folder
 
 
+def grey_slab_sample(pipe, strength: float) -> np.ndarray:
+    """One two-step sample of a pipeline from a flat grey 32 px slab."""
+    image = Image.new("RGB", (32, 32), (128, 128, 128))
+    return pipe(
+        prompt="a steel surface", image=image, strength=strength, num_inference_steps=2, output_type="np"
+    ).images
+
+
 @pytest.mark.slow
 def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     data = write_slabs(tmp_path / "slabs", 6, seed=0)
@@ -85,15 +93,7 @@ def test_pretrain_command_writes_a_loadable_prior_and_resumes(tmp_path, capsys):
     assert "diffusion resumed from step 4" in capsys.readouterr().out
     assert (work / "diffusion" / "checkpoint-8").is_dir()
     assert autoencoder_weights.stat().st_mtime_ns == first_autoencoder
-    pipe = load_pipeline(out).pipe
-    image = pipe(
-        prompt="a steel surface",
-        image=Image.new("RGB", (32, 32), (128, 128, 128)),
-        strength=1.0,
-        num_inference_steps=2,
-        output_type="np",
-    ).images
-    assert image.shape == (1, 32, 32, 3)
+    assert grey_slab_sample(load_pipeline(out).pipe, strength=1.0).shape == (1, 32, 32, 3)
 
 
 def test_prior_size_with_a_finer_autoencoder_keeps_the_latent_numbers_per_pixel():
@@ -119,14 +119,7 @@ def test_pretrain_with_a_4x_down_autoencoder_writes_a_prior_that_generates(tmp_p
     assert pipe.vae_scale_factor == 4 and len(pipe.vae.config.block_out_channels) == 3
     assert pipe.unet.config.in_channels == pipe.vae.config.latent_channels == 16
     assert pipe.unet.config.sample_size == 8
-    image = pipe(
-        prompt="a steel surface",
-        image=Image.new("RGB", (32, 32), (128, 128, 128)),
-        strength=0.6,
-        num_inference_steps=2,
-        output_type="np",
-    ).images
-    assert image.shape == (1, 32, 32, 3)
+    assert grey_slab_sample(pipe, strength=0.6).shape == (1, 32, 32, 3)
 
 
 def test_pretrain_with_appearance_captions_encodes_them_and_does_not_reuse_generic_ones(tiny_model, tmp_path):
