@@ -93,6 +93,11 @@ class PriorSize:
             resolution=32,
         )
 
+    @property
+    def autoencoder_downsampling(self) -> int:
+        """Pixels per latent cell along a side: the autoencoder halves the resolution between its levels."""
+        return 2 ** (len(self.vae_channels) - 1)
+
     def with_autoencoder_downsampling(self, factor: int) -> PriorSize:
         """This size with a `factor`x down autoencoder (a power of two), as many latent numbers per pixel.
 
@@ -101,9 +106,8 @@ class PriorSize:
         if factor < 2 or factor & (factor - 1):
             raise ValueError(f"The autoencoder's downsampling must be a power of two >= 2, got {factor}.")
         levels = factor.bit_length()
-        current = 2 ** (len(self.vae_channels) - 1)
         channels = (self.vae_channels + (self.vae_channels[-1],) * levels)[:levels]
-        latent_channels = max(1, self.latent_channels * factor**2 // current**2)
+        latent_channels = max(1, self.latent_channels * factor**2 // self.autoencoder_downsampling**2)
         return replace(self, vae_channels=channels, latent_channels=latent_channels)
 
 
@@ -252,9 +256,8 @@ def build_components(size: PriorSize, folder: Path, seed: int = 0) -> dict:
     tokenizer = write_tokenizer_files(Path(folder) / "tokenizer")
     vocab = tokenizer.get_vocab()
     vae = build_vae(size)
-    scale = 2 ** (len(size.vae_channels) - 1)
     text_encoder = build_text_encoder(size, len(vocab), vocab["<|endoftext|>"], vocab["<|endoftext|>"])
-    unet = build_unet(size, scale)
+    unet = build_unet(size, size.autoencoder_downsampling)
     return {
         "vae": vae,
         "text_encoder": text_encoder,
