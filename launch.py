@@ -199,6 +199,13 @@ def add_training_parsers(sub) -> None:
     )
     pre.add_argument("--steps", type=int, default=None)
     pre.add_argument("--batch-size", type=int, default=None)
+    pre.add_argument(
+        "--crop-size",
+        type=int,
+        default=None,
+        help="Train the UNet on random crops of this many pixels of each image's latent (a multiple of the"
+        " autoencoder's downsampling): a step costs about (crop / resolution)^2 of a whole image's. Default: whole.",
+    )
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores).")
     pre.add_argument(
@@ -539,6 +546,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         decoder_denoised_share=args.decoder_denoised_share,
         steps=args.steps,
         batch_size=args.batch_size,
+        crop_size=args.crop_size,
         learning_rate=args.learning_rate,
         vflip=args.vflip or None,
         captions=args.captions,

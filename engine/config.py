@@ -170,6 +170,9 @@ class TrainConfig(ConfigMixin):
     hflip: bool = True
     # Vertical mirrors as well (pretraining: a rolled strip looks alike upside down; doubles the set again).
     vflip: bool = False
+    # Train on random square crops of this many pixels of each latent (the UNet is convolutional, its attention
+    # works on any grid): a step costs about (crop / resolution)^2 of a full one. None trains on whole images.
+    crop_size: int | None = None
     # Pretraining only: one of CAPTION_KINDS.
     captions: str = "generic"
     num_workers: int = 0
@@ -199,6 +202,8 @@ class TrainConfig(ConfigMixin):
             raise ValueError(f"lora_learning_rate must be positive, got {self.lora_learning_rate}.")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}.")
+        if self.crop_size is not None and self.crop_size < 1:
+            raise ValueError(f"crop_size must be at least 1 pixel, got {self.crop_size}.")
 
 
 # Presets: CPU-quick is sized to fine-tune one class from ~20 images in a few minutes on 2 cores;
@@ -341,6 +346,7 @@ def pretrain_configs(preset: str = "cpu", seed: int = 0, **overrides):
         prediction_type=values.get("prediction_type"),
         zero_terminal_snr=values.get("zero_terminal_snr"),
         noise_shift=values.get("noise_shift"),
+        crop_size=values.get("crop_size"),
         ema_decay=0.999,
         checkpointing_steps=max(1, min(250, steps // 4)),
         caption_dropout=0.1,

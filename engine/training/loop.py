@@ -229,6 +229,7 @@ def train(
     ).input_ids[0]
     scaling = vae.config.scaling_factor
     shift = vae.config.shift_factor or 0.0
+    crop = latent_crop_size(config, latent_mean.shape[-1])
 
     # 5. Optimizer, schedule, prepare
     optimizer = torch.optim.AdamW(param_groups, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -262,6 +263,10 @@ def train(
         with accelerator.accumulate(unet):
             draws = torch.randn((global_batch, *latent_mean.shape[1:]), generator=generator)[share]
             latents = latent_mean[index] + latent_std[index] * draws
+            weights = loss_weights[index]
+            if crop is not None:
+                corners = torch.randint(0, latents.shape[-1] - crop + 1, (global_batch, 2), generator=generator)[share]
+                latents, weights = random_crops(latents, corners, crop), random_crops(weights, corners, crop)
             latents = ((latents - shift) * scaling).to(accelerator.device)
             noise = torch.randn((global_batch, *latents.shape[1:]), generator=generator)[share].to(accelerator.device)
             timesteps = torch.randint(
@@ -279,7 +284,7 @@ def train(
             else:
                 target = noise
             loss = _diffusion_loss(
-                prediction, target, timesteps, noise_scheduler, config.snr_gamma, loss_weights[index].to(latents.device)
+                prediction, target, timesteps, noise_scheduler, config.snr_gamma, weights.to(latents.device)
             )
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -421,6 +426,26 @@ def _loss_weights(images: list[TrainingImage], config: TrainConfig, latent_size:
     if config.vflip:
         weights = torch.cat([weights, weights.flip(-2)])
     return weights
+
+
+def latent_crop_size(config: TrainConfig, latent_size: int) -> int | None:
+    """The side in latent cells of the training crops `config.crop_size` asks for (None: whole latents)."""
+    if config.crop_size is None:
+        return None
+    cell = config.resolution // latent_size
+    if config.crop_size % cell or not cell <= config.crop_size <= config.resolution:
+        raise ValueError(
+            f"crop_size must be a multiple of the latent cell ({cell} px) up to the resolution ({config.resolution}),"
+            f" got {config.crop_size}."
+        )
+    return config.crop_size // cell
+
+
+def random_crops(batch: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
+    """One size×size crop of each N×C×H×W item, its top-left corner (row, column) from the N×2 `corners`."""
+    return torch.stack(
+        [item[:, y : y + size, x : x + size] for item, (y, x) in zip(batch, corners.tolist(), strict=True)]
+    )
 
 
 def _mirror_count(config: TrainConfig) -> int:

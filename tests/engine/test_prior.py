@@ -122,6 +122,49 @@ def test_pretrain_with_a_4x_down_autoencoder_writes_a_prior_that_generates(tmp_p
     assert grey_slab_sample(pipe, strength=0.6).shape == (1, 32, 32, 3)
 
 
+def test_latent_crops_take_each_items_window_and_the_crop_must_be_whole_latent_cells():
+    from engine.config import TrainConfig
+    from engine.training.loop import latent_crop_size, random_crops
+
+    batch = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    crops = random_crops(batch, torch.tensor([[0, 1], [4, 2]]), 2)
+    assert crops.shape == (2, 3, 2, 2)
+    assert torch.equal(crops[0], batch[0, :, 0:2, 1:3]) and torch.equal(crops[1], batch[1, :, 4:6, 2:4])
+    config = TrainConfig(mode="pretrain", resolution=128, crop_size=64)
+    assert latent_crop_size(config, 32) == 16 and latent_crop_size(config, 16) == 8
+    assert latent_crop_size(TrainConfig(mode="pretrain"), 16) is None
+    for crop in (60, 256):
+        with pytest.raises(ValueError, match="multiple of the latent cell"):
+            latent_crop_size(TrainConfig(mode="pretrain", resolution=128, crop_size=crop), 16)
+
+
+@pytest.mark.slow
+def test_pretrain_on_latent_crops_trains_the_unet_on_crops_and_generates_whole_images(tiny_model, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    data = write_slabs(tmp_path / "slabs", 4, seed=5)
+    out, work = tmp_path / "prior", tmp_path / "work"
+    args = ["pretrain", "--data", str(data), "--out", str(out), "--work-dir", str(work), "--init-model"]
+    args += [str(tiny_model), "--stages", "diffusion", "--steps", "2", "--batch-size", "2", "--crop-size", "16"]
+    grids = []
+
+    def record_grid(module, inputs):
+        if isinstance(module, UNet2DConditionModel):
+            grids.append(tuple(inputs[0].shape[-2:]))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record_grid)
+    try:
+        assert launch.main(args) == 0
+        training_grids = list(grids)
+        # The tiny prior's autoencoder is 2x down: 32 px images are 16 x 16 latents, 16 px crops 8 x 8.
+        assert training_grids == [(8, 8), (8, 8)]
+        assert json.loads((work / "diffusion" / "config.json").read_text())["crop_size"] == 16
+        assert grey_slab_sample(load_pipeline(out).pipe, strength=1.0).shape == (1, 32, 32, 3)
+        assert set(grids[len(training_grids) :]) == {(16, 16)}
+    finally:
+        hook.remove()
+
+
 def test_pretrain_with_appearance_captions_encodes_them_and_does_not_reuse_generic_ones(tiny_model, tmp_path):
     data = write_slabs(tmp_path / "slabs", 6, seed=1)
     out, work = tmp_path / "prior", tmp_path / "work"
