@@ -12,7 +12,8 @@ layout without exposure, blur and noise: compare `--capture-variation 0` samples
 K real images of its class. A K=20 real-only run is the target. The summary gives issue 10's bars as paired gains
 per draw (K + ours against K + classic; K + classic + ours against K + classic). Processes may share a work folder
 (`--seeds 0 1` beside `--seeds 2 3`): each draw's result stays in its seed folder, and a summary covers every draw
-there that ran with the same options.
+there that ran with the same options. A draw whose batch the realism gate ends (`RealismGateError`: the product
+stops there too) is recorded as stopped, fails the bars, and the next draw runs.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
@@ -32,12 +33,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from engine.adapters import is_adapter
-from engine.batch import DEFAULT_CAPTURE_VARIATION, DEFAULT_PER_INIT, FLAGGED_FOLDER, generate_to_folder
+from engine.batch import (
+    DEFAULT_CAPTURE_VARIATION,
+    DEFAULT_PER_INIT,
+    FLAGGED_FOLDER,
+    RealismGateError,
+    generate_to_folder,
+)
 from engine.data import list_images, load_rgb
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.recognition import classic_augment, recognition
 from engine.generation.generate import read_png_parameters
-from engine.generation.pipeline import load_pipeline
+from engine.generation.pipeline import LoadedPipeline, load_pipeline
 from engine.generation.variation import geometric_variant, parse_init_mix
 from engine.quiet import quiet_libraries
 from storage.files import write_atomically
@@ -108,6 +115,8 @@ def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
 
 
 DRAW_RESULT = "result.json"
+STOPPED = "stopped"
+"""A draw's result key when the product's defaults could not make its samples: the class and the gate's message."""
 GATE_OFF_ARMS = ["real+synthetic", "synthetic", "real+classic+synth"]
 """The arms trained again on the samples the gate would have kept: those with samples (the others are unchanged)."""
 PAIRED_GAINS = {
@@ -141,10 +150,16 @@ def mean_and_std(values: list[float]) -> dict[str, float]:
 
 def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     """Mean ± std over draws of every arm and distance, and the paired gains the bars name (per draw, since the
-    draws differ far more from each other than the arms of one draw do). Returns the summary and its lines."""
+    draws differ far more from each other than the arms of one draw do). A draw the realism gate stopped has no
+    arms: it is listed, and a bar is not met while any draw stopped. Returns the summary and its lines."""
+    stopped = {seed: draw[STOPPED] for seed, draw in draws.items() if STOPPED in draw}
+    draws = {seed: draw for seed, draw in draws.items() if STOPPED not in draw}
+    summary: dict = {STOPPED: stopped} if stopped else {}
+    lines = [f"  seed {seed}: stopped at {why['class']}: {why['reason']}" for seed, why in stopped.items()]
+    if not draws:
+        return summary, lines
     arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name != "diversity"))
     width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
-    summary, lines = {}, []
     for name in arms:
         values = [draw[name] for draw in draws.values() if name in draw]
         summary[name] = mean_and_std(values)
@@ -156,13 +171,41 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     for name, (arm, baseline, bar) in PAIRED_GAINS.items():
         gains = [draw[arm] - draw[baseline] for draw in draws.values()]
         summary[name] = gain = mean_and_std(gains)
-        verdict = "met" if gain["mean"] >= bar else "not met"
+        verdict = "met" if gain["mean"] >= bar and not stopped else "not met"
+        if stopped:
+            verdict += f" ({len(stopped)} draw{'s' if len(stopped) > 1 else ''} stopped)"
         per_draw = ", ".join(f"{100 * g:+.1f}" for g in gains)
         lines.append(
             f"  {name:<{width}}{100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} points (per draw {per_draw});"
             f" bar ≥ {100 * bar:+.0f}: {verdict}"
         )
     return summary, lines
+
+
+def generate_samples(
+    pipe: LoadedPipeline, shots: Path, synthetic: Path, per_class: int, steps: int, seed: int, options: dict
+) -> dict | None:
+    """Each class's samples from its shots, as `generate --init <shots> --num N` makes them (a class already
+    complete is kept). Returns the draw's stopped result when the realism gate ends a class's batch, else None."""
+    for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
+        if (synthetic / class_dir.name).exists() and len(list_images(synthetic / class_dir.name)) >= per_class:
+            continue
+        try:
+            generate_to_folder(
+                None,
+                None,
+                class_dir.name,
+                class_dir,
+                per_class,
+                synthetic / class_dir.name,
+                steps=steps,
+                seed=seed * 1000,
+                pipe=pipe,
+                **options,
+            )
+        except RealismGateError as error:
+            return {STOPPED: {"class": class_dir.name, "reason": str(error)}}
+    return None
 
 
 def main() -> None:
@@ -237,21 +280,11 @@ def main() -> None:
             )
         pipe = load_pipeline(args.model, adapter)
         synthetic = args.work / f"seed{seed}" / "synthetic"
-        for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
-            if (synthetic / class_dir.name).exists() and len(list_images(synthetic / class_dir.name)) >= args.per_class:
-                continue
-            generate_to_folder(
-                None,
-                None,
-                class_dir.name,
-                class_dir,
-                args.per_class,
-                synthetic / class_dir.name,
-                steps=args.steps,
-                seed=seed * 1000,
-                pipe=pipe,
-                **options,
-            )
+        stopped = generate_samples(pipe, shots, synthetic, args.per_class, args.steps, seed, options)
+        if stopped is not None:
+            write_json(args.work / f"seed{seed}" / DRAW_RESULT, {"options": results["options"], "result": stopped})
+            print(f"seed {seed}: stopped at {stopped[STOPPED]['class']}: {stopped[STOPPED]['reason']}", flush=True)
+            continue
         report = recognition(
             shots, args.val, synthetic, k=args.k, seeds=args.recognizer_seeds, classic_augment_per_class=args.per_class
         )

@@ -6,7 +6,17 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from bench.fewshot_yardstick import DRAW_RESULT, diversity, draws_with_options, summarize, write_json
+from bench.fewshot_yardstick import (
+    DRAW_RESULT,
+    STOPPED,
+    diversity,
+    draws_with_options,
+    generate_samples,
+    summarize,
+    write_json,
+)
+from engine.data import list_images
+from engine.generation.pipeline import load_pipeline
 from tests.support import make_steel_like
 
 
@@ -62,3 +72,25 @@ def test_the_summary_collects_the_draws_of_every_process_run_with_the_same_optio
     assert [d["real"] for d in draws.values()] == [0.8, 0.9]
     assert list(draws_with_options(tmp_path, other)) == ["3"]
     assert not list(tmp_path.rglob(".*"))
+
+
+def test_a_draw_the_realism_gate_stops_is_recorded_and_fails_the_bars(tiny_model, tiny_adapter, tmp_path):
+    rng = np.random.default_rng(3)
+    for kind in ("inclusion", "scratches"):
+        (tmp_path / "shots" / kind).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(make_steel_like(rng, 40, kind)[..., 0]).save(tmp_path / "shots" / kind / f"{i}.png")
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    options = {"strength": 0.5, "realism_threshold": 1.0}
+    stopped = generate_samples(pipe, tmp_path / "shots", tmp_path / "synthetic", 2, 2, 0, options)
+    assert list(stopped) == [STOPPED] and stopped[STOPPED]["class"] == "inclusion"
+    assert "below the realism threshold 1.0" in stopped[STOPPED]["reason"]
+    assert not (tmp_path / "synthetic" / "scratches").exists()
+    opened = generate_samples(pipe, tmp_path / "shots", tmp_path / "open", 2, 2, 0, {**options, "realism_threshold": 0})
+    assert opened is None and all(len(list_images(tmp_path / "open" / k)) == 2 for k in ("inclusion", "scratches"))
+
+    summary, lines = summarize({"0": draw(0.80, 0.86, 0.85, 0.89), "2": stopped})
+    text = "\n".join(lines)
+    assert summary[STOPPED] == {"2": stopped[STOPPED]} and summary["real"] == {"mean": 0.8, "std": 0.0}
+    assert "seed 2: stopped at inclusion: " in text and "bar ≥ +3: not met (1 draw stopped)" in text
+    assert summarize({"2": stopped}) == ({STOPPED: {"2": stopped[STOPPED]}}, [lines[0]])
