@@ -148,6 +148,11 @@ def mean_and_std(values: list[float]) -> dict[str, float]:
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
 
 
+def stopped_line(seed: str | int, why: dict) -> str:
+    """How a stopped draw is reported: its seed, the class the gate stopped at and the gate's message."""
+    return f"seed {seed}: stopped at {why['class']}: {why['reason']}"
+
+
 def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     """Mean ± std over draws of every arm and distance, and the paired gains the bars name (per draw, since the
     draws differ far more from each other than the arms of one draw do). A draw the realism gate stopped has no
@@ -155,7 +160,7 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     stopped = {seed: draw[STOPPED] for seed, draw in draws.items() if STOPPED in draw}
     draws = {seed: draw for seed, draw in draws.items() if STOPPED not in draw}
     summary: dict = {STOPPED: stopped} if stopped else {}
-    lines = [f"  seed {seed}: stopped at {why['class']}: {why['reason']}" for seed, why in stopped.items()]
+    lines = [f"  {stopped_line(seed, why)}" for seed, why in stopped.items()]
     if not draws:
         return summary, lines
     arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name != "diversity"))
@@ -283,7 +288,7 @@ def main() -> None:
         stopped = generate_samples(pipe, shots, synthetic, args.per_class, args.steps, seed, options)
         if stopped is not None:
             write_json(args.work / f"seed{seed}" / DRAW_RESULT, {"options": results["options"], "result": stopped})
-            print(f"seed {seed}: stopped at {stopped[STOPPED]['class']}: {stopped[STOPPED]['reason']}", flush=True)
+            print(stopped_line(seed, stopped[STOPPED]), flush=True)
             continue
         report = recognition(
             shots, args.val, synthetic, k=args.k, seeds=args.recognizer_seeds, classic_augment_per_class=args.per_class
