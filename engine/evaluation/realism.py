@@ -132,7 +132,7 @@ class RealismScorer:
         index = self.net.classes.index(class_name) if class_name in self.net.classes else None
         scores = []
         for distance, p in zip(knn, probs, strict=True):
-            z = max(0.0, (distance - median) / max(q90 - median, 1e-6))
+            z = max(0.0, float(distance - median) / max(float(q90 - median), 1e-6))
             typicality = 0.5**z
             class_probability = float(p[index]) if index is not None else None
             score = math.sqrt(class_probability * typicality) if class_probability is not None else typicality

@@ -8,6 +8,7 @@ from PIL import Image
 
 from engine.batch import FLAGGED_FOLDER, RealismGateError, finetune_folder, generate_to_folder
 from engine.data import list_images
+from engine.evaluation.realism import MIN_OWN_REFERENCES
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
 from tests.support import make_steel_like
@@ -77,9 +78,10 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
 def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path):
     mill = tmp_path / "mill"
     rng = np.random.default_rng(2)
-    for name, kind in (("edge crack", "scratches"), ("oil stain", "inclusion")):
+    # Enough images of "oil stain" for the realism gate to judge it by its own images (the network knows only NEU's).
+    for name, kind, count in (("edge crack", "scratches", 3), ("oil stain", "inclusion", MIN_OWN_REFERENCES)):
         (mill / name).mkdir(parents=True)
-        for i in range(3):
+        for i in range(count):
             grey = make_steel_like(rng, 44, kind)[..., 0].astype(np.float32)
             colour = np.stack([grey * 0.9, grey * 0.8, grey * 0.6], axis=-1).astype(np.uint8)
             Image.fromarray(colour).save(mill / name / f"IMG {i}.JPG", quality=90)
@@ -96,11 +98,13 @@ def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_gen
         strength=0.5,
         steps=4,
         pipe=pipe,
-        realism_threshold=None,
+        realism_threshold=0.0,
     )
     params = read_png_parameters(written[0].read_bytes())
     assert len(written) == 3 and params.token == "<oil stain>"
-    assert set(params.init["sources"]) <= {"IMG 0.JPG", "IMG 1.JPG", "IMG 2.JPG"}
+    assert set(params.init["sources"]) <= {f"IMG {i}.JPG" for i in range(MIN_OWN_REFERENCES)}
+    assert params.realism.class_probability is None and 0.0 <= params.realism.score <= 1.0
+    assert params.pre_rejected is False
     assert Image.open(written[0]).size == (44, 44)
 
 
