@@ -89,8 +89,8 @@ def generate_to_folder(
     metadata; without it the init images are used in turn, `batch` candidates each.
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
-    With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: the shipped NEU
-    features for a NEU class, else its init images when there are enough), candidates scoring below it are
+    With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when
+    there are enough, else the shipped NEU features for a NEU class), candidates scoring below it are
     flagged: written to `out/flagged/`, not counted in `num`, and replaced, up to `num` flagged ones in all.
     Then every candidate gets `capture_variation` (exposure, focus and sensor noise of another capture, recorded
     in its metadata; the realism score is the model's render's).
@@ -125,7 +125,8 @@ def generate_to_folder(
     resolve_token(pipe, class_name)
     masked = mask_image is not None or auto_place
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
-    scorer = class_realism_scorer(class_name, images) if realism_threshold is not None else None
+    realism = class_realism_scorer(class_name, images) if realism_threshold is not None else None
+    scorer = realism[0] if realism else None
     out = Path(out)
     parts = out / PARTS_FOLDER
     if state.is_main_process:

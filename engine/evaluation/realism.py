@@ -26,6 +26,7 @@ from engine.evaluation.features import (
     load_feature_net,
     load_tensor,
 )
+from engine.generation.parameters import MIN_OWN_REFERENCES
 from engine.progress import ProgressFn
 
 # Per-class features of NEU's training pool, shipped beside the network (features only, never NEU images).
@@ -165,27 +166,34 @@ def save_reference_features(
     return out
 
 
-# A class's own real images judge typicality from this many on: the leave-one-out distances of fewer are noise.
-MIN_OWN_REFERENCES = 10
+SHIPPED_REFERENCE = "NEU training pool (shipped features)"
 
 
-def class_realism_scorer(class_name: str, real_images: list[Image.Image]) -> RealismScorer | None:
-    """A realism scorer for one class: the shipped NEU features for a NEU class, else its own real images.
+def class_realism_scorer(
+    class_name: str,
+    real_images: list[Image.Image],
+    feature_net: SteelFeatureNet | None = None,
+    shipped: dict[str, torch.Tensor] | None = None,
+) -> tuple[RealismScorer, str] | None:
+    """The realism scorer for one class and a description of its reference: the class's own real images from
+    MIN_OWN_REFERENCES on (the user's steel), else the shipped NEU features for a NEU class.
 
-    None when neither serves: a new class with fewer than MIN_OWN_REFERENCES images, or no feature network.
+    None when neither serves (a new class with fewer images) or there is no feature network. `feature_net` and
+    `shipped` (NEU reference features by class) are loaded when not given.
     """
     try:
-        net = load_feature_net()
+        net = feature_net or load_feature_net()
     except FileNotFoundError:
         return None
-    try:
-        shipped = load_reference_features()
-    except (FileNotFoundError, ValueError):
-        shipped = {}
-    if class_name in shipped:
-        return RealismScorer.from_features(net, {class_name: shipped[class_name]})
     if len(real_images) >= MIN_OWN_REFERENCES:
-        return RealismScorer(net, {class_name: real_images})
+        return RealismScorer(net, {class_name: real_images}), f"{len(real_images)} of the class's own real images"
+    if shipped is None:
+        try:
+            shipped = load_reference_features()
+        except (FileNotFoundError, ValueError):
+            shipped = {}
+    if class_name in shipped:
+        return RealismScorer.from_features(net, {class_name: shipped[class_name]}), SHIPPED_REFERENCE
     return None
 
 

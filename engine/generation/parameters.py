@@ -65,6 +65,12 @@ class MaskedRepaint:
         return union(Box(w.x, w.y, w.x + w.width, w.y + w.height) for w in self.windows)
 
 
+# A class's own real images are its realism reference from this many on (`engine.evaluation.realism`); the typical
+# distance of fewer is noise: with the five images of a NEU class as the reference, a batch flagged 23 inclusion
+# candidates for 30 kept and stopped at patches (30 flagged for 23 kept), where ten images of each flagged none.
+MIN_OWN_REFERENCES = 10
+
+
 @dataclass
 class Realism:
     """A candidate's realism score (`engine.evaluation.realism`) on its repainted region."""
@@ -75,7 +81,8 @@ class Realism:
     knn_distance: float | None = None
     distance_percentile: float | None = None
     predicted_class: str | None = None
-    # What the candidate was compared with ("NEU training pool (shipped features)", "4 uploaded real defect images").
+    # What the candidate was compared with ("NEU training pool (shipped features)", "12 of the class's own real
+    # images").
     reference: str | None = None
     # The untouched slab's score on the same region: the baseline the candidate's score is read against.
     untouched_source_score: float | None = None

@@ -6,15 +6,22 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from engine.adapters import save_tuned_strength
 from engine.config import GenerationConfig
 from engine.evaluation.features import load_feature_net
-from engine.evaluation.realism import SHIPPED_REFERENCE_FEATURES, RealismScorer, load_reference_features
+from engine.evaluation.realism import (
+    MIN_OWN_REFERENCES,
+    SHIPPED_REFERENCE,
+    SHIPPED_REFERENCE_FEATURES,
+    RealismScorer,
+    load_reference_features,
+)
 from engine.generation.generate import read_png_parameters
-from tests.support import served_client
+from tests.support import encode, make_steel_like, served_client
 from webapp.studio import REALISM_REJECT_REASON, CandidateInfo, GenerationOutcome, StudioService
 from webapp.tabs.dataset import SAMPLE_HEADERS
 
@@ -25,6 +32,13 @@ NEU_CLASSES = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_s
 def upload_real(service: StudioService, tiny_dataset: Path, class_name: str, count: int) -> None:
     files = [(p.name, p.read_bytes()) for p in sorted((tiny_dataset / class_name).glob("*.png"))[:count]]
     service.upload_images(files, "defect", class_name, "alice")
+
+
+def upload_made(service: StudioService, class_name: str, count: int) -> None:
+    """Upload `count` steel-like images of a kind (more than the tiny dataset has)."""
+    rng = np.random.default_rng(5)
+    made = [Image.fromarray(make_steel_like(rng, 48, "scratches")[..., 0]) for _ in range(count)]
+    service.upload_images([(f"made_{i}.png", encode(im)) for i, im in enumerate(made)], "defect", class_name, "alice")
 
 
 def upload_slab(service: StudioService, slab_png) -> int:
@@ -45,8 +59,8 @@ def set_scores(service: StudioService, scores: dict[int, float | None]) -> None:
             repository.get_sample(s, sample_id).realism_score = score
 
 
-def test_candidates_are_scored_against_the_uploaded_real_defects(service, slab_png, tiny_dataset) -> None:
-    upload_real(service, tiny_dataset, "scratches", 4)
+def test_candidates_are_scored_against_the_uploaded_real_defects(service, slab_png) -> None:
+    upload_made(service, "scratches", MIN_OWN_REFERENCES)
     outcome = generate(service, upload_slab(service, slab_png), "scratches", 3)
 
     rows = {row.id: row for row in service.dataset_view().rows}
@@ -58,7 +72,7 @@ def test_candidates_are_scored_against_the_uploaded_real_defects(service, slab_p
         assert rows[candidate.sample_id].realism_score == candidate.realism_score
         details = service.sample_details(candidate.sample_id)
         assert details.realism_score == candidate.realism_score
-        assert details.params.realism.reference == "4 uploaded real defect images"
+        assert details.params.realism.reference == f"{MIN_OWN_REFERENCES} of the class's own real images"
         assert details.params.realism.class_probability == candidate.class_probability
         assert details.params.pre_rejected is None
     scores = [c.realism_score for c in outcome.by_realism()]
@@ -67,11 +81,11 @@ def test_candidates_are_scored_against_the_uploaded_real_defects(service, slab_p
     assert details.params.realism.untouched_source_score == outcome.baseline_realism
 
 
-def test_a_neu_class_with_few_uploads_uses_the_shipped_neu_features(service, slab_png, tiny_dataset) -> None:
-    upload_real(service, tiny_dataset, "inclusion", 2)
+def test_a_neu_class_with_few_uploads_uses_the_shipped_neu_features(service, slab_png) -> None:
+    upload_made(service, "inclusion", MIN_OWN_REFERENCES - 1)
     outcome = generate(service, upload_slab(service, slab_png), "inclusion", 2)
     details = service.sample_details(outcome.sample_ids[0])
-    assert details.params.realism.reference == "NEU training pool (shipped features)"
+    assert details.params.realism.reference == SHIPPED_REFERENCE
     assert 0.0 <= details.realism_score <= 1.0
 
     features = load_reference_features()

@@ -15,10 +15,8 @@ from webapp.studio.context import StudioContext
 
 logger = logging.getLogger(__name__)
 
-# Realism: a class's uploaded real defects are its reference from this many on (fewer give a noisy typical
-# distance); below that, a NEU class uses the shipped NEU features and another class goes unscored. At most
-# MAX_REALISM_REFERENCES uploads (the oldest) are used, which bounds the feature pass to a few seconds.
-MIN_REALISM_REFERENCES = 3
+# Realism: at most MAX_REALISM_REFERENCES of a class's uploaded real defects (the oldest) are its reference, which
+# bounds the feature pass to a few seconds; how many it takes is the engine's rule (`class_realism_scorer`).
 MAX_REALISM_REFERENCES = 300
 REALISM_REJECT_REASON = "below realism threshold"
 
@@ -42,46 +40,36 @@ class Realism:
         self._lock = threading.Lock()
         self._feature_net: Any = None
         self._shipped_references: dict[str, Any] | None = None
-        self._scorers: dict[str, tuple[tuple[str, ...], Any, str]] = {}
+        self._scorers: dict[str, tuple[tuple[str, ...], tuple[Any, str] | None]] = {}
 
     def scorer(self, class_name: str) -> tuple[Any, str] | None:
         """The class's RealismScorer and a description of its reference, or None when it has no reference.
 
-        The reference is the class's uploaded real defects once there are MIN_REALISM_REFERENCES of them; a
-        NEU class with fewer uses the shipped features of NEU's training pool. A scorer is kept until the
-        class's uploads change.
+        The reference is the class's uploaded real defects once there are enough of them, else the shipped features
+        of NEU's training pool for a NEU class (`engine.evaluation.realism.class_realism_scorer`). A scorer is kept
+        until the class's uploads change.
         """
         from engine.evaluation.features import image_to_array
-        from engine.evaluation.realism import RealismScorer
+        from engine.evaluation.realism import class_realism_scorer
 
         with self.database.session() as s:
             rows = repository.list_source_images(s, "defect", class_name, MAX_REALISM_REFERENCES, 0)
             shas = tuple(row.sha256 for row in rows)
-        uploaded = len(shas) >= MIN_REALISM_REFERENCES
-        key = shas if uploaded else ()
         with self._lock:
             cached = self._scorers.get(class_name)
-            if cached is not None and cached[0] == key:
-                return cached[1], cached[2]
+            if cached is not None and cached[0] == shas:
+                return cached[1]
             net = self._load_feature_net()
             if net is None:
                 return None
-            if uploaded:
-                size = net.config.input_size
-                images = []
-                for sha256 in shas:
-                    with Image.open(io.BytesIO(self.files.read(sha256))) as opened:
-                        images.append(Image.fromarray(image_to_array(opened, size)))
-                scorer = RealismScorer(net, {class_name: images})
-                reference = f"{len(images)} uploaded real defect images"
-            else:
-                shipped = self._load_shipped_references()
-                if class_name not in shipped:
-                    return None
-                scorer = RealismScorer.from_features(net, {class_name: shipped[class_name]})
-                reference = "NEU training pool (shipped features)"
-            self._scorers[class_name] = (key, scorer, reference)
-            return scorer, reference
+            size = net.config.input_size
+            images = []
+            for sha256 in shas:
+                with Image.open(io.BytesIO(self.files.read(sha256))) as opened:
+                    images.append(Image.fromarray(image_to_array(opened, size)))
+            found = class_realism_scorer(class_name, images, net, self._load_shipped_references())
+            self._scorers[class_name] = (shas, found)
+            return found
 
     def score(self, class_name: str, images: list[Image.Image]) -> list[dict[str, Any] | None]:
         """Each image's realism for the class with its parts and reference, or None where it has no reference."""
