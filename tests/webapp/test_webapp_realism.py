@@ -35,7 +35,7 @@ def upload_real(service: StudioService, tiny_dataset: Path, class_name: str, cou
 
 
 def upload_made(service: StudioService, class_name: str, count: int) -> None:
-    """Upload `count` steel-like images of a kind (more than the tiny dataset has)."""
+    """Upload `count` made scratch-like images as `class_name`'s real defects (more than the tiny dataset has)."""
     rng = np.random.default_rng(5)
     made = [Image.fromarray(make_steel_like(rng, 48, "scratches")[..., 0]) for _ in range(count)]
     service.upload_images([(f"made_{i}.png", encode(im)) for i, im in enumerate(made)], "defect", class_name, "alice")
