@@ -182,7 +182,7 @@ def class_realism_scorer(
     `shipped` (NEU reference features by class) are loaded when not given.
     """
     try:
-        net = feature_net or load_feature_net()
+        net = feature_net if feature_net is not None else load_feature_net()
     except FileNotFoundError:
         return None
     if len(real_images) >= MIN_OWN_REFERENCES:

@@ -23,9 +23,8 @@ REALISM_HELP = (
     "**Realism** (0–1) judges the repainted region only: the geometric mean of the steel feature network's "
     "probability that it shows the chosen class and how typical its features are among the class's real images "
     f"(its uploaded real defects from {MIN_OWN_REFERENCES} on, else NEU's shipped features for a NEU class; typicality "
-    "alone for a class "
-    "the network was not trained on). Read it against the untouched slab's score on the same region, reported after "
-    "each batch: a candidate scoring no higher than its slab has added nothing of the class."
+    "alone for a class the network was not trained on). Read it against the untouched slab's score on the same "
+    "region, reported after each batch: a candidate scoring no higher than its slab has added nothing of the class."
 )
 
 
