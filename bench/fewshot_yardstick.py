@@ -213,7 +213,8 @@ def generate_samples(
     return None
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The yardstick's command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", type=Path, required=True)
     parser.add_argument("--val", type=Path, required=True)
@@ -244,10 +245,27 @@ def main() -> None:
     ablation.add_argument(
         "--init-mix", type=parse_init_mix, default=None, help="Shares of the varied inits' kinds (source=0.1,…)."
     )
-    args = parser.parse_args()
-    quiet_libraries()
-    from engine.batch import finetune_folder
+    ablation.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        help="Generate every draw with this adapter instead of one fine-tuned on the draw's shots (for example the "
+        "shipped tokens, trained on the whole pool: does class knowledge beyond the shots reach the samples?).",
+    )
+    ablation.add_argument("--finetune-preset", default=None, help="The draws' fine-tune preset (default cpu-quick).")
+    ablation.add_argument("--lora-rank", type=int, default=None, help="The draws' fine-tune LoRA rank.")
+    ablation.add_argument("--lora-learning-rate", type=float, default=None, help="The draws' fine-tune LoRA lr.")
+    ablation.add_argument("--caption-dropout", type=float, default=None, help="The draws' fine-tune caption dropout.")
+    return parser
 
+
+FINETUNE_OPTIONS = ("finetune_preset", "lora_rank", "lora_learning_rate", "caption_dropout")
+"""Fine-tune settings a run may change; recorded with a draw's options only when set."""
+
+
+def recorded_options(args: argparse.Namespace) -> dict:
+    """What a draw's result is stored and summarised under: the generation options, and the adapter and fine-tune
+    settings only where they depart from the product's (so results of runs before those options existed match)."""
     options: dict = {
         "vary": args.vary,
         "detail_restore": args.detail_restore,
@@ -261,6 +279,45 @@ def main() -> None:
         options["realism_threshold"] = None
     elif args.realism_threshold is not None:
         options["realism_threshold"] = args.realism_threshold
+    if args.adapter is not None:
+        options["adapter"] = str(args.adapter.resolve())
+    for name in FINETUNE_OPTIONS:
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
+def draw_adapter(args: argparse.Namespace, seed: int, shots: Path) -> Path:
+    """The adapter a draw generates with: `--adapter`, else tokens + LoRA fine-tuned on the draw's shots (a complete
+    fine-tune in the work folder is reused, an interrupted one resumed)."""
+    if args.adapter is not None:
+        if not is_adapter(args.adapter):
+            raise ValueError(f"{args.adapter} is not an adapter folder (no tokens.json).")
+        return args.adapter
+    from engine.batch import finetune_folder
+
+    adapter = args.work / f"seed{seed}" / "adapter"
+    if not is_adapter(adapter):
+        finetune_folder(
+            shots,
+            adapter,
+            model=args.model,
+            preset=args.finetune_preset or "cpu-quick",
+            steps=args.finetune_steps,
+            seed=seed,
+            resume=adapter.exists(),
+            lora_rank=args.lora_rank,
+            lora_learning_rate=args.lora_learning_rate,
+            caption_dropout=args.caption_dropout,
+        )
+    return adapter
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    quiet_libraries()
+    options = recorded_options(args)
+    generation = {k: v for k, v in options.items() if k not in ("adapter", *FINETUNE_OPTIONS)}
     results: dict = {
         "options": {**options, "k": args.k, "per_class": args.per_class, "recognizer_seeds": args.recognizer_seeds},
         "seeds": {},
@@ -272,20 +329,9 @@ def main() -> None:
         print(f"K=20 real only: {target.arms[0].mean:.3f} ± {target.arms[0].std:.3f}", flush=True)
     for seed in args.seeds:
         shots = draw_shots(args.pool, args.k, seed, args.work / f"seed{seed}" / "shots")
-        adapter = args.work / f"seed{seed}" / "adapter"
-        if not is_adapter(adapter):
-            finetune_folder(
-                shots,
-                adapter,
-                model=args.model,
-                preset="cpu-quick",
-                steps=args.finetune_steps,
-                seed=seed,
-                resume=adapter.exists(),
-            )
-        pipe = load_pipeline(args.model, adapter)
+        pipe = load_pipeline(args.model, draw_adapter(args, seed, shots))
         synthetic = args.work / f"seed{seed}" / "synthetic"
-        stopped = generate_samples(pipe, shots, synthetic, args.per_class, args.steps, seed, options)
+        stopped = generate_samples(pipe, shots, synthetic, args.per_class, args.steps, seed, generation)
         if stopped is not None:
             write_json(args.work / f"seed{seed}" / DRAW_RESULT, {"options": results["options"], "result": stopped})
             print(stopped_line(seed, stopped[STOPPED]), flush=True)

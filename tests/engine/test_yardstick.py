@@ -4,14 +4,18 @@ summary over the draws of every process that shared a work folder."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from bench.fewshot_yardstick import (
     DRAW_RESULT,
     STOPPED,
+    build_parser,
     diversity,
+    draw_adapter,
     draws_with_options,
     generate_samples,
+    recorded_options,
     summarize,
     write_json,
 )
@@ -94,3 +98,18 @@ def test_a_draw_the_realism_gate_stops_is_recorded_and_fails_the_bars(tiny_model
     assert summary[STOPPED] == {"2": stopped[STOPPED]} and summary["real"] == {"mean": 0.8, "std": 0.0}
     assert "seed 2: stopped at inclusion: " in text and "bar ≥ +3: not met (1 draw stopped)" in text
     assert summarize({"2": stopped}) == ({STOPPED: {"2": stopped[STOPPED]}}, [lines[0]])
+
+
+def test_a_given_adapter_replaces_the_draws_fine_tune_and_is_recorded_with_the_options(tiny_adapter, tmp_path):
+    base = ["--pool", "p", "--val", "v", "--work", str(tmp_path)]
+    defaults = recorded_options(build_parser().parse_args(base))
+    assert "adapter" not in defaults and "lora_rank" not in defaults and "finetune_preset" not in defaults
+    given = build_parser().parse_args([*base, "--adapter", str(tiny_adapter)])
+    assert recorded_options(given) == {**defaults, "adapter": str(tiny_adapter.resolve())}
+    assert draw_adapter(given, 0, tmp_path / "shots") == tiny_adapter
+    assert not (tmp_path / "seed0").exists()
+    tuned = build_parser().parse_args([*base, "--finetune-preset", "cpu-thorough", "--lora-rank", "16"])
+    assert recorded_options(tuned) == {**defaults, "finetune_preset": "cpu-thorough", "lora_rank": 16}
+    not_an_adapter = build_parser().parse_args([*base, "--adapter", str(tmp_path)])
+    with pytest.raises(ValueError, match="not an adapter folder"):
+        draw_adapter(not_an_adapter, 0, tmp_path / "shots")
