@@ -114,6 +114,8 @@ def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
     return out if flagged_any else None
 
 
+DEFAULT_FINETUNE_STEPS = 300
+"""The draws' fine-tune steps (the `cpu-quick` preset's batch), unless `--finetune-steps` says otherwise."""
 DRAW_RESULT = "result.json"
 STOPPED = "stopped"
 """A draw's result key when the product's defaults could not make its samples: the class and the gate's message."""
@@ -223,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--finetune-steps", type=int, default=300)
+    parser.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
         "--recognizer-seeds",
@@ -260,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FINETUNE_OPTIONS = ("finetune_preset", "lora_rank", "lora_learning_rate", "caption_dropout")
-"""Fine-tune settings a run may change; recorded with a draw's options only when set."""
+"""Fine-tune settings a run may change; recorded with a draw's options only when set (the steps when not the
+default)."""
 
 
 def recorded_options(args: argparse.Namespace) -> dict:
@@ -284,6 +287,8 @@ def recorded_options(args: argparse.Namespace) -> dict:
     for name in FINETUNE_OPTIONS:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.finetune_steps != DEFAULT_FINETUNE_STEPS:
+        options["finetune_steps"] = args.finetune_steps
     return options
 
 
@@ -317,7 +322,7 @@ def main() -> None:
     args = build_parser().parse_args()
     quiet_libraries()
     options = recorded_options(args)
-    generation = {k: v for k, v in options.items() if k not in ("adapter", *FINETUNE_OPTIONS)}
+    generation = {k: v for k, v in options.items() if k not in ("adapter", "finetune_steps", *FINETUNE_OPTIONS)}
     results: dict = {
         "options": {**options, "k": args.k, "per_class": args.per_class, "recognizer_seeds": args.recognizer_seeds},
         "seeds": {},
