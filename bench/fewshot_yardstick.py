@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.adapters import is_adapter
+from engine.adapters import is_adapter, read_adapter
 from engine.batch import (
     DEFAULT_CAPTURE_VARIATION,
     DEFAULT_PER_INIT,
@@ -115,7 +115,7 @@ def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
 
 
 DEFAULT_FINETUNE_STEPS = 300
-"""The draws' fine-tune steps (the `cpu-quick` preset's batch), unless `--finetune-steps` says otherwise."""
+"""The draws' fine-tune steps (in place of the preset's own), unless `--finetune-steps` says otherwise."""
 DRAW_RESULT = "result.json"
 STOPPED = "stopped"
 """A draw's result key when the product's defaults could not make its samples: the class and the gate's message."""
@@ -266,9 +266,8 @@ FINETUNE_OPTIONS = ("finetune_preset", "lora_rank", "lora_learning_rate", "capti
 default)."""
 
 
-def recorded_options(args: argparse.Namespace) -> dict:
-    """What a draw's result is stored and summarised under: the generation options, and the adapter and fine-tune
-    settings only where they depart from the product's (so results of runs before those options existed match)."""
+def generation_options(args: argparse.Namespace) -> dict:
+    """The options every class's `generate_to_folder` gets (the realism threshold only when the run sets it)."""
     options: dict = {
         "vary": args.vary,
         "detail_restore": args.detail_restore,
@@ -282,6 +281,13 @@ def recorded_options(args: argparse.Namespace) -> dict:
         options["realism_threshold"] = None
     elif args.realism_threshold is not None:
         options["realism_threshold"] = args.realism_threshold
+    return options
+
+
+def recorded_options(args: argparse.Namespace) -> dict:
+    """What a draw's result is stored and summarised under: the generation options, and the adapter and fine-tune
+    settings only where they depart from the product's (so results of runs before those options existed match)."""
+    options = generation_options(args)
     if args.adapter is not None:
         options["adapter"] = str(args.adapter.resolve())
     for name in FINETUNE_OPTIONS:
@@ -296,8 +302,7 @@ def draw_adapter(args: argparse.Namespace, seed: int, shots: Path) -> Path:
     """The adapter a draw generates with: `--adapter`, else tokens + LoRA fine-tuned on the draw's shots (a complete
     fine-tune in the work folder is reused, an interrupted one resumed)."""
     if args.adapter is not None:
-        if not is_adapter(args.adapter):
-            raise ValueError(f"{args.adapter} is not an adapter folder (no tokens.json).")
+        read_adapter(args.adapter)
         return args.adapter
     from engine.batch import finetune_folder
 
@@ -321,10 +326,14 @@ def draw_adapter(args: argparse.Namespace, seed: int, shots: Path) -> Path:
 def main() -> None:
     args = build_parser().parse_args()
     quiet_libraries()
-    options = recorded_options(args)
-    generation = {k: v for k, v in options.items() if k not in ("adapter", "finetune_steps", *FINETUNE_OPTIONS)}
+    generation = generation_options(args)
     results: dict = {
-        "options": {**options, "k": args.k, "per_class": args.per_class, "recognizer_seeds": args.recognizer_seeds},
+        "options": {
+            **recorded_options(args),
+            "k": args.k,
+            "per_class": args.per_class,
+            "recognizer_seeds": args.recognizer_seeds,
+        },
         "seeds": {},
     }
     started = time.time()

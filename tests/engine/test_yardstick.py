@@ -113,5 +113,5 @@ def test_a_given_adapter_replaces_the_draws_fine_tune_and_is_recorded_with_the_o
     longer = build_parser().parse_args([*base, "--finetune-steps", "600"])
     assert recorded_options(longer) == {**defaults, "finetune_steps": 600}
     not_an_adapter = build_parser().parse_args([*base, "--adapter", str(tmp_path)])
-    with pytest.raises(ValueError, match="not an adapter folder"):
+    with pytest.raises(ValueError, match="not a finished adapter folder"):
         draw_adapter(not_an_adapter, 0, tmp_path / "shots")
