@@ -90,8 +90,9 @@ def generate_to_folder(
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when
-    there are enough, else the shipped NEU features for a NEU class), candidates scoring below it are
-    flagged: written to `out/flagged/`, not counted in `num`, and replaced, up to `num` flagged ones in all.
+    there are enough, else the shipped NEU features for a NEU class, else a few with their flips and rotations),
+    candidates scoring below it are flagged: written to `out/flagged/`, not counted in `num`, and replaced, up to
+    `num` flagged ones in all.
     Then every candidate gets `capture_variation` (exposure, focus and sensor noise of another capture, recorded
     in its metadata; the realism score is the model's render's).
     Under `torchrun` the processes take turns at the inits (attempt k goes to process k mod N) and the files are

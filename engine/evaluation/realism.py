@@ -26,7 +26,7 @@ from engine.evaluation.features import (
     load_feature_net,
     load_tensor,
 )
-from engine.generation.parameters import MIN_OWN_REFERENCES
+from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
 from engine.progress import ProgressFn
 
 # Per-class features of NEU's training pool, shipped beside the network (features only, never NEU images).
@@ -34,6 +34,22 @@ SHIPPED_REFERENCE_FEATURES = SHIPPED_FEATURES / "reference-features.safetensors"
 
 
 REFERENCE_FEATURES_COMMAND = "python launch.py evaluate reference-features --data <NEU folder>"
+
+# The seven flips and rotations that, with the image itself, make its eight dihedral variants.
+FLIPS_AND_ROTATIONS = (
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+def dihedral_variants(image: Image.Image) -> list[Image.Image]:
+    """The image and its seven flips and rotations."""
+    return [image] + [image.transpose(t) for t in FLIPS_AND_ROTATIONS]
 
 
 @dataclass
@@ -56,16 +72,26 @@ class RealismScorer:
     with the same leave-one-out distance of each real image: 1 up to the real median, halving with each
     (q90 − median) beyond it. The score is the geometric mean of probability and typicality; for a class
     the network does not know (a user's own class) it is the typicality alone.
+    With `flips_and_rotations` each reference image joins with its eight dihedral variants and a real image's
+    distance leaves out all eight of its own (so a few images give a distribution, not four distances).
     """
 
     def __init__(
-        self, feature_net: SteelFeatureNet, reference_images_by_class: dict[str, list[Image.Image]], k: int = 5
+        self,
+        feature_net: SteelFeatureNet,
+        reference_images_by_class: dict[str, list[Image.Image]],
+        k: int = 5,
+        flips_and_rotations: bool = False,
     ) -> None:
         self._setup(feature_net, k)
         size = self.net.config.input_size
+        copies = len(FLIPS_AND_ROTATIONS) + 1 if flips_and_rotations else 1
         for class_name, images in reference_images_by_class.items():
             self._check_count(class_name, len(images))
-            self._add_class(class_name, self.net.features_and_probs(images_to_tensor(images, size))[0])
+            if flips_and_rotations:
+                images = [variant for image in images for variant in dihedral_variants(image)]
+            features = self.net.features_and_probs(images_to_tensor(images, size))[0]
+            self._add_class(class_name, features, torch.arange(len(images)) // copies)
 
     @classmethod
     def from_folder(
@@ -99,18 +125,22 @@ class RealismScorer:
         self.k = k
         self._refs: dict[str, torch.Tensor] = {}
         self._real_knn: dict[str, np.ndarray] = {}
+        self._neighbours: dict[str, int] = {}
 
     @staticmethod
     def _check_count(class_name: str, count: int) -> None:
         if count < 2:
             raise ValueError(f"Class {class_name!r} needs at least 2 reference images, got {count}.")
 
-    def _add_class(self, class_name: str, feats: torch.Tensor) -> None:
+    def _add_class(self, class_name: str, feats: torch.Tensor, sources: torch.Tensor | None = None) -> None:
+        """Add a class's reference features; `sources` numbers the real image each came from (default: its own)."""
         feats = F.normalize(feats, dim=1)
-        distances = torch.cdist(feats, feats)
-        distances.fill_diagonal_(float("inf"))
-        kk = min(self.k, len(feats) - 1)
+        sources = torch.arange(len(feats)) if sources is None else sources
+        same_source = sources[:, None] == sources[None, :]
+        distances = torch.cdist(feats, feats).masked_fill(same_source, float("inf"))
+        kk = min(self.k, int((~same_source).sum(1).min()))
         self._refs[class_name] = feats
+        self._neighbours[class_name] = kk
         self._real_knn[class_name] = np.sort(distances.topk(kk, largest=False).values.mean(1).numpy())
 
     @property
@@ -126,8 +156,7 @@ class RealismScorer:
         if class_name not in self._refs:
             raise ValueError(f"No reference images for class {class_name!r}; known: {', '.join(self._refs)}.")
         feats, probs = self.net.features_and_probs(images_to_tensor(images, self.net.config.input_size))
-        refs, real_knn = self._refs[class_name], self._real_knn[class_name]
-        kk = min(self.k, len(refs) - 1)
+        refs, real_knn, kk = self._refs[class_name], self._real_knn[class_name], self._neighbours[class_name]
         knn = torch.cdist(F.normalize(feats, dim=1), refs).topk(kk, largest=False).values.mean(1).numpy()
         median, q90 = np.quantile(real_knn, 0.5), np.quantile(real_knn, 0.9)
         index = self.net.classes.index(class_name) if class_name in self.net.classes else None
@@ -176,9 +205,10 @@ def class_realism_scorer(
     shipped: dict[str, torch.Tensor] | None = None,
 ) -> tuple[RealismScorer, str] | None:
     """The realism scorer for one class and a description of its reference: the class's own real images from
-    MIN_OWN_REFERENCES on (the user's steel), else the shipped NEU features for a NEU class.
+    MIN_OWN_REFERENCES on (the user's steel), else the shipped NEU features for a NEU class, else (a new mill's
+    class) its own real images from MIN_FEW_SHOT_REFERENCES on with their flips and rotations.
 
-    None when neither serves (a new class with fewer images) or there is no feature network. `feature_net` and
+    None when none serves (a new class with fewer images) or there is no feature network. `feature_net` and
     `shipped` (NEU reference features by class) are loaded when not given.
     """
     try:
@@ -194,6 +224,9 @@ def class_realism_scorer(
             shipped = {}
     if class_name in shipped:
         return RealismScorer.from_features(net, {class_name: shipped[class_name]}), SHIPPED_REFERENCE
+    if len(real_images) >= MIN_FEW_SHOT_REFERENCES:
+        scorer = RealismScorer(net, {class_name: real_images}, flips_and_rotations=True)
+        return scorer, f"{len(real_images)} of the class's own real images with their flips and rotations"
     return None
 
 

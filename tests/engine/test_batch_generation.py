@@ -8,7 +8,7 @@ from PIL import Image
 
 from engine.batch import FLAGGED_FOLDER, RealismGateError, finetune_folder, generate_to_folder
 from engine.data import list_images
-from engine.evaluation.realism import MIN_OWN_REFERENCES
+from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
 from tests.support import make_steel_like
@@ -78,8 +78,12 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
 def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path):
     mill = tmp_path / "mill"
     rng = np.random.default_rng(2)
-    # Enough images of "oil stain" for the realism gate to judge it by its own images (the network knows only NEU's).
-    for name, kind, count in (("edge crack", "scratches", 3), ("oil stain", "inclusion", MIN_OWN_REFERENCES)):
+    # The realism gate judges "oil stain" by its own images and "edge crack" by its five with their flips and rotations
+    # (the network knows only NEU's classes).
+    for name, kind, count in (
+        ("edge crack", "scratches", MIN_FEW_SHOT_REFERENCES),
+        ("oil stain", "inclusion", MIN_OWN_REFERENCES),
+    ):
         (mill / name).mkdir(parents=True)
         for i in range(count):
             grey = make_steel_like(rng, 44, kind)[..., 0].astype(np.float32)
@@ -106,6 +110,20 @@ def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_gen
     assert params.realism.class_probability is None and 0.0 <= params.realism.score <= 1.0
     assert params.pre_rejected is False
     assert Image.open(written[0]).size == (44, 44)
+    cracks = generate_to_folder(
+        None,
+        None,
+        "edge crack",
+        mill / "edge crack",
+        2,
+        tmp_path / "cracks",
+        strength=0.5,
+        steps=4,
+        pipe=pipe,
+        realism_threshold=0.0,
+    )
+    crack = read_png_parameters(cracks[0].read_bytes())
+    assert crack.realism.class_probability is None and 0.0 <= crack.realism.score <= 1.0
 
 
 def test_capture_variation_changes_the_written_samples_after_the_realism_gate(pipe, shots, tmp_path):

@@ -14,7 +14,7 @@ from engine.adapters import save_tuned_strength
 from engine.data import export_neu_split, read_image_folder
 from engine.evaluation.features import FeatureNetConfig, fit_feature_network, load_feature_net, save_feature_net
 from engine.evaluation.fidelity import InceptionFeatures, fidelity, two_sample_test
-from engine.evaluation.realism import RealismScorer
+from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, RealismScorer, class_realism_scorer
 from engine.evaluation.recognition import classic_augment, recognition
 from engine.evaluation.tuning import tune_strength
 
@@ -117,6 +117,21 @@ def test_realism_scorer_ranks_in_distribution_above_out_of_distribution(toy, toy
     assert good.knn_distance < bad.knn_distance
     with pytest.raises(ValueError, match="no reference|No reference"):
         scorer.score(stripe, "crazing")
+
+
+def test_a_few_images_of_a_new_class_are_their_own_reference_with_their_flips_and_rotations():
+    rng = np.random.default_rng(11)
+    stripes = [toy_image(rng, "stripes") for _ in range(MIN_FEW_SHOT_REFERENCES)]
+    steel_net = load_feature_net()
+    assert class_realism_scorer("grooves", stripes[:-1], steel_net, shipped={}) is None
+    scorer, reference = class_realism_scorer("grooves", stripes, steel_net, shipped={})
+    assert reference == f"{MIN_FEW_SHOT_REFERENCES} of the class's own real images with their flips and rotations"
+    new_stripe, blob = scorer.score_many([toy_image(rng, "stripes"), toy_image(rng, "blobs")], "grooves")
+    assert new_stripe.class_probability is None and blob.class_probability is None
+    assert blob.score < new_stripe.score
+    # A real image's distance leaves out its own variants, so a new image of the class falls inside the real
+    # distances rather than beyond all of them (as it would against an image's distance to its own flips).
+    assert new_stripe.distance_percentile < 1.0 and blob.distance_percentile == 1.0
 
 
 def test_recognition_protocol_end_to_end(toy):

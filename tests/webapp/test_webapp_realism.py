@@ -14,6 +14,7 @@ from engine.adapters import save_tuned_strength
 from engine.config import GenerationConfig
 from engine.evaluation.features import load_feature_net
 from engine.evaluation.realism import (
+    MIN_FEW_SHOT_REFERENCES,
     MIN_OWN_REFERENCES,
     SHIPPED_REFERENCE,
     SHIPPED_REFERENCE_FEATURES,
@@ -92,6 +93,18 @@ def test_a_neu_class_with_few_uploads_uses_the_shipped_neu_features(service, sla
     assert sorted(features) == NEU_CLASSES
     assert all(f.shape[1] == load_feature_net().num_features and len(f) >= 150 for f in features.values())
     assert SHIPPED_REFERENCE_FEATURES.stat().st_size <= 2**20
+
+
+def test_a_new_class_is_judged_by_its_few_uploads_with_their_flips_and_rotations(service) -> None:
+    upload_made(service, "roll mark", MIN_FEW_SHOT_REFERENCES - 1)
+    assert service.realism_scorer("roll mark") is None
+    rng = np.random.default_rng(9)
+    one_more = Image.fromarray(make_steel_like(rng, 48, "scratches")[..., 0])
+    service.upload_images([("one_more.png", encode(one_more))], "defect", "roll mark", "alice")
+    scorer, reference = service.realism_scorer("roll mark")
+    assert reference == f"{MIN_FEW_SHOT_REFERENCES} of the class's own real images with their flips and rotations"
+    member, flat = scorer.score_many([one_more, Image.new("RGB", (48, 48), (250, 250, 250))], "roll mark")
+    assert flat.class_probability is None and flat.score < member.score
 
 
 def test_a_class_the_network_does_not_know_is_scored_by_typicality_alone(tiny_dataset) -> None:

@@ -46,8 +46,8 @@ class Realism:
         """The class's RealismScorer and a description of its reference, or None when it has no reference.
 
         The reference is the class's uploaded real defects once there are enough of them, else the shipped features
-        of NEU's training pool for a NEU class (`engine.evaluation.realism.class_realism_scorer`). A scorer is kept
-        until the class's uploads change.
+        of NEU's training pool for a NEU class, else a new class's few uploads with their flips and rotations
+        (`engine.evaluation.realism.class_realism_scorer`). A scorer is kept until the class's uploads change.
         """
         from engine.evaluation.features import image_to_array
         from engine.evaluation.realism import class_realism_scorer

@@ -8,7 +8,7 @@ import gradio as gr
 from PIL import Image, ImageChops
 
 from engine.config import GenerationConfig
-from engine.generation.parameters import MIN_OWN_REFERENCES
+from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
 from webapp.previews import VIEW_MAX_SIDE, window_view
 from webapp.studio import (
     SampleDetails,
@@ -22,8 +22,9 @@ from webapp.tabs.common import MODEL, TabLoad, comparison, errors_shown_in, over
 REALISM_HELP = (
     "**Realism** (0–1) judges the repainted region only: the geometric mean of the steel feature network's "
     "probability that it shows the chosen class and how typical its features are among the class's real images "
-    f"(its uploaded real defects from {MIN_OWN_REFERENCES} on, else NEU's shipped features for a NEU class; typicality "
-    "alone for a class the network was not trained on). Read it against the untouched slab's score on the same "
+    f"(its uploaded real defects from {MIN_OWN_REFERENCES} on, else NEU's shipped features for a NEU class, else from "
+    f"{MIN_FEW_SHOT_REFERENCES} uploads those with their flips and rotations; typicality alone for a class the network "
+    "was not trained on). Read it against the untouched slab's score on the same "
     "region, reported after each batch: a candidate scoring no higher than its slab has added nothing of the class."
 )
 
