@@ -92,38 +92,30 @@ def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_gen
     adapter = tmp_path / "adapter"
     assert finetune_folder(mill, adapter, model=str(tiny_model), steps=2, batch_size=2).status == "completed"
     pipe = load_pipeline(tiny_model, adapter=adapter)
-    written = generate_to_folder(
-        None,
-        None,
-        "oil stain",
-        mill / "oil stain",
-        3,
-        tmp_path / "out",
-        strength=0.5,
-        steps=4,
-        pipe=pipe,
-        realism_threshold=0.0,
-    )
-    params = read_png_parameters(written[0].read_bytes())
-    assert len(written) == 3 and params.token == "<oil stain>"
+    written = {
+        name: generate_to_folder(
+            None,
+            None,
+            name,
+            mill / name,
+            3,
+            tmp_path / name,
+            strength=0.5,
+            steps=4,
+            pipe=pipe,
+            realism_threshold=0.0,
+        )
+        for name in ("oil stain", "edge crack")
+    }
+    params = read_png_parameters(written["oil stain"][0].read_bytes())
+    assert len(written["oil stain"]) == 3 and params.token == "<oil stain>"
     assert set(params.init["sources"]) <= {f"IMG {i}.JPG" for i in range(MIN_OWN_REFERENCES)}
-    assert params.realism.class_probability is None and 0.0 <= params.realism.score <= 1.0
     assert params.pre_rejected is False
-    assert Image.open(written[0]).size == (44, 44)
-    cracks = generate_to_folder(
-        None,
-        None,
-        "edge crack",
-        mill / "edge crack",
-        2,
-        tmp_path / "cracks",
-        strength=0.5,
-        steps=4,
-        pipe=pipe,
-        realism_threshold=0.0,
-    )
-    crack = read_png_parameters(cracks[0].read_bytes())
-    assert crack.realism.class_probability is None and 0.0 <= crack.realism.score <= 1.0
+    assert Image.open(written["oil stain"][0]).size == (44, 44)
+    # Ten uploads and five (each with its flips and rotations) are both a realism reference: every sample is scored.
+    for samples in written.values():
+        realism = read_png_parameters(samples[0].read_bytes()).realism
+        assert realism.class_probability is None and 0.0 <= realism.score <= 1.0
 
 
 def test_capture_variation_changes_the_written_samples_after_the_realism_gate(pipe, shots, tmp_path):
