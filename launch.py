@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_generate_parser(sub) -> None:
+def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`generate`: image-oriented generation into a folder or into the studio."""
     gen = sub.add_parser("generate", help="Generate defect images from init images (image-oriented).")
     add_common(gen)
@@ -134,7 +134,7 @@ def add_generate_parser(sub) -> None:
     )
 
 
-def add_training_parsers(sub) -> None:
+def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`finetune` (tokens + LoRA on a folder) and `pretrain` (the steel prior)."""
     from engine.config import CAPTION_KINDS
 
@@ -257,7 +257,7 @@ def add_training_parsers(sub) -> None:
     )
 
 
-def add_studio_parsers(sub) -> None:
+def add_studio_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The commands over a studio's data folder: `import`, `export`, `review`, `verify-export`, `add-user`."""
     imp = sub.add_parser("import", help="Import images into the studio's dataset.")
     add_common(imp)
@@ -319,7 +319,7 @@ def add_studio_parsers(sub) -> None:
     )
 
 
-def add_evaluate_parsers(sub) -> None:
+def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`evaluate fidelity|recognition|two-sample` and `tune-strength`; folders are `<class>/<images>` trees."""
     ev = sub.add_parser("evaluate", help="Measure generated images against real ones.")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True)

@@ -24,7 +24,7 @@ from engine.training.decoder import round_trip_recognition
 from engine.training.pretrain import round_trip
 
 
-def decoded_pixels(vae, pixels: np.ndarray) -> np.ndarray:
+def decoded_pixels(vae: AutoencoderKL, pixels: np.ndarray) -> np.ndarray:
     """The autoencoder round trip of uint8 N×H×W×3 images, as uint8."""
     return np.concatenate(
         [((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy() for _, decoded in round_trip(vae, pixels)]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from engine.config import GenerationConfig
@@ -41,7 +42,9 @@ TIMESTEPS = (999, 700, 400, 100)
 
 
 @torch.no_grad()
-def prompt_effect(pipe, prompts: list[str], draws: int = 8, seed: int = 0) -> dict[int, float]:
+def prompt_effect(
+    pipe: StableDiffusionImg2ImgPipeline, prompts: list[str], draws: int = 8, seed: int = 0
+) -> dict[int, float]:
     """Timestep -> mean over prompt pairs and noise draws of RMS(ε(p) − ε(q)) / RMS(ε(p))."""
     hidden = pipe.encode_prompt(prompts, pipe.device, 1, False)[0]
     latent_side = pipe.unet.config.sample_size

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 
 from engine.data import IMAGE_SUFFIXES, load_rgb, to_square_pixels
 from engine.generation.pipeline import load_pipeline
@@ -35,7 +36,7 @@ def _per_pixel(latents: torch.Tensor) -> torch.Tensor:
     return latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).double()
 
 
-def channel_spectrum(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_spectrum(vae: AutoencoderKL, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Variance of the scaled posterior mean along each principal direction of its channels (descending), and the
     posterior's own sampling variance along the same directions (covariances over every latent pixel)."""
     mean, std = encode_pixels(vae, pixels, batch_size)

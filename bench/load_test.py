@@ -77,7 +77,9 @@ def build_tiny(folder: Path) -> tuple[Path, Path]:
     return model, adapter
 
 
-def serve(data_dir: str, model: str | None, adapter: str | None, port: int, threads: int, ready) -> None:
+def serve(
+    data_dir: str, model: str | None, adapter: str | None, port: int, threads: int, ready: multiprocessing.Queue
+) -> None:
     """The server process: a studio with one clean slab, served like `launch.py` does; reports what to request."""
     import torch
 

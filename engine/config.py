@@ -315,7 +315,9 @@ PRETRAIN_PRESETS: dict[str, dict] = {
 }
 
 
-def pretrain_configs(preset: str = "cpu", seed: int = 0, **overrides):
+def pretrain_configs(
+    preset: str = "cpu", seed: int = 0, **overrides: object
+) -> tuple[str, AutoencoderConfig, DecoderConfig, TrainConfig]:
     """(size name, autoencoder, decoder and diffusion configs) of a pretraining preset plus overrides (None: keep)."""
     if preset not in PRETRAIN_PRESETS:
         raise ValueError(f"Unknown pretraining preset {preset!r}; choose one of {', '.join(PRETRAIN_PRESETS)}.")

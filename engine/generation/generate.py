@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image, PngImagePlugin
 
 from engine.boxes import from_mask
@@ -194,7 +195,12 @@ def generate(
     return GenerationResult(candidates, time.time() - started)
 
 
-def restore_detail(pipe, windows: list[Image.Image], outputs: list[Image.Image], config: GenerationConfig):
+def restore_detail(
+    pipe: StableDiffusionImg2ImgPipeline,
+    windows: list[Image.Image],
+    outputs: list[Image.Image],
+    config: GenerationConfig,
+) -> list[Image.Image]:
     """Add back `config.detail_restore` × (window − autoencoder round trip of the window) to each output.
 
     The round trip shows exactly what the autoencoder cannot represent (fine grain, sharp edges); the

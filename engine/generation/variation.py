@@ -59,7 +59,9 @@ class VariedInit:
         return {"kind": self.kind, "sources": sources, **self.details}
 
 
-def geometric_variant(image: Image.Image, rng: random.Random, min_scale: float = 0.6, max_angle: float = 10.0):
+def geometric_variant(
+    image: Image.Image, rng: random.Random, min_scale: float = 0.6, max_angle: float = 10.0
+) -> tuple[Image.Image, dict]:
     """Rotate by up to ±`max_angle`°, crop a square of `min_scale`–1 of the side inside the rotated frame,
     rescale it to the image's size and mirror it at random; returns (image, parameters).
 

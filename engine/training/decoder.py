@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from torch import nn
 
 from engine.config import DecoderConfig
@@ -76,7 +77,7 @@ def one_step_denoiser(model_dir: str | Path, device: torch.device | str = "cpu")
     generic pretraining caption, as the UNet saw its images. Latents are moved to and from the UNet's space with
     the model's own VAE scaling and shift factors, as the training loop does.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     model_dir = Path(model_dir)
@@ -106,13 +107,13 @@ def one_step_denoiser(model_dir: str | Path, device: torch.device | str = "cpu")
 
 
 def train_decoder(
-    vae,
+    vae: AutoencoderKL,
     pixels: np.ndarray,
     config: DecoderConfig,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     denoiser: Denoiser | None = None,
-):
+) -> AutoencoderKL:
     """Fine-tune (or resume) the decoder of `vae` on uint8 N×H×W×3 images; returns it, saved in output_dir/final.
 
     `config.denoised_share` of each batch decodes `denoiser`'s latents (required when that share is positive).
@@ -242,7 +243,11 @@ def train_decoder(
 
 @torch.no_grad()
 def round_trip_recognition(
-    vae, pixels: np.ndarray, labels: list[str], features: SteelFeatureNet | None = None, batch_size: int = 32
+    vae: AutoencoderKL,
+    pixels: np.ndarray,
+    labels: list[str],
+    features: SteelFeatureNet | None = None,
+    batch_size: int = 32,
 ) -> dict[str, float]:
     """Share of images whose autoencoder round trip (posterior mean) the steel feature network puts in their class."""
     features = features or load_feature_net()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 
 from engine.config import CAPTION_KINDS, AutoencoderConfig, DecoderConfig, TrainConfig, pretrain_configs
 from engine.data import (
@@ -114,7 +115,7 @@ def train_autoencoder(
     size: PriorSize,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
-):
+) -> AutoencoderKL:
     """Train (or resume) the prior's AutoencoderKL; returns the trained model, also saved in `output_dir/final`."""
     out = Path(config.output_dir)
     final = out / "final"
@@ -202,10 +203,8 @@ def train_autoencoder(
     return vae
 
 
-def finished_stage(out: Path):
+def finished_stage(out: Path) -> AutoencoderKL | None:
     """The AutoencoderKL an autoencoder stage saved in `out/final` when it finished, else None (and `out` exists)."""
-    from diffusers import AutoencoderKL
-
     if (Path(out) / "final" / "config.json").exists():
         return AutoencoderKL.from_pretrained(Path(out) / "final")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -236,7 +235,7 @@ def atomic_save(obj: dict, path: Path) -> None:
 
 
 @torch.no_grad()
-def encode_pixels(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_pixels(vae: AutoencoderKL, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std (on the CPU) of uint8 N×H×W×3 images, encoded in batches on the vae's device."""
     means, stds = [], []
     device = next(vae.parameters()).device
@@ -247,7 +246,9 @@ def encode_pixels(vae, pixels: np.ndarray, batch_size: int = 32) -> tuple[torch.
     return torch.cat(means), torch.cat(stds)
 
 
-def round_trip(vae, pixels: np.ndarray, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def round_trip(
+    vae: AutoencoderKL, pixels: np.ndarray, batch_size: int = 32
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches (input, decoded posterior mode) of uint8 N×H×W×3 images through the autoencoder, both in [-1, 1]."""
     for start in range(0, len(pixels), batch_size):
         x = pixels_to_tensor(pixels[start : start + batch_size])
@@ -256,7 +257,7 @@ def round_trip(vae, pixels: np.ndarray, batch_size: int = 32) -> Iterator[tuple[
         yield x, decoded
 
 
-def reconstruction_error(vae, images: np.ndarray, batch_size: int = 32) -> float:
+def reconstruction_error(vae: AutoencoderKL, images: np.ndarray, batch_size: int = 32) -> float:
     """Mean absolute round-trip error on a [-1, 1] scale."""
     return float(np.mean([(decoded - x).abs().mean().item() for x, decoded in round_trip(vae, images, batch_size)]))
 
@@ -273,7 +274,7 @@ class PretrainResult:
     round_trip_recognition: dict[str, float] | None = None
 
 
-def validation_round_trip(vae, data: Path, resolution: int) -> dict[str, float] | None:
+def validation_round_trip(vae: AutoencoderKL, data: Path, resolution: int) -> dict[str, float] | None:
     """Round-trip recognition of a NEU folder's validation split (None for another folder or a non-NEU class)."""
     from engine.evaluation.features import load_feature_net
     from engine.training.decoder import round_trip_recognition
@@ -322,7 +323,7 @@ def pretrain(
         raise ValueError("Decoding denoised latents needs a UNet: give the prior to continue from (init_model).")
     if fresh_denoiser and (init_model is None or "diffusion" not in stages):
         raise ValueError("A fresh denoiser trains on a prior's autoencoder: give init_model and the diffusion stage.")
-    from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline
+    from diffusers import StableDiffusionImg2ImgPipeline
 
     from engine.training.decoder import one_step_denoiser, train_decoder
     from engine.training.loop import TrainingImage, process_state, train

@@ -11,13 +11,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.adapters import AdapterInfo, read_adapter
 from storage import repository
 from storage.db import open_database
 from storage.files import FileStore
+from storage.tables import GeneratedSample, SourceImage
 from webapp.studio.results import SourceInfo
+
+if TYPE_CHECKING:
+    from engine.generation.pipeline import LoadedPipeline
+    from storage.db import Session
 
 # Two pipelines cover the usual review loop (two classes side by side) within ~1 GB on a CPU box.
 PIPELINE_CACHE_SIZE = 2
@@ -67,7 +72,7 @@ class StudioContext:
             )
         return info
 
-    def pipeline(self, adapter_path: str | None):
+    def pipeline(self, adapter_path: str | None) -> LoadedPipeline:
         """A cached pipeline for (base model, adapter folder); the least recently used one is dropped."""
         from engine.generation.pipeline import load_pipeline
 
@@ -84,7 +89,7 @@ class StudioContext:
                 self._pipelines.popitem(last=False)
             return pipe
 
-    def source_info(self, row) -> SourceInfo:
+    def source_info(self, row: SourceImage) -> SourceInfo:
         """A source image row as the UI lists it."""
         return SourceInfo(
             row.id,
@@ -104,7 +109,7 @@ class StudioContext:
         self.database.dispose()
 
 
-def require_source(s, source_id: int):
+def require_source(s: Session, source_id: int) -> SourceImage:
     """The source image row; raises ValueError naming the id when there is none."""
     source = repository.get_source_image(s, source_id)
     if source is None:
@@ -112,7 +117,7 @@ def require_source(s, source_id: int):
     return source
 
 
-def require_sample(s, sample_id: int):
+def require_sample(s: Session, sample_id: int) -> GeneratedSample:
     """The sample row; raises ValueError naming the id when there is none."""
     sample = repository.get_sample(s, sample_id)
     if sample is None:

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -25,6 +25,9 @@ from webapp.studio.context import StudioContext, require_source
 from webapp.studio.realism import Realism, check_realism_threshold
 from webapp.studio.results import CandidateInfo, GenerationOutcome, StoredBatch
 from webapp.studio.sources import Sources
+
+if TYPE_CHECKING:
+    from engine.generation.generate import Candidate
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ class Generation:
                 params.pre_rejected = score is not None and score["score"] < threshold
         return baseline
 
-    def _put_files(self, candidate) -> tuple[str, str | None]:
+    def _put_files(self, candidate: Candidate) -> tuple[str, str | None]:
         """Store a candidate's PNG (its parameters inside) and its mask; returns their hashes."""
         mask_png = candidate.mask_png()
         mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from engine.generation.parameters import CandidateParameters
 from storage import repository
-from storage.tables import SAMPLE_STATUSES
+from storage.tables import SAMPLE_STATUSES, GeneratedSample
 from webapp.previews import THUMBNAIL_MAX_SIDE, VIEW_MAX_SIDE, ReviewViews, review_views, thumbnail
 from webapp.studio.context import StudioContext, require_sample
 from webapp.studio.realism import REALISM_REJECT_REASON, check_realism_threshold
@@ -166,7 +166,7 @@ class Review:
         ]
 
 
-def sample_row(sample) -> SampleRow:
+def sample_row(sample: GeneratedSample) -> SampleRow:
     # One key of the stored JSON: the table reads every row on each refresh, so it does not build the whole record.
     quality = sample.params_json.get("quality") or {}
     return SampleRow(

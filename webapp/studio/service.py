@@ -14,7 +14,9 @@ from PIL import Image
 
 from engine.config import GenerationConfig
 from engine.progress import ProgressFn
+from storage.db import Database
 from storage.export import SplitPlan
+from storage.files import FileStore
 from webapp.previews import THUMBNAIL_MAX_SIDE, VIEW_MAX_SIDE, ReviewViews
 from webapp.studio.classes import Classes
 from webapp.studio.context import StudioContext
@@ -74,11 +76,11 @@ class StudioService:
         return self.ctx.model_ref
 
     @property
-    def database(self):
+    def database(self) -> Database:
         return self.ctx.database
 
     @property
-    def files(self):
+    def files(self) -> FileStore:
         return self.ctx.files
 
     @property
