@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from accelerate import PartialState
@@ -18,12 +19,14 @@ from engine.config import GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.generate import generate, resolve_token
-from engine.generation.parameters import Realism, repainted_region
+from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
 from engine.generation.variation import check_init_mix, varied_init
 from engine.progress import ProgressFn, StepFn, StopFn
 from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
+
+logger = logging.getLogger(__name__)
 
 # Varied inits: candidates per init (2 keeps a batch's model call efficient and its layouts many).
 DEFAULT_PER_INIT = 2
@@ -127,7 +130,15 @@ def generate_to_folder(
     masked = mask_image is not None or auto_place
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
     realism = class_realism_scorer(class_name, images) if realism_threshold is not None else None
-    scorer = realism[0] if realism else None
+    scorer, reference = realism or (None, None)
+    if realism_threshold is not None and scorer is None and state.is_main_process:
+        logger.warning(
+            "No realism reference for %r (%d init images; a class without NEU's shipped features needs %d): "
+            "the realism gate is off for this batch.",
+            class_name,
+            len(images),
+            MIN_FEW_SHOT_REFERENCES,
+        )
     out = Path(out)
     parts = out / PARTS_FOLDER
     if state.is_main_process:
@@ -168,7 +179,7 @@ def generate_to_folder(
             candidate.params.init = lineage
             low = score is not None and score.score < realism_threshold
             if score is not None:
-                candidate.params.realism = Realism(score.score, score.class_probability)
+                candidate.params.realism = Realism(**asdict(score), reference=reference)
                 candidate.params.realism_threshold, candidate.params.pre_rejected = realism_threshold, low
             if capture_variation:
                 rng = random.Random(f"{seed}:capture:{slot}")

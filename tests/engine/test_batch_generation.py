@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -75,7 +78,7 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
     assert read_png_parameters(flagged[0].read_bytes()).pre_rejected is True
 
 
-def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path):
+def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path, caplog):
     mill = tmp_path / "mill"
     rng = np.random.default_rng(2)
     # The realism gate judges "oil stain" by its own images and "edge crack" by its five with their flips and rotations
@@ -112,10 +115,26 @@ def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_gen
     assert set(params.init["sources"]) <= {f"IMG {i}.JPG" for i in range(MIN_OWN_REFERENCES)}
     assert params.pre_rejected is False
     assert Image.open(written["oil stain"][0]).size == (44, 44)
-    # Ten uploads and five (each with its flips and rotations) are both a realism reference: every sample is scored.
-    for samples in written.values():
+    # Ten uploads and five (each with its flips and rotations) are both a realism reference: every sample is scored
+    # and records what it was compared with.
+    references = {}
+    for name, samples in written.items():
         realism = read_png_parameters(samples[0].read_bytes()).realism
         assert realism.class_probability is None and 0.0 <= realism.score <= 1.0
+        references[name] = realism.reference
+    assert references == {
+        "oil stain": f"{MIN_OWN_REFERENCES} of the class's own real images",
+        "edge crack": f"{MIN_FEW_SHOT_REFERENCES} of the class's own real images with their flips and rotations",
+    }
+    # One image fewer is no reference: the batch says its gate is off and its samples carry no score.
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in list_images(mill / "edge crack")[1:]:
+        shutil.copy(path, few)
+    with caplog.at_level(logging.WARNING, logger="engine.batch"):
+        ungated = generate_to_folder(None, None, "edge crack", few, 1, tmp_path / "ungated", steps=4, pipe=pipe)
+    assert read_png_parameters(ungated[0].read_bytes()).realism is None
+    assert "the realism gate is off" in caplog.text
 
 
 def test_capture_variation_changes_the_written_samples_after_the_realism_gate(pipe, shots, tmp_path):
