@@ -121,14 +121,17 @@ def test_realism_scorer_ranks_in_distribution_above_out_of_distribution(toy, toy
 
 def test_a_few_images_of_a_new_class_are_their_own_reference_with_their_flips_and_rotations():
     rng = np.random.default_rng(11)
-    stripes = [toy_image(rng, "stripes") for _ in range(MIN_FEW_SHOT_REFERENCES)]
+    stripes = [toy_image(rng, "stripes") for _ in range(5)]
+    new_images = [toy_image(rng, "stripes"), toy_image(rng, "blobs")]
     steel_net = load_feature_net()
-    assert class_realism_scorer("grooves", stripes[:-1], steel_net, shipped={}) is None
-    scorer, reference = class_realism_scorer("grooves", stripes, steel_net, shipped={})
+    assert class_realism_scorer("grooves", stripes[: MIN_FEW_SHOT_REFERENCES - 1], steel_net, shipped={}) is None
+    fewest, reference = class_realism_scorer("grooves", stripes[:MIN_FEW_SHOT_REFERENCES], steel_net, shipped={})
     assert reference == f"{MIN_FEW_SHOT_REFERENCES} of the class's own real images with their flips and rotations"
-    new_stripe, blob = scorer.score_many([toy_image(rng, "stripes"), toy_image(rng, "blobs")], "grooves")
+    new_stripe, blob = fewest.score_many(new_images, "grooves")
     assert new_stripe.class_probability is None and blob.class_probability is None
     assert blob.score < new_stripe.score
+    scorer, _ = class_realism_scorer("grooves", stripes, steel_net, shipped={})
+    new_stripe, blob = scorer.score_many(new_images, "grooves")
     # A real image's distance leaves out its own variants, so a new image of the class falls inside the real
     # distances rather than beyond all of them (as it would against an image's distance to its own flips).
     assert new_stripe.distance_percentile < 1.0 and blob.distance_percentile == 1.0
