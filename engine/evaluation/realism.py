@@ -73,7 +73,7 @@ class RealismScorer:
     (q90 − median) beyond it. The score is the geometric mean of probability and typicality; for a class
     the network does not know (a user's own class) it is the typicality alone.
     With `flips_and_rotations` each reference image joins with its eight dihedral variants and a real image's
-    distance leaves out all eight of its own (so a few images give a distribution, not four distances).
+    distance leaves out all eight of its own (so a few images give a distribution of distances, not a handful).
     """
 
     def __init__(

@@ -81,7 +81,7 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
 def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path, caplog):
     mill = tmp_path / "mill"
     rng = np.random.default_rng(2)
-    # The realism gate judges "oil stain" by its own images and "edge crack" by its five with their flips and rotations
+    # The realism gate judges "oil stain" by its own images and "edge crack" by its few with their flips and rotations
     # (the network knows only NEU's classes).
     for name, kind, count in (
         ("edge crack", "scratches", MIN_FEW_SHOT_REFERENCES),
@@ -115,7 +115,7 @@ def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_gen
     assert set(params.init["sources"]) <= {f"IMG {i}.JPG" for i in range(MIN_OWN_REFERENCES)}
     assert params.pre_rejected is False
     assert Image.open(written["oil stain"][0]).size == (44, 44)
-    # Ten uploads and five (each with its flips and rotations) are both a realism reference: every sample is scored
+    # Ten uploads and a few (each with its flips and rotations) are both a realism reference: every sample is scored
     # and records what it was compared with.
     references = {}
     for name, samples in written.items():
