@@ -42,7 +42,7 @@ from engine.batch import (
 )
 from engine.data import list_images, load_rgb
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
-from engine.evaluation.recognition import classic_augment, recognition
+from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, recognition
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
 from engine.generation.variation import geometric_variant, parse_init_mix
@@ -234,7 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Recognizers trained per arm and draw (each its own seed and classic augmentations); a draw reports "
         "their mean, so the recognizer's own noise does not hide a difference between arms.",
     )
+    parser.add_argument(
+        "--recognizer-size",
+        type=int,
+        default=RECOGNITION_SIZE,
+        help="Side in pixels the recognizers see (default the protocol's 64; a native-resolution recognizer, for "
+        "example 128 or 200, also sees the steel's pixel-scale grain).",
+    )
     parser.add_argument("--skip-target", action="store_true", help="Skip the K=20 real-only target.")
+    parser.add_argument(
+        "--skip-gate-off", action="store_true", help="Skip the arms trained on the first candidates, gate off."
+    )
     ablation = parser.add_argument_group("ablations (default: the product's defaults)")
     ablation.add_argument("--strength", type=float, default=None)
     ablation.add_argument("--no-vary", dest="vary", action="store_false")
@@ -295,6 +305,8 @@ def recorded_options(args: argparse.Namespace) -> dict:
             options[name] = getattr(args, name)
     if args.finetune_steps != DEFAULT_FINETUNE_STEPS:
         options["finetune_steps"] = args.finetune_steps
+    if args.recognizer_size != RECOGNITION_SIZE:
+        options["recognizer_size"] = args.recognizer_size
     return options
 
 
@@ -351,11 +363,21 @@ def main() -> None:
             print(stopped_line(seed, stopped[STOPPED]), flush=True)
             continue
         report = recognition(
-            shots, args.val, synthetic, k=args.k, seeds=args.recognizer_seeds, classic_augment_per_class=args.per_class
+            shots,
+            args.val,
+            synthetic,
+            k=args.k,
+            seeds=args.recognizer_seeds,
+            classic_augment_per_class=args.per_class,
+            image_size=args.recognizer_size,
         )
         spread = diversity(shots, synthetic, args.per_class, seed)
         record = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
-        ungated = ungated_tree(synthetic, args.work / f"seed{seed}" / "ungated", args.per_class)
+        ungated = (
+            None
+            if args.skip_gate_off
+            else ungated_tree(synthetic, args.work / f"seed{seed}" / "ungated", args.per_class)
+        )
         if ungated is not None:
             gate_off = recognition(
                 shots,
@@ -364,6 +386,7 @@ def main() -> None:
                 k=args.k,
                 seeds=args.recognizer_seeds,
                 classic_augment_per_class=args.per_class,
+                image_size=args.recognizer_size,
                 arms=GATE_OFF_ARMS,
             )
             for arm in gate_off.arms:

@@ -143,7 +143,8 @@ def generate(
     resolution = loaded.resolution
 
     # 2. Window at the model's resolution
-    window = source.crop((x, y, x + size, y + size)).resize((resolution, resolution), Image.Resampling.LANCZOS)
+    crop = source.crop((x, y, x + size, y + size))
+    window = crop.resize((resolution, resolution), Image.Resampling.LANCZOS)
     prompt = config.prompt_template.format(token=token)
     seeds = [config.seed + i for i in range(config.num_candidates)]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -174,7 +175,7 @@ def generate(
         ).images
     if should_stop is not None and should_stop():
         raise InterruptedError("Generation was stopped.")
-    outputs = restore_detail(pipe, [window] * len(outputs), outputs, config)
+    outputs = restore_detail(pipe, [crop] * len(outputs), outputs, config)
 
     # 4. Paste each window back with a feathered border and record its parameters
     weights = feather_mask(size, x, y, source.width, source.height)
@@ -182,7 +183,7 @@ def generate(
     source_hash = image_sha256(init_image)
     candidates = []
     for seed, output in zip(seeds, outputs, strict=True):
-        patch = np.asarray(output.resize((size, size), Image.Resampling.LANCZOS), dtype=np.float32)
+        patch = np.asarray(output, dtype=np.float32)
         merged = base.copy()
         region = merged[y : y + size, x : x + size]
         merged[y : y + size, x : x + size] = region * (1 - weights) + patch * weights
@@ -197,31 +198,40 @@ def generate(
 
 def restore_detail(
     pipe: StableDiffusionImg2ImgPipeline,
-    windows: list[Image.Image],
+    crops: list[Image.Image],
     outputs: list[Image.Image],
     config: GenerationConfig,
 ) -> list[Image.Image]:
-    """Add back `config.detail_restore` × (window − autoencoder round trip of the window) to each output.
+    """Each output (at the model's resolution) brought to its crop's size (the window as cut from the slab), plus
+    `config.detail_restore` × (crop − the autoencoder round trip of the crop at the model's resolution, resized
+    back to the crop's size).
 
-    The round trip shows exactly what the autoencoder cannot represent (fine grain, sharp edges); the
-    generated image lacks the same, so adding it restores the source's texture at that scale only.
+    The round trip shows exactly what the model's window cannot represent: the grain the autoencoder loses and,
+    for a window larger than the model's resolution, the finest grain its resize loses. The generated image lacks
+    the same, so adding it restores the source's texture at those scales only, at the slab's own pixel scale.
     """
     weight = config.detail_restore if config.strength < 1.0 else 0.0
+    resized = [output.resize(crop.size, Image.Resampling.LANCZOS) for crop, output in zip(crops, outputs, strict=True)]
     if weight == 0.0:
-        return outputs
+        return resized
     vae = pipe.vae
-    unique = list(dict.fromkeys(id(w) for w in windows))
-    by_id = {id(w): w for w in windows}
     residuals = {}
     with torch.inference_mode():
-        for key in unique:
-            pixels = pipe.image_processor.preprocess(by_id[key]).to(device=vae.device, dtype=vae.dtype)
+        for crop, output in zip(crops, outputs, strict=True):
+            if id(crop) in residuals:
+                continue
+            window = crop.convert("RGB").resize(output.size, Image.Resampling.LANCZOS)
+            pixels = pipe.image_processor.preprocess(window).to(device=vae.device, dtype=vae.dtype)
             decoded = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
-            round_trip = (decoded[0].float().permute(1, 2, 0).cpu().numpy() + 1) * 127.5
-            residuals[key] = np.asarray(by_id[key].convert("RGB"), dtype=np.float32) - round_trip
+            round_trip = ((decoded[0].float().permute(1, 2, 0).cpu().numpy() + 1) * 127.5).astype(np.float32)
+            channels = [
+                np.asarray(Image.fromarray(round_trip[..., c]).resize(crop.size, Image.Resampling.LANCZOS))
+                for c in range(round_trip.shape[-1])
+            ]
+            residuals[id(crop)] = np.asarray(crop.convert("RGB"), dtype=np.float32) - np.stack(channels, axis=-1)
     restored = []
-    for window, output in zip(windows, outputs, strict=True):
-        pixels = np.asarray(output.convert("RGB"), dtype=np.float32) + weight * residuals[id(window)]
+    for crop, output in zip(crops, resized, strict=True):
+        pixels = np.asarray(output.convert("RGB"), dtype=np.float32) + weight * residuals[id(crop)]
         restored.append(Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)))
     return restored
 
@@ -345,7 +355,7 @@ def _generate_masked(
         w = job.window
         weights = planned[id(masks[job.candidate])][0][w.y : w.y + w.height, w.x : w.x + w.width]
         weights = (weights * w.region)[..., None]
-        patch = np.asarray(outputs[number].resize((w.width, w.height), Image.Resampling.LANCZOS), dtype=np.float32)
+        patch = np.asarray(outputs[number], dtype=np.float32)
         target = merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width]
         merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width] = target * (1 - weights) + patch * weights
     gray = is_grayscale(init_image)
@@ -387,13 +397,13 @@ def _denoise_windows(
 ) -> list[Image.Image]:
     """img2img on same-sized windows; after every step the latents outside each window's mask are replaced by
     the window's own latents noised to the next timestep (diffusers' inpainting for a 4-channel UNet, as a step
-    callback so that it works for any number of latent channels)."""
+    callback so that it works for any number of latent channels). Returns each window's image at its size on the
+    canvas, its detail restored there."""
     windows = [job.window for job in jobs]
+    crops = [source.crop((w.x, w.y, w.x + w.width, w.y + w.height)) for w in windows]
     images = [
-        source.crop((w.x, w.y, w.x + w.width, w.y + w.height)).resize(
-            (w.model_width, w.model_height), Image.Resampling.LANCZOS
-        )
-        for w in windows
+        crop.resize((w.model_width, w.model_height), Image.Resampling.LANCZOS)
+        for crop, w in zip(crops, windows, strict=True)
     ]
     vae = pipe.vae
     with torch.inference_mode():
@@ -428,7 +438,7 @@ def _denoise_windows(
             generator=[torch.Generator().manual_seed(job.seed) for job in jobs],
             callback_on_step_end=on_step_end,
         ).images
-    return restore_detail(pipe, images, outputs, config)
+    return restore_detail(pipe, crops, outputs, config)
 
 
 def parameters_line(params: CandidateParameters) -> str:

@@ -35,6 +35,9 @@ INIT_KINDS = ("source", "geometric", "mosaic", "warp", "overlay")
 DEFAULT_INIT_MIX = {"source": 0.2, "geometric": 0.4, "mosaic": 0.4}
 # Width of the blend between mosaic tiles, as a share of the image side.
 SEAM_SHARE = 0.06
+# Pixels a sharp geometric variant's crop keeps from the rotated frame's edge: the reach of the bicubic rotation
+# (2) and of the Lanczos resize (3).
+SHARP_MARGIN_PX = 5
 # Elastic warp: control points per side (drawn in this range) and the displacements' spread, as a share of the side.
 WARP_GRID = (3, 5)
 WARP_AMPLITUDE = 0.03
@@ -60,25 +63,37 @@ class VariedInit:
 
 
 def geometric_variant(
-    image: Image.Image, rng: random.Random, min_scale: float = 0.6, max_angle: float = 10.0
+    image: Image.Image, rng: random.Random, min_scale: float = 0.6, max_angle: float = 10.0, sharp: bool = False
 ) -> tuple[Image.Image, dict]:
-    """Rotate by up to ±`max_angle`°, crop a square of `min_scale`–1 of the side inside the rotated frame,
-    rescale it to the image's size and mirror it at random; returns (image, parameters).
+    """Rotate by up to ±`max_angle`°, crop `min_scale`–1 of each side (the image's own shape, so nothing is
+    stretched) inside the rotated frame, rescale it to the image's size and mirror it at random; returns (image,
+    parameters).
 
-    The random draws are made in this order (angle, side, left, top, h-flip, v-flip), which classic
-    augmentation relies on to stay reproducible.
+    Resampling is bilinear, as classic augmentation's usually is; `sharp` resamples bicubic and Lanczos instead,
+    so the steel's pixel-scale grain survives in an init the prior redraws (bilinear resampling at a sub-pixel
+    offset halves the finest grain). The random draws are made in this order (angle, side, left, top, h-flip,
+    v-flip), which classic augmentation relies on to stay reproducible.
     """
     width, height = image.size
     angle = rng.uniform(-max_angle, max_angle)
-    rotated = image.rotate(angle, resample=Image.Resampling.BILINEAR)
-    short = min(width, height)
-    theta = math.radians(abs(angle))
-    inner = short / (math.cos(theta) + math.sin(theta))
-    margin = (short - inner) / 2
-    side = min(short * rng.uniform(min_scale, 1.0), inner)
-    left = rng.uniform(margin, width - margin - side)
-    top = rng.uniform(margin, height - margin - side)
-    result = rotated.resize((width, height), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+    rotate_with, resize_with = (
+        (Image.Resampling.BICUBIC, Image.Resampling.LANCZOS) if sharp else (Image.Resampling.BILINEAR,) * 2
+    )
+    rotated = image.rotate(angle, resample=rotate_with)
+    cos, sin = math.cos(math.radians(abs(angle))), math.sin(math.radians(abs(angle)))
+    # The largest crop of the image's own shape that, centred, lies inside the rotated frame; sharp resampling
+    # keeps its filters' reach away from the fill the rotation leaves in the corners.
+    inner_width, inner_height = (
+        (width - 2 * SHARP_MARGIN_PX, height - 2 * SHARP_MARGIN_PX) if sharp else (width, height)
+    )
+    fit = min(inner_width / (width * cos + height * sin), inner_height / (width * sin + height * cos))
+    scale = min(rng.uniform(min_scale, 1.0), fit)
+    crop_width, crop_height = width * scale, height * scale
+    margin_x, margin_y = width * (1 - fit) / 2, height * (1 - fit) / 2
+    left = rng.uniform(margin_x, width - margin_x - crop_width)
+    top = rng.uniform(margin_y, height - margin_y - crop_height)
+    box = (left, top, left + crop_width, top + crop_height)
+    result = rotated.resize((width, height), resize_with, box=box)
     flip_x, flip_y = rng.random() < 0.5, rng.random() < 0.5
     if flip_x:
         result = result.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
@@ -86,7 +101,7 @@ def geometric_variant(
         result = result.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     details = {
         "angle": round(angle, 2),
-        "crop": [round(left, 1), round(top, 1), round(side, 1)],
+        "crop": [round(left, 1), round(top, 1), round(crop_width, 1), round(crop_height, 1)],
         "flip_x": flip_x,
         "flip_y": flip_y,
     }
@@ -162,7 +177,7 @@ def _variants_at_one_level(
     base = images[chosen[0]]
     variants = []
     for index in chosen:
-        variant, _ = geometric_variant(images[index].convert(base.mode).resize(base.size), rng, min_scale)
+        variant, _ = geometric_variant(images[index].convert(base.mode).resize(base.size), rng, min_scale, sharp=True)
         variants.append(np.asarray(variant, dtype=np.float32))
     mean, std = variants[0].mean(axis=axis), variants[0].std(axis=axis)
     return [mean + (v - v.mean(axis=axis)) * (std / np.maximum(v.std(axis=axis), 1e-3)) for v in variants]
@@ -271,7 +286,7 @@ def varied_init(
         image, sources, details = overlay(images, rng, min_scale)
     elif kind in ("geometric", "warp"):
         sources = [rng.randrange(len(images))]
-        image, details = geometric_variant(images[sources[0]], rng, min_scale)
+        image, details = geometric_variant(images[sources[0]], rng, min_scale, sharp=True)
         if kind == "warp":
             image, warp = elastic_warp(image, rng)
             details = {**details, **warp}

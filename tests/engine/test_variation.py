@@ -37,6 +37,53 @@ def test_geometric_variant_keeps_size_and_changes_layout():
     assert set(details) == {"angle", "crop", "flip_x", "flip_y"} and abs(details["angle"]) <= 10
 
 
+def _fine_grain(image: Image.Image) -> np.ndarray:
+    """What a 2× down-and-up resize loses: the pixel-scale grain."""
+    pixels = np.asarray(image, dtype=np.float32)
+    half = (image.width // 2, image.height // 2)
+    smooth = image.resize(half, Image.Resampling.LANCZOS).resize(image.size, Image.Resampling.LANCZOS)
+    return pixels - np.asarray(smooth, dtype=np.float32)
+
+
+def test_a_sharp_geometric_variant_is_the_same_layout_with_the_grain_kept():
+    yy, xx = np.mgrid[0:96, 0:96]
+    defect = 80.0 * np.exp(-((xx - 30) ** 2 + (yy - 60) ** 2) / 300.0)
+    grain = np.random.default_rng(0).normal(0, 10, (96, 96))
+    image = Image.fromarray((90 + defect + grain).clip(0, 255).astype(np.uint8))
+    for seed in range(4):
+        plain, plain_details = geometric_variant(image, random.Random(seed))
+        sharp, sharp_details = geometric_variant(image, random.Random(seed), sharp=True)
+        assert {k: v for k, v in sharp_details.items() if k != "crop"} == {
+            k: v for k, v in plain_details.items() if k != "crop"
+        }
+        assert np.corrcoef(np.asarray(plain, np.float32).ravel(), np.asarray(sharp, np.float32).ravel())[0, 1] > 0.8
+        assert _fine_grain(sharp).std() > 1.3 * _fine_grain(plain).std()
+
+
+def test_a_geometric_variant_of_a_wide_image_crops_its_own_shape_inside_the_rotated_frame():
+    width, height = 160, 40
+    image = Image.fromarray(np.full((height, width), 128, dtype=np.uint8))
+    for seed in range(20):
+        variant, details = geometric_variant(image, random.Random(seed), sharp=seed % 2 == 1)
+        left, top, crop_width, crop_height = details["crop"]
+        assert variant.size == (width, height)
+        assert crop_width / crop_height == pytest.approx(width / height, rel=0.01)
+        # Every corner of the crop, turned back by the angle, lies inside the original image: no fill is cut in.
+        angle = np.radians(details["angle"])
+        for x, y in [
+            (left, top),
+            (left + crop_width, top),
+            (left, top + crop_height),
+            (left + crop_width, top + crop_height),
+        ]:
+            dx, dy = x - width / 2, y - height / 2
+            back_x = dx * np.cos(angle) - dy * np.sin(angle)
+            back_y = dx * np.sin(angle) + dy * np.cos(angle)
+            assert abs(back_x) <= width / 2 + 0.2 and abs(back_y) <= height / 2 + 0.2
+        if seed % 2 == 1:
+            assert np.asarray(variant).min() >= 126, "a sharp variant keeps its filters away from the rotation's fill"
+
+
 def test_classic_augmentation_is_reproducible_from_its_seed():
     image = _images(1)[0]
     first = classic_augment(image, random.Random(3))

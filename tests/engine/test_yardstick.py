@@ -112,6 +112,8 @@ def test_a_given_adapter_replaces_the_draws_fine_tune_and_is_recorded_with_the_o
     assert recorded_options(tuned) == {**defaults, "finetune_preset": "cpu-thorough", "lora_rank": 16}
     longer = build_parser().parse_args([*base, "--finetune-steps", "600"])
     assert recorded_options(longer) == {**defaults, "finetune_steps": 600}
+    sharper = build_parser().parse_args([*base, "--recognizer-size", "128"])
+    assert recorded_options(sharper) == {**defaults, "recognizer_size": 128}
     not_an_adapter = build_parser().parse_args([*base, "--adapter", str(tmp_path)])
     with pytest.raises(ValueError, match="not a finished adapter folder"):
         draw_adapter(not_an_adapter, 0, tmp_path / "shots")
