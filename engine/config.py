@@ -57,10 +57,12 @@ class GenerationConfig(ConfigMixin):
     seed: int = 0
     prompt_template: str = "a grayscale photo of a steel surface with {token}"
     negative_prompt: str = ""
-    # Share of the source's fine detail that the autoencoder cannot carry, added back to each output (ignored at
-    # strength 1.0): output + (window − round trip of the window). The embedded prior's L1 decoder blurs grain (a
-    # crazing round trip is recognised 5 % of the time); restoring the residual keeps the steel's grain and small
-    # defects' edges. 0 gives the raw decoder output.
+    # Share of the source's fine detail that the model's window cannot carry, added back to each output at the
+    # slab's pixel scale (ignored at strength 1.0): output + (window − round trip of the window), the round trip
+    # being the autoencoder's at the model's resolution, resized back. The embedded prior's L1 decoder blurs grain
+    # (a crazing round trip is recognised 5 % of the time) and a window larger than the model's resolution loses
+    # its finest grain in the resize; restoring the residual keeps the steel's grain and small defects' edges.
+    # 0 gives the raw decoder output.
     detail_restore: float = 1.0
     # Window (x, y) of the model-sized square inside a larger slab; None centres it.
     window_x: int | None = None
