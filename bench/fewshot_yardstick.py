@@ -25,6 +25,7 @@ import argparse
 import json
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -362,15 +363,16 @@ def main() -> None:
             write_json(args.work / f"seed{seed}" / DRAW_RESULT, {"options": results["options"], "result": stopped})
             print(stopped_line(seed, stopped[STOPPED]), flush=True)
             continue
-        report = recognition(
+        recognize = partial(
+            recognition,
             shots,
             args.val,
-            synthetic,
             k=args.k,
             seeds=args.recognizer_seeds,
             classic_augment_per_class=args.per_class,
             image_size=args.recognizer_size,
         )
+        report = recognize(synthetic)
         spread = diversity(shots, synthetic, args.per_class, seed)
         record = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
         ungated = (
@@ -379,16 +381,7 @@ def main() -> None:
             else ungated_tree(synthetic, args.work / f"seed{seed}" / "ungated", args.per_class)
         )
         if ungated is not None:
-            gate_off = recognition(
-                shots,
-                args.val,
-                ungated,
-                k=args.k,
-                seeds=args.recognizer_seeds,
-                classic_augment_per_class=args.per_class,
-                image_size=args.recognizer_size,
-                arms=GATE_OFF_ARMS,
-            )
+            gate_off = recognize(ungated, arms=GATE_OFF_ARMS)
             for arm in gate_off.arms:
                 record[f"{arm.name} (gate off)"] = arm.mean
         write_json(args.work / f"seed{seed}" / DRAW_RESULT, {"options": results["options"], "result": record})
