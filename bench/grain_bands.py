@@ -33,14 +33,19 @@ def _through(image: Image.Image, side: int) -> np.ndarray:
     return np.asarray(small.resize(image.size, Image.Resampling.LANCZOS), dtype=np.float32)
 
 
+def lost_in_resize(image: Image.Image, side: int) -> np.ndarray:
+    """The grey detail a resize to side × side and back loses: the image minus that round trip."""
+    grey = image.convert("L")
+    return np.asarray(grey, dtype=np.float32) - _through(grey, side)
+
+
 def grain_bands(image: Image.Image, model_size: int = 128) -> dict[str, float]:
     """RMS (grey levels) of an image's fine band (lost by a resize to `model_size`) and mid band (lost between
     `model_size` and half of it)."""
     grey = image.convert("L")
-    pixels = np.asarray(grey, dtype=np.float32)
     at_model, at_half = _through(grey, model_size), _through(grey, model_size // 2)
     return {
-        "fine": float(np.sqrt(np.mean((pixels - at_model) ** 2))),
+        "fine": float(np.sqrt(np.mean(lost_in_resize(grey, model_size) ** 2))),
         "mid": float(np.sqrt(np.mean((at_model - at_half) ** 2))),
     }
 

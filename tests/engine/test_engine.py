@@ -10,6 +10,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
+from bench.grain_bands import lost_in_resize
 from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
 from engine.config import DEFAULT_GUIDANCE, PURE_NOISE_GUIDANCE, GenerationConfig, TrainConfig, finetune_config
@@ -234,20 +235,13 @@ def test_detail_restore_keeps_the_slab_grain_that_a_window_larger_than_the_model
     source = slab(64, 64, seed=5)
     assert pipe.resolution == 32
 
-    def fine_grain(image: Image.Image) -> np.ndarray:
-        pixels = np.asarray(image.convert("L"), dtype=np.float32)
-        smooth = (
-            image.convert("L").resize((32, 32), Image.Resampling.LANCZOS).resize((64, 64), Image.Resampling.LANCZOS)
-        )
-        return (pixels - np.asarray(smooth, dtype=np.float32)).ravel()
-
     def render(detail: float) -> np.ndarray:
         config = GenerationConfig(
             class_name="scratches", num_candidates=1, strength=0.5, steps=4, seed=1, detail_restore=detail
         )
-        return fine_grain(generate(pipe, source, config).candidates[0].image)
+        return lost_in_resize(generate(pipe, source, config).candidates[0].image, 32).ravel()
 
-    grain = fine_grain(source)
+    grain = lost_in_resize(source, 32).ravel()
     restored, plain = render(1.0), render(0.0)
     assert np.corrcoef(grain, restored)[0, 1] > 0.9 and restored.std() > 0.8 * grain.std()
     assert plain.std() < 0.3 * grain.std()

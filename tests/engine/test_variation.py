@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.grain_bands import lost_in_resize
 from engine.evaluation.recognition import classic_augment
 from engine.generation.variation import (
     DEFAULT_INIT_MIX,
@@ -37,14 +38,6 @@ def test_geometric_variant_keeps_size_and_changes_layout():
     assert set(details) == {"angle", "crop", "flip_x", "flip_y"} and abs(details["angle"]) <= 10
 
 
-def _fine_grain(image: Image.Image) -> np.ndarray:
-    """What a 2× down-and-up resize loses: the pixel-scale grain."""
-    pixels = np.asarray(image, dtype=np.float32)
-    half = (image.width // 2, image.height // 2)
-    smooth = image.resize(half, Image.Resampling.LANCZOS).resize(image.size, Image.Resampling.LANCZOS)
-    return pixels - np.asarray(smooth, dtype=np.float32)
-
-
 def test_a_sharp_geometric_variant_is_the_same_layout_with_the_grain_kept():
     yy, xx = np.mgrid[0:96, 0:96]
     defect = 80.0 * np.exp(-((xx - 30) ** 2 + (yy - 60) ** 2) / 300.0)
@@ -57,7 +50,7 @@ def test_a_sharp_geometric_variant_is_the_same_layout_with_the_grain_kept():
             k: v for k, v in plain_details.items() if k != "crop"
         }
         assert np.corrcoef(np.asarray(plain, np.float32).ravel(), np.asarray(sharp, np.float32).ravel())[0, 1] > 0.8
-        assert _fine_grain(sharp).std() > 1.3 * _fine_grain(plain).std()
+        assert lost_in_resize(sharp, 48).std() > 1.3 * lost_in_resize(plain, 48).std()
 
 
 def test_a_geometric_variant_of_a_wide_image_crops_its_own_shape_inside_the_rotated_frame():
