@@ -127,6 +127,8 @@ PAIRED_GAINS = {
     "classic+ours - classic": ("real+classic+synth", "real+classic", 0.03),
 }
 """Issue 10's bars as paired differences between two arms of the same draw: (arm, baseline, the bar)."""
+RECALL = "recall"
+"""A draw's result key for each arm's recall per class (summed over its recognizer seeds)."""
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -166,7 +168,7 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     lines = [f"  {stopped_line(seed, why)}" for seed, why in stopped.items()]
     if not draws:
         return summary, lines
-    arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name != "diversity"))
+    arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name not in ("diversity", RECALL)))
     width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
     for name in arms:
         values = [draw[name] for draw in draws.values() if name in draw]
@@ -187,6 +189,35 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
             f"  {name:<{width}}{100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} points (per draw {per_draw});"
             f" bar ≥ {100 * bar:+.0f}: {verdict}"
         )
+    recall_summary, recall_lines = summarize_recall(draws)
+    if recall_summary:
+        summary[RECALL] = recall_summary
+        lines += recall_lines
+    return summary, lines
+
+
+def summarize_recall(draws: dict[str, dict]) -> tuple[dict, list[str]]:
+    """Each arm's recall per class, mean over the draws that recorded it (older draws did not), and what ours adds
+    to classic augmentation per class: which classes the samples help and which they confuse."""
+    recorded = [draw[RECALL] for draw in draws.values() if RECALL in draw]
+    if not recorded:
+        return {}, []
+    classes = list(next(iter(recorded[0].values())))
+    arms = [name for name in recorded[0] if all(name in draw for draw in recorded)]
+    summary = {
+        name: {c: round(float(np.mean([draw[name][c] for draw in recorded])), 4) for c in classes} for name in arms
+    }
+    width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
+    lines = [
+        f"  recall per class ({len(recorded)} of {len(draws)} draws):",
+        f"  {'':<{width}}" + "".join(f"{c[:12]:>13}" for c in classes),
+    ]
+    lines += [f"  {name:<{width}}" + "".join(f"{summary[name][c]:>13.3f}" for c in classes) for name in arms]
+    for name, (arm, baseline, _) in PAIRED_GAINS.items():
+        if arm in summary and baseline in summary:
+            gains = {c: round(summary[arm][c] - summary[baseline][c], 4) for c in classes}
+            summary[name] = gains
+            lines.append(f"  {name:<{width}}" + "".join(f"{100 * gains[c]:>+13.1f}" for c in classes))
     return summary, lines
 
 
@@ -375,6 +406,7 @@ def main() -> None:
         report = recognize(synthetic)
         spread = diversity(shots, synthetic, args.per_class, seed)
         record = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
+        record[RECALL] = {arm.name: arm.recall(report.classes) for arm in report.arms}
         ungated = (
             None
             if args.skip_gate_off

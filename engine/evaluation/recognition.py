@@ -113,9 +113,13 @@ def train_recognizer(
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+def _confusion(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch_size: int = 256
+) -> np.ndarray:
+    """Test counts by true class (rows) and predicted class (columns)."""
     predictions = torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    return float((predictions == y).float().mean())
+    pairs = torch.bincount(y * num_classes + predictions, minlength=num_classes * num_classes)
+    return pairs.reshape(num_classes, num_classes).numpy()
 
 
 @dataclass
@@ -128,6 +132,13 @@ class ArmResult:
     mean: float = 0.0
     std: float = 0.0
     gain: float | None = None
+    # Test counts summed over seeds: rows the true class, columns the predicted one (the report's class order).
+    confusion: list[list[int]] | None = None
+
+    def recall(self, classes: list[str]) -> dict[str, float]:
+        """Per class, the share of its test images recognised as it (over all seeds)."""
+        counts = np.asarray(self.confusion)
+        return {c: round(float(counts[i, i] / max(counts[i].sum(), 1)), 4) for i, c in enumerate(classes)}
 
 
 @dataclass
@@ -158,6 +169,11 @@ class RecognitionReport:
             gain = "-" if arm.gain is None else f"{arm.gain:+.3f}"
             lines.append(f"{arm.name:<20}{int(np.mean(arm.train_sizes)):>11}{accuracy:>18}{gain:>9}")
         lines.append("gain: accuracy minus the 'real' arm's, both means over the same seeds.")
+        lines.append("Recall per class (test images of the class recognised as it, all seeds):")
+        lines.append(f"{'arm':<20}" + "".join(f"{c[:12]:>13}" for c in self.classes))
+        for arm in self.arms:
+            recall = arm.recall(self.classes)
+            lines.append(f"{arm.name:<20}" + "".join(f"{recall[c]:>13.3f}" for c in self.classes))
         return "\n".join(lines)
 
 
@@ -219,6 +235,7 @@ def recognition(
         available = [name for name in available if name in arms]
     arms = available
     results = {name: ArmResult(name, [], []) for name in arms}
+    confusions = {name: np.zeros((len(classes), len(classes)), dtype=np.int64) for name in arms}
 
     # 3. Per seed: draw K real per class, build the arms, train and test each
     total, done = seeds * len(arms), 0
@@ -246,7 +263,9 @@ def recognition(
         for name in arms:
             x, y = sets[name]
             model = train_recognizer(x, y, len(classes), steps, batch_size, seed)
-            results[name].accuracies.append(round(_accuracy(model, x_test, y_test), 4))
+            confusion = _confusion(model, x_test, y_test, len(classes))
+            confusions[name] += confusion
+            results[name].accuracies.append(round(float(np.trace(confusion) / len(y_test)), 4))
             results[name].train_sizes.append(len(x))
             done += 1
             if progress:
@@ -258,6 +277,7 @@ def recognition(
         arm.mean = round(float(np.mean(arm.accuracies)), 4)
         arm.std = round(float(np.std(arm.accuracies)), 4)
         arm.gain = None if arm.name == "real" or base is None else round(arm.mean - base, 4)
+        arm.confusion = confusions[arm.name].tolist()
     return RecognitionReport(
         k,
         seeds,

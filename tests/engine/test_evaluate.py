@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from engine.adapters import save_tuned_strength
-from engine.data import export_neu_split, read_image_folder
+from engine.data import export_neu_split, list_images, read_image_folder
 from engine.evaluation.features import FeatureNetConfig, fit_feature_network, load_feature_net, save_feature_net
 from engine.evaluation.fidelity import InceptionFeatures, fidelity, two_sample_test
 from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, RealismScorer, class_realism_scorer
@@ -153,10 +153,19 @@ def test_recognition_protocol_end_to_end(toy):
     assert names == ["real", "real+synthetic", "synthetic", "real+classic", "real+classic+synth"]
     sizes = {arm.name: arm.train_sizes[0] for arm in report.arms}
     assert sizes == {"real": 4, "real+synthetic": 52, "synthetic": 48, "real+classic": 12, "real+classic+synth": 60}
+    test_per_class = {c: len(list_images(toy["real"] / c)) for c in report.classes}
     for arm in report.arms:
         assert len(arm.accuracies) == 2 and all(0 <= a <= 1 for a in arm.accuracies)
         assert (arm.gain is None) == (arm.name == "real")
+        # The confusion counts every test image once per seed, and its diagonal is the accuracy.
+        counts = np.asarray(arm.confusion)
+        assert counts.sum(axis=1).tolist() == [2 * test_per_class[c] for c in report.classes]
+        assert np.trace(counts) / counts.sum() == pytest.approx(np.mean(arm.accuracies), abs=1e-4)
+        recall = arm.recall(report.classes)
+        assert list(recall) == report.classes
+        assert recall == {c: round(counts[i, i] / counts[i].sum(), 4) for i, c in enumerate(report.classes)}
     assert report.n_test == 48 and "real+classic" in report.table()
+    assert "Recall per class" in report.table()
 
 
 def test_classic_augment_keeps_size_and_changes_pixels():

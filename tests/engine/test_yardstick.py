@@ -9,6 +9,7 @@ from PIL import Image
 
 from bench.fewshot_yardstick import (
     DRAW_RESULT,
+    RECALL,
     STOPPED,
     build_parser,
     diversity,
@@ -63,6 +64,26 @@ def test_summary_gives_the_bars_as_paired_gains_per_draw():
     assert "real+synthetic (gate off)  0.720 ± 0.000 (1 of 2 draws)" in "\n".join(summarize(draws)[1])
     _, lines = summarize({"0": draw(0.80, 0.84, 0.85, 0.86)})
     assert "bar ≥ +3: not met" in "\n".join(lines) and "bar ≥ +0: not met" in "\n".join(lines)
+
+
+def test_summary_gives_each_arms_recall_per_class_and_what_ours_adds_to_classic_per_class():
+    draws = {"0": draw(0.80, 0.86, 0.85, 0.89), "1": draw(0.70, 0.74, 0.75, 0.77), "2": draw(0.7, 0.7, 0.7, 0.7)}
+    for seed, classic, both in (("0", 0.9, 0.8), ("1", 0.7, 1.0)):
+        draws[seed][RECALL] = {
+            "real+classic": {"pits": classic, "seams": 0.5},
+            "real+classic+synth": {"pits": both, "seams": 0.75},
+        }
+    summary, lines = summarize(draws)
+    assert summary[RECALL]["real+classic"] == {"pits": 0.8, "seams": 0.5}
+    assert summary[RECALL]["real+classic+synth"] == {"pits": 0.9, "seams": 0.75}
+    assert summary[RECALL]["classic+ours - classic"] == {"pits": 0.1, "seams": 0.25}
+    assert summary["real+classic"] == {"mean": 0.7667, "std": 0.0624}
+    text = "\n".join(lines)
+    assert "recall per class (2 of 3 draws):" in text
+    gain_line = next(line for line in lines if line.strip().startswith("classic+ours - classic") and "±" not in line)
+    assert gain_line.split()[-2:] == ["+10.0", "+25.0"]
+    # Draws recorded before the recall was are summarised as before.
+    assert RECALL not in summarize({"0": draw(0.80, 0.86, 0.85, 0.89)})[0]
 
 
 def test_the_summary_collects_the_draws_of_every_process_run_with_the_same_options(tmp_path):
