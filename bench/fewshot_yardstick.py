@@ -197,8 +197,8 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
 
 
 def summarize_recall(draws: dict[str, dict]) -> tuple[dict, list[str]]:
-    """Each arm's recall per class, mean over the draws that recorded it (older draws did not), and what ours adds
-    to classic augmentation per class: which classes the samples help and which they confuse."""
+    """Each arm's recall per class, mean over the draws that recorded it (older draws did not), and the bars' paired
+    differences per class: which classes the samples help and which they confuse."""
     recorded = [draw[RECALL] for draw in draws.values() if RECALL in draw]
     if not recorded:
         return {}, []
