@@ -43,11 +43,10 @@ def grain_bands(image: Image.Image, model_size: int = 128) -> dict[str, float]:
     """RMS (grey levels) of an image's fine band (lost by a resize to `model_size`) and mid band (lost between
     `model_size` and half of it)."""
     grey = image.convert("L")
-    at_model, at_half = _through(grey, model_size), _through(grey, model_size // 2)
-    return {
-        "fine": float(np.sqrt(np.mean(lost_in_resize(grey, model_size) ** 2))),
-        "mid": float(np.sqrt(np.mean((at_model - at_half) ** 2))),
-    }
+    fine = lost_in_resize(grey, model_size)
+    at_model = np.asarray(grey, dtype=np.float32) - fine
+    mid = at_model - _through(grey, model_size // 2)
+    return {"fine": float(np.sqrt(np.mean(fine**2))), "mid": float(np.sqrt(np.mean(mid**2)))}
 
 
 def folder_bands(folder: Path, model_size: int = 128) -> dict[str, dict[str, float]]:
