@@ -113,6 +113,13 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         " 'off' keeps every candidate. Default 0.3.",
     )
     gen.add_argument(
+        "--strength-floor",
+        type=_strength_floor,
+        default="default",
+        help="Once the realism gate has flagged --num candidates at one strength, make the rest 0.1 lower, down to"
+        " this (default 0.4); 'off' ends the batch there instead.",
+    )
+    gen.add_argument(
         "--detail-restore",
         type=float,
         default=None,
@@ -430,16 +437,27 @@ def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _threshold(text: str) -> float | str | None:
-    """A realism threshold in [0, 1], 'off' (None) or 'default'."""
+def _setting_or_off(text: str, name: str, zero_allowed: bool) -> float | str | None:
+    """A setting in [0, 1] (or (0, 1]), 'off' (None) or 'default'."""
     if text in ("off", "none"):
         return None
     if text == "default":
         return text
     value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a realism threshold is between 0 and 1 or 'off', got {text}")
+    if not (0.0 <= value if zero_allowed else 0.0 < value) or value > 1.0:
+        interval = "[0, 1]" if zero_allowed else "(0, 1]"
+        raise argparse.ArgumentTypeError(f"a {name} is in {interval} or 'off', got {text}")
     return value
+
+
+def _threshold(text: str) -> float | str | None:
+    """A realism threshold in [0, 1], 'off' (None) or 'default'."""
+    return _setting_or_off(text, "realism threshold", zero_allowed=True)
+
+
+def _strength_floor(text: str) -> float | str | None:
+    """The realism gate's strength floor in (0, 1], 'off' (None) or 'default'."""
+    return _setting_or_off(text, "strength floor", zero_allowed=False)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -470,6 +488,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         **({"per_init": args.per_init} if args.per_init is not None else {}),
         init_mix=parse_init_mix(args.init_mix) if args.init_mix is not None else None,
         **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
+        **({"strength_floor": args.strength_floor} if args.strength_floor != "default" else {}),
     )
     if not _is_main_process():
         return

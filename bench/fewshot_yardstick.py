@@ -12,8 +12,8 @@ layout without exposure, blur and noise: compare `--capture-variation 0` samples
 K real images of its class. A K=20 real-only run is the target. The summary gives issue 10's bars as paired gains
 per draw (K + ours against K + classic; K + classic + ours against K + classic). Processes may share a work folder
 (`--seeds 0 1` beside `--seeds 2 3`): each draw's result stays in its seed folder, and a summary covers every draw
-there that ran with the same options. A draw whose batch the realism gate ends (`RealismGateError`: the product
-stops there too) is recorded as stopped, fails the bars, and the next draw runs.
+there that ran with the same options. A draw whose batch the realism gate ends (`RealismGateError`, at the
+strength floor: the product stops there too) is recorded as stopped, fails the bars, and the next draw runs.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--no-vary", dest="vary", action="store_false")
     ablation.add_argument("--realism-threshold", type=float, default=None)
     ablation.add_argument("--no-realism-gate", action="store_true")
+    ablation.add_argument(
+        "--strength-floor",
+        type=float,
+        default=None,
+        help="Lowest strength the realism gate steps down to (default the product's 0.4; the strength itself stops"
+        " the batch where the gate first flags --per-class candidates).",
+    )
     ablation.add_argument("--detail-restore", type=float, default=None)
     ablation.add_argument("--per-init", type=int, default=DEFAULT_PER_INIT, help="Candidates per varied init.")
     ablation.add_argument("--guidance", type=float, default=None, help="Classifier-free guidance scale.")
@@ -309,7 +316,8 @@ default)."""
 
 
 def generation_options(args: argparse.Namespace) -> dict:
-    """The options every class's `generate_to_folder` gets (the realism threshold only when the run sets it)."""
+    """The options every class's `generate_to_folder` gets (the realism threshold and strength floor only when the
+    run sets them)."""
     options: dict = {
         "vary": args.vary,
         "detail_restore": args.detail_restore,
@@ -323,6 +331,8 @@ def generation_options(args: argparse.Namespace) -> dict:
         options["realism_threshold"] = None
     elif args.realism_threshold is not None:
         options["realism_threshold"] = args.realism_threshold
+    if args.strength_floor is not None:
+        options["strength_floor"] = args.strength_floor
     return options
 
 

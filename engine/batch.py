@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import shutil
@@ -33,6 +32,10 @@ DEFAULT_PER_INIT = 2
 # Realism gate of batch generation (realism score 0-1, see engine.evaluation.realism.RealismScorer): flagged,
 # not dropped.
 DEFAULT_REALISM_THRESHOLD = 0.3
+# When the gate has flagged a whole batch's worth at one strength, the rest is made this much lower (less of the
+# init redrawn, so closer to the real images), down to the floor; a floor at or above the strength stops instead.
+GATE_STRENGTH_STEP = 0.1
+DEFAULT_STRENGTH_FLOOR = 0.4
 # Capture variation of batch samples (exposure, focus, sensor noise; engine.generation.variation), applied after the
 # realism gate. 1 is the measured default (README, "Capture variation"); 0 turns it off.
 DEFAULT_CAPTURE_VARIATION = 1.0
@@ -42,7 +45,8 @@ PARTS_FOLDER = ".parts"
 
 
 class RealismGateError(ValueError):
-    """Batch generation flagged as many candidates as it was asked for before making enough: a setting to change."""
+    """Batch generation flagged as many candidates as it was asked for at every strength down to its floor before
+    making enough: a setting to change."""
 
 
 def init_images(init: Path) -> list[Path]:
@@ -83,6 +87,7 @@ def generate_to_folder(
     detail_restore: float | None = None,
     capture_variation: float = DEFAULT_CAPTURE_VARIATION,
     init_mix: dict[str, float] | None = None,
+    strength_floor: float | None = DEFAULT_STRENGTH_FLOOR,
 ) -> list[Path]:
     """Write `num` PNGs to `out` from the init image(s); returns their paths.
 
@@ -94,8 +99,10 @@ def generate_to_folder(
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when
     there are enough, else the shipped NEU features for a NEU class, else a few with their flips and rotations),
-    candidates scoring below it are flagged: written to `out/flagged/`, not counted in `num`, and replaced, up to
-    `num` flagged ones in all.
+    candidates scoring below it are flagged: written to `out/flagged/`, not counted in `num`, and replaced. Once
+    `num` are flagged at one strength, the rest of the batch is made `GATE_STRENGTH_STEP` lower (each PNG records
+    its strength), down to `strength_floor`; flagging `num` more at the floor (or at the first strength when the
+    floor is None or not below it) ends the batch with `RealismGateError`, the kept samples written.
     Then every candidate gets `capture_variation` (exposure, focus and sensor noise of another capture, recorded
     in its metadata; the realism score is the model's render's).
     Under `torchrun` the processes take turns at the inits (attempt k goes to process k mod N) and the files are
@@ -109,6 +116,8 @@ def generate_to_folder(
         raise ValueError("Candidates per init must be at least 1.")
     if capture_variation < 0:
         raise ValueError(f"The capture variation must not be negative, got {capture_variation}.")
+    if strength_floor is not None and not 0 < strength_floor <= 1:
+        raise ValueError(f"The strength floor must be in (0, 1], got {strength_floor}.")
     if init_mix is not None:
         check_init_mix(init_mix)
     # Every other setting is checked before the model loads (strength 1 stands in for a tuned default).
@@ -147,8 +156,11 @@ def generate_to_folder(
     state.wait_for_everyone()
     per_attempt = min(per_init if vary else batch, num)
     attempts: list[tuple[int, bool]] = []  # (slot, below the threshold) of the candidates this process made
-    for round_index in itertools.count():
-        attempt = round_index * state.num_processes + state.process_index
+    strengths = [strength]
+    phase_start = 0  # the first slot made at the current strength
+    first_attempt = 0  # the first attempt of the current round
+    while True:
+        attempt = first_attempt + state.process_index
         if vary:
             init_item = varied_init(images, random.Random(f"{seed}:{attempt}"), init_mix)
             image, lineage = init_item.image, init_item.describe(names)
@@ -163,7 +175,7 @@ def generate_to_folder(
         config = GenerationConfig(
             class_name=class_name,
             num_candidates=per_attempt,
-            strength=strength,
+            strength=strengths[-1],
             steps=steps,
             seed=seed + attempt * per_attempt,
             window_size=window_size,
@@ -189,9 +201,30 @@ def generate_to_folder(
             if (mask_bytes := candidate.mask_png()) is not None:
                 (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)
             attempts.append((slot, low))
-        outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num)
-        if outcome.done:
+        outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num, phase_start)
+        if outcome.exhausted_at is None:
+            if outcome.kept >= num:
+                break
+            first_attempt += state.num_processes
+            continue
+        lower = round(strengths[-1] - GATE_STRENGTH_STEP, 6)
+        if strength_floor is None or lower < strength_floor - 1e-6 or int(steps * lower) < 1:
             break
+        # Attempts after the one that used up the flags are made again at the lower strength (same inits, same
+        # seeds); under torchrun some were already made at the old one.
+        first_attempt = outcome.exhausted_at // per_attempt + 1
+        phase_start = first_attempt * per_attempt
+        attempts = [(slot, low) for slot, low in attempts if slot < phase_start]
+        if state.is_main_process:
+            logger.warning(
+                "The realism gate flagged %d %s candidates at strength %.2f for %d kept; the rest at %.2f.",
+                num,
+                class_name,
+                strengths[-1],
+                outcome.kept,
+                lower,
+            )
+        strengths.append(lower)
     for slot, _ in attempts:
         target = outcome.names.get(slot)
         for suffix in (".png", MASK_SUFFIX):
@@ -205,40 +238,46 @@ def generate_to_folder(
     if state.is_main_process:
         shutil.rmtree(parts, ignore_errors=True)
     if outcome.kept < num:
+        tried = ", ".join(f"{value:.2f}" for value in strengths)
         raise RealismGateError(
             f"{outcome.flagged} candidates fell below the realism threshold {realism_threshold} for "
-            f"{outcome.kept} kept; lower --realism-threshold or check the adapter."
+            f"{outcome.kept} kept (strength {tried}); lower --realism-threshold or --strength-floor, or check the "
+            "adapter."
         )
     return [out / f"{class_name}_{i:05d}.png" for i in range(num)]
 
 
 @dataclass
 class _Assignment:
-    """Which candidate slots become which files, once enough candidates are made (or too many were flagged)."""
+    """Which candidate slots become which files, once enough are kept or the current strength flagged too many."""
 
     names: dict[int, str]
     kept: int
     flagged: int
-    done: bool
+    exhausted_at: int | None  # the slot whose flag made the current strength's `num`th
 
 
-def _assign_names(slots: list[tuple[int, bool]], class_name: str, num: int) -> _Assignment:
-    """Name the candidates in slot order: kept ones `<class>_00000.png`…, flagged ones `flagged/…`, up to `num` each.
+def _assign_names(slots: list[tuple[int, bool]], class_name: str, num: int, phase_start: int = 0) -> _Assignment:
+    """Name the candidates in slot order: kept ones `<class>_00000.png`…, flagged ones `flagged/…`, until `num` are
+    kept or `num` are flagged from `phase_start` (the current strength's first slot) on.
 
     Slot order is the order one process would make them in, so any number of processes writes the same files.
     """
     names: dict[int, str] = {}
-    kept = flagged = 0
+    kept = flagged = flagged_in_phase = 0
     for slot, low in slots:
-        if kept >= num or flagged >= num:
-            break
         if low:
             names[slot] = f"{FLAGGED_FOLDER}/{class_name}_flagged_{flagged:05d}.png"
             flagged += 1
+            flagged_in_phase += slot >= phase_start
+            if flagged_in_phase >= num:
+                return _Assignment(names, kept, flagged, exhausted_at=slot)
         else:
             names[slot] = f"{class_name}_{kept:05d}.png"
             kept += 1
-    return _Assignment(names, kept, flagged, done=kept >= num or flagged >= num)
+            if kept >= num:
+                break
+    return _Assignment(names, kept, flagged, exhausted_at=None)
 
 
 def _gather(state: PartialState, attempts: list[tuple[int, bool]]) -> list[tuple[int, bool]]:

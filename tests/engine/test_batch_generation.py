@@ -71,11 +71,54 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
     params = read_png_parameters(kept[0].read_bytes()).as_dict()
     assert 0.0 <= params["realism"]["score"] <= 1.0 and params["pre_rejected"] is False
     assert not (tmp_path / "open" / FLAGGED_FOLDER).exists()
-    with pytest.raises(RealismGateError, match="below the realism threshold 1.0"):
-        _generate(pipe, shots, tmp_path / "closed", realism_threshold=1.0)
+    with pytest.raises(RealismGateError, match=r"below the realism threshold 1.0 for 0 kept \(strength 0.50\)"):
+        _generate(pipe, shots, tmp_path / "closed", realism_threshold=1.0, strength_floor=None)
     flagged = list_images(tmp_path / "closed" / FLAGGED_FOLDER)
     assert len(flagged) == 6 and list_images(tmp_path / "closed") == []
     assert read_png_parameters(flagged[0].read_bytes()).pre_rejected is True
+
+
+def _gated(pipe, shots, out, threshold, floor=0.3):
+    """One sample, one candidate per init, from strength 0.9 down to `floor` (10 steps keep every strength apart)."""
+    return generate_to_folder(
+        None,
+        None,
+        "scratches",
+        shots,
+        1,
+        out,
+        strength=0.9,
+        steps=10,
+        pipe=pipe,
+        per_init=1,
+        capture_variation=0,
+        realism_threshold=threshold,
+        strength_floor=floor,
+    )
+
+
+def test_the_gate_steps_the_strength_down_before_it_ends_a_batch(pipe, shots, tmp_path, caplog):
+    # Everything flagged: one candidate at each strength from 0.9 to the floor, each the next init and seed.
+    with pytest.raises(RealismGateError, match=r"for 0 kept \(strength 0.90, 0.80, 0.70, 0.60, 0.50, 0.40, 0.30\)"):
+        _gated(pipe, shots, tmp_path / "all", threshold=1.0)
+    flagged = [read_png_parameters(p.read_bytes()) for p in list_images(tmp_path / "all" / FLAGGED_FOLDER)]
+    assert [p.strength for p in flagged] == [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    assert [p.seed for p in flagged] == list(range(7))
+    scores = [p.realism.score for p in flagged]
+    # A threshold between the first strength that scores above every one before it and those before it: the batch
+    # flags each of them, steps down, and keeps that one.
+    keep = next(i for i in range(1, len(scores)) if scores[i] > max(scores[:i]))
+    threshold = (max(scores[:keep]) + scores[keep]) / 2
+    with caplog.at_level(logging.WARNING, logger="engine.batch"):
+        (written,) = _gated(pipe, shots, tmp_path / "stepped", threshold)
+    kept = read_png_parameters(written.read_bytes())
+    assert (kept.strength, kept.seed, kept.realism.score) == (flagged[keep].strength, keep, scores[keep])
+    assert len(list_images(tmp_path / "stepped" / FLAGGED_FOLDER)) == keep
+    assert f"flagged 1 scratches candidates at strength {flagged[0].strength:.2f} for 0 kept" in caplog.text
+    # Without a floor (or with the floor at the strength) the first strength's flags end the batch.
+    for floor in (None, 0.9):
+        with pytest.raises(RealismGateError, match=r"\(strength 0.90\)"):
+            _gated(pipe, shots, tmp_path / f"stopped-{floor}", threshold, floor=floor)
 
 
 def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path, caplog):

@@ -61,6 +61,22 @@ def test_generate_settings_out_of_range_exit_2_before_loading_a_model(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strength-floor", "0"], "argument --strength-floor: a strength floor is in (0, 1] or 'off', got 0"),
+        (["--realism-threshold", "1.5"], "argument --realism-threshold: a realism threshold is in [0, 1] or 'off'"),
+    ],
+)
+def test_gate_settings_out_of_range_are_usage_errors(
+    extra: list[str], message: str, slab: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        launch.main(["generate", "--token", "crazing", "--init", str(slab), *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+
+
 def test_unknown_tokens_missing_files_and_unreadable_images_exit_2(
     tiny_model: Path, tiny_adapter: Path, slab: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
