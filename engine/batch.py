@@ -105,7 +105,7 @@ def generate_to_folder(
     floor is None or not below it) ends the batch with `RealismGateError`, the kept samples written.
     Then every candidate gets `capture_variation` (exposure, focus and sensor noise of another capture, recorded
     in its metadata; the realism score is the model's render's).
-    Under `torchrun` the processes take turns at the inits (attempt k goes to process k mod N) and the files are
+    Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
     if num < 1:
