@@ -102,7 +102,8 @@ def generate_to_folder(
     candidates scoring below it are flagged: written to `out/flagged/`, not counted in `num`, and replaced. Once
     `num` are flagged at one strength, the rest of the batch is made `GATE_STRENGTH_STEP` lower (each PNG records
     its strength), down to `strength_floor`; flagging `num` more at the floor (or at the first strength when the
-    floor is None or not below it) ends the batch with `RealismGateError`, the kept samples written.
+    floor is None or not below it, and in a masked repaint) ends the batch with `RealismGateError`, the kept
+    samples written.
     Then every candidate gets `capture_variation` (exposure, focus and sensor noise of another capture, recorded
     in its metadata; the realism score is the model's render's).
     Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
@@ -138,6 +139,8 @@ def generate_to_folder(
     resolve_token(pipe, class_name)
     masked = mask_image is not None or auto_place
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
+    # A masked repaint at a lower strength paints less of the defect, which the gate would flag more, not less.
+    strength_floor = None if masked else strength_floor
     realism = class_realism_scorer(class_name, images) if realism_threshold is not None else None
     scorer, reference = realism or (None, None)
     if realism_threshold is not None and scorer is None and state.is_main_process:

@@ -78,7 +78,7 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
     assert read_png_parameters(flagged[0].read_bytes()).pre_rejected is True
 
 
-def _gated(pipe, shots, out, threshold, floor=0.3):
+def _gated(pipe, shots, out, threshold, floor=0.3, **options):
     """One sample, one candidate per init, from strength 0.9 down to `floor` (10 steps keep every strength apart)."""
     return generate_to_folder(
         None,
@@ -94,6 +94,7 @@ def _gated(pipe, shots, out, threshold, floor=0.3):
         capture_variation=0,
         realism_threshold=threshold,
         strength_floor=floor,
+        **options,
     )
 
 
@@ -119,6 +120,9 @@ def test_the_gate_steps_the_strength_down_before_it_ends_a_batch(pipe, shots, tm
     for floor in (None, 0.9):
         with pytest.raises(RealismGateError, match=r"\(strength 0.90\)"):
             _gated(pipe, shots, tmp_path / f"stopped-{floor}", threshold, floor=floor)
+    # So do a masked repaint's: at a lower strength it would paint less of the defect.
+    with pytest.raises(RealismGateError, match=r"for 0 kept \(strength 0.90\)"):
+        _gated(pipe, shots, tmp_path / "masked", threshold=1.0, auto_place=True)
 
 
 def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path, caplog):
