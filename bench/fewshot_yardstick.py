@@ -13,7 +13,8 @@ K real images of its class. A K=20 real-only run is the target. The summary give
 per draw (K + ours against K + classic; K + classic + ours against K + classic). Processes may share a work folder
 (`--seeds 0 1` beside `--seeds 2 3`): each draw's result stays in its seed folder, and a summary covers every draw
 there that ran with the same options. A draw whose batch the realism gate ends (`RealismGateError`, at the
-strength floor: the product stops there too) is recorded as stopped, fails the bars, and the next draw runs.
+strength floor: the product stops there too) is recorded as stopped, fails the bars, and the next draw runs; a
+class whose batch the gate stepped down to a lower strength is listed with its kept samples per strength.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
@@ -25,6 +26,7 @@ import argparse
 import json
 import random
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -115,6 +117,26 @@ def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
     return out if flagged_any else None
 
 
+def stepped_down(synthetic: Path) -> dict[str, dict[str, int]]:
+    """The classes whose kept samples were made at more than one strength (the realism gate stepped the batch
+    down), each with its kept samples per strength, highest first."""
+    stepped = {}
+    for class_dir in sorted(p for p in synthetic.iterdir() if p.is_dir()):
+        counts = Counter(f"{read_png_parameters(p.read_bytes()).strength:.2f}" for p in list_images(class_dir))
+        if len(counts) > 1:
+            stepped[class_dir.name] = dict(sorted(counts.items(), reverse=True))
+    return stepped
+
+
+def stepped_line(seed: str | int, stepped: dict[str, dict[str, int]]) -> str:
+    """How a draw's step-downs are reported: each class with its kept samples per strength."""
+    classes = "; ".join(
+        f"{name} " + ", ".join(f"{count} at {strength}" for strength, count in counts.items())
+        for name, counts in stepped.items()
+    )
+    return f"seed {seed}: the realism gate stepped down {classes}"
+
+
 DEFAULT_FINETUNE_STEPS = 300
 """The draws' fine-tune steps (in place of the preset's own), unless `--finetune-steps` says otherwise."""
 DRAW_RESULT = "result.json"
@@ -129,6 +151,8 @@ PAIRED_GAINS = {
 """Issue 10's bars as paired differences between two arms of the same draw: (arm, baseline, the bar)."""
 RECALL = "recall"
 """A draw's result key for each arm's recall per class (summed over its recognizer seeds)."""
+STEPPED = "stepped_down"
+"""A draw's result key for the classes whose batch the realism gate stepped down: kept samples per strength."""
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -168,7 +192,8 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     lines = [f"  {stopped_line(seed, why)}" for seed, why in stopped.items()]
     if not draws:
         return summary, lines
-    arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name not in ("diversity", RECALL)))
+    not_arms = ("diversity", RECALL, STEPPED)
+    arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name not in not_arms))
     width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
     for name in arms:
         values = [draw[name] for draw in draws.values() if name in draw]
@@ -189,6 +214,7 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
             f"  {name:<{width}}{100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} points (per draw {per_draw});"
             f" bar ≥ {100 * bar:+.0f}: {verdict}"
         )
+    lines += [f"  {stepped_line(seed, draw[STEPPED])}" for seed, draw in draws.items() if draw.get(STEPPED)]
     recall_summary, recall_lines = summarize_recall(draws)
     if recall_summary:
         summary[RECALL] = recall_summary
@@ -417,6 +443,9 @@ def main() -> None:
         spread = diversity(shots, synthetic, args.per_class, seed)
         record = {arm.name: arm.mean for arm in report.arms} | {"diversity": spread}
         record[RECALL] = {arm.name: arm.recall(report.classes) for arm in report.arms}
+        if stepped := stepped_down(synthetic):
+            record[STEPPED] = stepped
+            print(stepped_line(seed, stepped), flush=True)
         ungated = (
             None
             if args.skip_gate_off

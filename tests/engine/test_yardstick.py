@@ -3,6 +3,8 @@ summary over the draws of every process that shared a work folder."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,6 +12,7 @@ from PIL import Image
 from bench.fewshot_yardstick import (
     DRAW_RESULT,
     RECALL,
+    STEPPED,
     STOPPED,
     build_parser,
     diversity,
@@ -17,9 +20,11 @@ from bench.fewshot_yardstick import (
     draws_with_options,
     generate_samples,
     recorded_options,
+    stepped_down,
     summarize,
     write_json,
 )
+from engine.batch import generate_to_folder
 from engine.data import list_images
 from engine.generation.pipeline import load_pipeline
 from tests.support import make_steel_like
@@ -119,6 +124,32 @@ def test_a_draw_the_realism_gate_stops_is_recorded_and_fails_the_bars(tiny_model
     assert summary[STOPPED] == {"2": stopped[STOPPED]} and summary["real"] == {"mean": 0.8, "std": 0.0}
     assert "seed 2: stopped at inclusion: " in text and "bar ≥ +3: not met (1 draw stopped)" in text
     assert summarize({"2": stopped}) == ({STOPPED: {"2": stopped[STOPPED]}}, [lines[0]])
+
+
+def test_the_classes_the_gate_stepped_down_are_recorded_and_listed(tiny_model, tiny_adapter, tmp_path):
+    rng = np.random.default_rng(4)
+    (tmp_path / "shots").mkdir()
+    for i in range(2):
+        Image.fromarray(make_steel_like(rng, 40, "scratches")[..., 0]).save(tmp_path / "shots" / f"{i}.png")
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    synthetic = tmp_path / "synthetic"
+    # Scratches made at 0.5 and then 0.4, as a stepped-down batch is; patches at 0.5 only.
+    for strength, count in ((0.5, 2), (0.4, 1)):
+        out = tmp_path / f"at-{strength}"
+        written = generate_to_folder(
+            None, None, "scratches", tmp_path / "shots", count, out, strength=strength, steps=10, pipe=pipe,
+            realism_threshold=None,
+        )  # fmt: skip
+        if strength == 0.5:
+            shutil.copytree(out, synthetic / "patches")
+        (synthetic / "scratches").mkdir(exist_ok=True)
+        for path in written:
+            path.rename(synthetic / "scratches" / f"{strength}-{path.name}")
+    stepped = stepped_down(synthetic)
+    assert stepped == {"scratches": {"0.50": 2, "0.40": 1}}
+    summary, lines = summarize({"0": draw(0.80, 0.86, 0.85, 0.89), "1": draw(0.7, 0.7, 0.7, 0.7) | {STEPPED: stepped}})
+    assert STEPPED not in summary and "  seed 1: the realism gate stepped down scratches 2 at 0.50, 1 at 0.40" in lines
+    assert summary["real"] == {"mean": 0.75, "std": 0.05}
 
 
 def test_a_given_adapter_replaces_the_draws_fine_tune_and_is_recorded_with_the_options(tiny_adapter, tmp_path):
