@@ -17,7 +17,7 @@ from engine.adapters import proposed_strength
 from engine.config import GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
-from engine.generation.generate import generate, resolve_token
+from engine.generation.generate import Candidate, generate, resolve_token
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
@@ -109,22 +109,11 @@ def generate_to_folder(
     Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
-    if num < 1:
-        raise ValueError("--num must be at least 1.")
-    if strength is not None and not 0 < strength <= 1:
-        raise ValueError(f"Strength must be in (0, 1], got {strength}.")
-    if per_init < 1:
-        raise ValueError("Candidates per init must be at least 1.")
-    if capture_variation < 0:
-        raise ValueError(f"The capture variation must not be negative, got {capture_variation}.")
-    if strength_floor is not None and not 0 < strength_floor <= 1:
-        raise ValueError(f"The strength floor must be in (0, 1], got {strength_floor}.")
-    if init_mix is not None:
-        check_init_mix(init_mix)
-    # Every other setting is checked before the model loads (strength 1 stands in for a tuned default).
+    _check_settings(num, strength, per_init, capture_variation, strength_floor, init_mix)
     extra = {"guidance_scale": guidance} if guidance is not None else {}
     if detail_restore is not None:
         extra["detail_restore"] = detail_restore
+    # GenerationConfig checks the rest before the model loads (strength 1 stands in for a tuned default).
     GenerationConfig(class_name, min(batch, num), strength or 1.0, steps, seed=seed, window_size=window_size, **extra)
     if mask is not None and auto_place:
         raise ValueError("Give --mask or --auto-place, not both.")
@@ -164,12 +153,7 @@ def generate_to_folder(
     first_attempt = 0  # the first attempt of the current round
     while True:
         attempt = first_attempt + state.process_index
-        if vary:
-            init_item = varied_init(images, random.Random(f"{seed}:{attempt}"), init_mix)
-            image, lineage = init_item.image, init_item.describe(names)
-        else:
-            index = attempt % len(images)
-            image, lineage = images[index], {"kind": "source", "sources": [names[index]]}
+        image, lineage = _attempt_init(images, names, attempt, seed, vary, init_mix)
         if mask_image is not None and mask_image.size != image.size:
             size = f"{image.width}×{image.height}"
             raise ValueError(
@@ -189,20 +173,12 @@ def generate_to_folder(
         crops = [repainted_region(c.image, c.params) for c in candidates]
         scores = scorer.score_many(crops, class_name) if scorer else [None] * len(candidates)
         for offset, (candidate, score) in enumerate(zip(candidates, scores, strict=True)):
-            slot = attempt * per_attempt + offset
             candidate.params.source_file = lineage["sources"][0]
             candidate.params.init = lineage
-            low = score is not None and score.score < realism_threshold
             if score is not None:
                 candidate.params.realism = Realism(**asdict(score), reference=reference)
-                candidate.params.realism_threshold, candidate.params.pre_rejected = realism_threshold, low
-            if capture_variation:
-                rng = random.Random(f"{seed}:capture:{slot}")
-                candidate.image, capture = vary_capture(candidate.image, rng, capture_variation)
-                candidate.params.capture = {"amount": capture_variation, **capture}
-            (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
-            if (mask_bytes := candidate.mask_png()) is not None:
-                (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)
+            slot = attempt * per_attempt + offset
+            low = _write_part(candidate, parts, slot, realism_threshold, capture_variation, seed)
             attempts.append((slot, low))
         outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num, phase_start)
         if outcome.exhausted_at is None:
@@ -228,15 +204,7 @@ def generate_to_folder(
                 lower,
             )
         strengths.append(lower)
-    for slot, _ in attempts:
-        target = outcome.names.get(slot)
-        for suffix in (".png", MASK_SUFFIX):
-            part = parts / f"{slot:08d}{suffix}"
-            if target is not None and part.exists():
-                (out / target).parent.mkdir(parents=True, exist_ok=True)
-                part.replace((out / target).with_name(Path(target).stem + suffix))
-            else:
-                part.unlink(missing_ok=True)
+    _file_parts(parts, out, [slot for slot, _ in attempts], outcome.names)
     state.wait_for_everyone()
     if state.is_main_process:
         shutil.rmtree(parts, ignore_errors=True)
@@ -248,6 +216,83 @@ def generate_to_folder(
             "adapter."
         )
     return [out / f"{class_name}_{i:05d}.png" for i in range(num)]
+
+
+def _check_settings(
+    num: int,
+    strength: float | None,
+    per_init: int,
+    capture_variation: float,
+    strength_floor: float | None,
+    init_mix: dict[str, float] | None,
+) -> None:
+    """Raise a readable error for a batch setting out of range."""
+    if num < 1:
+        raise ValueError("--num must be at least 1.")
+    if strength is not None and not 0 < strength <= 1:
+        raise ValueError(f"Strength must be in (0, 1], got {strength}.")
+    if per_init < 1:
+        raise ValueError("Candidates per init must be at least 1.")
+    if capture_variation < 0:
+        raise ValueError(f"The capture variation must not be negative, got {capture_variation}.")
+    if strength_floor is not None and not 0 < strength_floor <= 1:
+        raise ValueError(f"The strength floor must be in (0, 1], got {strength_floor}.")
+    if init_mix is not None:
+        check_init_mix(init_mix)
+
+
+def _attempt_init(
+    images: list[Image.Image],
+    names: list[str],
+    attempt: int,
+    seed: int,
+    vary: bool,
+    init_mix: dict[str, float] | None,
+) -> tuple[Image.Image, dict]:
+    """The init image of an attempt and its lineage: a varied init drawn from the attempt's own seed, or the init
+    images in turn."""
+    if vary:
+        init_item = varied_init(images, random.Random(f"{seed}:{attempt}"), init_mix)
+        return init_item.image, init_item.describe(names)
+    index = attempt % len(images)
+    return images[index], {"kind": "source", "sources": [names[index]]}
+
+
+def _write_part(
+    candidate: Candidate,
+    parts: Path,
+    slot: int,
+    realism_threshold: float | None,
+    capture_variation: float,
+    seed: int,
+) -> bool:
+    """Mark the candidate against the realism gate, give it its capture variation and write it (and its mask) to
+    `parts` under its slot number; returns whether the gate flags it."""
+    params = candidate.params
+    low = params.realism is not None and params.realism.score < realism_threshold
+    if params.realism is not None:
+        params.realism_threshold, params.pre_rejected = realism_threshold, low
+    if capture_variation:
+        rng = random.Random(f"{seed}:capture:{slot}")
+        candidate.image, capture = vary_capture(candidate.image, rng, capture_variation)
+        params.capture = {"amount": capture_variation, **capture}
+    (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
+    if (mask_bytes := candidate.mask_png()) is not None:
+        (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)
+    return low
+
+
+def _file_parts(parts: Path, out: Path, slots: list[int], names: dict[int, str]) -> None:
+    """Move this process's written slots (and their masks) to their names under `out`; delete the unnamed ones."""
+    for slot in slots:
+        target = names.get(slot)
+        for suffix in (".png", MASK_SUFFIX):
+            part = parts / f"{slot:08d}{suffix}"
+            if target is not None and part.exists():
+                (out / target).parent.mkdir(parents=True, exist_ok=True)
+                part.replace((out / target).with_name(Path(target).stem + suffix))
+            else:
+                part.unlink(missing_ok=True)
 
 
 @dataclass
