@@ -176,43 +176,11 @@ def train(
     vae.requires_grad_(False)
 
     # 3. Attach trainable parts
-    new_token_ids: dict[str, int] = {}
-    ema = None
-    if config.mode == "finetune":
-        new_token_ids = _add_tokens(config, tokenizer, text_encoder)
-        if main:
-            config.save(out / "config.json")
-        text_encoder.requires_grad_(False)
-        text_encoder.get_input_embeddings().weight.requires_grad_(True)
-        unet.requires_grad_(False)
-        unet.add_adapter(
-            LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=config.lora_alpha,
-                init_lora_weights="gaussian",
-                target_modules=LORA_TARGETS,
-            )
-        )
-        lora_params = [p for p in unet.parameters() if p.requires_grad]
-        param_groups = [
-            {
-                "params": [text_encoder.get_input_embeddings().weight],
-                "lr": config.ti_learning_rate,
-                "weight_decay": 0.0,
-            },
-            {"params": lora_params, "lr": config.lora_learning_rate},
-        ]
-    else:
-        unet.requires_grad_(True)
-        text_encoder.requires_grad_(True)
-        param_groups = [
-            {"params": list(unet.parameters()) + list(text_encoder.parameters()), "lr": config.learning_rate}
-        ]
-        if config.ema_decay:
-            ema = EMAModel(
-                unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config
-            )
-            accelerator.register_for_checkpointing(ema)
+    new_token_ids, param_groups, ema = _attach_trainable(config, tokenizer, text_encoder, unet)
+    if config.mode == "finetune" and main:
+        config.save(out / "config.json")  # with the init word each new token started from
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     original_embeddings = text_encoder.get_input_embeddings().weight.detach().clone()
     keep_rows = torch.ones(len(tokenizer), dtype=torch.bool)
     keep_rows[list(new_token_ids.values())] = False
@@ -353,6 +321,44 @@ def train(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def _attach_trainable(
+    config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, unet: UNet2DConditionModel
+) -> tuple[dict[str, int], list[dict], EMAModel | None]:
+    """Make trainable what the job trains: a fine-tune's new class tokens and LoRA on the frozen UNet, or (pretraining)
+    the whole UNet and text encoder, with an EMA of the UNet when `config.ema_decay`. Returns the new token ids
+    (class -> id), the optimizer's parameter groups and the EMA."""
+    if config.mode != "finetune":
+        unet.requires_grad_(True)
+        text_encoder.requires_grad_(True)
+        param_groups = [
+            {"params": list(unet.parameters()) + list(text_encoder.parameters()), "lr": config.learning_rate}
+        ]
+        ema = None
+        if config.ema_decay:
+            ema = EMAModel(
+                unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config
+            )
+        return {}, param_groups, ema
+    new_token_ids = _add_tokens(config, tokenizer, text_encoder)
+    text_encoder.requires_grad_(False)
+    text_encoder.get_input_embeddings().weight.requires_grad_(True)
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            init_lora_weights="gaussian",
+            target_modules=LORA_TARGETS,
+        )
+    )
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    param_groups = [
+        {"params": [text_encoder.get_input_embeddings().weight], "lr": config.ti_learning_rate, "weight_decay": 0.0},
+        {"params": lora_params, "lr": config.lora_learning_rate},
+    ]
+    return new_token_ids, param_groups, None
 
 
 def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> dict[str, int]:
