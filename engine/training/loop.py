@@ -187,17 +187,7 @@ def train(
 
     # 4. Encode every image once (and its mirror): the loop never runs the encoder; the main process caches them
     with accelerator.main_process_first():
-        latent_mean, latent_std, captions = _encode_images(vae, images, config, out, write_cache=main)
-    loss_weights = _loss_weights(images, config, latent_mean.shape[-2:])
-    input_ids = tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    empty_ids = tokenizer(
-        "", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids[0]
-    scaling = vae.config.scaling_factor
-    shift = vae.config.shift_factor or 0.0
-    crop = latent_crop_size(config, latent_mean.shape[-1])
+        data = _encode_training_set(vae, tokenizer, images, config, out, write_cache=main)
 
     # 5. Optimizer, schedule, prepare
     optimizer = torch.optim.AdamW(param_groups, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -226,34 +216,9 @@ def train(
     text_encoder.train()
     status = "completed"
     while global_step < config.max_train_steps:
-        global_index = torch.randint(0, len(captions), (global_batch,), generator=generator)
-        index = global_index[share]
         with accelerator.accumulate(unet):
-            draws = torch.randn((global_batch, *latent_mean.shape[1:]), generator=generator)[share]
-            latents = latent_mean[index] + latent_std[index] * draws
-            weights = loss_weights[index]
-            if crop is not None:
-                corners = torch.randint(0, latents.shape[-1] - crop + 1, (global_batch, 2), generator=generator)[share]
-                latents, weights = random_crops(latents, corners, crop), random_crops(weights, corners, crop)
-            latents = ((latents - shift) * scaling).to(accelerator.device)
-            noise = torch.randn((global_batch, *latents.shape[1:]), generator=generator)[share].to(accelerator.device)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (global_batch,), generator=generator
-            )[share].to(accelerator.device)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            batch_ids = input_ids[index]
-            if config.caption_dropout > 0:
-                dropped = (torch.rand(global_batch, generator=generator) < config.caption_dropout)[share]
-                batch_ids[dropped] = empty_ids
-            hidden = text_encoder(batch_ids.to(accelerator.device))[0]
-            prediction = unet(noisy, timesteps, hidden).sample
-            if noise_scheduler.config.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
-            loss = _diffusion_loss(
-                prediction, target, timesteps, noise_scheduler, config.snr_gamma, weights.to(latents.device)
-            )
+            batch = _draw_batch(data, generator, global_batch, share, noise_scheduler, config, accelerator.device)
+            loss = _batch_loss(batch, unet, text_encoder, noise_scheduler, config.snr_gamma)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for g in param_groups for p in g["params"]], 1.0)
@@ -277,6 +242,7 @@ def train(
             if progress:
                 progress(report.step, report.total, report.message)
         if global_step % 10 == 0:
+            index = batch.index
             seen = accelerator.gather(index.to(accelerator.device)).cpu().view(world, -1) if world > 1 else index[None]
             if main:
                 elapsed = time.time() - window_started
@@ -289,8 +255,7 @@ def train(
                     "images_per_s_per_process": round(window_steps * config.train_batch_size / max(elapsed, 1e-9), 2),
                     "batch_by_process": seen.tolist(),
                 }
-                with log_path.open("a") as log:
-                    log.write(json.dumps(entry) + "\n")
+                _append_log(log_path, entry)
             window_started, window_steps = time.time(), 0
         stop_now = should_stop is not None and should_stop()
         if world > 1:
@@ -359,6 +324,111 @@ def _attach_trainable(
         {"params": lora_params, "lr": config.lora_learning_rate},
     ]
     return new_token_ids, param_groups, None
+
+
+@dataclass
+class _EncodedSet:
+    """What the loop draws its batches from: every image's (and mirror's) latent distribution, loss weights and
+    caption token ids, with the autoencoder's scaling and the training crop's side in latent cells."""
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    loss_weights: torch.Tensor
+    input_ids: torch.Tensor
+    empty_ids: torch.Tensor
+    scaling: float
+    shift: float
+    crop: int | None
+
+
+@dataclass
+class _Batch:
+    """This process's share of one step: image indices (on the CPU), scaled latents, noise, timesteps, weights, ids."""
+
+    index: torch.Tensor
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    weights: torch.Tensor
+    input_ids: torch.Tensor
+
+
+def _encode_training_set(
+    vae: AutoencoderKL,
+    tokenizer: CLIPTokenizer,
+    images: list[TrainingImage],
+    config: TrainConfig,
+    out: Path,
+    write_cache: bool,
+) -> _EncodedSet:
+    """Latents (cached for resume), loss weights and tokenized captions of the whole training set."""
+    latent_mean, latent_std, captions = _encode_images(vae, images, config, out, write_cache=write_cache)
+    tokenize = dict(padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    return _EncodedSet(
+        latent_mean=latent_mean,
+        latent_std=latent_std,
+        loss_weights=_loss_weights(images, config, latent_mean.shape[-2:]),
+        input_ids=tokenizer(captions, truncation=True, **tokenize).input_ids,
+        empty_ids=tokenizer("", **tokenize).input_ids[0],
+        scaling=vae.config.scaling_factor,
+        shift=vae.config.shift_factor or 0.0,
+        crop=latent_crop_size(config, latent_mean.shape[-1]),
+    )
+
+
+def _draw_batch(
+    data: _EncodedSet,
+    generator: torch.Generator,
+    global_batch: int,
+    share: slice,
+    noise_scheduler: DDPMScheduler,
+    config: TrainConfig,
+    device: torch.device,
+) -> _Batch:
+    """Draw the whole step's batch from `generator` (alike on every process) and keep this process's `share`.
+
+    In order: images, their latent samples, crop corners, noise, timesteps and dropped captions. Every process draws
+    the whole batch, so a step's images do not depend on how many processes share it.
+    """
+    global_index = torch.randint(0, len(data.input_ids), (global_batch,), generator=generator)
+    index = global_index[share]
+    draws = torch.randn((global_batch, *data.latent_mean.shape[1:]), generator=generator)[share]
+    latents = data.latent_mean[index] + data.latent_std[index] * draws
+    weights = data.loss_weights[index]
+    if data.crop is not None:
+        corners = torch.randint(0, latents.shape[-1] - data.crop + 1, (global_batch, 2), generator=generator)[share]
+        latents, weights = random_crops(latents, corners, data.crop), random_crops(weights, corners, data.crop)
+    latents = ((latents - data.shift) * data.scaling).to(device)
+    noise = torch.randn((global_batch, *latents.shape[1:]), generator=generator)[share].to(device)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (global_batch,), generator=generator)
+    input_ids = data.input_ids[index]
+    if config.caption_dropout > 0:
+        dropped = (torch.rand(global_batch, generator=generator) < config.caption_dropout)[share]
+        input_ids[dropped] = data.empty_ids
+    return _Batch(index, latents, noise, timesteps[share].to(device), weights.to(device), input_ids.to(device))
+
+
+def _batch_loss(
+    batch: _Batch,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    noise_scheduler: DDPMScheduler,
+    snr_gamma: float | None,
+) -> torch.Tensor:
+    """The denoising loss of one batch: noise the latents, predict ε (or v) from them and their captions."""
+    noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+    hidden = text_encoder(batch.input_ids)[0]
+    prediction = unet(noisy, batch.timesteps, hidden).sample
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(batch.latents, batch.noise, batch.timesteps)
+    else:
+        target = batch.noise
+    return _diffusion_loss(prediction, target, batch.timesteps, noise_scheduler, snr_gamma, batch.weights)
+
+
+def _append_log(log_path: Path, entry: dict) -> None:
+    with log_path.open("a") as log:
+        log.write(json.dumps(entry) + "\n")
 
 
 def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> dict[str, int]:
