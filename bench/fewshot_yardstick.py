@@ -43,6 +43,7 @@ from engine.batch import (
     RealismGateError,
     generate_to_folder,
 )
+from engine.config import GenerationConfig
 from engine.data import list_images, load_rgb
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, recognition
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=GenerationConfig.steps, help="Sampler steps per sample.")
     parser.add_argument(
         "--recognizer-seeds",
         type=int,
@@ -363,8 +364,9 @@ def generation_options(args: argparse.Namespace) -> dict:
 
 
 def recorded_options(args: argparse.Namespace) -> dict:
-    """What a draw's result is stored and summarised under: the generation options, and the adapter and fine-tune
-    settings only where they depart from the product's (so results of runs before those options existed match)."""
+    """What a draw's result is stored and summarised under: the generation options, and the adapter, fine-tune,
+    recognizer and sampler settings only where they depart from the product's (so results of runs before those options
+    existed match)."""
     options = generation_options(args)
     if args.adapter is not None:
         options["adapter"] = str(args.adapter.resolve())
@@ -375,6 +377,8 @@ def recorded_options(args: argparse.Namespace) -> dict:
         options["finetune_steps"] = args.finetune_steps
     if args.recognizer_size != RECOGNITION_SIZE:
         options["recognizer_size"] = args.recognizer_size
+    if args.steps != GenerationConfig.steps:
+        options["sampler_steps"] = args.steps
     return options
 
 

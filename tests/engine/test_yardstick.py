@@ -166,6 +166,8 @@ def test_a_given_adapter_replaces_the_draws_fine_tune_and_is_recorded_with_the_o
     assert recorded_options(longer) == {**defaults, "finetune_steps": 600}
     sharper = build_parser().parse_args([*base, "--recognizer-size", "128"])
     assert recorded_options(sharper) == {**defaults, "recognizer_size": 128}
+    finer = build_parser().parse_args([*base, "--steps", "40"])
+    assert recorded_options(finer) == {**defaults, "sampler_steps": 40}
     not_an_adapter = build_parser().parse_args([*base, "--adapter", str(tmp_path)])
     with pytest.raises(ValueError, match="not a finished adapter folder"):
         draw_adapter(not_an_adapter, 0, tmp_path / "shots")
