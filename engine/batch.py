@@ -190,10 +190,11 @@ def generate_to_folder(
         if strength_floor is None or lower < strength_floor - 1e-6 or int(steps * lower) < 1:
             break
         # Attempts after the one that used up the flags are made again at the lower strength (same inits, same
-        # seeds); under torchrun some were already made at the old one.
+        # seeds); under torchrun some were already made at the old one. That attempt's candidates after the flag
+        # that used them up are dropped, so no sample after it keeps the old strength.
         first_attempt = outcome.exhausted_at // per_attempt + 1
         phase_start = first_attempt * per_attempt
-        attempts = [(slot, low) for slot, low in attempts if slot < phase_start]
+        attempts = [(slot, low) for slot, low in attempts if slot <= outcome.exhausted_at]
         if state.is_main_process:
             logger.warning(
                 "The realism gate flagged %d %s candidates at strength %.2f for %d kept; the rest at %.2f.",

@@ -78,19 +78,20 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
     assert read_png_parameters(flagged[0].read_bytes()).pre_rejected is True
 
 
-def _gated(pipe, shots, out, threshold, floor=0.3, **options):
-    """One sample, one candidate per init, from strength 0.9 down to `floor` (10 steps keep every strength apart)."""
+def _gated(pipe, shots, out, threshold, floor=0.3, num=1, per_init=1, **options):
+    """One sample, one candidate per init (by default), from strength 0.9 down to `floor` (10 steps keep every
+    strength apart)."""
     return generate_to_folder(
         None,
         None,
         "scratches",
         shots,
-        1,
+        num,
         out,
         strength=0.9,
         steps=10,
         pipe=pipe,
-        per_init=1,
+        per_init=per_init,
         capture_variation=0,
         realism_threshold=threshold,
         strength_floor=floor,
@@ -105,6 +106,13 @@ def test_the_gate_steps_the_strength_down_before_it_ends_a_batch(pipe, shots, tm
     flagged = [read_png_parameters(p.read_bytes()) for p in list_images(tmp_path / "all" / FLAGGED_FOLDER)]
     assert [p.strength for p in flagged] == [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
     assert [p.seed for p in flagged] == list(range(7))
+    # Three samples, two candidates per init: a strength is used up by the first candidate of its second init, and
+    # that init's other candidate is dropped, not kept at the old strength.
+    with pytest.raises(RealismGateError, match=r"for 0 kept \(strength 0.90, 0.80, 0.70, 0.60, 0.50, 0.40, 0.30\)"):
+        _gated(pipe, shots, tmp_path / "pairs", threshold=1.0, num=3, per_init=2)
+    pairs = [read_png_parameters(p.read_bytes()) for p in list_images(tmp_path / "pairs" / FLAGGED_FOLDER)]
+    expected = [(round(0.9 - 0.1 * i, 2), 4 * i + offset) for i in range(7) for offset in range(3)]
+    assert [(p.strength, p.seed) for p in pairs] == expected
     scores = [p.realism.score for p in flagged]
     # A threshold between the first strength that scores above every one before it and those before it: the batch
     # flags each of them, steps down, and keeps that one.
