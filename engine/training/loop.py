@@ -255,7 +255,8 @@ def train(
                     "images_per_s_per_process": round(window_steps * config.train_batch_size / max(elapsed, 1e-9), 2),
                     "batch_by_process": seen.tolist(),
                 }
-                _append_log(log_path, entry)
+                with log_path.open("a") as log:
+                    log.write(json.dumps(entry) + "\n")
             window_started, window_steps = time.time(), 0
         stop_now = should_stop is not None and should_stop()
         if world > 1:
@@ -424,11 +425,6 @@ def _batch_loss(
     else:
         target = batch.noise
     return _diffusion_loss(prediction, target, batch.timesteps, noise_scheduler, snr_gamma, batch.weights)
-
-
-def _append_log(log_path: Path, entry: dict) -> None:
-    with log_path.open("a") as log:
-        log.write(json.dumps(entry) + "\n")
 
 
 def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> dict[str, int]:

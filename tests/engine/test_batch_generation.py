@@ -79,8 +79,8 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
 
 
 def _gated(pipe, shots, out, threshold, floor=0.3, num=1, per_init=1, **options):
-    """One sample, one candidate per init (by default), from strength 0.9 down to `floor` (10 steps keep every
-    strength apart)."""
+    """`num` samples (default one), `per_init` candidates per init (default one), from strength 0.9 down to `floor`
+    (10 steps keep every strength apart)."""
     return generate_to_folder(
         None,
         None,
