@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`generate`: image-oriented generation into a folder or into the studio."""
+    from engine.config import DEFAULT_STEPS
+
     gen = sub.add_parser("generate", help="Generate defect images from init images (image-oriented).")
     add_common(gen)
     gen.add_argument("--token", required=True, help="Defect class (its learned token), e.g. crazing.")
@@ -86,7 +88,7 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         default=None,
         help="0-1; default: the token's tuned strength (masked: its tuned masked strength), else 0.6 (masked: 0.9).",
     )
-    gen.add_argument("--steps", type=int, default=20)
+    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     gen.add_argument("--guidance", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch", type=int, default=8, help="Candidates per model call.")
@@ -328,6 +330,8 @@ def add_studio_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`evaluate fidelity|recognition|two-sample` and `tune-strength`; folders are `<class>/<images>` trees."""
+    from engine.config import DEFAULT_STEPS
+
     ev = sub.add_parser("evaluate", help="Measure generated images against real ones.")
     ev_sub = ev.add_subparsers(dest="evaluation", required=True)
 
@@ -385,7 +389,7 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     masked.add_argument(
         "--strength", type=float, default=None, help="Default: each token's masked strength (tuned, else 0.9)."
     )
-    masked.add_argument("--steps", type=int, default=20)
+    masked.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     masked.add_argument("--seed", type=int, default=0)
     masked.add_argument("--guidance", type=float, default=None)
     masked.add_argument("--detail-restore", type=float, default=None, help="0-1 (default 1).")
@@ -404,7 +408,7 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     tune_masked.add_argument("--classes", nargs="*", default=None)
     tune_masked.add_argument("--strengths", type=float, nargs="+", default=[0.8, 0.9, 1.0])
     tune_masked.add_argument("--per-class", type=int, default=24)
-    tune_masked.add_argument("--steps", type=int, default=20)
+    tune_masked.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     tune_masked.add_argument("--seed", type=int, default=0)
     tune_masked.add_argument("--no-save", action="store_true", help="Only print the table.")
 
@@ -416,7 +420,7 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     tune.add_argument("--strengths", type=float, nargs="+", default=None)
     tune.add_argument("--num", type=int, default=16, help="Images generated per strength.")
     tune.add_argument("--model", default=None, help="Diffusers model folder or hub id (default: embedded prior).")
-    tune.add_argument("--steps", type=int, default=20)
+    tune.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--no-save", action="store_true", help="Only print the table.")
 

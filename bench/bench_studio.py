@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from engine.quiet import quiet_libraries
 quiet_libraries()
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_STEPS, GenerationConfig
 from engine.generation.generate import generate
 from engine.generation.pipeline import load_pipeline
 t0 = time.perf_counter()
@@ -33,7 +33,7 @@ load_s = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 slab = Image.fromarray(rng.normal(128, 14, (200, 200)).clip(0, 255).astype(np.uint8))
 name = sorted(pipe.tokens)[0]
-config = GenerationConfig(class_name=name, num_candidates=4, strength=0.6, steps=20)
+config = GenerationConfig(class_name=name, num_candidates=4, strength=0.6, steps=DEFAULT_STEPS)
 generate(pipe, slab, config)
 times = []
 for seed in range(3):

@@ -26,7 +26,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_STEPS, GenerationConfig
 from engine.data import list_images, load_rgb
 from engine.generation.generate import generate
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
@@ -68,7 +68,11 @@ def _grey_samples(loaded: LoadedPipeline, image: Image.Image, config: Generation
 
 
 def sample_effect(
-    loaded: LoadedPipeline, init_by_class: dict[str, Image.Image], strength: float, steps: int = 20, seed: int = 0
+    loaded: LoadedPipeline,
+    init_by_class: dict[str, Image.Image],
+    strength: float,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Class -> mean |Δ| (grey levels) between its default samples and the same made with one change: "noise seed"
     (the next seeds), "LoRA off", "other token" (the next class's), "guidance 1". The pipeline is left as found."""

@@ -43,7 +43,7 @@ from engine.batch import (
     RealismGateError,
     generate_to_folder,
 )
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_STEPS
 from engine.data import list_images, load_rgb
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, recognition
@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--finetune-steps", type=int, default=DEFAULT_FINETUNE_STEPS)
-    parser.add_argument("--steps", type=int, default=GenerationConfig.steps, help="Sampler steps per sample.")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="Sampler steps per sample.")
     parser.add_argument(
         "--recognizer-seeds",
         type=int,
@@ -377,7 +377,7 @@ def recorded_options(args: argparse.Namespace) -> dict:
         options["finetune_steps"] = args.finetune_steps
     if args.recognizer_size != RECOGNITION_SIZE:
         options["recognizer_size"] = args.recognizer_size
-    if args.steps != GenerationConfig.steps:
+    if args.steps != DEFAULT_STEPS:
         options["sampler_steps"] = args.steps
     return options
 

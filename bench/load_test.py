@@ -109,6 +109,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
+    from engine.config import DEFAULT_STEPS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="Diffusers folder (default: the embedded prior).")
     parser.add_argument("--adapter", default=None, help="Adapter run folder to register (default: shipped tokens).")
@@ -116,7 +118,7 @@ def main() -> None:
     parser.add_argument("--reviewers", type=int, default=8, help="Concurrent reviewers.")
     parser.add_argument("--duration", type=float, default=600, help="Seconds of load.")
     parser.add_argument("--candidates", type=int, default=2, help="Candidates per generation.")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--strength", type=float, default=0.6)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the server.")
     parser.add_argument("--memory-every", type=float, default=30, help="Seconds between memory samples.")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_STEPS, GenerationConfig
 from engine.data import list_images, load_rgb
 from engine.generation.generate import generate
 from engine.generation.pipeline import load_pipeline
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.6, 1.0])
     parser.add_argument("--per-row", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--tile", type=int, default=128)
     args = parser.parse_args()
     quiet_libraries()

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
 from engine.adapters import proposed_strength
-from engine.config import GenerationConfig, finetune_config
+from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.generate import Candidate, generate, resolve_token
@@ -73,7 +73,7 @@ def generate_to_folder(
     num: int,
     out: Path,
     strength: float | None = None,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     guidance: float | None = None,
     seed: int = 0,
     batch: int = 8,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 # step, total, a human-readable line
 ProgressFn = Callable[[int, int, str], None]
@@ -25,3 +27,9 @@ class TrainingStep:
 StepFn = Callable[[TrainingStep], None]
 # Asked between steps: True stops the job at the next safe point.
 StopFn = Callable[[], bool]
+
+
+def append_log(folder: Path, record: dict) -> None:
+    """Append `record` as one JSON line to `folder/log.jsonl`, the log every training stage writes as it goes."""
+    with (Path(folder) / "log.jsonl").open("a") as log:
+        log.write(json.dumps(record) + "\n")

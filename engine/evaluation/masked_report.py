@@ -23,7 +23,7 @@ from PIL import Image
 
 from engine.batch import default_strength
 from engine.boxes import CROP_MARGIN, bounding_box, union
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_STEPS, GenerationConfig
 from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_neu
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.fidelity import SetDistance, formatted, recognition_rate, rounded, set_distance
@@ -174,7 +174,7 @@ def masked_sample_report(
     classes: list[str] | None = None,
     per_class: int = 40,
     strength: float | None = None,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     guidance_scale: float | None = None,
     detail_restore: float | None = None,
@@ -329,7 +329,7 @@ def tune_masked_strength(
     model: str | None = None,
     classes: list[str] | None = None,
     per_class: int = 24,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     save: bool = True,
     feature_net: SteelFeatureNet | None = None,

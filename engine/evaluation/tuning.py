@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from engine.config import DEFAULT_STEPS
 from engine.data import load_rgb
 from engine.evaluation.features import (
     SteelFeatureNet,
@@ -132,7 +133,7 @@ def tune_adapter_strength(
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
     num: int = 16,
     model: str | None = None,
-    steps: int = 20,
+    steps: int = DEFAULT_STEPS,
     seed: int = 0,
     save: bool = True,
     feature_net: SteelFeatureNet | None = None,

@@ -15,7 +15,6 @@ UNet's latents, and a decoder fitted only to posteriors draws their deviations a
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 
 from engine.config import DecoderConfig
 from engine.evaluation.features import SteelFeatureNet, load_feature_net
-from engine.progress import ProgressFn
+from engine.progress import ProgressFn, append_log
 from engine.training.losses import feature_maps, perceptual_distance, texture_distance
 from engine.training.pretrain import (
     DEFECT_CAPTIONS,
@@ -159,7 +158,6 @@ def train_decoder(
     latent_size = latent_mean.shape[-1]
     crop = max(1, min(latent_size, config.crop_size // factor))
     last_layer = vae.decoder.conv_out.weight
-    log = (out / "log.jsonl").open("a")
     started = time.time()
     for step in range(start_step, config.max_train_steps):
         index = torch.randint(0, len(pixels), (config.train_batch_size,), generator=generator)
@@ -216,8 +214,7 @@ def train_decoder(
                 "discriminator": round(disc_loss.item(), 4),
                 "elapsed_s": round(time.time() - started, 1),
             }
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            append_log(out, record)
         if progress:
             progress(done, config.max_train_steps, f"decoder l1 {l1.item():.4f} perceptual {perceptual.item():.4f}")
         stop = should_stop is not None and should_stop()

@@ -11,7 +11,6 @@ config, log, checkpoints and the saved model; the others wait at barriers.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -41,7 +40,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
-from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep
+from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
 from engine.training.pretrain import encode_pixels
 
 # Captions for fine-tuning; the first is also the generation prompt's default.
@@ -203,7 +202,6 @@ def train(
         accelerator.load_state(str(checkpoint))
         global_step = int(checkpoint.name.split("-")[1])
     resumed_from = global_step if checkpoint is not None else None
-    log_path = out / "log.jsonl"
     losses: list[float] = []
     # One generator, seeded alike on every process: each draws the whole step's batch and keeps its own share.
     generator = torch.Generator().manual_seed(config.seed + global_step)
@@ -255,8 +253,7 @@ def train(
                     "images_per_s_per_process": round(window_steps * config.train_batch_size / max(elapsed, 1e-9), 2),
                     "batch_by_process": seen.tolist(),
                 }
-                with log_path.open("a") as log:
-                    log.write(json.dumps(entry) + "\n")
+                append_log(out, entry)
             window_started, window_steps = time.time(), 0
         stop_now = should_stop is not None and should_stop()
         if world > 1:

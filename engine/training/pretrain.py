@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -35,7 +34,7 @@ from engine.data import (
     to_square_pixels,
 )
 from engine.evaluation.features import load_feature_net
-from engine.progress import ProgressFn
+from engine.progress import ProgressFn, append_log
 from engine.training.attributes import appearance_captions
 from engine.training.losses import feature_maps, perceptual_distance, spectral_loss
 from engine.training.prior import PriorSize, build_vae
@@ -145,7 +144,6 @@ def train_autoencoder(
     rng = np.random.default_rng(config.seed + start_step)
     stack = np.stack([s.pixels for s in samples])
     vae.train()
-    log = (out / "log.jsonl").open("a")
     started = time.time()
     for step in range(start_step, config.max_train_steps):
         batch = _random_crops(stack, config.train_batch_size, config.crop_size, rng)
@@ -169,20 +167,15 @@ def train_autoencoder(
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         if done % 25 == 0:
-            log.write(
-                json.dumps(
-                    {
-                        "step": done,
-                        "l1": l1.item(),
-                        "spectral": spectral.item(),
-                        "perceptual": perceptual.item(),
-                        "kl": kl.item(),
-                        "elapsed_s": round(time.time() - started, 1),
-                    }
-                )
-                + "\n"
-            )
-            log.flush()
+            record = {
+                "step": done,
+                "l1": l1.item(),
+                "spectral": spectral.item(),
+                "perceptual": perceptual.item(),
+                "kl": kl.item(),
+                "elapsed_s": round(time.time() - started, 1),
+            }
+            append_log(out, record)
         if progress:
             progress(done, config.max_train_steps, f"autoencoder l1 {l1.item():.4f}")
         stop = should_stop is not None and should_stop()

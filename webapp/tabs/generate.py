@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageChops
 
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_STEPS, GenerationConfig
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
 from webapp.previews import VIEW_MAX_SIDE, window_view
 from webapp.studio import (
@@ -97,7 +97,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 )
                 with gr.Row():
                     num_candidates = gr.Slider(1, 16, value=4, step=1, label="Candidates")
-                    steps = gr.Slider(2, 100, value=20, step=1, label="Steps")
+                    steps = gr.Slider(2, 100, value=DEFAULT_STEPS, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                 generate_button = gr.Button("Generate candidates", variant="primary")
                 refresh_button = gr.Button("Refresh slabs and tokens", size="sm")
