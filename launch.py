@@ -203,8 +203,9 @@ def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--autoencoder-downsampling",
         type=int,
         default=None,
-        help="Pixels per latent cell along a side (a power of two; default: the size's, 8 for embedded and large)."
-        " 4 with --autoencoder-perceptual-weight 1 keeps steel's fine grain; the UNet then works on a 4x larger grid.",
+        help="Pixels per latent cell along a side (a power of two; default: the preset's, 4 for gpu, else the size's,"
+        " 8 for embedded and large). 4 with --autoencoder-perceptual-weight 1 keeps steel's fine grain; the UNet then"
+        " works on a 4x larger grid.",
     )
     pre.add_argument("--steps", type=int, default=None)
     pre.add_argument("--batch-size", type=int, default=None)
@@ -241,8 +242,9 @@ def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--stages",
         nargs="+",
         choices=["autoencoder", "decoder", "diffusion"],
-        default=["autoencoder", "decoder", "diffusion"],
-        help="Stages to run (the autoencoder stage is skipped with --init-model).",
+        default=["autoencoder", "diffusion"],
+        help="Stages to run (the autoencoder stage is skipped with --init-model). The decoder stage (perceptual +"
+        " patch-GAN on a frozen encoder) is measured and not shipped, so it runs only when named.",
     )
     pre.add_argument("--vflip", action="store_true", help="Train on vertical mirrors too (4x the images with hflip).")
     pre.add_argument(
@@ -565,6 +567,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         size=args.size,
         autoencoder_steps=args.autoencoder_steps,
         autoencoder_perceptual_weight=args.autoencoder_perceptual_weight,
+        autoencoder_downsampling=args.autoencoder_downsampling,
         decoder_steps=args.decoder_steps,
         decoder_denoised_share=args.decoder_denoised_share,
         steps=args.steps,
@@ -578,8 +581,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         noise_shift=args.noise_shift,
     )
     size = getattr(PriorSize, size_name)()
-    if args.autoencoder_downsampling:
-        size = size.with_autoencoder_downsampling(args.autoencoder_downsampling)
     with stop_on_signal() as stop_requested:
         result = pretrain(
             args.data,

@@ -294,7 +294,7 @@ def pretrain(
     should_stop: Callable[[], bool] | None = None,
     init_model: Path | None = None,
     decoder: DecoderConfig | None = None,
-    stages: tuple[str, ...] = STAGES,
+    stages: tuple[str, ...] = ("autoencoder", "diffusion"),
     fresh_denoiser: bool = False,
 ) -> PretrainResult:
     """Reproduce the prior from images, in resumable stages: autoencoder, its decoder fine-tuned with perceptual and
@@ -306,7 +306,9 @@ def pretrain(
     diffusion stages run; without "diffusion" the output is `init_model` with the new decoder. With `fresh_denoiser`
     the diffusion stage keeps only `init_model`'s autoencoder and trains a new UNet and text encoder of `size` on its
     latents (a new diffusion recipe without retraining the autoencoder). The captions are `diffusion.captions` (see
-    `collect_pretrain_samples`).
+    `collect_pretrain_samples`). `autoencoder.downsampling`, when set, replaces `size`'s for a new autoencoder (a
+    4x-down one and the UNet on its grid; `init_model`'s autoencoder is kept as it is). The decoder stage is
+    measured and not shipped, so it runs only when `stages` names it.
     """
     if unknown := set(stages) - set(STAGES):
         raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}.")
@@ -322,7 +324,10 @@ def pretrain(
     from engine.training.loop import TrainingImage, process_state, train
     from engine.training.prior import build_components
 
+    autoencoder = autoencoder or pretrain_configs("cpu")[1]
     size = size or PriorSize.embedded()
+    if autoencoder.downsampling and init_model is None:
+        size = size.with_autoencoder_downsampling(autoencoder.downsampling)
     if fresh_denoiser:
         # Checked before the images are read: a mismatch would otherwise surface minutes later.
         channels = AutoencoderKL.load_config(Path(init_model), subfolder="vae")["latent_channels"]
@@ -333,7 +338,6 @@ def pretrain(
             )
     work = Path(work_dir) if work_dir else Path(str(out).rstrip("/") + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    autoencoder = autoencoder or pretrain_configs("cpu")[1]
     diffusion = diffusion or pretrain_configs("cpu")[3]
     autoencoder.output_dir = str(work / "autoencoder")
     autoencoder.resolution = size.resolution
