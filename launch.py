@@ -145,7 +145,7 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`finetune` (tokens + LoRA on a folder) and `pretrain` (the steel prior)."""
-    from engine.config import CAPTION_KINDS
+    from engine.config import CAPTION_KINDS, DEFAULT_PRETRAIN_STAGES, PRETRAIN_STAGES
 
     ft = sub.add_parser("finetune", help="Learn one token per class plus LoRA from <class>/<images>.")
     add_common(ft)
@@ -241,8 +241,8 @@ def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     pre.add_argument(
         "--stages",
         nargs="+",
-        choices=["autoencoder", "decoder", "diffusion"],
-        default=["autoencoder", "diffusion"],
+        choices=PRETRAIN_STAGES,
+        default=list(DEFAULT_PRETRAIN_STAGES),
         help="Stages to run (the autoencoder stage is skipped with --init-model). The decoder stage (perceptual +"
         " patch-GAN on a frozen encoder) is measured and not shipped, so it runs only when named.",
     )

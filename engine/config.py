@@ -295,6 +295,12 @@ class DecoderConfig(ConfigMixin):
             raise ValueError(f"The denoised latents' timestep must be in [1, 999], got {self.denoised_max_timestep}.")
 
 
+# The prior's pretraining stages, in order. The decoder stage (perceptual + patch-GAN on a frozen encoder) is measured
+# and not shipped, so only the other two run unless it is named.
+PRETRAIN_STAGES = ("autoencoder", "decoder", "diffusion")
+DEFAULT_PRETRAIN_STAGES = ("autoencoder", "diffusion")
+
+
 # Pretraining presets: "cpu" is the recipe of the shipped prior on 2 CPU cores; "gpu" trains a larger prior on one
 # H100/H200-class GPU (bf16, large batches) with the recipe that measured best on the CPU: a 4x-down autoencoder
 # trained with the perceptual term, its UNet on 64 px latent crops with vertical mirrors (model card, "A finer latent

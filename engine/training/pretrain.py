@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from engine.config import CAPTION_KINDS, AutoencoderConfig, DecoderConfig, TrainConfig, pretrain_configs
+from engine.config import (
+    CAPTION_KINDS,
+    DEFAULT_PRETRAIN_STAGES,
+    PRETRAIN_STAGES,
+    AutoencoderConfig,
+    DecoderConfig,
+    TrainConfig,
+    pretrain_configs,
+)
 from engine.data import (
     LabelledImage,
     clean_regions,
@@ -38,8 +46,6 @@ from engine.progress import ProgressFn, append_log
 from engine.training.attributes import appearance_captions
 from engine.training.losses import feature_maps, perceptual_distance, spectral_loss
 from engine.training.prior import PriorSize, build_vae
-
-STAGES = ("autoencoder", "decoder", "diffusion")
 
 # Captions never name a class: the classes are what the defect tokens learn later.
 DEFECT_CAPTIONS = (
@@ -294,7 +300,7 @@ def pretrain(
     should_stop: Callable[[], bool] | None = None,
     init_model: Path | None = None,
     decoder: DecoderConfig | None = None,
-    stages: tuple[str, ...] = ("autoencoder", "diffusion"),
+    stages: tuple[str, ...] = DEFAULT_PRETRAIN_STAGES,
     fresh_denoiser: bool = False,
 ) -> PretrainResult:
     """Reproduce the prior from images, in resumable stages: autoencoder, its decoder fine-tuned with perceptual and
@@ -310,8 +316,8 @@ def pretrain(
     4x-down one and the UNet on its grid; `init_model`'s autoencoder is kept as it is). The decoder stage is
     measured and not shipped, so it runs only when `stages` names it.
     """
-    if unknown := set(stages) - set(STAGES):
-        raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}.")
+    if unknown := set(stages) - set(PRETRAIN_STAGES):
+        raise ValueError(f"Unknown stage(s) {', '.join(sorted(unknown))}; choose from {', '.join(PRETRAIN_STAGES)}.")
     if "diffusion" not in stages and init_model is None:
         raise ValueError("Without the diffusion stage, give the model to put the new decoder in (init_model).")
     if "decoder" in stages and decoder is not None and decoder.denoised_share > 0 and init_model is None:
