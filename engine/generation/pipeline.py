@@ -111,5 +111,7 @@ def load_pipeline(
         if info.has_lora:
             pipe.load_lora_weights(str(info.path), weight_name=LORA_FILE)
     pipe.to(device)
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
     pipe.set_progress_bar_config(disable=True)
     return LoadedPipeline(pipe, resolved, model_hash(resolved), info)

@@ -42,6 +42,18 @@ def test_embedded_prior_generates_a_two_step_sample_with_metadata():
     assert np.asarray(candidate.image).std() > 1
 
 
+def test_pipeline_runs_channels_last_with_the_same_samples():
+    loaded = load_pipeline()
+    assert loaded.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    slab = Image.fromarray(np.random.default_rng(1).normal(120, 15, (64, 64)).clip(0, 255).astype(np.uint8))
+    config = GenerationConfig(class_name="scratches", num_candidates=1, steps=2, strength=0.8, seed=3)
+    fast = np.asarray(generate(loaded, slab, config).candidates[0].image, dtype=np.int16)
+    loaded.pipe.unet.to(memory_format=torch.contiguous_format)
+    loaded.pipe.vae.to(memory_format=torch.contiguous_format)
+    plain = np.asarray(generate(loaded, slab, config).candidates[0].image, dtype=np.int16)
+    assert np.abs(fast - plain).max() <= 2
+
+
 def write_slabs(folder: Path, count: int, seed: int) -> Path:
     """`count` grey 40 px noise slabs in a new folder."""
     folder.mkdir()
