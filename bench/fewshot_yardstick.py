@@ -11,10 +11,12 @@ are reused, so a rerun with other recognizer settings costs only the recognizers
 layout without exposure, blur and noise: compare `--capture-variation 0` samples with it) to the nearest of the
 K real images of its class. A K=20 real-only run is the target. The summary gives issue 10's bars as paired gains
 per draw (K + ours against K + classic; K + classic + ours against K + classic). Processes may share a work folder
-(`--seeds 0 1` beside `--seeds 2 3`): each draw's result stays in its seed folder, and a summary covers every draw
-there that ran with the same options. A draw whose batch the realism gate ends (`RealismGateError`, at the
-strength floor: the product stops there too) is recorded as stopped, fails the bars, and the next draw runs; a
-class whose batch the gate stepped down to a lower strength is listed with its kept samples per strength.
+(`--seeds 0 1` beside `--seeds 2 3`): each draw's result stays in its seed folder, and a summary covers every draw there
+that ran with the same options. Give each process its share of the cores (`OMP_NUM_THREADS=1` for two on two cores): two
+processes of two threads each generated four times slower with the 4x-grid prior. A draw whose batch the realism gate
+ends (`RealismGateError`, at the strength floor: the product stops there too) is recorded as stopped, fails the bars,
+and the next draw runs; a class whose batch the gate stepped down to a lower strength is listed with its kept samples
+per strength.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
