@@ -131,8 +131,8 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--capture-variation",
         type=float,
         default=None,
-        help="Exposure, focus and sensor-noise variation of each sample after the realism gate, 0 (off) to 1 and"
-        " beyond (default 1).",
+        help="Exposure variation of each sample after the realism gate, 0 (off) to 1 and beyond (default 1); any"
+        " amount above 0 also brings each sample's pixel grain to that of the init images.",
     )
     placement = gen.add_mutually_exclusive_group()
     placement.add_argument(

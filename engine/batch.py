@@ -21,7 +21,7 @@ from engine.generation.generate import Candidate, generate, resolve_token
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
-from engine.generation.variation import check_init_mix, varied_init
+from engine.generation.variation import check_init_mix, grain_range, varied_init
 from engine.progress import ProgressFn, StepFn, StopFn
 from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 
@@ -36,8 +36,9 @@ DEFAULT_REALISM_THRESHOLD = 0.3
 # init redrawn, so closer to the real images), down to the floor; a floor at or above the strength stops instead.
 GATE_STRENGTH_STEP = 0.1
 DEFAULT_STRENGTH_FLOOR = 0.4
-# Capture variation of batch samples (exposure, focus, sensor noise; engine.generation.variation), applied after the
-# realism gate. 1 is the measured default (README, "Capture variation"); 0 turns it off.
+# Capture variation of batch samples (exposure, and pixel grain brought to the init images';
+# engine.generation.variation), applied after the realism gate. 1 is the measured default (README, "Capture
+# variation"); 0 turns it off.
 DEFAULT_CAPTURE_VARIATION = 1.0
 FLAGGED_FOLDER = "flagged"
 # Candidates are written here under their slot number first, then renamed once the batch is complete.
@@ -104,8 +105,8 @@ def generate_to_folder(
     its strength), down to `strength_floor`; flagging `num` more at the floor (or at the first strength when the
     floor is None or not below it, and in a masked repaint) ends the batch with `RealismGateError`, the kept
     samples written.
-    Then every candidate gets `capture_variation` (exposure, focus and sensor noise of another capture, recorded
-    in its metadata; the realism score is the model's render's).
+    Then every candidate gets `capture_variation` (the exposure of another capture, and the pixel grain of the init
+    images, recorded in its metadata; the realism score is the model's render's).
     Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
@@ -147,6 +148,7 @@ def generate_to_folder(
         parts.mkdir(parents=True)
     state.wait_for_everyone()
     per_attempt = min(per_init if vary else batch, num)
+    grain = grain_range(images)
     attempts: list[tuple[int, bool]] = []  # (slot, below the threshold) of the candidates this process made
     strengths = [strength]
     phase_start = 0  # the first slot made at the current strength
@@ -178,7 +180,7 @@ def generate_to_folder(
             if score is not None:
                 candidate.params.realism = Realism(**asdict(score), reference=reference)
             slot = attempt * per_attempt + offset
-            low = _write_part(candidate, parts, slot, realism_threshold, capture_variation, seed)
+            low = _write_part(candidate, parts, slot, realism_threshold, capture_variation, grain, seed)
             attempts.append((slot, low))
         outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num, phase_start)
         if outcome.exhausted_at is None:
@@ -265,18 +267,19 @@ def _write_part(
     slot: int,
     realism_threshold: float | None,
     capture_variation: float,
+    grain: tuple[float, float],
     seed: int,
 ) -> bool:
-    """Mark the candidate against the realism gate, give it its capture variation and write it (and its mask) to
-    `parts` under its slot number; returns whether the gate flags it."""
+    """Mark the candidate against the realism gate, give it its capture variation (towards the init images' `grain`
+    range) and write it (and its mask) to `parts` under its slot number; returns whether the gate flags it."""
     params = candidate.params
     low = params.realism is not None and params.realism.score < realism_threshold
     if params.realism is not None:
         params.realism_threshold, params.pre_rejected = realism_threshold, low
     if capture_variation:
         rng = random.Random(f"{seed}:capture:{slot}")
-        candidate.image, capture = vary_capture(candidate.image, rng, capture_variation)
-        params.capture = {"amount": capture_variation, **capture}
+        candidate.image, details = vary_capture(candidate.image, rng, grain, capture_variation)
+        params.capture = {"amount": capture_variation, **details}
     (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
     if (mask_bytes := candidate.mask_png()) is not None:
         (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)

@@ -14,6 +14,7 @@ from engine.data import list_images
 from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
+from engine.generation.variation import grain_range
 from tests.support import make_steel_like
 
 
@@ -198,6 +199,9 @@ def test_capture_variation_changes_the_written_samples_after_the_realism_gate(pi
     varied_params = [read_png_parameters(p.read_bytes()) for p in varied]
     clean_params = [read_png_parameters(p.read_bytes()) for p in clean]
     assert all(p.capture["amount"] == 1.0 for p in varied_params) and all(p.capture is None for p in clean_params)
+    # Each sample's grain is drawn within the range of the class's real images'.
+    low, high = grain_range([Image.open(path) for path in sorted(shots.iterdir())])
+    assert all(low - 0.005 <= p.capture["grain"] <= high + 0.005 for p in varied_params)
     # The gate scored the same renders; only the written pixels differ.
     assert [p.realism.score for p in varied_params] == [p.realism.score for p in clean_params]
     pixels = [(np.asarray(Image.open(a)), np.asarray(Image.open(b))) for a, b in zip(varied, clean, strict=True)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,9 +16,11 @@ from engine.generation.variation import (
     capture_variation,
     elastic_warp,
     geometric_variant,
+    grain_range,
     mosaic,
     overlay,
     parse_init_mix,
+    pixel_grain,
     varied_init,
 )
 
@@ -159,21 +162,37 @@ def test_varied_init_from_one_image_never_makes_a_mosaic():
         varied_init([], rng)
 
 
-def test_capture_variation_is_reproducible_keeps_grey_grey_and_is_off_at_zero():
-    grey = np.random.default_rng(3).integers(60, 200, (48, 48), dtype=np.uint8)
-    image = Image.fromarray(np.stack([grey] * 3, axis=-1))
-    assert capture_variation(image, random.Random(0), 0.0) == (image, {})
-    draws = [capture_variation(image, random.Random(seed)) for seed in range(12)]
-    again, details = capture_variation(image, random.Random(5))
+def test_pixel_grain_measures_noise_and_not_smooth_structure():
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(40, 200, 96, dtype=np.float32), (96, 1))
+    ramp[40:44] = 240  # a bright line: an edge, not grain
+    for sigma in (1.5, 4.0, 8.0):
+        noisy = Image.fromarray((ramp + rng.normal(0, sigma, ramp.shape)).clip(0, 255).round().astype(np.uint8))
+        assert pixel_grain(noisy) == pytest.approx(sigma, rel=0.25)
+    assert pixel_grain(Image.fromarray(ramp.astype(np.uint8))) < 1.0
+    assert grain_range([Image.fromarray(ramp.astype(np.uint8)).convert("RGB"), noisy])[1] == pixel_grain(noisy)
+
+
+def test_capture_variation_brings_a_render_to_its_class_grain_keeps_grey_grey_and_is_off_at_zero():
+    smooth = cv2.GaussianBlur(np.random.default_rng(3).integers(60, 200, (64, 64)).astype(np.float32), (0, 0), 3)
+    image = Image.fromarray(np.stack([smooth.round().astype(np.uint8)] * 3, axis=-1))
+    assert capture_variation(image, random.Random(0), (4.0, 6.0), 0.0) == (image, {})
+    draws = [capture_variation(image, random.Random(seed), (4.0, 6.0)) for seed in range(8)]
+    again, details = capture_variation(image, random.Random(5), (4.0, 6.0))
     assert np.array_equal(np.asarray(again), np.asarray(draws[5][0])) and details == draws[5][1]
     for varied, details in draws:
         pixels = np.asarray(varied)
         assert varied.mode == "RGB" and varied.size == image.size
         assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 0], pixels[..., 2])
-        assert 0.75 <= details["brightness"] <= 1.25 and set(details) <= {"brightness", "contrast", "blur", "noise"}
-    assert any("blur" in d for _, d in draws) and any("noise" in d for _, d in draws)
+        assert 0.75 <= details["brightness"] <= 1.25 and 4.0 <= details["grain"] <= 6.0
+        # The smooth render gets the grain drawn for it (the clip at 0 and 255 takes a little).
+        assert pixel_grain(varied) == pytest.approx(details["grain"], rel=0.2)
+    # A render already as grainy as its class gets no noise: only its exposure changes.
+    grainy = Image.fromarray(np.random.default_rng(4).normal(128, 9, (64, 64)).clip(0, 255).astype(np.uint8))
+    varied, details = capture_variation(grainy, random.Random(1), (1.0, 2.0))
+    assert "noise" not in details and pixel_grain(varied) == pytest.approx(pixel_grain(grainy), rel=0.3)
     with pytest.raises(ValueError, match="negative"):
-        capture_variation(image, random.Random(0), -0.5)
+        capture_variation(image, random.Random(0), (4.0, 6.0), -0.5)
 
 
 def test_overlay_keeps_the_defects_of_both_sources_at_full_contrast():
