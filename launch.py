@@ -106,6 +106,14 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="Shares of the varied inits' kinds, e.g. source=0.1,geometric=0.3,mosaic=0.3,overlay=0.3"
         " (default: the measured mix in engine/generation/variation.py).",
     )
+    gen.add_argument(
+        "--quarter-turns",
+        type=float,
+        default=0.0,
+        help="Share of the varied inits turned a quarter (90° or 270°), for a defect that runs in any direction"
+        " while the init images all show one, e.g. 0.5 for scratches across and along the strip. Default 0: every"
+        " init keeps its images' direction (right for defects that follow the rolling direction).",
+    )
     gen.add_argument("--per-init", type=int, default=None, help="Candidates per varied init (default 2).")
     gen.add_argument(
         "--realism-threshold",
@@ -493,6 +501,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         **({"capture_variation": args.capture_variation} if args.capture_variation is not None else {}),
         **({"per_init": args.per_init} if args.per_init is not None else {}),
         init_mix=parse_init_mix(args.init_mix) if args.init_mix is not None else None,
+        turn_share=args.quarter_turns,
         **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
         **({"strength_floor": args.strength_floor} if args.strength_floor != "default" else {}),
     )

@@ -51,7 +51,7 @@ from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_f
 from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, recognition
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
-from engine.generation.variation import geometric_variant, parse_init_mix
+from engine.generation.variation import check_turn_share, geometric_variant, parse_init_mix
 from engine.quiet import quiet_libraries
 from storage.files import write_atomically
 
@@ -254,7 +254,10 @@ def generate_samples(
     pipe: LoadedPipeline, shots: Path, synthetic: Path, per_class: int, steps: int, seed: int, options: dict
 ) -> dict | None:
     """Each class's samples from its shots, as `generate --init <shots> --num N` makes them (a class already
-    complete is kept). Returns the draw's stopped result when the realism gate ends a class's batch, else None."""
+    complete is kept; a class in `options["quarter_turns"]` gets its `--quarter-turns` share). Returns the draw's
+    stopped result when the realism gate ends a class's batch, else None."""
+    turn_shares = options.get("quarter_turns", {})
+    options = {name: value for name, value in options.items() if name != "quarter_turns"}
     for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
         if (synthetic / class_dir.name).exists() and len(list_images(synthetic / class_dir.name)) >= per_class:
             continue
@@ -269,11 +272,26 @@ def generate_samples(
                 steps=steps,
                 seed=seed * 1000,
                 pipe=pipe,
+                turn_share=turn_shares.get(class_dir.name, 0.0),
                 **options,
             )
         except RealismGateError as error:
             return {STOPPED: {"class": class_dir.name, "reason": str(error)}}
     return None
+
+
+def class_shares(text: str) -> dict[str, float]:
+    """Parse "scratches=0.5,other class=0.3" into {class: share}."""
+    shares = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, share = item.rpartition("=")
+        if not name.strip():
+            raise argparse.ArgumentTypeError(f"Expected CLASS=SHARE, got {item!r}.")
+        try:
+            shares[name.strip()] = check_turn_share(float(share))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return shares
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -326,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-mix", type=parse_init_mix, default=None, help="Shares of the varied inits' kinds (source=0.1,…)."
     )
     ablation.add_argument(
+        "--quarter-turns",
+        type=class_shares,
+        default={},
+        help="Classes whose varied inits are turned a quarter, with the share: `scratches=0.5` is `generate"
+        " --quarter-turns 0.5` for scratches (what a user who knows they run in any direction sets).",
+    )
+    ablation.add_argument(
         "--adapter",
         type=Path,
         default=None,
@@ -362,6 +387,8 @@ def generation_options(args: argparse.Namespace) -> dict:
         options["realism_threshold"] = args.realism_threshold
     if args.strength_floor is not None:
         options["strength_floor"] = args.strength_floor
+    if args.quarter_turns:
+        options["quarter_turns"] = args.quarter_turns
     return options
 
 

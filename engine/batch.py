@@ -21,7 +21,7 @@ from engine.generation.generate import Candidate, generate, resolve_token
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
-from engine.generation.variation import check_init_mix, grain_range, varied_init
+from engine.generation.variation import check_init_mix, check_turn_share, grain_range, varied_init
 from engine.progress import ProgressFn, StepFn, StopFn
 from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 
@@ -89,13 +89,15 @@ def generate_to_folder(
     capture_variation: float = DEFAULT_CAPTURE_VARIATION,
     init_mix: dict[str, float] | None = None,
     strength_floor: float | None = DEFAULT_STRENGTH_FLOOR,
+    turn_share: float = 0.0,
 ) -> list[Path]:
     """Write `num` PNGs to `out` from the init image(s); returns their paths.
 
     With `vary` (the default, not with `mask`), every `per_init` candidates start from a new varied init made
     from all the init images (the image as is, a geometric variant, a mosaic, a warped variant or an overlay, in
     the shares of `init_mix`, default `DEFAULT_INIT_MIX`; `engine.generation.variation`), recorded in each PNG's
-    metadata; without it the init images are used in turn, `batch` candidates each.
+    metadata; without it the init images are used in turn, `batch` candidates each. `turn_share` of the varied
+    inits are turned a quarter, for a defect that runs in any direction though the init images show one.
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when
@@ -110,7 +112,7 @@ def generate_to_folder(
     Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
-    _check_settings(num, strength, per_init, capture_variation, strength_floor, init_mix)
+    _check_settings(num, strength, per_init, capture_variation, strength_floor, init_mix, turn_share)
     extra = {"guidance_scale": guidance} if guidance is not None else {}
     if detail_restore is not None:
         extra["detail_restore"] = detail_restore
@@ -120,6 +122,8 @@ def generate_to_folder(
         raise ValueError("Give --mask or --auto-place, not both.")
     mask_image = _read_mask(mask) if mask is not None else None
     vary = vary and mask_image is None
+    if turn_share and not vary:
+        raise ValueError("Quarter turns apply to varied inits; not with --mask or --no-vary.")
     paths = init_images(init)
     images = [_read_init(path) for path in paths]
     names = [path.name for path in paths]
@@ -131,7 +135,11 @@ def generate_to_folder(
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
     # A masked repaint at a lower strength paints less of the defect, which the gate would flag more, not less.
     strength_floor = None if masked else strength_floor
-    realism = class_realism_scorer(class_name, images) if realism_threshold is not None else None
+    realism = (
+        class_realism_scorer(class_name, images, any_direction=turn_share > 0)
+        if realism_threshold is not None
+        else None
+    )
     scorer, reference = realism or (None, None)
     if realism_threshold is not None and scorer is None and state.is_main_process:
         logger.warning(
@@ -155,7 +163,7 @@ def generate_to_folder(
     first_attempt = 0  # the first attempt of the current round
     while True:
         attempt = first_attempt + state.process_index
-        image, lineage = _attempt_init(images, names, attempt, seed, vary, init_mix)
+        image, lineage = _attempt_init(images, names, attempt, seed, vary, init_mix, turn_share)
         if mask_image is not None and mask_image.size != image.size:
             size = f"{image.width}×{image.height}"
             raise ValueError(
@@ -228,6 +236,7 @@ def _check_settings(
     capture_variation: float,
     strength_floor: float | None,
     init_mix: dict[str, float] | None,
+    turn_share: float,
 ) -> None:
     """Raise a readable error for a batch setting out of range."""
     if num < 1:
@@ -242,6 +251,7 @@ def _check_settings(
         raise ValueError(f"The strength floor must be in (0, 1], got {strength_floor}.")
     if init_mix is not None:
         check_init_mix(init_mix)
+    check_turn_share(turn_share)
 
 
 def _attempt_init(
@@ -251,11 +261,12 @@ def _attempt_init(
     seed: int,
     vary: bool,
     init_mix: dict[str, float] | None,
+    turn_share: float = 0.0,
 ) -> tuple[Image.Image, dict]:
     """The init image of an attempt and its lineage: a varied init drawn from the attempt's own seed, or the init
     images in turn."""
     if vary:
-        init_item = varied_init(images, random.Random(f"{seed}:{attempt}"), init_mix)
+        init_item = varied_init(images, random.Random(f"{seed}:{attempt}"), init_mix, turn_share=turn_share)
         return init_item.image, init_item.describe(names)
     index = attempt % len(images)
     return images[index], {"kind": "source", "sources": [names[index]]}

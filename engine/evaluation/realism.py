@@ -203,20 +203,24 @@ def class_realism_scorer(
     real_images: list[Image.Image],
     feature_net: SteelFeatureNet | None = None,
     shipped: dict[str, torch.Tensor] | None = None,
+    any_direction: bool = False,
 ) -> tuple[RealismScorer, str] | None:
     """The realism scorer for one class and a description of its reference: the class's own real images from
     MIN_OWN_REFERENCES on (the user's steel), else the shipped NEU features for a NEU class, else (a new mill's
     class) its own real images from MIN_FEW_SHOT_REFERENCES on with their flips and rotations.
 
     None when none serves (a new class with fewer images) or there is no feature network. `feature_net` and
-    `shipped` (NEU reference features by class) are loaded when not given.
+    `shipped` (NEU reference features by class) are loaded when not given. `any_direction` (candidates turned a
+    quarter) adds the flips and rotations to the class's own images from MIN_OWN_REFERENCES on too.
     """
     try:
         net = feature_net if feature_net is not None else load_feature_net()
     except FileNotFoundError:
         return None
     if len(real_images) >= MIN_OWN_REFERENCES:
-        return RealismScorer(net, {class_name: real_images}), f"{len(real_images)} of the class's own real images"
+        scorer = RealismScorer(net, {class_name: real_images}, flips_and_rotations=any_direction)
+        turned = " with their flips and rotations" if any_direction else ""
+        return scorer, f"{len(real_images)} of the class's own real images{turned}"
     if shipped is None:
         try:
             shipped = load_reference_features()

@@ -13,6 +13,8 @@ from real pixels with a strength, as in StableSDG:
 - overlay: geometric variants of two real images laid over each other, each pixel taken mostly from the one that
   departs further from the common grey level, so the defects of both appear at full contrast in one init;
 - source: the real image as it is.
+Any of them can then be turned a quarter (`quarter_turn`), for a defect that runs in any direction while the class's
+few images all show one (NEU's scratches run along the strip in about 70 % of its images and across it in the rest).
 Only PIL, numpy and OpenCV: the service and the CLI make inits without touching the model.
 
 `capture_variation` varies a finished sample the way another capture by the same camera would: its exposure, and
@@ -108,6 +110,20 @@ def geometric_variant(
         "flip_y": flip_y,
     }
     return result, details
+
+
+def quarter_turn(image: Image.Image, rng: random.Random) -> tuple[Image.Image, dict]:
+    """Turn `image` a quarter, 90° or 270° at random; returns (image, {"turn": degrees counter-clockwise})."""
+    degrees = rng.choice((90, 270))
+    turned = image.transpose(Image.Transpose.ROTATE_90 if degrees == 90 else Image.Transpose.ROTATE_270)
+    return turned, {"turn": degrees}
+
+
+def check_turn_share(share: float) -> float:
+    """`share` if it is a share of inits to turn (0–1); else a readable ValueError."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"The share of inits turned a quarter must be in [0, 1], got {share}.")
+    return share
 
 
 def photometric_jitter(image: Image.Image, rng: random.Random, amount: float = 0.15) -> tuple[Image.Image, dict]:
@@ -294,13 +310,19 @@ def parse_init_mix(text: str) -> dict[str, float]:
 
 
 def varied_init(
-    images: list[Image.Image], rng: random.Random, mix: dict[str, float] | None = None, min_scale: float = 0.6
+    images: list[Image.Image],
+    rng: random.Random,
+    mix: dict[str, float] | None = None,
+    min_scale: float = 0.6,
+    turn_share: float = 0.0,
 ) -> VariedInit:
     """One init drawn from `images` (a class's real images): the source as is, a geometric variant, a mosaic or a
-    warped geometric variant or an overlay, in the shares of `mix` (default `DEFAULT_INIT_MIX`)."""
+    warped geometric variant or an overlay, in the shares of `mix` (default `DEFAULT_INIT_MIX`); then, with
+    probability `turn_share`, turned a quarter (recorded as `turn`; with 0 the draws are those made without it)."""
     if not images:
         raise ValueError("Varied inits need at least one image.")
     mix = dict(check_init_mix(mix or DEFAULT_INIT_MIX))
+    check_turn_share(turn_share)
     if len(images) < 2:
         mix["geometric"] = mix.get("geometric", 0.0) + mix.pop("mosaic", 0.0) + mix.pop("overlay", 0.0)
     kinds = [k for k in INIT_KINDS if mix.get(k, 0) > 0]
@@ -316,7 +338,12 @@ def varied_init(
             image, warp = elastic_warp(image, rng)
             details = {**details, **warp}
     else:
-        index = rng.randrange(len(images))
-        return VariedInit(images[index].copy(), kind, [index])
-    image, jitter = photometric_jitter(image, rng)
-    return VariedInit(image, kind, sources, {**details, **jitter})
+        sources = [rng.randrange(len(images))]
+        image, details = images[sources[0]].copy(), {}
+    if kind != "source":
+        image, jitter = photometric_jitter(image, rng)
+        details = {**details, **jitter}
+    if turn_share > 0 and rng.random() < turn_share:
+        image, turn = quarter_turn(image, rng)
+        details = {**details, **turn}
+    return VariedInit(image, kind, sources, details)

@@ -67,6 +67,18 @@ def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_p
     assert not (tmp_path / "none").exists()
 
 
+def test_quarter_turns_turn_that_share_of_a_batchs_inits_and_record_it(pipe, shots, tmp_path):
+    written = _generate(pipe, shots, tmp_path / "turned", realism_threshold=None, turn_share=1.0)
+    inits = [read_png_parameters(p.read_bytes()).init for p in written]
+    assert all(init["turn"] in (90, 270) for init in inits)
+    plain = _generate(pipe, shots, tmp_path / "plain", realism_threshold=None)
+    assert [read_png_parameters(p.read_bytes()).init["kind"] for p in plain] == [init["kind"] for init in inits]
+    with pytest.raises(ValueError, match="varied inits"):
+        _generate(pipe, shots, tmp_path / "fixed", realism_threshold=None, turn_share=0.5, vary=False)
+    with pytest.raises(ValueError, match="turned a quarter"):
+        _generate(pipe, shots, tmp_path / "bad", turn_share=-0.1)
+
+
 def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):
     kept = _generate(pipe, shots, tmp_path / "open", realism_threshold=0.0)
     params = read_png_parameters(kept[0].read_bytes()).as_dict()

@@ -21,6 +21,7 @@ from engine.generation.variation import (
     overlay,
     parse_init_mix,
     pixel_grain,
+    quarter_turn,
     varied_init,
 )
 
@@ -111,6 +112,34 @@ def test_varied_init_mixes_kinds_and_records_lineage():
     assert described["kind"] == inits[0].kind and set(described["sources"]) <= {"a.png", "b.png", "c.png"}
     source = next(init for init in inits if init.kind == "source")
     assert np.array_equal(np.asarray(source.image), np.asarray(images[source.sources[0]]))
+
+
+def test_a_quarter_turn_makes_a_vertical_scratch_horizontal():
+    pixels = np.full((48, 64), 90, np.uint8)
+    pixels[:, 20:23] = 220
+    turned, details = quarter_turn(Image.fromarray(pixels), random.Random(0))
+    turned_pixels = np.asarray(turned)
+    assert turned.size == (48, 64) and details["turn"] in (90, 270)
+    bright_rows = np.flatnonzero(turned_pixels.mean(axis=1) > 200)
+    assert len(bright_rows) == 3 and (turned_pixels[bright_rows] == 220).all()
+    degrees = {quarter_turn(Image.fromarray(pixels), random.Random(seed))[1]["turn"] for seed in range(20)}
+    assert degrees == {90, 270}
+
+
+def test_varied_init_turns_its_share_of_inits_after_the_same_draws_as_without_turns():
+    images = _images(3)
+    plain = [varied_init(images, random.Random(seed)) for seed in range(60)]
+    turned = [varied_init(images, random.Random(seed), turn_share=1.0) for seed in range(60)]
+    for before, after in zip(plain, turned, strict=True):
+        assert (after.kind, after.sources) == (before.kind, before.sources)
+        turns = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
+        assert np.asarray(after.image).tobytes() in {np.asarray(before.image.transpose(t)).tobytes() for t in turns}
+        assert after.details == {**before.details, "turn": after.details["turn"]}
+    half = [varied_init(images, random.Random(seed), turn_share=0.5) for seed in range(200)]
+    assert 70 < sum("turn" in init.details for init in half) < 130
+    assert not any("turn" in init.details for init in plain)
+    with pytest.raises(ValueError, match="turned a quarter"):
+        varied_init(images, random.Random(0), turn_share=1.5)
 
 
 def test_elastic_warp_bends_a_straight_line_and_keeps_grey_grey():

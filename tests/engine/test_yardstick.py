@@ -171,3 +171,14 @@ def test_a_given_adapter_replaces_the_draws_fine_tune_and_is_recorded_with_the_o
     not_an_adapter = build_parser().parse_args([*base, "--adapter", str(tmp_path)])
     with pytest.raises(ValueError, match="not a finished adapter folder"):
         draw_adapter(not_an_adapter, 0, tmp_path / "shots")
+
+
+def test_quarter_turns_are_given_per_class_and_recorded_only_when_set(tmp_path):
+    base = ["--pool", "p", "--val", "v", "--work", str(tmp_path)]
+    defaults = recorded_options(build_parser().parse_args(base))
+    assert "quarter_turns" not in defaults
+    turned = build_parser().parse_args([*base, "--quarter-turns", "scratches=0.5, rolled-in scale=0.25"])
+    assert recorded_options(turned) == {**defaults, "quarter_turns": {"scratches": 0.5, "rolled-in scale": 0.25}}
+    for wrong in ("scratches=2", "=0.5", "scratches=half"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*base, "--quarter-turns", wrong])
