@@ -14,7 +14,7 @@ from real pixels with a strength, as in StableSDG:
   departs further from the common grey level, so the defects of both appear at full contrast in one init;
 - source: the real image as it is.
 Any of them can then be turned a quarter (`quarter_turn`), for a defect that runs in any direction while the class's
-few images all show one (NEU's scratches run along the strip in about 70 % of its images and across it in the rest).
+few images all show one (NEU's scratches are vertical in about 70 % of its images and horizontal in the rest).
 Only PIL, numpy and OpenCV: the service and the CLI make inits without touching the model.
 
 `capture_variation` varies a finished sample the way another capture by the same camera would: its exposure, and
