@@ -82,7 +82,7 @@ def review_views(
             source = opened.convert("RGB")
         if source.size == candidate.size:
             views.source = close_up(source, "source")
-            if params.init_kind == "source":
+            if params.init_is_source:
                 difference = ImageChops.difference(candidate, source).convert("L")
                 views.difference = close_up(difference.point(lambda v: min(255, v * DIFFERENCE_GAIN)), "difference")
     if mask_path is not None:

@@ -147,6 +147,11 @@ class CandidateParameters:
         """How the init image was made (a kind of `variation.INIT_KINDS`); "source" when it was the image itself."""
         return (self.init or {}).get("kind", "source")
 
+    @property
+    def init_is_source(self) -> bool:
+        """Whether the init was the source image itself, pixel for pixel (not varied, not turned a quarter)."""
+        return self.init_kind == "source" and "turn" not in (self.init or {})
+
     def repainted_box(self, width: int | None = None, height: int | None = None) -> Box:
         """The box of a `width` × `height` candidate (default: its own size) the model repainted: the window; for a
         masked repaint the union of its boxes grown a little (as `evaluate masked` crops real defects), else its

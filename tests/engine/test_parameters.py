@@ -42,7 +42,14 @@ def test_a_window_candidate_round_trips_through_its_json() -> None:
     }
     assert data["pre_rejected"] is False and "source_image_id" not in data
     assert CandidateParameters.from_dict(data) == params
-    assert params.boxes == [] and params.init_kind == "mosaic"
+    assert params.boxes == [] and params.init_kind == "mosaic" and not params.init_is_source
+
+
+def test_a_source_init_turned_a_quarter_is_not_the_source_itself() -> None:
+    plain = CandidateParameters(**CORE, init={"kind": "source", "sources": ["a.png"]})
+    turned = CandidateParameters(**CORE, init={"kind": "source", "sources": ["a.png"], "turn": 90})
+    assert plain.init_is_source and turned.init_kind == "source" and not turned.init_is_source
+    assert CandidateParameters(**CORE).init_is_source
 
 
 def test_a_masked_candidate_keeps_its_windows_boxes_and_quality() -> None:
