@@ -7,7 +7,8 @@ python launch.py pretrain --data ../shared/data/neu --out engine/weights/steel-p
 python launch.py evaluate fidelity --generated out/ --real /tmp/neu-split/val --reference /tmp/neu-split/pool
 python launch.py evaluate recognition --train /tmp/neu-split/pool --test /tmp/neu-split/val --synthetic out/ --k 5
 python launch.py evaluate neu-split --data ../shared/data/neu --out /tmp/neu-split   # also reference-features,
-                                                                                      # train-features, placement-stats
+                                                                                      # train-features, placement-stats,
+                                                                                      # direction-stats
 python launch.py tune-strength --adapter runs/my-adapter --token crazing --val /tmp/neu-split/val
 """
 
@@ -108,11 +109,13 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     gen.add_argument(
         "--quarter-turns",
-        type=float,
-        default=0.0,
+        type=_turn_share,
+        default="auto",
         help="Share of the varied inits turned a quarter (90° or 270°), for a defect that runs in any direction"
-        " while the init images all show one, e.g. 0.5 for scratches across and along the strip. Default 0: every"
-        " init keeps its images' direction (right for defects that follow the rolling direction).",
+        " while the init images all show one, e.g. 0.5 for scratches across and along the strip; 0 keeps every"
+        " init's direction. Default 'auto': the share that brings the inits' directions to those of the class in"
+        " the training pool (NEU's scratches run horizontally in a quarter of its images); none for a class the"
+        " pool does not know or with 10 or more init images.",
     )
     gen.add_argument("--per-init", type=int, default=None, help="Candidates per varied init (default 2).")
     gen.add_argument(
@@ -388,6 +391,12 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     placement.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
     placement.add_argument("--out", type=Path, default=None, help="Default: the shipped placement-stats.json.")
 
+    directions = ev_sub.add_parser(
+        "direction-stats", help="Count which way each class's training-pool images run (for the quarter turns)."
+    )
+    directions.add_argument("--neu", required=True, type=Path, help="The NEU folder (with manifest.csv).")
+    directions.add_argument("--out", type=Path, default=None, help="Default: the shipped direction-stats.json.")
+
     masked = ev_sub.add_parser(
         "masked", help="Masked samples auto-placed on clean NEU regions, judged on the masked crop (KID, realism)."
     )
@@ -469,6 +478,18 @@ def _threshold(text: str) -> float | str | None:
     return _setting_or_off(text, "realism threshold", zero_allowed=True)
 
 
+def _turn_share(text: str) -> float | str:
+    """`--quarter-turns`: "auto" or a share of inits in [0, 1]."""
+    if text == "auto":
+        return text
+    from engine.generation.variation import check_turn_share
+
+    try:
+        return check_turn_share(float(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a share in [0, 1]: {error}") from None
+
+
 def _strength_floor(text: str) -> float | str | None:
     """The realism gate's strength floor in (0, 1], 'off' (None) or 'default'."""
     return _setting_or_off(text, "strength floor", zero_allowed=False)
@@ -479,6 +500,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from engine.generation.variation import parse_init_mix
     from engine.training.loop import shared_value
 
+    # The batch says which share of its inits it turns a quarter, and why.
+    logging.getLogger("engine.batch").setLevel(logging.INFO)
     store = args.out is None
     out = args.out or Path(shared_value(lambda: str(_new_batch_folder(args.data_dir, args.token))))
     written = generate_to_folder(
@@ -501,7 +524,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         **({"capture_variation": args.capture_variation} if args.capture_variation is not None else {}),
         **({"per_init": args.per_init} if args.per_init is not None else {}),
         init_mix=parse_init_mix(args.init_mix) if args.init_mix is not None else None,
-        turn_share=args.quarter_turns,
+        turn_share=None if args.quarter_turns == "auto" else args.quarter_turns,
         **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
         **({"strength_floor": args.strength_floor} if args.strength_floor != "default" else {}),
     )
@@ -700,11 +723,20 @@ def cmd_placement_stats(args: argparse.Namespace) -> None:
     print(f"Wrote {out}: (boxes, images) per class {summary}")
 
 
+def cmd_direction_stats(args: argparse.Namespace) -> None:
+    from engine.generation.orientation import STATS_FILE, write_direction_statistics
+
+    out, classes = write_direction_statistics(args.neu, args.out or STATS_FILE)
+    counts = ", ".join(f"{name} {c['horizontal']}/{c['vertical']}/{c['images']}" for name, c in classes.items())
+    print(f"Wrote {out}: horizontal/vertical/images per class {counts}")
+
+
 DATA_COMMANDS = {
     "neu-split": cmd_neu_split,
     "reference-features": cmd_reference_features,
     "train-features": cmd_train_features,
     "placement-stats": cmd_placement_stats,
+    "direction-stats": cmd_direction_stats,
 }
 
 

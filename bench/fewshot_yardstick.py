@@ -254,7 +254,8 @@ def generate_samples(
     pipe: LoadedPipeline, shots: Path, synthetic: Path, per_class: int, steps: int, seed: int, options: dict
 ) -> dict | None:
     """Each class's samples from its shots, as `generate --init <shots> --num N` makes them (a class already
-    complete is kept; a class in `options["quarter_turns"]` gets its `--quarter-turns` share). Returns the draw's
+    complete is kept; a class in `options["quarter_turns"]` gets its `--quarter-turns` share, the others the
+    default's matched one). Returns the draw's
     stopped result when the realism gate ends a class's batch, else None."""
     turn_shares = options.get("quarter_turns", {})
     options = {name: value for name, value in options.items() if name != "quarter_turns"}
@@ -272,7 +273,7 @@ def generate_samples(
                 steps=steps,
                 seed=seed * 1000,
                 pipe=pipe,
-                turn_share=turn_shares.get(class_dir.name, 0.0),
+                turn_share=turn_shares.get(class_dir.name),
                 **options,
             )
         except RealismGateError as error:
@@ -348,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=class_shares,
         default={},
         help="Classes whose varied inits are turned a quarter, with the share: `scratches=0.5` is `generate"
-        " --quarter-turns 0.5` for scratches (what a user who knows they run in any direction sets).",
+        " --quarter-turns 0.5` for scratches, `scratches=0` turns none (default: `generate`'s, matched to the"
+        " class's directions in the training pool).",
     )
     ablation.add_argument(
         "--adapter",

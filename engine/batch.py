@@ -18,6 +18,7 @@ from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.generate import Candidate, generate, resolve_token
+from engine.generation.orientation import class_turn_share
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
@@ -89,7 +90,7 @@ def generate_to_folder(
     capture_variation: float = DEFAULT_CAPTURE_VARIATION,
     init_mix: dict[str, float] | None = None,
     strength_floor: float | None = DEFAULT_STRENGTH_FLOOR,
-    turn_share: float = 0.0,
+    turn_share: float | None = None,
 ) -> list[Path]:
     """Write `num` PNGs to `out` from the init image(s); returns their paths.
 
@@ -97,7 +98,9 @@ def generate_to_folder(
     from all the init images (the image as is, a geometric variant, a mosaic, a warped variant or an overlay, in
     the shares of `init_mix`, default `DEFAULT_INIT_MIX`; `engine.generation.variation`), recorded in each PNG's
     metadata; without it the init images are used in turn, `batch` candidates each. `turn_share` of the varied
-    inits are turned a quarter, for a defect that runs in any direction though the init images show one.
+    inits are turned a quarter, for a defect that runs in any direction though the init images show one; None
+    (the default) turns the share that brings the inits' directions to those the training pool knows for the
+    class (`engine.generation.orientation.class_turn_share`: none for a class it does not know).
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when
@@ -127,8 +130,10 @@ def generate_to_folder(
     paths = init_images(init)
     images = [_read_init(path) for path in paths]
     names = [path.name for path in paths]
-    # Under torchrun every process makes its share of the candidates, on its own device.
     state = process_state()
+    if turn_share is None:
+        turn_share = _matched_turn_share(class_name, images, vary and not auto_place, state.is_main_process)
+    # Under torchrun every process makes its share of the candidates, on its own device.
     pipe = pipe or load_pipeline(model, adapter, device=state.device if state.num_processes > 1 else None)
     resolve_token(pipe, class_name)
     masked = mask_image is not None or auto_place
@@ -229,6 +234,19 @@ def generate_to_folder(
     return [out / f"{class_name}_{i:05d}.png" for i in range(num)]
 
 
+def _matched_turn_share(class_name: str, images: list[Image.Image], vary: bool, log: bool) -> float:
+    """The quarter-turn share matched to the class's known directions (0 without varied inits or with a placed
+    mask), logged."""
+    if not vary:
+        return 0.0
+    choice = class_turn_share(class_name, images)
+    if log:
+        logger.info(
+            "Quarter turns for %s: %.0f %% of the varied inits (%s).", class_name, 100 * choice.share, choice.reason
+        )
+    return choice.share
+
+
 def _check_settings(
     num: int,
     strength: float | None,
@@ -236,7 +254,7 @@ def _check_settings(
     capture_variation: float,
     strength_floor: float | None,
     init_mix: dict[str, float] | None,
-    turn_share: float,
+    turn_share: float | None,
 ) -> None:
     """Raise a readable error for a batch setting out of range."""
     if num < 1:
@@ -251,7 +269,8 @@ def _check_settings(
         raise ValueError(f"The strength floor must be in (0, 1], got {strength_floor}.")
     if init_mix is not None:
         check_init_mix(init_mix)
-    check_turn_share(turn_share)
+    if turn_share is not None:
+        check_turn_share(turn_share)
 
 
 def _attempt_init(

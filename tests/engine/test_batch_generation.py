@@ -79,6 +79,48 @@ def test_quarter_turns_turn_that_share_of_a_batchs_inits_and_record_it(pipe, sho
         _generate(pipe, shots, tmp_path / "bad", turn_share=-0.1)
 
 
+def test_by_default_a_batch_turns_the_share_that_matches_the_classs_directions_in_the_training_pool(
+    pipe, shots, tmp_path, caplog
+):
+    # The test's scratches are vertical lines; turned, they run across, as almost no NEU inclusion does (4 of 197
+    # directed images of the training pool): as inclusions, nearly every init is turned back.
+    across = tmp_path / "across"
+    across.mkdir()
+    for path in list_images(shots):
+        Image.open(path).transpose(Image.Transpose.ROTATE_90).save(across / path.name)
+    with caplog.at_level(logging.INFO, logger="engine.batch"):
+        written = generate_to_folder(
+            None,
+            None,
+            "inclusion",
+            across,
+            6,
+            tmp_path / "out",
+            strength=0.5,
+            steps=4,
+            pipe=pipe,
+            realism_threshold=None,
+        )
+    turns = [read_png_parameters(p.read_bytes()).init.get("turn") for p in written]
+    assert sum(turn in (90, 270) for turn in turns) >= 4, turns
+    assert "Quarter turns for inclusion: 98 % of the varied inits" in caplog.text
+    assert "4 horizontal, 193 vertical of 200" in caplog.text and "3 horizontal, 0 vertical of 3" in caplog.text
+    kept = generate_to_folder(
+        None,
+        None,
+        "inclusion",
+        across,
+        6,
+        tmp_path / "kept",
+        strength=0.5,
+        steps=4,
+        pipe=pipe,
+        realism_threshold=None,
+        turn_share=0.0,
+    )
+    assert all("turn" not in read_png_parameters(p.read_bytes()).init for p in kept)
+
+
 def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):
     kept = _generate(pipe, shots, tmp_path / "open", realism_threshold=0.0)
     params = read_png_parameters(kept[0].read_bytes()).as_dict()

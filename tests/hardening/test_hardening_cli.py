@@ -66,6 +66,8 @@ def test_generate_settings_out_of_range_exit_2_before_loading_a_model(
     [
         (["--strength-floor", "0"], "argument --strength-floor: a strength floor is in (0, 1] or 'off', got 0"),
         (["--realism-threshold", "1.5"], "argument --realism-threshold: a realism threshold is in [0, 1] or 'off'"),
+        (["--quarter-turns", "1.5"], "argument --quarter-turns: expected 'auto' or a share in [0, 1]: The share"),
+        (["--quarter-turns", "half"], "argument --quarter-turns: expected 'auto' or a share in [0, 1]: could not"),
     ],
 )
 def test_gate_settings_out_of_range_are_usage_errors(

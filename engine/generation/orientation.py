@@ -1,0 +1,160 @@
+"""Which way a class's defects run, and how many varied inits to turn a quarter so a batch runs the same ways.
+
+Five images of a class can all run one way where the class runs both: NEU's scratches are vertical in 145 of the
+training pool's 200 images and horizontal in 51, and a draw of five often holds only vertical ones. A batch's
+samples keep their inits' direction, so a recognizer trained on them misses the other one. The studio knows the
+training pool's directions per class (`engine/weights/direction-stats.json`; rebuild it with `python launch.py
+evaluate direction-stats --neu DATA/neu`) and turns the share of inits that brings the batch's directions to the
+pool's (`matched_turn_share`). A class the pool does not know, or one with enough images of its own to speak for
+its line (`MIN_OWN_REFERENCES`, as for the realism gate), keeps its images' directions.
+
+An image's direction is that of its structure tensor: the log ratio of its vertical to its horizontal gradient
+energy (a horizontal scratch has strong vertical gradients), beyond ±`DIRECTION_LOG_RATIO`; images in between
+(crazing's network, a round pit) have none, and a quarter turn changes nothing about them that matters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from engine.config import WEIGHTS_DIR
+from engine.data import read_neu, split_neu
+from engine.generation.parameters import MIN_OWN_REFERENCES
+
+STATS_FILE = WEIGHTS_DIR / "direction-stats.json"
+# |log(vertical / horizontal gradient energy)| from which an image runs one way (energies 1.65 : 1). On NEU's pool it
+# sorts scratches into 145 vertical, 51 horizontal and 4 neither, rolled-in scale 136 horizontal and none vertical,
+# crazing into none either way.
+DIRECTION_LOG_RATIO = 0.5
+# A reference's mix of directions counts from this many images that run one way.
+MIN_DIRECTED_IMAGES = 10
+# Gradient scale: blurred first, so the pixel grain does not outweigh the defect's own edges.
+BLUR_SIGMA = 1.5
+
+
+@dataclass(frozen=True)
+class DirectionCounts:
+    """How many of `images` run horizontally and how many vertically (the rest run neither way)."""
+
+    horizontal: int
+    vertical: int
+    images: int
+
+    @property
+    def directed(self) -> int:
+        return self.horizontal + self.vertical
+
+    @property
+    def horizontal_share(self) -> float | None:
+        """Share of the directed images that run horizontally; None without any."""
+        return self.horizontal / self.directed if self.directed else None
+
+    def describe(self) -> str:
+        return f"{self.horizontal} horizontal, {self.vertical} vertical of {self.images}"
+
+
+def direction_of(image: Image.Image) -> str | None:
+    """ "horizontal", "vertical" or None: the way the image's structure runs (module docstring)."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    grey = cv2.GaussianBlur(grey, (0, 0), BLUR_SIGMA)
+    horizontal_energy = float(np.mean(cv2.Sobel(grey, cv2.CV_32F, 1, 0) ** 2))
+    vertical_energy = float(np.mean(cv2.Sobel(grey, cv2.CV_32F, 0, 1) ** 2))
+    if horizontal_energy <= 0 or vertical_energy <= 0:
+        return None
+    log_ratio = math.log(vertical_energy / horizontal_energy)
+    if log_ratio > DIRECTION_LOG_RATIO:
+        return "horizontal"
+    if log_ratio < -DIRECTION_LOG_RATIO:
+        return "vertical"
+    return None
+
+
+def count_directions(images: list[Image.Image]) -> DirectionCounts:
+    """The directions of `images`."""
+    directions = [direction_of(image) for image in images]
+    return DirectionCounts(directions.count("horizontal"), directions.count("vertical"), len(images))
+
+
+def matched_turn_share(reference: DirectionCounts, inits: DirectionCounts) -> float:
+    """The share of inits to turn a quarter so that, in expectation, their directed ones run horizontally as often as
+    the reference's do: with h the inits' horizontal share and r the reference's, turning a share t gives
+    h + t (1 - 2h) = r. 0 when either has too few directed images (or the inits none), or when turning cannot
+    move the inits towards the reference (clipped to 0-1)."""
+    target = reference.horizontal_share if reference.directed >= MIN_DIRECTED_IMAGES else None
+    current = inits.horizontal_share
+    if target is None or current is None or math.isclose(current, 0.5):
+        return 0.0
+    return float(min(1.0, max(0.0, (target - current) / (1 - 2 * current))))
+
+
+@dataclass(frozen=True)
+class TurnChoice:
+    """The quarter-turn share a batch uses for a class, and why."""
+
+    share: float
+    reason: str
+
+
+def class_turn_share(class_name: str, images: list[Image.Image], stats: dict | None = None) -> TurnChoice:
+    """The share of a class's varied inits to turn (`matched_turn_share`), made from its init `images`: their own
+    directions when there are MIN_OWN_REFERENCES of them (the user's line speaks for itself: no turn), else the
+    training pool's directions of a class it knows (`stats`, default the shipped ones), else none."""
+    inits = count_directions(images)
+    if len(images) >= MIN_OWN_REFERENCES:
+        return TurnChoice(0.0, f"the class's {len(images)} images set its directions ({inits.describe()})")
+    if stats is None:
+        try:
+            stats = load_direction_statistics()
+        except FileNotFoundError:
+            stats = {"classes": {}}
+    entry = stats["classes"].get(class_name)
+    if entry is None:
+        return TurnChoice(0.0, "no directions known for the class beyond its images")
+    reference = DirectionCounts(**entry)
+    share = matched_turn_share(reference, inits)
+    return TurnChoice(
+        share, f"the training pool's {class_name} run {reference.describe()}; the init images {inits.describe()}"
+    )
+
+
+def direction_statistics(neu_root: Path) -> dict:
+    """Per class: the directions of NEU's training pool images (never its validation split)."""
+    pool, _ = split_neu(read_neu(Path(neu_root)))
+    by_class: dict[str, list[Path]] = {}
+    for item in pool:
+        by_class.setdefault(item.class_name, []).append(item.path)
+    classes = {}
+    for class_name, paths in sorted(by_class.items()):
+        images = []
+        for path in paths:
+            with Image.open(path) as opened:
+                images.append(opened.convert("L"))
+        classes[class_name] = asdict(count_directions(images))
+    return {
+        "source": "NEU training pool (engine.data.split_neu), engine.generation.orientation.direction_of",
+        "log_ratio": DIRECTION_LOG_RATIO,
+        "classes": classes,
+    }
+
+
+def write_direction_statistics(neu_root: Path, out: Path = STATS_FILE) -> tuple[Path, dict]:
+    """Compute and write the statistics; returns (path, the counts per class)."""
+    stats = direction_statistics(neu_root)
+    Path(out).write_text(json.dumps(stats, indent=1) + "\n")
+    return Path(out), stats["classes"]
+
+
+def load_direction_statistics(path: Path = STATS_FILE) -> dict:
+    """The shipped statistics; raises a readable error if the file is missing."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"No direction statistics at {path}; run `python launch.py evaluate direction-stats --neu DIR`."
+        )
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,127 @@
+"""Which way a class's defects run, and the quarter-turn share that matches a batch's inits to the class."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.generation.orientation import (
+    MIN_DIRECTED_IMAGES,
+    STATS_FILE,
+    DirectionCounts,
+    class_turn_share,
+    count_directions,
+    direction_of,
+    load_direction_statistics,
+    matched_turn_share,
+    write_direction_statistics,
+)
+from engine.generation.parameters import MIN_OWN_REFERENCES
+from engine.generation.variation import quarter_turn
+from tests.support import make_steel_like
+
+
+def _scratch(seed: int, size: int = 48) -> Image.Image:
+    """A noise slab with two dark vertical lines (the test data's scratches)."""
+    return Image.fromarray(make_steel_like(np.random.default_rng(seed), size, "scratches")[..., 0])
+
+
+def test_a_scratch_runs_its_way_and_a_quarter_turn_turns_it_and_plain_noise_runs_neither():
+    vertical = _scratch(0)
+    assert direction_of(vertical) == "vertical"
+    turned, _ = quarter_turn(vertical, random.Random(0))
+    assert direction_of(turned) == "horizontal"
+    noise = Image.fromarray(np.random.default_rng(0).normal(128, 12, (48, 48)).clip(0, 255).astype(np.uint8))
+    assert direction_of(noise) is None
+    assert direction_of(Image.new("L", (16, 16), 128)) is None, "a flat image has no gradients at all"
+    assert direction_of(vertical.convert("RGB").resize((96, 48))) == "vertical", "colour and non-square images too"
+    assert count_directions([vertical, turned, noise]) == DirectionCounts(horizontal=1, vertical=1, images=3)
+
+
+def test_the_matched_share_brings_the_inits_directions_to_the_references():
+    scratches = DirectionCounts(horizontal=51, vertical=145, images=200)
+    target = 51 / 196
+    for horizontal, vertical in [(0, 5), (1, 4), (0, 3)]:
+        inits = DirectionCounts(horizontal, vertical, 5)
+        share = matched_turn_share(scratches, inits)
+        current = horizontal / (horizontal + vertical)
+        # Turning a share t of the inits: h + t (1 - 2h) of the directed ones run horizontally, as in the pool.
+        assert current + share * (1 - 2 * current) == pytest.approx(target)
+    assert matched_turn_share(scratches, DirectionCounts(0, 5, 5)) == pytest.approx(0.26, abs=0.005)
+    # A class that keeps its direction is not turned; inits leaning further the pool's way are not turned back.
+    rolled_in = DirectionCounts(horizontal=136, vertical=0, images=200)
+    assert matched_turn_share(rolled_in, DirectionCounts(3, 0, 5)) == 0.0
+    assert matched_turn_share(scratches, DirectionCounts(2, 3, 5)) == 0.0
+    # Inits that run the other way from the whole pool are all turned.
+    assert matched_turn_share(rolled_in, DirectionCounts(0, 4, 5)) == 1.0
+    # Nothing to match: inits without a direction, a reference with too few directed images, half and half.
+    assert matched_turn_share(scratches, DirectionCounts(0, 0, 5)) == 0.0
+    few = DirectionCounts(horizontal=MIN_DIRECTED_IMAGES - 2, vertical=1, images=200)
+    assert matched_turn_share(few, DirectionCounts(0, 5, 5)) == 0.0
+    assert matched_turn_share(scratches, DirectionCounts(2, 2, 5)) == 0.0
+
+
+def test_a_class_turns_only_where_the_training_pool_knows_it_and_its_own_images_are_few():
+    stats = {"classes": {"scratches": {"horizontal": 51, "vertical": 145, "images": 200}}}
+    shots = [_scratch(seed) for seed in range(5)]
+    known = class_turn_share("scratches", shots, stats)
+    assert known.share == pytest.approx(0.26, abs=0.005)
+    assert "51 horizontal, 145 vertical of 200" in known.reason and "0 horizontal, 5 vertical of 5" in known.reason
+    unknown = class_turn_share("edge crack", shots, stats)
+    assert unknown.share == 0.0 and "no directions known" in unknown.reason
+    many = [_scratch(seed) for seed in range(MIN_OWN_REFERENCES)]
+    own = class_turn_share("scratches", many, stats)
+    assert own.share == 0.0 and f"{MIN_OWN_REFERENCES} images set its directions" in own.reason
+
+
+def test_the_shipped_directions_are_the_training_pools_and_rebuild_from_neu(tmp_path):
+    shipped = load_direction_statistics()
+    assert STATS_FILE.stat().st_size < 4096
+    scratches = shipped["classes"]["scratches"]
+    assert scratches["horizontal"] > 0 and scratches["vertical"] > scratches["horizontal"]
+    assert all(entry["images"] <= 200 for entry in shipped["classes"].values()), "the training pool only"
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(1, 8):
+        picture = _scratch(i) if i % 2 else quarter_turn(_scratch(i), random.Random(i))[0]
+        picture.save(images / f"s{i}.png")
+        rows.append(f"images/s{i}.png,scratches,{i},\n")
+    (tmp_path / "manifest.csv").write_text("image,cls,index,annotation\n" + "".join(rows))
+    out, classes = write_direction_statistics(tmp_path, tmp_path / "directions.json")
+    # Of 7 images, positions 0 and 6 (s1, s7, vertical) are validation images: s3, s5 vertical, s2, s4, s6 turned.
+    assert classes == {"scratches": {"horizontal": 3, "vertical": 2, "images": 5}}
+
+    import launch
+
+    cli_out = tmp_path / "cli.json"
+    assert launch.main(["evaluate", "direction-stats", "--neu", str(tmp_path), "--out", str(cli_out)]) == 0
+    assert json.loads(cli_out.read_text()) == json.loads(out.read_text())
+    with pytest.raises(FileNotFoundError, match="direction-stats"):
+        load_direction_statistics(tmp_path / "missing.json")
+
+
+def test_generate_logs_the_share_it_turns_and_takes_a_number_instead(tiny_model, tiny_adapter, tmp_path, caplog):
+    import launch
+    from engine.generation.generate import read_png_parameters
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for seed in range(3):
+        _scratch(seed).save(shots / f"s{seed}.png")
+    common = ["generate", "--model", str(tiny_model), "--adapter", str(tiny_adapter), "--init", str(shots)]
+    common += ["--token", "scratches", "--num", "2", "--steps", "2", "--realism-threshold", "off"]
+    with caplog.at_level(logging.INFO, logger="engine.batch"):
+        assert launch.main([*common, "--out", str(tmp_path / "auto")]) == 0
+    assert "Quarter turns for scratches: 26 % of the varied inits" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="engine.batch"):
+        assert launch.main([*common, "--out", str(tmp_path / "all"), "--quarter-turns", "1"]) == 0
+    assert "Quarter turns for" not in caplog.text, "a share given is not matched"
+    turned = [read_png_parameters(p.read_bytes()).init for p in sorted((tmp_path / "all").glob("*.png"))]
+    assert len(turned) == 2 and all(init["turn"] in (90, 270) for init in turned)
