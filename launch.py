@@ -8,7 +8,7 @@ python launch.py evaluate fidelity --generated out/ --real /tmp/neu-split/val --
 python launch.py evaluate recognition --train /tmp/neu-split/pool --test /tmp/neu-split/val --synthetic out/ --k 5
 python launch.py evaluate neu-split --data ../shared/data/neu --out /tmp/neu-split   # also reference-features,
                                                                                       # train-features, placement-stats,
-                                                                                      # direction-stats
+                                                                                      # class-stats
 python launch.py tune-strength --adapter runs/my-adapter --token crazing --val /tmp/neu-split/val
 """
 
@@ -391,11 +391,11 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     placement.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
     placement.add_argument("--out", type=Path, default=None, help="Default: the shipped placement-stats.json.")
 
-    directions = ev_sub.add_parser(
-        "direction-stats", help="Count which way each class's training-pool images run (for the quarter turns)."
+    class_stats = ev_sub.add_parser(
+        "class-stats", help="Which ways each class's training-pool images run and how they are exposed."
     )
-    directions.add_argument("--neu", required=True, type=Path, help="The NEU folder (with manifest.csv).")
-    directions.add_argument("--out", type=Path, default=None, help="Default: the shipped direction-stats.json.")
+    class_stats.add_argument("--neu", required=True, type=Path, help="The NEU folder (with manifest.csv).")
+    class_stats.add_argument("--out", type=Path, default=None, help="Default: the shipped class-stats.json.")
 
     masked = ev_sub.add_parser(
         "masked", help="Masked samples auto-placed on clean NEU regions, judged on the masked crop (KID, realism)."
@@ -723,10 +723,10 @@ def cmd_placement_stats(args: argparse.Namespace) -> None:
     print(f"Wrote {out}: (boxes, images) per class {summary}")
 
 
-def cmd_direction_stats(args: argparse.Namespace) -> None:
-    from engine.generation.orientation import STATS_FILE, write_direction_statistics
+def cmd_class_stats(args: argparse.Namespace) -> None:
+    from engine.generation.class_stats import STATS_FILE, write_class_statistics
 
-    out, classes = write_direction_statistics(args.neu, args.out or STATS_FILE)
+    out, classes = write_class_statistics(args.neu, args.out or STATS_FILE)
     counts = ", ".join(f"{name} {c['horizontal']}/{c['vertical']}/{c['images']}" for name, c in classes.items())
     print(f"Wrote {out}: horizontal/vertical/images per class {counts}")
 
@@ -736,7 +736,7 @@ DATA_COMMANDS = {
     "reference-features": cmd_reference_features,
     "train-features": cmd_train_features,
     "placement-stats": cmd_placement_stats,
-    "direction-stats": cmd_direction_stats,
+    "class-stats": cmd_class_stats,
 }
 
 

@@ -17,8 +17,8 @@ from engine.adapters import proposed_strength
 from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
+from engine.generation.class_stats import class_exposures, class_turn_share, pool_exposure
 from engine.generation.generate import Candidate, generate, resolve_token
-from engine.generation.orientation import class_turn_share
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
@@ -100,7 +100,7 @@ def generate_to_folder(
     metadata; without it the init images are used in turn, `batch` candidates each. `turn_share` of the varied
     inits are turned a quarter, for a defect that runs in any direction though the init images show one; None
     (the default) turns the share that brings the inits' directions to those the training pool knows for the
-    class (`engine.generation.orientation.class_turn_share`: none for a class it does not know).
+    class (`engine.generation.class_stats.class_turn_share`: none for a class it does not know).
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when
@@ -111,7 +111,9 @@ def generate_to_folder(
     floor is None or not below it, and in a masked repaint) ends the batch with `RealismGateError`, the kept
     samples written.
     Then every candidate gets `capture_variation` (the exposure of another capture, and the pixel grain of the init
-    images, recorded in its metadata; the realism score is the model's render's).
+    images, recorded in its metadata; the realism score is the model's render's); in a varied batch of a class the
+    training pool knows, half of them then take the exposure of one of its pool images (`class_stats.pool_exposure`,
+    not with ten or more init images, nor with `capture_variation` 0).
     Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
@@ -162,6 +164,7 @@ def generate_to_folder(
     state.wait_for_everyone()
     per_attempt = min(per_init if vary else batch, num)
     grain = grain_range(images)
+    exposures = class_exposures(class_name, images) if vary and not masked else []
     attempts: list[tuple[int, bool]] = []  # (slot, below the threshold) of the candidates this process made
     strengths = [strength]
     phase_start = 0  # the first slot made at the current strength
@@ -193,7 +196,7 @@ def generate_to_folder(
             if score is not None:
                 candidate.params.realism = Realism(**asdict(score), reference=reference)
             slot = attempt * per_attempt + offset
-            low = _write_part(candidate, parts, slot, realism_threshold, capture_variation, grain, seed)
+            low = _write_part(candidate, parts, slot, realism_threshold, capture_variation, grain, exposures, seed)
             attempts.append((slot, low))
         outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num, phase_start)
         if outcome.exhausted_at is None:
@@ -298,10 +301,12 @@ def _write_part(
     realism_threshold: float | None,
     capture_variation: float,
     grain: tuple[float, float],
+    exposures: list[list[float]],
     seed: int,
 ) -> bool:
     """Mark the candidate against the realism gate, give it its capture variation (towards the init images' `grain`
-    range) and write it (and its mask) to `parts` under its slot number; returns whether the gate flags it."""
+    range, then perhaps one of the pool's `exposures`) and write it (and its mask) to `parts` under its slot number;
+    returns whether the gate flags it."""
     params = candidate.params
     low = params.realism is not None and params.realism.score < realism_threshold
     if params.realism is not None:
@@ -309,7 +314,8 @@ def _write_part(
     if capture_variation:
         rng = random.Random(f"{seed}:capture:{slot}")
         candidate.image, details = vary_capture(candidate.image, rng, grain, capture_variation)
-        params.capture = {"amount": capture_variation, **details}
+        candidate.image, exposed = pool_exposure(candidate.image, random.Random(f"{seed}:exposure:{slot}"), exposures)
+        params.capture = {"amount": capture_variation, **details, **exposed}
     (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
     if (mask_bytes := candidate.mask_png()) is not None:
         (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)

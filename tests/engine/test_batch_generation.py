@@ -12,6 +12,7 @@ from PIL import Image
 from engine.batch import FLAGGED_FOLDER, RealismGateError, finetune_folder, generate_to_folder
 from engine.data import list_images
 from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
+from engine.generation.class_stats import load_class_statistics
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
 from engine.generation.variation import grain_range
@@ -119,6 +120,17 @@ def test_by_default_a_batch_turns_the_share_that_matches_the_classs_directions_i
         turn_share=0.0,
     )
     assert all("turn" not in read_png_parameters(p.read_bytes()).init for p in kept)
+
+
+def test_half_a_known_classs_samples_take_the_exposure_of_a_pool_image(pipe, shots, tmp_path):
+    written = _generate(pipe, shots, tmp_path / "exposed", realism_threshold=None, turn_share=0.0)
+    captures = [read_png_parameters(p.read_bytes()).capture for p in written]
+    exposed = [c["pool_exposure"] for c in captures if "pool_exposure" in c]
+    assert 0 < len(exposed) < 6, captures
+    pool = load_class_statistics()["classes"]["scratches"]["exposures"]
+    assert all(exposure in pool for exposure in exposed)
+    untouched = _generate(pipe, shots, tmp_path / "raw", realism_threshold=None, turn_share=0.0, capture_variation=0)
+    assert all(read_png_parameters(p.read_bytes()).capture is None for p in untouched)
 
 
 def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):

@@ -1,4 +1,5 @@
-"""Which way a class's defects run, and the quarter-turn share that matches a batch's inits to the class."""
+"""What the training pool knows of a class: which ways it runs (the quarter turns that match a batch to it) and its
+exposures."""
 
 from __future__ import annotations
 
@@ -10,16 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.generation.orientation import (
+from engine.generation.class_stats import (
     MIN_DIRECTED_IMAGES,
     STATS_FILE,
     DirectionCounts,
+    class_exposures,
     class_turn_share,
     count_directions,
     direction_of,
-    load_direction_statistics,
+    grey_exposure,
+    load_class_statistics,
     matched_turn_share,
-    write_direction_statistics,
+    pool_exposure,
+    write_class_statistics,
 )
 from engine.generation.parameters import MIN_OWN_REFERENCES
 from engine.generation.variation import quarter_turn
@@ -79,9 +83,9 @@ def test_a_class_turns_only_where_the_training_pool_knows_it_and_its_own_images_
     assert own.share == 0.0 and f"{MIN_OWN_REFERENCES} images set its directions" in own.reason
 
 
-def test_the_shipped_directions_are_the_training_pools_and_rebuild_from_neu(tmp_path):
-    shipped = load_direction_statistics()
-    assert STATS_FILE.stat().st_size < 4096
+def test_the_shipped_statistics_are_the_training_pools_and_rebuild_from_neu(tmp_path):
+    shipped = load_class_statistics()
+    assert STATS_FILE.stat().st_size < 32768
     scratches = shipped["classes"]["scratches"]
     assert scratches["horizontal"] > 0 and scratches["vertical"] > scratches["horizontal"]
     assert all(entry["images"] <= 200 for entry in shipped["classes"].values()), "the training pool only"
@@ -93,17 +97,40 @@ def test_the_shipped_directions_are_the_training_pools_and_rebuild_from_neu(tmp_
         picture.save(images / f"s{i}.png")
         rows.append(f"images/s{i}.png,scratches,{i},\n")
     (tmp_path / "manifest.csv").write_text("image,cls,index,annotation\n" + "".join(rows))
-    out, classes = write_direction_statistics(tmp_path, tmp_path / "directions.json")
+    out, classes = write_class_statistics(tmp_path, tmp_path / "stats.json")
     # Of 7 images, positions 0 and 6 (s1, s7, vertical) are validation images: s3, s5 vertical, s2, s4, s6 turned.
-    assert classes == {"scratches": {"horizontal": 3, "vertical": 2, "images": 5}}
+    entry = classes["scratches"]
+    assert (entry["horizontal"], entry["vertical"], entry["images"]) == (3, 2, 5)
+    expected = [[round(v, 1) for v in grey_exposure(Image.open(images / f"s{i}.png"))] for i in range(2, 7)]
+    assert entry["exposures"] == expected
 
     import launch
 
     cli_out = tmp_path / "cli.json"
-    assert launch.main(["evaluate", "direction-stats", "--neu", str(tmp_path), "--out", str(cli_out)]) == 0
+    assert launch.main(["evaluate", "class-stats", "--neu", str(tmp_path), "--out", str(cli_out)]) == 0
     assert json.loads(cli_out.read_text()) == json.loads(out.read_text())
-    with pytest.raises(FileNotFoundError, match="direction-stats"):
-        load_direction_statistics(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match="class-stats"):
+        load_class_statistics(tmp_path / "missing.json")
+
+
+def test_a_known_class_takes_the_pools_exposures_and_half_its_samples_one_of_them():
+    dark = [Image.fromarray(np.full((32, 32), 60, np.uint8)) for _ in range(5)]
+    stats = {"classes": {"rolled-in_scale": {"horizontal": 2, "vertical": 0, "images": 2, "exposures": [[150, 20]]}}}
+    assert class_exposures("rolled-in_scale", dark, stats) == [[150, 20]]
+    assert class_exposures("edge crack", dark, stats) == []
+    assert class_exposures("rolled-in_scale", dark * 2, stats) == [], "ten images of its own speak for the line"
+    assert len(class_exposures("rolled-in_scale", dark)) == 200, "the shipped pool's"
+    sample = _scratch(0).convert("RGB")
+    rng = random.Random(0)
+    outcomes = [pool_exposure(sample, rng, [[150.0, 20.0]]) for _ in range(40)]
+    exposed = [(image, details) for image, details in outcomes if details]
+    assert 10 <= len(exposed) <= 30, "about half"
+    for image, details in exposed:
+        mean, std = grey_exposure(image)
+        assert details == {"pool_exposure": [150.0, 20.0]} and image.mode == "RGB"
+        assert abs(mean - 150) < 1 and abs(std - 20) < 1
+    assert all(image is sample for image, details in outcomes if not details)
+    assert pool_exposure(sample, rng, []) == (sample, {})
 
 
 def test_generate_logs_the_share_it_turns_and_takes_a_number_instead(tiny_model, tiny_adapter, tmp_path, caplog):

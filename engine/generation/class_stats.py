@@ -1,22 +1,28 @@
-"""Which way a class's defects run, and how many varied inits to turn a quarter so a batch runs the same ways.
+"""What NEU's training pool shows of each class it holds beyond a user's few images: which ways its defects run and
+how its images are exposed. A batch of a known class uses both to reach the class's range, not only its five shots'.
 
-Five images of a class can all run one way where the class runs both: NEU's scratches are vertical in 145 of the
-training pool's 200 images and horizontal in 51, and a draw of five often holds only vertical ones. A batch's
-samples keep their inits' direction, so a recognizer trained on them misses the other one. The studio knows the
-training pool's directions per class (`engine/weights/direction-stats.json`; rebuild it with `python launch.py
-evaluate direction-stats --neu DATA/neu`) and turns the share of inits that brings the batch's directions to the
-pool's (`matched_turn_share`). A class the pool does not know, or one with enough images of its own to speak for
-its line (`MIN_OWN_REFERENCES`, as for the realism gate), keeps its images' directions.
+Shipped as `engine/weights/class-stats.json` (training pool only); rebuild it with `python launch.py evaluate
+class-stats --neu DATA/neu`. A class the pool does not know (a new mill's), or one with enough images of its own to
+speak for its line (`MIN_OWN_REFERENCES`, as for the realism gate), keeps its images' directions and exposure.
 
-An image's direction is that of its structure tensor: the log ratio of its vertical to its horizontal gradient
-energy (a horizontal scratch has strong vertical gradients), beyond ±`DIRECTION_LOG_RATIO`; images in between
-(crazing's network, a round pit) have none, and a quarter turn changes nothing about them that matters.
+Directions. Five images of a class can all run one way where the class runs both: NEU's scratches are vertical in
+145 of the training pool's 200 images and horizontal in 51, and a draw of five often holds only vertical ones. A
+batch's samples keep their inits' direction, so a recognizer trained on them misses the other one. The batch turns
+the share of inits that brings its directions to the pool's (`matched_turn_share`). An image's direction is that of
+its structure tensor: the log ratio of its vertical to its horizontal gradient energy (a horizontal scratch has
+strong vertical gradients), beyond ±`DIRECTION_LOG_RATIO`; images in between (crazing's network, a round pit) have
+none, and a quarter turn changes nothing about them that matters.
+
+Exposure. Five images can also all be dark where the class spans the camera's range (one draw's rolled-in scale:
+grey means 75–92, the pool's 74–152). `POOL_EXPOSURE_SHARE` of a batch's samples take the grey mean and spread of a
+random pool image of the class (`pool_exposure`), after the capture variation.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from engine.config import WEIGHTS_DIR
 from engine.data import read_neu, split_neu
 from engine.generation.parameters import MIN_OWN_REFERENCES
 
-STATS_FILE = WEIGHTS_DIR / "direction-stats.json"
+STATS_FILE = WEIGHTS_DIR / "class-stats.json"
 # |log(vertical / horizontal gradient energy)| from which an image runs one way (energies 1.65 : 1). On NEU's pool it
 # sorts scratches into 145 vertical, 51 horizontal and 4 neither, rolled-in scale 136 horizontal and none vertical,
 # crazing into none either way.
@@ -37,6 +43,9 @@ DIRECTION_LOG_RATIO = 0.5
 MIN_DIRECTED_IMAGES = 10
 # Gradient scale: blurred first, so the pixel grain does not outweigh the defect's own edges.
 BLUR_SIGMA = 1.5
+# Share of a known class's samples exposed like a random pool image of the class. Screened at 0.5 only (README,
+# "Exposure of the training pool"): half keep the exposure of their own init images.
+POOL_EXPOSURE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,21 +120,55 @@ def class_turn_share(class_name: str, images: list[Image.Image], stats: dict | N
         return TurnChoice(0.0, f"the class's {len(images)} images set its directions ({inits.describe()})")
     if stats is None:
         try:
-            stats = load_direction_statistics()
+            stats = load_class_statistics()
         except FileNotFoundError:
             stats = {"classes": {}}
     entry = stats["classes"].get(class_name)
     if entry is None:
         return TurnChoice(0.0, "no directions known for the class beyond its images")
-    reference = DirectionCounts(**entry)
+    reference = DirectionCounts(entry["horizontal"], entry["vertical"], entry["images"])
     share = matched_turn_share(reference, inits)
     return TurnChoice(
         share, f"the training pool's {class_name} run {reference.describe()}; the init images {inits.describe()}"
     )
 
 
-def direction_statistics(neu_root: Path) -> dict:
-    """Per class: the directions of NEU's training pool images (never its validation split)."""
+def class_exposures(class_name: str, images: list[Image.Image], stats: dict | None = None) -> list[list[float]]:
+    """The (grey mean, grey standard deviation) of every pool image of a known class with fewer than
+    MIN_OWN_REFERENCES init `images`; else none (the class keeps its images' exposure)."""
+    if len(images) >= MIN_OWN_REFERENCES:
+        return []
+    if stats is None:
+        try:
+            stats = load_class_statistics()
+        except FileNotFoundError:
+            return []
+    return stats["classes"].get(class_name, {}).get("exposures", [])
+
+
+def grey_exposure(image: Image.Image) -> tuple[float, float]:
+    """The image's grey mean and standard deviation."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    return float(grey.mean()), float(grey.std())
+
+
+def pool_exposure(
+    image: Image.Image, rng: random.Random, exposures: list[list[float]], share: float = POOL_EXPOSURE_SHARE
+) -> tuple[Image.Image, dict]:
+    """With probability `share`, the image with the grey mean and spread of one of `exposures` (a linear map of every
+    channel alike); returns (image, {"pool_exposure": [mean, std]} or {})."""
+    if not exposures or rng.random() >= share:
+        return image, {}
+    mean, std = rng.choice(exposures)
+    own_mean, own_std = grey_exposure(image)
+    pixels = np.asarray(image, dtype=np.float32)
+    pixels = (pixels - own_mean) * (std / max(own_std, 1e-3)) + mean
+    exposed = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)).convert(image.mode)
+    return exposed, {"pool_exposure": [mean, std]}
+
+
+def class_statistics(neu_root: Path) -> dict:
+    """Per class of NEU's training pool (never its validation split): its images' directions and exposures."""
     pool, _ = split_neu(read_neu(Path(neu_root)))
     by_class: dict[str, list[Path]] = {}
     for item in pool:
@@ -133,28 +176,29 @@ def direction_statistics(neu_root: Path) -> dict:
     classes = {}
     for class_name, paths in sorted(by_class.items()):
         images = []
-        for path in paths:
+        for path in sorted(paths):
             with Image.open(path) as opened:
                 images.append(opened.convert("L"))
-        classes[class_name] = asdict(count_directions(images))
+        exposures = [[round(value, 1) for value in grey_exposure(image)] for image in images]
+        classes[class_name] = {**asdict(count_directions(images)), "exposures": exposures}
     return {
-        "source": "NEU training pool (engine.data.split_neu), engine.generation.orientation.direction_of",
+        "source": "NEU training pool (engine.data.split_neu), engine.generation.class_stats",
         "log_ratio": DIRECTION_LOG_RATIO,
         "classes": classes,
     }
 
 
-def write_direction_statistics(neu_root: Path, out: Path = STATS_FILE) -> tuple[Path, dict]:
-    """Compute and write the statistics; returns (path, the counts per class)."""
-    stats = direction_statistics(neu_root)
-    Path(out).write_text(json.dumps(stats, indent=1) + "\n")
+def write_class_statistics(neu_root: Path, out: Path = STATS_FILE) -> tuple[Path, dict]:
+    """Compute and write the statistics; returns (path, the statistics per class)."""
+    stats = class_statistics(neu_root)
+    Path(out).write_text(json.dumps(stats, separators=(",", ":")) + "\n")
     return Path(out), stats["classes"]
 
 
-def load_direction_statistics(path: Path = STATS_FILE) -> dict:
+def load_class_statistics(path: Path = STATS_FILE) -> dict:
     """The shipped statistics; raises a readable error if the file is missing."""
     if not Path(path).is_file():
         raise FileNotFoundError(
-            f"No direction statistics at {path}; run `python launch.py evaluate direction-stats --neu DIR`."
+            f"No class statistics at {path}; run `python launch.py evaluate class-stats --neu DIR`."
         )
     return json.loads(Path(path).read_text())
