@@ -70,7 +70,7 @@ class DirectionCounts:
 
 
 def direction_of(image: Image.Image) -> str | None:
-    """ "horizontal", "vertical" or None: the way the image's structure runs (module docstring)."""
+    """The way the image's structure runs: "horizontal", "vertical" or None (module docstring)."""
     grey = np.asarray(image.convert("L"), dtype=np.float32)
     grey = cv2.GaussianBlur(grey, (0, 0), BLUR_SIGMA)
     horizontal_energy = float(np.mean(cv2.Sobel(grey, cv2.CV_32F, 1, 0) ** 2))
