@@ -118,12 +118,7 @@ def class_turn_share(class_name: str, images: list[Image.Image], stats: dict | N
     inits = count_directions(images)
     if len(images) >= MIN_OWN_REFERENCES:
         return TurnChoice(0.0, f"the class's {len(images)} images set its directions ({inits.describe()})")
-    if stats is None:
-        try:
-            stats = load_class_statistics()
-        except FileNotFoundError:
-            stats = {"classes": {}}
-    entry = stats["classes"].get(class_name)
+    entry = _pool_entry(class_name, images, stats)
     if entry is None:
         return TurnChoice(0.0, "no directions known for the class beyond its images")
     reference = DirectionCounts(entry["horizontal"], entry["vertical"], entry["images"])
@@ -136,14 +131,21 @@ def class_turn_share(class_name: str, images: list[Image.Image], stats: dict | N
 def class_exposures(class_name: str, images: list[Image.Image], stats: dict | None = None) -> list[list[float]]:
     """The (grey mean, grey standard deviation) of every pool image of a known class with fewer than
     MIN_OWN_REFERENCES init `images`; else none (the class keeps its images' exposure)."""
+    entry = _pool_entry(class_name, images, stats)
+    return entry.get("exposures", []) if entry is not None else []
+
+
+def _pool_entry(class_name: str, images: list[Image.Image], stats: dict | None) -> dict | None:
+    """The pool's statistics of the class (`stats`, default the shipped ones) when its own `images` are fewer than
+    MIN_OWN_REFERENCES; else None, as for a class the pool does not know."""
     if len(images) >= MIN_OWN_REFERENCES:
-        return []
+        return None
     if stats is None:
         try:
             stats = load_class_statistics()
         except FileNotFoundError:
-            return []
-    return stats["classes"].get(class_name, {}).get("exposures", [])
+            return None
+    return stats["classes"].get(class_name)
 
 
 def grey_exposure(image: Image.Image) -> tuple[float, float]:
