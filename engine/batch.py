@@ -127,6 +127,9 @@ def generate_to_folder(
         raise ValueError("Give --mask or --auto-place, not both.")
     mask_image = _read_mask(mask) if mask is not None else None
     vary = vary and mask_image is None
+    masked = mask_image is not None or auto_place
+    # A varied batch that repaints whole images uses what the training pool knows of the class.
+    uses_pool = vary and not masked
     if turn_share and not vary:
         raise ValueError("Quarter turns apply to varied inits; not with --mask or --no-vary.")
     paths = init_images(init)
@@ -134,11 +137,10 @@ def generate_to_folder(
     names = [path.name for path in paths]
     state = process_state()
     if turn_share is None:
-        turn_share = _matched_turn_share(class_name, images, vary and not auto_place, state.is_main_process)
+        turn_share = _matched_turn_share(class_name, images, state.is_main_process) if uses_pool else 0.0
     # Under torchrun every process makes its share of the candidates, on its own device.
     pipe = pipe or load_pipeline(model, adapter, device=state.device if state.num_processes > 1 else None)
     resolve_token(pipe, class_name)
-    masked = mask_image is not None or auto_place
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
     # A masked repaint at a lower strength paints less of the defect, which the gate would flag more, not less.
     strength_floor = None if masked else strength_floor
@@ -164,7 +166,7 @@ def generate_to_folder(
     state.wait_for_everyone()
     per_attempt = min(per_init if vary else batch, num)
     grain = grain_range(images)
-    exposures = class_exposures(class_name, images) if vary and not masked else []
+    exposures = class_exposures(class_name, images) if uses_pool else []
     attempts: list[tuple[int, bool]] = []  # (slot, below the threshold) of the candidates this process made
     strengths = [strength]
     phase_start = 0  # the first slot made at the current strength
@@ -237,11 +239,8 @@ def generate_to_folder(
     return [out / f"{class_name}_{i:05d}.png" for i in range(num)]
 
 
-def _matched_turn_share(class_name: str, images: list[Image.Image], vary: bool, log: bool) -> float:
-    """The quarter-turn share matched to the class's known directions (0 without varied inits or with a placed
-    mask), logged."""
-    if not vary:
-        return 0.0
+def _matched_turn_share(class_name: str, images: list[Image.Image], log: bool) -> float:
+    """The quarter-turn share matched to the class's known directions, logged."""
     choice = class_turn_share(class_name, images)
     if log:
         logger.info(
