@@ -143,8 +143,9 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         type=float,
         default=None,
         help="Exposure variation of each sample after the realism gate, 0 (off) to 1 and beyond (default 1); any"
-        " amount above 0 also brings each sample's pixel grain to that of the init images, and for a class the"
-        " training pool knows gives half of the samples the exposure of one of its pool images.",
+        " amount above 0 also brings each sample's pixel grain to that of the init images, and gives half of the"
+        " samples the exposure of one of the class's training pool images (for a class the pool does not know, one"
+        " drawn about the init images' with a pool class's spread).",
     )
     placement = gen.add_mutually_exclusive_group()
     placement.add_argument(

@@ -111,9 +111,10 @@ def generate_to_folder(
     floor is None or not below it, and in a masked repaint) ends the batch with `RealismGateError`, the kept
     samples written.
     Then every candidate gets `capture_variation` (the exposure of another capture, and the pixel grain of the init
-    images, recorded in its metadata; the realism score is the model's render's); in a varied batch of a class the
-    training pool knows, half of them then take the exposure of one of its pool images (`class_stats.pool_exposure`,
-    not with ten or more init images, nor with `capture_variation` 0).
+    images, recorded in its metadata; the realism score is the model's render's); in a varied batch, half of them
+    then take the exposure of one of the class's pool images, or for a class the pool does not know one drawn about
+    the init images' with the spread of a pool class (`class_stats.class_exposures`, `pool_exposure`; not with ten
+    or more init images, nor with `capture_variation` 0).
     Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
@@ -166,7 +167,7 @@ def generate_to_folder(
     state.wait_for_everyone()
     per_attempt = min(per_init if vary else batch, num)
     grain = grain_range(images)
-    exposures = class_exposures(class_name, images) if uses_pool else []
+    exposures = _class_exposures(class_name, images, state.is_main_process) if uses_pool and capture_variation else []
     attempts: list[tuple[int, bool]] = []  # (slot, below the threshold) of the candidates this process made
     strengths = [strength]
     phase_start = 0  # the first slot made at the current strength
@@ -247,6 +248,14 @@ def _matched_turn_share(class_name: str, images: list[Image.Image], log: bool) -
             "Quarter turns for %s: %.0f %% of the varied inits (%s).", class_name, 100 * choice.share, choice.reason
         )
     return choice.share
+
+
+def _class_exposures(class_name: str, images: list[Image.Image], log: bool) -> list[list[float]]:
+    """The exposures half the class's samples are mapped to, logged."""
+    choice = class_exposures(class_name, images)
+    if log and choice.exposures:
+        logger.info("Exposures for %s: %s.", class_name, choice.reason)
+    return choice.exposures
 
 
 def _check_settings(

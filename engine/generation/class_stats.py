@@ -2,8 +2,9 @@
 how its images are exposed. A batch of a known class uses both to reach the class's range, not only its five shots'.
 
 Shipped as `engine/weights/class-stats.json` (training pool only); rebuild it with `python launch.py evaluate
-class-stats --neu DATA/neu`. A class the pool does not know (a new mill's), or one with enough images of its own to
-speak for its line (`MIN_OWN_REFERENCES`, as for the realism gate), keeps its images' directions and exposure.
+class-stats --neu DATA/neu`. A class with enough images of its own to speak for its line (`MIN_OWN_REFERENCES`, as
+for the realism gate) keeps its images' directions and exposure; a class the pool does not know (a new mill's) keeps
+its images' directions, and its exposures are modelled with the pool's spread (below).
 
 Directions. Five images of a class can all run one way where the class runs both: NEU's scratches are vertical in
 145 of the training pool's 200 images and horizontal in 51, and a draw of five often holds only vertical ones. A
@@ -15,7 +16,10 @@ none, and a quarter turn changes nothing about them that matters.
 
 Exposure. Five images can also all be dark where the class spans the camera's range (one draw's rolled-in scale:
 grey means 75–92, the pool's 74–152). `POOL_EXPOSURE_SHARE` of a batch's samples take the grey mean and spread of a
-random pool image of the class (`pool_exposure`), after the capture variation.
+random pool image of the class (`pool_exposure`), after the capture variation. For a class the pool does not know,
+what it knows of steel classes in general stands in: how far a class's images spread in exposure about the class's
+own centre (`exposure_spread`, pooled over the pool's classes), around the centre of the class's own images
+(`modelled_exposures`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ BLUR_SIGMA = 1.5
 # Share of a known class's samples exposed like a random pool image of the class. Screened at 0.5 only (README,
 # "Exposure of the training pool"): half keep the exposure of their own init images.
 POOL_EXPOSURE_SHARE = 0.5
+# Exposures drawn for a class the pool does not know, and how far from its images' centre (in standard deviations of
+# the pool's spread) a draw may go.
+MODELLED_EXPOSURES = 200
+MODELLED_EXPOSURE_LIMIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -128,11 +136,75 @@ def class_turn_share(class_name: str, images: list[Image.Image], stats: dict | N
     )
 
 
-def class_exposures(class_name: str, images: list[Image.Image], stats: dict | None = None) -> list[list[float]]:
-    """The (grey mean, grey standard deviation) of every pool image of a known class with fewer than
-    MIN_OWN_REFERENCES init `images`; else none (the class keeps its images' exposure)."""
-    entry = _pool_entry(class_name, images, stats)
-    return entry.get("exposures", []) if entry is not None else []
+@dataclass(frozen=True)
+class ExposureChoice:
+    """The (grey mean, grey standard deviation) exposures a batch maps a class's samples to, and why."""
+
+    exposures: list[list[float]]
+    reason: str
+
+
+def class_exposures(class_name: str, images: list[Image.Image], stats: dict | None = None) -> ExposureChoice:
+    """The exposures for a batch of a class from its init `images`: none with MIN_OWN_REFERENCES of them (the class
+    keeps its images' exposure), else every pool image's of a class the pool knows (`stats`, default the shipped
+    ones), else `modelled_exposures` about the images' own."""
+    if len(images) >= MIN_OWN_REFERENCES:
+        return ExposureChoice([], f"the class's {len(images)} images set its exposure")
+    stats = stats if stats is not None else _shipped_statistics()
+    if stats is None or not images:
+        return ExposureChoice([], "no exposures known for the class beyond its images")
+    entry = stats["classes"].get(class_name)
+    if entry is not None:
+        exposures = entry.get("exposures", [])
+        means = [mean for mean, _ in exposures] or [0.0]
+        return ExposureChoice(
+            exposures,
+            f"the training pool's {len(exposures)} {class_name} (grey mean {min(means):.0f}–{max(means):.0f})",
+        )
+    spread = exposure_spread(stats)
+    mean, std = np.exp(_log_exposure_centre(images))
+    deviation = np.sqrt(np.diag(spread))
+    return ExposureChoice(
+        modelled_exposures(images, spread),
+        f"drawn about its {len(images)} images' grey mean {mean:.0f} and std {std:.0f} with the spread of a"
+        f" training pool class (log sd {deviation[0]:.2f} and {deviation[1]:.2f})",
+    )
+
+
+def exposure_spread(stats: dict) -> np.ndarray:
+    """The 2 × 2 covariance of (log grey mean, log grey std) of the pool's images about their class's own mean,
+    pooled over its classes: how widely one steel class's captures vary in exposure."""
+    deviations = []
+    for entry in stats["classes"].values():
+        logs = np.log(np.maximum(np.asarray(entry.get("exposures", []), dtype=np.float64).reshape(-1, 2), 1e-3))
+        if len(logs) > 1:
+            deviations.append(logs - logs.mean(axis=0))
+    if not deviations:
+        return np.zeros((2, 2))
+    stacked = np.concatenate(deviations)
+    return stacked.T @ stacked / max(len(stacked) - len(deviations), 1)
+
+
+def modelled_exposures(
+    images: list[Image.Image], spread: np.ndarray, count: int = MODELLED_EXPOSURES
+) -> list[list[float]]:
+    """`count` exposures drawn from a log-normal with the `images`' mean log grey mean and std as its centre and
+    `spread` as its covariance (truncated at MODELLED_EXPOSURE_LIMIT standard deviations per draw); the same
+    images give the same draws."""
+    if not images:
+        return []
+    centre = _log_exposure_centre(images)
+    factor = np.linalg.cholesky(spread + 1e-9 * np.eye(2))
+    rng = np.random.default_rng(int(1e6 * abs(centre).sum()) % 2**32)
+    normals = np.clip(rng.standard_normal((count, 2)), -MODELLED_EXPOSURE_LIMIT, MODELLED_EXPOSURE_LIMIT)
+    draws = np.exp(centre + normals @ factor.T)
+    draws[:, 0] = np.clip(draws[:, 0], 0, 255)
+    return [[round(float(mean), 1), round(float(std), 1)] for mean, std in draws]
+
+
+def _log_exposure_centre(images: list[Image.Image]) -> np.ndarray:
+    """The mean (log grey mean, log grey std) of `images`."""
+    return np.log(np.maximum(np.asarray([grey_exposure(image) for image in images]), 1e-3)).mean(axis=0)
 
 
 def _pool_entry(class_name: str, images: list[Image.Image], stats: dict | None) -> dict | None:
@@ -140,12 +212,16 @@ def _pool_entry(class_name: str, images: list[Image.Image], stats: dict | None) 
     MIN_OWN_REFERENCES; else None, as for a class the pool does not know."""
     if len(images) >= MIN_OWN_REFERENCES:
         return None
-    if stats is None:
-        try:
-            stats = load_class_statistics()
-        except FileNotFoundError:
-            return None
-    return stats["classes"].get(class_name)
+    stats = stats if stats is not None else _shipped_statistics()
+    return stats["classes"].get(class_name) if stats is not None else None
+
+
+def _shipped_statistics() -> dict | None:
+    """The shipped statistics, or None where the file is missing."""
+    try:
+        return load_class_statistics()
+    except FileNotFoundError:
+        return None
 
 
 def grey_exposure(image: Image.Image) -> tuple[float, float]:

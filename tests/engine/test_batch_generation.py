@@ -12,7 +12,7 @@ from PIL import Image
 from engine.batch import FLAGGED_FOLDER, RealismGateError, finetune_folder, generate_to_folder
 from engine.data import list_images
 from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
-from engine.generation.class_stats import load_class_statistics
+from engine.generation.class_stats import class_exposures, load_class_statistics
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
 from engine.generation.variation import grain_range
@@ -131,6 +131,30 @@ def test_half_a_known_classs_samples_take_the_exposure_of_a_pool_image(pipe, sho
     assert all(exposure in pool for exposure in exposed)
     untouched = _generate(pipe, shots, tmp_path / "raw", realism_threshold=None, turn_share=0.0, capture_variation=0)
     assert all(read_png_parameters(p.read_bytes()).capture is None for p in untouched)
+
+
+def test_a_class_the_pool_does_not_know_takes_exposures_drawn_about_its_own_images(pipe, shots, tmp_path, caplog):
+    # Named by its token, scratches is a class the training pool does not know (as a new mill's would be).
+    with caplog.at_level(logging.INFO, logger="engine.batch"):
+        written = generate_to_folder(
+            None,
+            None,
+            "<scratches>",
+            shots,
+            6,
+            tmp_path / "new",
+            strength=0.5,
+            steps=4,
+            pipe=pipe,
+            realism_threshold=None,
+        )
+    assert "Exposures for <scratches>: drawn about its 3 images' grey mean" in caplog.text
+    assert "Quarter turns for <scratches>: 0 %" in caplog.text
+    captures = [read_png_parameters(p.read_bytes()).capture for p in written]
+    exposed = [c["pool_exposure"] for c in captures if "pool_exposure" in c]
+    assert 0 < len(exposed) < 6, captures
+    drawn = class_exposures("<scratches>", [Image.open(p) for p in sorted(shots.iterdir())]).exposures
+    assert all(exposure in drawn for exposure in exposed)
 
 
 def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_path):

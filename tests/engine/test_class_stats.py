@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 
 import numpy as np
@@ -19,9 +20,11 @@ from engine.generation.class_stats import (
     class_turn_share,
     count_directions,
     direction_of,
+    exposure_spread,
     grey_exposure,
     load_class_statistics,
     matched_turn_share,
+    modelled_exposures,
     pool_exposure,
     write_class_statistics,
 )
@@ -116,10 +119,11 @@ def test_the_shipped_statistics_are_the_training_pools_and_rebuild_from_neu(tmp_
 def test_a_known_class_takes_the_pools_exposures_and_half_its_samples_one_of_them():
     dark = [Image.fromarray(np.full((32, 32), 60, np.uint8)) for _ in range(5)]
     stats = {"classes": {"rolled-in_scale": {"horizontal": 2, "vertical": 0, "images": 2, "exposures": [[150, 20]]}}}
-    assert class_exposures("rolled-in_scale", dark, stats) == [[150, 20]]
-    assert class_exposures("edge crack", dark, stats) == []
-    assert class_exposures("rolled-in_scale", dark * 2, stats) == [], "ten images of its own speak for the line"
-    assert len(class_exposures("rolled-in_scale", dark)) == 200, "the shipped pool's"
+    known = class_exposures("rolled-in_scale", dark, stats)
+    assert known.exposures == [[150, 20]] and "training pool's 1 rolled-in_scale (grey mean 150–150)" in known.reason
+    own = class_exposures("rolled-in_scale", dark * 2, stats)
+    assert own.exposures == [] and "10 images set its exposure" in own.reason, "ten images speak for the line"
+    assert len(class_exposures("rolled-in_scale", dark).exposures) == 200, "the shipped pool's"
     sample = _scratch(0).convert("RGB")
     rng = random.Random(0)
     outcomes = [pool_exposure(sample, rng, [[150.0, 20.0]]) for _ in range(40)]
@@ -131,6 +135,38 @@ def test_a_known_class_takes_the_pools_exposures_and_half_its_samples_one_of_the
         assert abs(mean - 150) < 1 and abs(std - 20) < 1
     assert all(image is sample for image, details in outcomes if not details)
     assert pool_exposure(sample, rng, []) == (sample, {})
+
+
+def test_a_class_the_pool_does_not_know_takes_exposures_modelled_about_its_own_images():
+    # Two pool classes whose images sit 0.2 either side of their class's log grey mean and share one spread.
+    up, down = math.exp(0.2), math.exp(-0.2)
+    stats = {
+        "classes": {
+            "dark": {"exposures": [[50 * up, 10], [50 * down, 10]]},
+            "bright": {"exposures": [[150 * up, 30], [150 * down, 30]]},
+        }
+    }
+    spread = exposure_spread(stats)
+    # Four deviations of ±0.2 about two centres: 4 × 0.04 / (4 − 2) degrees of freedom.
+    assert spread == pytest.approx(np.array([[0.08, 0.0], [0.0, 0.0]]), abs=1e-4)
+    shots = [Image.fromarray(np.full((32, 32), level, np.uint8)) for level in (70, 80, 90)]
+    for shot in shots:
+        shot.putpixel((0, 0), 0)
+    centre = np.exp(np.mean([np.log(grey_exposure(shot)) for shot in shots], axis=0))
+    choice = class_exposures("edge crack", shots, stats)
+    assert "its 3 images' grey mean 80" in choice.reason and "log sd 0.28 and 0.00" in choice.reason
+    drawn = np.array(choice.exposures)
+    assert len(drawn) == 200 and drawn.tolist() == modelled_exposures(shots, spread), "the same images, the same draws"
+    log_means = np.log(drawn[:, 0])
+    assert abs(log_means.mean() - math.log(centre[0])) < 0.05
+    # Truncated at two standard deviations, the draws spread a little less than the pool's classes.
+    assert 0.75 * math.sqrt(0.08) < log_means.std() < 1.02 * math.sqrt(0.08)
+    assert np.all(np.abs(log_means - math.log(centre[0])) <= 2 * math.sqrt(0.08) + 1e-3)
+    assert np.allclose(drawn[:, 1], round(centre[1], 1), atol=0.06), "no spread in std: the shots' own"
+    assert class_exposures("edge crack", shots * 4, stats).exposures == [], "ten images speak for the line"
+    assert modelled_exposures([], spread) == []
+    shipped = exposure_spread(load_class_statistics())
+    assert 0.2 < math.sqrt(shipped[0, 0]) < 0.45 and 0.2 < math.sqrt(shipped[1, 1]) < 0.45
 
 
 def test_generate_logs_the_share_it_turns_and_takes_a_number_instead(tiny_model, tiny_adapter, tmp_path, caplog):
