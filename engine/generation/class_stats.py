@@ -126,7 +126,8 @@ def class_turn_share(class_name: str, images: list[Image.Image], stats: dict | N
     inits = count_directions(images)
     if len(images) >= MIN_OWN_REFERENCES:
         return TurnChoice(0.0, f"the class's {len(images)} images set its directions ({inits.describe()})")
-    entry = _pool_entry(class_name, images, stats)
+    stats = _pool_statistics(stats)
+    entry = stats["classes"].get(class_name) if stats is not None else None
     if entry is None:
         return TurnChoice(0.0, "no directions known for the class beyond its images")
     reference = DirectionCounts(entry["horizontal"], entry["vertical"], entry["images"])
@@ -150,7 +151,7 @@ def class_exposures(class_name: str, images: list[Image.Image], stats: dict | No
     ones), else `modelled_exposures` about the images' own."""
     if len(images) >= MIN_OWN_REFERENCES:
         return ExposureChoice([], f"the class's {len(images)} images set its exposure")
-    stats = stats if stats is not None else _shipped_statistics()
+    stats = _pool_statistics(stats)
     if stats is None or not images:
         return ExposureChoice([], "no exposures known for the class beyond its images")
     entry = stats["classes"].get(class_name)
@@ -207,17 +208,10 @@ def _log_exposure_centre(images: list[Image.Image]) -> np.ndarray:
     return np.log(np.maximum(np.asarray([grey_exposure(image) for image in images]), 1e-3)).mean(axis=0)
 
 
-def _pool_entry(class_name: str, images: list[Image.Image], stats: dict | None) -> dict | None:
-    """The pool's statistics of the class (`stats`, default the shipped ones) when its own `images` are fewer than
-    MIN_OWN_REFERENCES; else None, as for a class the pool does not know."""
-    if len(images) >= MIN_OWN_REFERENCES:
-        return None
-    stats = stats if stats is not None else _shipped_statistics()
-    return stats["classes"].get(class_name) if stats is not None else None
-
-
-def _shipped_statistics() -> dict | None:
-    """The shipped statistics, or None where the file is missing."""
+def _pool_statistics(stats: dict | None) -> dict | None:
+    """`stats`, else the shipped statistics, or None where the file is missing."""
+    if stats is not None:
+        return stats
     try:
         return load_class_statistics()
     except FileNotFoundError:
