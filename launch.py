@@ -167,6 +167,12 @@ def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     ft.add_argument("--classes", nargs="*", default=None)
     ft.add_argument("--preset", default="cpu-quick")
     ft.add_argument("--steps", type=int, default=None)
+    ft.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="End within this many minutes of training: the planned steps shrink to what the measured rate fits.",
+    )
     ft.add_argument("--batch-size", type=int, default=None)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--checkpointing-steps", type=int, default=None, help="Save a checkpoint every N steps.")
@@ -201,7 +207,8 @@ def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--preset",
         choices=["cpu", "gpu"],
         default="cpu",
-        help="cpu: the shipped recipe (2 cores); gpu: a larger prior, bf16, large batches (one H100/H200).",
+        help="cpu: the shipped recipe (2 cores); gpu: one H100/H200 in about 10 minutes (time budgets, bf16, large"
+        " batches, a perceptual autoencoder from scratch, appearance captions).",
     )
     pre.add_argument("--size", choices=["embedded", "large", "tiny"], default=None, help="Default: the preset's.")
     pre.add_argument("--autoencoder-steps", type=int, default=None)
@@ -216,11 +223,24 @@ def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "--autoencoder-downsampling",
         type=int,
         default=None,
-        help="Pixels per latent cell along a side (a power of two; default: the preset's, 4 for gpu, else the size's,"
-        " 8 for embedded and large). 4 with --autoencoder-perceptual-weight 1 keeps steel's fine grain; the UNet then"
-        " works on a 4x larger grid.",
+        help="Pixels per latent cell along a side (a power of two; default: the size's, 8 for embedded and large)."
+        " 4 with --autoencoder-perceptual-weight 1 keeps steel's fine grain; the UNet then works on a 4x larger grid"
+        " (train it on --crop-size 64; previews cost about 3.5x on a CPU).",
     )
     pre.add_argument("--steps", type=int, default=None)
+    pre.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="Wall-clock budget of the diffusion stage's loop: its planned --steps shrink to what the measured rate"
+        " fits (the learning-rate schedule follows). Default: the preset's (gpu 4.5, cpu none).",
+    )
+    pre.add_argument(
+        "--autoencoder-max-minutes",
+        type=float,
+        default=None,
+        help="The same budget for the autoencoder stage. Default: the preset's (gpu 2, cpu none).",
+    )
     pre.add_argument("--batch-size", type=int, default=None)
     pre.add_argument(
         "--crop-size",
@@ -577,6 +597,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             lora_rank=args.lora_rank,
             lora_learning_rate=args.lora_learning_rate,
             caption_dropout=args.caption_dropout,
+            max_minutes=args.max_minutes,
             progress=_print_progress,
             should_stop=stop_requested,
         )
@@ -602,6 +623,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         autoencoder_steps=args.autoencoder_steps,
         autoencoder_perceptual_weight=args.autoencoder_perceptual_weight,
         autoencoder_downsampling=args.autoencoder_downsampling,
+        autoencoder_max_minutes=args.autoencoder_max_minutes,
+        max_minutes=args.max_minutes,
         decoder_steps=args.decoder_steps,
         decoder_denoised_share=args.decoder_denoised_share,
         steps=args.steps,

@@ -421,12 +421,14 @@ def finetune_folder(
     lora_rank: int | None = None,
     lora_learning_rate: float | None = None,
     caption_dropout: float | None = None,
+    max_minutes: float | None = None,
 ) -> TrainResult:
     """TI + LoRA fine-tune on `<class>/<images>`; the run folder becomes a loadable adapter when complete.
 
     Images with a defect mask beside them (`<name>_mask.png` or VOC `<name>.xml`) train with the masked loss when
     `background_loss_weight` (or the preset's) is below 1. `lora_rank` sets the LoRA's alpha alike (scale 1); None
-    keeps the preset's value of each setting.
+    keeps the preset's value of each setting. `max_minutes` ends the run within that wall-clock budget, its
+    schedule shortened to fit (`TrainConfig.max_train_seconds`).
     """
     out = Path(out)
     if out.exists() and latest_checkpoint(out) is not None and not resume:
@@ -451,6 +453,7 @@ def finetune_folder(
         lora_alpha=lora_rank,
         lora_learning_rate=lora_learning_rate,
         caption_dropout=caption_dropout,
+        max_train_seconds=None if max_minutes is None else 60.0 * max_minutes,
     )
     return train(config, images, progress, should_stop, on_step)
 

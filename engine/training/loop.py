@@ -42,6 +42,7 @@ from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
 from engine.training.pretrain import encode_pixels
+from engine.training.schedule import BUDGET_CHECK_STEPS, steps_within_budget
 
 # Captions for fine-tuning; the first is also the generation prompt's default.
 TOKEN_TEMPLATES = (
@@ -185,6 +186,7 @@ def train(
     keep_rows[list(new_token_ids.values())] = False
 
     # 4. Encode every image once (and its mirror): the loop never runs the encoder; the main process caches them
+    vae.to(accelerator.device)
     with accelerator.main_process_first():
         data = _encode_training_set(vae, tokenizer, images, config, out, write_cache=main)
 
@@ -208,6 +210,7 @@ def train(
     share = slice(rank * config.train_batch_size, (rank + 1) * config.train_batch_size)
     global_batch = config.train_batch_size * world
     window_started, window_steps = time.time(), 0
+    loop_started, first_step = time.time(), global_step
 
     # 7. Loop
     unet.train()
@@ -258,6 +261,17 @@ def train(
         stop_now = should_stop is not None and should_stop()
         if world > 1:
             stop_now = accelerator.reduce(torch.tensor(float(stop_now), device=accelerator.device), "sum").item() > 0
+        if config.max_train_seconds is not None and global_step % BUDGET_CHECK_STEPS == 0:
+            planned = steps_within_budget(
+                config.max_train_steps,
+                global_step,
+                global_step - first_step,
+                time.time() - loop_started,
+                config.max_train_seconds,
+            )
+            if world > 1:
+                planned = int(accelerator.gather(torch.tensor([planned], device=accelerator.device)).min().item())
+            config.max_train_steps = planned
         if global_step % config.checkpointing_steps == 0 or stop_now:
             save_checkpoint(accelerator, out, global_step, config.checkpoints_total_limit)
         if stop_now and global_step < config.max_train_steps:

@@ -46,6 +46,7 @@ from engine.progress import ProgressFn, append_log
 from engine.training.attributes import appearance_captions
 from engine.training.losses import feature_maps, perceptual_distance, spectral_loss
 from engine.training.prior import PriorSize, build_vae
+from engine.training.schedule import BUDGET_CHECK_STEPS, steps_within_budget
 
 # Captions never name a class: the classes are what the defect tokens learn later.
 DEFECT_CAPTIONS = (
@@ -151,7 +152,8 @@ def train_autoencoder(
     stack = np.stack([s.pixels for s in samples])
     vae.train()
     started = time.time()
-    for step in range(start_step, config.max_train_steps):
+    step = start_step
+    while step < config.max_train_steps:
         batch = _random_crops(stack, config.train_batch_size, config.crop_size, rng)
         x = pixels_to_tensor(batch).to(device)
         posterior = vae.encode(x).latent_dist
@@ -171,7 +173,11 @@ def train_autoencoder(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        done = step + 1
+        done = step = step + 1
+        if config.max_train_seconds is not None and done % BUDGET_CHECK_STEPS == 0:
+            config.max_train_steps = steps_within_budget(
+                config.max_train_steps, done, done - start_step, time.time() - started, config.max_train_seconds
+            )
         if done % 25 == 0:
             record = {
                 "step": done,

@@ -137,6 +137,27 @@ def test_finetune_stops_and_resumes_from_its_checkpoint(tiny_model, tiny_dataset
     assert read_adapter(out).tokens["inclusion"].token == "<inclusion>"
 
 
+def test_a_time_budget_ends_the_run_early_as_complete(tiny_model, tiny_dataset, tmp_path):
+    from engine.training.schedule import BUDGET_CHECK_STEPS
+
+    out = tmp_path / "run"
+    # A budget this short is spent by the first re-planning: the run ends there, complete and saved.
+    result = finetune_folder(tiny_dataset, out, model=str(tiny_model), steps=500, batch_size=2, max_minutes=1e-6)
+    assert result.status == "completed" and result.steps == BUDGET_CHECK_STEPS
+    assert read_adapter(out).tokens["scratches"].token == "<scratches>"
+
+
+def test_steps_within_budget_follow_the_measured_rate():
+    from engine.training.schedule import steps_within_budget
+
+    # 50 steps in 10 s leave 90 s for 450 more, capped by the plan and never before the step reached.
+    assert steps_within_budget(planned=1000, done=50, run_steps=50, elapsed_s=10, budget_s=100) == 500
+    assert steps_within_budget(planned=300, done=50, run_steps=50, elapsed_s=10, budget_s=100) == 300
+    assert steps_within_budget(planned=1000, done=50, run_steps=50, elapsed_s=120, budget_s=100) == 50
+    # A resumed run plans from its own steps' rate, on top of the step it resumed at.
+    assert steps_within_budget(planned=1000, done=250, run_steps=50, elapsed_s=10, budget_s=20) == 300
+
+
 def test_finetune_takes_its_lora_rank_learning_rate_and_caption_dropout(tiny_model, tiny_dataset, tmp_path):
     from safetensors.torch import load_file
 

@@ -201,23 +201,25 @@ def test_gpu_preset_runs_on_a_tiny_prior_on_the_cpu(tmp_path):
     from engine.config import PRETRAIN_PRESETS, pretrain_configs
 
     size, autoencoder, decoder, diffusion = pretrain_configs("gpu", steps=2)
-    assert size == "large" and diffusion.mixed_precision == "bf16" and diffusion.max_train_steps == 2
+    assert size == "embedded" and diffusion.mixed_precision == "bf16" and diffusion.max_train_steps == 2
     assert diffusion.train_batch_size == PRETRAIN_PRESETS["gpu"]["batch_size"] and decoder.train_batch_size == 32
-    # The recipe that measured best on the CPU: a 4x-down autoencoder with the perceptual term, UNet on latent crops.
-    assert autoencoder.downsampling == 4 and autoencoder.perceptual_weight == 1.0
-    assert diffusion.crop_size == 64 and diffusion.vflip
-    assert pretrain_configs("cpu")[1].downsampling is None
+    # SD's autoencoder recipe from scratch, a UNet on appearance captions, both within time budgets.
+    assert autoencoder.downsampling is None and autoencoder.perceptual_weight == 1.0
+    assert diffusion.captions == "appearance" and diffusion.vflip and diffusion.crop_size is None
+    assert autoencoder.max_train_seconds == 120 and diffusion.max_train_seconds == 270
+    assert pretrain_configs("cpu")[1].downsampling is None and pretrain_configs("cpu")[3].max_train_seconds is None
     data = write_slabs(tmp_path / "slabs", 4, seed=1)
     out = tmp_path / "prior"
     args = ["pretrain", "--preset", "gpu", "--size", "tiny", "--data", str(data), "--out", str(out)]
     args += ["--autoencoder-steps", "2", "--steps", "2", "--batch-size", "4", "--crop-size", "16"]
+    args += ["--autoencoder-downsampling", "4", "--max-minutes", "3"]
     # A process of its own: Accelerate's mixed-precision state is per process, and other tests already set it.
     done = subprocess.run([sys.executable, "launch.py", *args], cwd=Path(launch.__file__).parent, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     work = tmp_path / "prior.work"
     config = json.loads((work / "diffusion" / "config.json").read_text())
     assert config["mixed_precision"] == "bf16" and config["learning_rate"] == PRETRAIN_PRESETS["gpu"]["learning_rate"]
-    assert config["crop_size"] == 16 and config["vflip"]
+    assert config["crop_size"] == 16 and config["vflip"] and config["max_train_seconds"] == 180
     assert json.loads((work / "autoencoder" / "config.json").read_text())["downsampling"] == 4
     # The decoder stage runs only when named.
     assert not (work / "decoder").exists()
