@@ -241,6 +241,12 @@ def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         default=None,
         help="The same budget for the autoencoder stage. Default: the preset's (gpu 2, cpu none).",
     )
+    pre.add_argument(
+        "--decoder-max-minutes",
+        type=float,
+        default=None,
+        help="The same budget for the decoder stage. Default: the preset's (gpu 2, cpu none).",
+    )
     pre.add_argument("--batch-size", type=int, default=None)
     pre.add_argument(
         "--crop-size",
@@ -626,6 +632,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         autoencoder_max_minutes=args.autoencoder_max_minutes,
         max_minutes=args.max_minutes,
         decoder_steps=args.decoder_steps,
+        decoder_max_minutes=args.decoder_max_minutes,
         decoder_denoised_share=args.decoder_denoised_share,
         steps=args.steps,
         batch_size=args.batch_size,

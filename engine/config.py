@@ -278,6 +278,8 @@ class DecoderConfig(ConfigMixin):
     crop_size: int = 64
     train_batch_size: int = 8
     max_train_steps: int = 2000
+    # Wall-clock budget of this stage (seconds), as `TrainConfig.max_train_seconds`.
+    max_train_seconds: float | None = None
     learning_rate: float = 1e-4
     perceptual_weight: float = 1.0
     texture_weight: float = 100.0
@@ -334,6 +336,7 @@ PRETRAIN_PRESETS: dict[str, dict] = {
         "autoencoder_max_minutes": 2.0,
         "decoder_steps": 2000,
         "decoder_batch_size": 32,
+        "decoder_max_minutes": 2.0,
         "steps": 40000,
         "batch_size": 128,
         "max_minutes": 4.5,
@@ -366,6 +369,7 @@ def pretrain_configs(
         max_train_steps=values["decoder_steps"],
         train_batch_size=values["decoder_batch_size"],
         denoised_share=values.get("decoder_denoised_share", 0.0),
+        max_train_seconds=_seconds(values.get("decoder_max_minutes")),
         seed=seed,
         checkpointing_steps=max(1, min(250, values["decoder_steps"] // 4)),
     )

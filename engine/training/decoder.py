@@ -38,6 +38,7 @@ from engine.training.pretrain import (
     round_trip,
     training_device,
 )
+from engine.training.schedule import BUDGET_CHECK_STEPS, steps_within_budget
 
 # (latents on the posterior's scale, timestep, generator) -> the prior's denoised estimate of those latents.
 Denoiser = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
@@ -159,7 +160,8 @@ def train_decoder(
     crop = max(1, min(latent_size, config.crop_size // factor))
     last_layer = vae.decoder.conv_out.weight
     started = time.time()
-    for step in range(start_step, config.max_train_steps):
+    step = start_step
+    while step < config.max_train_steps:
         index = torch.randint(0, len(pixels), (config.train_batch_size,), generator=generator)
         y, x = (int(v) for v in torch.randint(0, latent_size - crop + 1, (2,), generator=generator))
         target = pixels_to_tensor(
@@ -202,7 +204,11 @@ def train_decoder(
             disc_optimizer.zero_grad(set_to_none=True)
             disc_loss.backward()
             disc_optimizer.step()
-        done = step + 1
+        done = step = step + 1
+        if config.max_train_seconds is not None and done % BUDGET_CHECK_STEPS == 0:
+            config.max_train_steps = steps_within_budget(
+                config.max_train_steps, done, done - start_step, time.time() - started, config.max_train_seconds
+            )
         if done % 10 == 0:
             record = {
                 "step": done,

@@ -120,3 +120,28 @@ def test_autoencoder_stage_trains_encoder_and_decoder_on_the_perceptual_term_whe
         plain = torch.cat([p.flatten() for p in getattr(trained[0.0], part).parameters()])
         perceptual = torch.cat([p.flatten() for p in getattr(trained[1.0], part).parameters()])
         assert not torch.allclose(plain, perceptual)
+
+
+def test_autoencoder_and_decoder_stages_end_complete_within_a_spent_time_budget(tiny_model, tmp_path):
+    from engine.training.schedule import BUDGET_CHECK_STEPS
+
+    samples = [PretrainSample(pixels, "a steel surface") for pixels in _pixels(6, 32)]
+    out = tmp_path / "autoencoder"
+    config = AutoencoderConfig(
+        output_dir=str(out), crop_size=32, train_batch_size=2, max_train_steps=500, max_train_seconds=1e-9
+    )
+    train_autoencoder(samples, config, PriorSize.tiny())
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == BUDGET_CHECK_STEPS and (out / "final" / "config.json").exists()
+    vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae")
+    decoder = DecoderConfig(
+        output_dir=str(tmp_path / "decoder"),
+        max_train_steps=500,
+        max_train_seconds=1e-9,
+        train_batch_size=2,
+        discriminator_channels=8,
+        checkpointing_steps=5,
+    )
+    train_decoder(vae, _pixels(), decoder)
+    assert torch.load(tmp_path / "decoder" / "checkpoint.pt", weights_only=False)["step"] == BUDGET_CHECK_STEPS
+    assert (tmp_path / "decoder" / "final" / "config.json").exists()
