@@ -153,8 +153,8 @@ class TrainConfig(ConfigMixin):
     resolution: int = 128
     train_batch_size: int = 16
     max_train_steps: int = 300
-    # Wall-clock budget of the loop (seconds, this run): every 25 steps the planned steps shrink to what the measured
-    # rate fits in it, and the learning-rate schedule follows (`engine.training.loop.steps_within_budget`). None: none.
+    # Wall-clock budget of the loop (seconds, this run; None: none): every 25 steps the planned steps shrink to what
+    # the measured rate fits in it, and the learning-rate schedule follows (`engine.training.schedule`).
     max_train_seconds: float | None = None
     learning_rate: float = 3e-4
     lr_warmup_steps: int = 50
