@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
 from engine.adapters import proposed_strength
-from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config
+from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config, seconds_of
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.class_stats import class_exposures, class_turn_share, pool_exposure
@@ -453,7 +453,7 @@ def finetune_folder(
         lora_alpha=lora_rank,
         lora_learning_rate=lora_learning_rate,
         caption_dropout=caption_dropout,
-        max_train_seconds=None if max_minutes is None else 60.0 * max_minutes,
+        max_train_seconds=seconds_of(max_minutes),
     )
     return train(config, images, progress, should_stop, on_step)
 

@@ -361,7 +361,7 @@ def pretrain_configs(
         train_batch_size=values["autoencoder_batch_size"],
         perceptual_weight=values.get("autoencoder_perceptual_weight", 0.0),
         downsampling=values.get("autoencoder_downsampling"),
-        max_train_seconds=_seconds(values.get("autoencoder_max_minutes")),
+        max_train_seconds=seconds_of(values.get("autoencoder_max_minutes")),
         seed=seed,
         checkpointing_steps=max(1, min(250, values["autoencoder_steps"] // 4)),
     )
@@ -369,14 +369,14 @@ def pretrain_configs(
         max_train_steps=values["decoder_steps"],
         train_batch_size=values["decoder_batch_size"],
         denoised_share=values.get("decoder_denoised_share", 0.0),
-        max_train_seconds=_seconds(values.get("decoder_max_minutes")),
+        max_train_seconds=seconds_of(values.get("decoder_max_minutes")),
         seed=seed,
         checkpointing_steps=max(1, min(250, values["decoder_steps"] // 4)),
     )
     diffusion = TrainConfig(
         mode="pretrain",
         max_train_steps=steps,
-        max_train_seconds=_seconds(values.get("max_minutes")),
+        max_train_seconds=seconds_of(values.get("max_minutes")),
         train_batch_size=values["batch_size"],
         learning_rate=values["learning_rate"],
         lr_warmup_steps=min(200, steps // 10 + 1),
@@ -396,5 +396,6 @@ def pretrain_configs(
     return values["size"], autoencoder, decoder, diffusion
 
 
-def _seconds(minutes: float | None) -> float | None:
+def seconds_of(minutes: float | None) -> float | None:
+    """A budget given in minutes, in seconds (None stays None)."""
     return None if minutes is None else 60.0 * minutes

@@ -38,7 +38,7 @@ from engine.training.pretrain import (
     round_trip,
     training_device,
 )
-from engine.training.schedule import BUDGET_CHECK_STEPS, steps_within_budget
+from engine.training.schedule import replanned_steps
 
 # (latents on the posterior's scale, timestep, generator) -> the prior's denoised estimate of those latents.
 Denoiser = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
@@ -205,10 +205,8 @@ def train_decoder(
             disc_loss.backward()
             disc_optimizer.step()
         done = step = step + 1
-        if config.max_train_seconds is not None and done % BUDGET_CHECK_STEPS == 0:
-            config.max_train_steps = steps_within_budget(
-                config.max_train_steps, done, done - start_step, time.time() - started, config.max_train_seconds
-            )
+        if (planned := replanned_steps(config, done, start_step, started)) is not None:
+            config.max_train_steps = planned
         if done % 10 == 0:
             record = {
                 "step": done,

@@ -42,7 +42,7 @@ from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
 from engine.training.pretrain import encode_pixels
-from engine.training.schedule import BUDGET_CHECK_STEPS, steps_within_budget
+from engine.training.schedule import replanned_steps
 
 # Captions for fine-tuning; the first is also the generation prompt's default.
 TOKEN_TEMPLATES = (
@@ -261,14 +261,7 @@ def train(
         stop_now = should_stop is not None and should_stop()
         if world > 1:
             stop_now = accelerator.reduce(torch.tensor(float(stop_now), device=accelerator.device), "sum").item() > 0
-        if config.max_train_seconds is not None and global_step % BUDGET_CHECK_STEPS == 0:
-            planned = steps_within_budget(
-                config.max_train_steps,
-                global_step,
-                global_step - first_step,
-                time.time() - loop_started,
-                config.max_train_seconds,
-            )
+        if (planned := replanned_steps(config, global_step, first_step, loop_started)) is not None:
             if world > 1:
                 planned = int(accelerator.gather(torch.tensor([planned], device=accelerator.device)).min().item())
             config.max_train_steps = planned

@@ -46,7 +46,7 @@ from engine.progress import ProgressFn, append_log
 from engine.training.attributes import appearance_captions
 from engine.training.losses import feature_maps, perceptual_distance, spectral_loss
 from engine.training.prior import PriorSize, build_vae
-from engine.training.schedule import BUDGET_CHECK_STEPS, steps_within_budget
+from engine.training.schedule import replanned_steps
 
 # Captions never name a class: the classes are what the defect tokens learn later.
 DEFECT_CAPTIONS = (
@@ -174,10 +174,8 @@ def train_autoencoder(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step = step + 1
-        if config.max_train_seconds is not None and done % BUDGET_CHECK_STEPS == 0:
-            config.max_train_steps = steps_within_budget(
-                config.max_train_steps, done, done - start_step, time.time() - started, config.max_train_seconds
-            )
+        if (planned := replanned_steps(config, done, start_step, started)) is not None:
+            config.max_train_steps = planned
         if done % 25 == 0:
             record = {
                 "step": done,
