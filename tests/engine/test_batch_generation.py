@@ -34,8 +34,8 @@ def shots(tmp_path):
     return folder
 
 
-def _generate(pipe, shots, out, **options):
-    return generate_to_folder(None, None, "scratches", shots, 6, out, strength=0.5, steps=4, pipe=pipe, **options)
+def _generate(pipe, shots, out, class_name="scratches", **options):
+    return generate_to_folder(None, None, class_name, shots, 6, out, strength=0.5, steps=4, pipe=pipe, **options)
 
 
 def test_default_generation_varies_its_inits_and_records_them(pipe, shots, tmp_path):
@@ -90,18 +90,7 @@ def test_by_default_a_batch_turns_the_share_that_matches_the_classs_directions_i
     for path in list_images(shots):
         Image.open(path).transpose(Image.Transpose.ROTATE_90).save(across / path.name)
     with caplog.at_level(logging.INFO, logger="engine.batch"):
-        written = generate_to_folder(
-            None,
-            None,
-            "inclusion",
-            across,
-            6,
-            tmp_path / "out",
-            strength=0.5,
-            steps=4,
-            pipe=pipe,
-            realism_threshold=None,
-        )
+        written = _generate(pipe, across, tmp_path / "out", class_name="inclusion", realism_threshold=None)
     turns = [read_png_parameters(p.read_bytes()).init.get("turn") for p in written]
     assert sum(turn in (90, 270) for turn in turns) >= 4, turns
     assert "Quarter turns for inclusion: 98 % of the varied inits" in caplog.text
@@ -136,18 +125,7 @@ def test_half_a_known_classs_samples_take_the_exposure_of_a_pool_image(pipe, sho
 def test_a_class_the_pool_does_not_know_takes_exposures_drawn_about_its_own_images(pipe, shots, tmp_path, caplog):
     # Named by its token, scratches is a class the training pool does not know (as a new mill's would be).
     with caplog.at_level(logging.INFO, logger="engine.batch"):
-        written = generate_to_folder(
-            None,
-            None,
-            "<scratches>",
-            shots,
-            6,
-            tmp_path / "new",
-            strength=0.5,
-            steps=4,
-            pipe=pipe,
-            realism_threshold=None,
-        )
+        written = _generate(pipe, shots, tmp_path / "new", class_name="<scratches>", realism_threshold=None)
     assert "Exposures for <scratches>: drawn about its 3 images' grey mean" in caplog.text
     assert "Quarter turns for <scratches>: 0 %" in caplog.text
     captures = [read_png_parameters(p.read_bytes()).capture for p in written]
