@@ -126,6 +126,14 @@ def read_mask_beside(image_path: Path, resolution: int) -> np.ndarray | None:
     return np.asarray(mask.convert("L").resize((resolution, resolution), Image.Resampling.BOX)) >= 128
 
 
+def is_grayscale(image: Image.Image) -> bool:
+    """True for a grey image, also one stored as RGB (channels within 2 grey levels of each other: JPEG)."""
+    if image.mode in ("L", "LA", "I", "I;16"):
+        return True
+    arr = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return bool(np.abs(arr[..., 0] - arr[..., 1]).max() <= 2 and np.abs(arr[..., 1] - arr[..., 2]).max() <= 2)
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Open an image upright (EXIF) as 8-bit RGB."""
     with Image.open(path) as im:

@@ -142,38 +142,42 @@ def images_by_class(root: Path | str) -> dict[str, list[Path]]:
     return grouped
 
 
-def image_to_array(image: Image.Image, size: int) -> np.ndarray:
-    """Centre square crop, grey, resized to size×size uint8 (antialiased)."""
+def image_to_array(image: Image.Image, size: int, colour: bool = False) -> np.ndarray:
+    """Centre square crop, grey (RGB with `colour`), resized to size×size uint8 (antialiased)."""
     width, height = image.size
     side = min(width, height)
     if width != height:
         left, top = (width - side) // 2, (height - side) // 2
         image = image.crop((left, top, left + side, top + side))
-    image = image.convert("L")
+    image = image.convert("RGB" if colour else "L")
     if side != size:
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
-def images_to_tensor(images: list[Image.Image], size: int) -> torch.Tensor:
-    """PIL images → N×1×size×size float in [0, 1]."""
-    if not images:
-        return torch.zeros(0, 1, size, size)
-    stack = np.stack([image_to_array(im, size) for im in images])
-    return torch.from_numpy(stack).float().div_(255.0).unsqueeze(1)
+def arrays_to_tensor(arrays: list[np.ndarray], size: int, colour: bool = False) -> torch.Tensor:
+    """`image_to_array` outputs → N×C×size×size float in [0, 1] (C: 3 with `colour`, else 1)."""
+    if not arrays:
+        return torch.zeros(0, 3 if colour else 1, size, size)
+    stack = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
+    return stack.permute(0, 3, 1, 2).contiguous() if colour else stack.unsqueeze(1)
 
 
-def load_tensor(paths: list[Path], size: int) -> torch.Tensor:
-    """Image files → N×1×size×size float in [0, 1]; raises a readable error for an unreadable file."""
+def images_to_tensor(images: list[Image.Image], size: int, colour: bool = False) -> torch.Tensor:
+    """PIL images → N×C×size×size float in [0, 1] (C: 3 with `colour`, else 1)."""
+    return arrays_to_tensor([image_to_array(im, size, colour) for im in images], size, colour)
+
+
+def load_tensor(paths: list[Path], size: int, colour: bool = False) -> torch.Tensor:
+    """Image files → N×C×size×size float in [0, 1] (C: 3 with `colour`, else 1); raises a readable error for an
+    unreadable file."""
     arrays = []
     for path in paths:
         try:
-            arrays.append(image_to_array(load_rgb(path), size))
+            arrays.append(image_to_array(load_rgb(path), size, colour))
         except OSError as error:
             raise ValueError(f"Cannot read image {path}: {error}") from error
-    if not arrays:
-        return torch.zeros(0, 1, size, size)
-    return torch.from_numpy(np.stack(arrays)).float().div_(255.0).unsqueeze(1)
+    return arrays_to_tensor(arrays, size, colour)
 
 
 def save_feature_net(net: SteelFeatureNet, folder: Path) -> None:

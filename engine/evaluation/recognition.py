@@ -2,7 +2,8 @@
 images per class help a classifier trained from scratch?
 
 Every arm trains the same small ResNet for the same number of steps, so extra data never buys extra
-compute; the test set is a separate real ImageFolder tree.
+compute; the test set is a separate real ImageFolder tree. A grey mill's recognizer sees grey images; a colour
+mill's (any real training or test image in colour) sees colour, as a user's own recognizer would.
 """
 
 from __future__ import annotations
@@ -19,26 +20,29 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
-from engine.data import load_rgb
-from engine.evaluation.features import image_to_array, images_by_class, load_tensor
+from engine.data import is_grayscale, load_rgb
+from engine.evaluation.features import arrays_to_tensor, image_to_array, images_by_class, load_tensor
 from engine.generation.variation import geometric_variant, photometric_jitter
 from engine.progress import ProgressFn
 
-# The classifier sees 64 px grey images: enough for NEU's textures, ~0.04 s per step on one core.
+# The classifier sees 64 px images (grey for a grey mill): enough for NEU's textures, ~0.04 s per step on one core.
 RECOGNITION_SIZE = 64
 RECOGNITION_STEPS = 300
 
 
 def classic_augment(image: Image.Image, rng: random.Random) -> Image.Image:
-    """One classic augmentation: crop-resize, ±10° rotation, flips, brightness/contrast, blur, noise."""
-    image, _ = geometric_variant(image.convert("L"), rng)
+    """One classic augmentation: crop-resize, ±10° rotation, flips, brightness/contrast, blur, noise. A grey image
+    comes out grey ("L"); a colour one stays colour, its noise one plane for every channel."""
+    image, _ = geometric_variant(image.convert("L") if is_grayscale(image) else image.convert("RGB"), rng)
     width, height = image.size
     image, _ = photometric_jitter(image, rng)
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
     if rng.random() < 0.5:
         noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(2, 8), (height, width))
-        image = Image.fromarray((np.asarray(image, dtype=np.float64) + noise).clip(0, 255).astype(np.uint8))
+        pixels = np.asarray(image, dtype=np.float64)
+        pixels = pixels + (noise if pixels.ndim == 2 else noise[..., None])
+        image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
     return image
 
 
@@ -58,11 +62,14 @@ class _BasicBlock(nn.Module):
 
 
 class RecognitionNet(nn.Module):
-    """A small ResNet for the protocol: stride-2 stem and three residual stages (16/32/64 channels)."""
+    """A small ResNet for the protocol: stride-2 stem and three residual stages (16/32/64 channels), on grey
+    (`in_channels` 1) or colour (3) images."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+    def __init__(self, num_classes: int, widths: tuple[int, int, int] = (16, 32, 64), in_channels: int = 1) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+        )
         self.stages = nn.Sequential(
             _BasicBlock(widths[0], widths[0], 1),
             _BasicBlock(widths[0], widths[1], 2),
@@ -83,10 +90,11 @@ def train_recognizer(
     seed: int,
     learning_rate: float = 2e-3,
 ) -> RecognitionNet:
-    """Train from scratch for exactly `steps` class-balanced batches (random flips), whatever the set's size."""
+    """Train from scratch for exactly `steps` class-balanced batches (random flips), whatever the set's size, on
+    x's channels (N×1×H×W grey or N×3×H×W colour)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = RecognitionNet(num_classes)
+    model = RecognitionNet(num_classes, in_channels=x.shape[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     # Class-balanced sampling: a class uniformly, then one of its images uniformly.
@@ -154,6 +162,8 @@ class RecognitionReport:
     classic_per_class: int = 0
     n_synthetic: int = 0
     seconds: float = 0.0
+    # True when the recognizers saw colour (a colour mill), False for grey.
+    colour: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,7 +171,8 @@ class RecognitionReport:
     def table(self) -> str:
         lines = [
             f"Recognition: K={self.k} real per class, {self.seeds} seeds, {self.steps} steps per model, "
-            f"{self.n_test} test images, {len(self.classes)} classes ({self.seconds:.0f} s)",
+            f"{self.n_test} test images, {len(self.classes)} classes, {'colour' if self.colour else 'grey'} "
+            f"({self.seconds:.0f} s)",
             f"{'arm':<20}{'train imgs':>11}{'accuracy':>18}{'gain':>9}",
         ]
         for arm in self.arms:
@@ -195,7 +206,8 @@ def recognition(
     Arms: 'real' (K per class), 'real+synthetic', 'synthetic' (only), 'real+classic' (K plus N classic
     augmentations per class) and 'real+classic+synth'. Every arm trains the same RecognitionNet from
     scratch for the same number of steps, so more data never means more compute. The synthetic images
-    are the same for every seed. `arms` trains only those named (gains need 'real' among them), for a caller
+    are the same for every seed. The recognizers see colour when any real training or test image is in colour,
+    else grey. `arms` trains only those named (gains need 'real' among them), for a caller
     that compares many synthetic sets against one baseline.
     """
     # 1. Check inputs
@@ -214,12 +226,14 @@ def recognition(
     if unknown := sorted(set(synthetic) - set(classes)):
         raise ValueError(f"Synthetic classes missing from the training folder: {', '.join(unknown)}.")
 
-    # 2. Load the test set and the synthetic set once
+    # 2. Load the test set and the synthetic set once, in colour when the real images are
+    colour = any(not is_grayscale(load_rgb(p)) for tree in (test, train) for paths in tree.values() for p in paths)
+
     def labels(tree: dict[str, list[Path]]) -> torch.Tensor:
         return torch.tensor([classes.index(c) for c, paths in tree.items() for _ in paths], dtype=torch.long)
 
     def pixels(tree: dict[str, list[Path]]) -> torch.Tensor:
-        return load_tensor([p for paths in tree.values() for p in paths], image_size)
+        return load_tensor([p for paths in tree.values() for p in paths], image_size, colour)
 
     x_test, y_test = pixels(test), labels(test)
     x_syn, y_syn = (pixels(synthetic), labels(synthetic)) if synthetic else (None, None)
@@ -249,9 +263,9 @@ def recognition(
             for c, paths in shots.items():
                 sources = [load_rgb(p) for p in paths]
                 for i in range(classic_augment_per_class):
-                    augmented.append(image_to_array(classic_augment(sources[i % k], rng), image_size))
+                    augmented.append(image_to_array(classic_augment(sources[i % k], rng), image_size, colour))
                     y_list.append(classes.index(c))
-            x_classic = torch.from_numpy(np.stack(augmented)).float().div_(255.0).unsqueeze(1)
+            x_classic = arrays_to_tensor(augmented, image_size, colour)
             y_classic = torch.tensor(y_list, dtype=torch.long)
         sets = {
             "real": (x_real, y_real),
@@ -288,6 +302,7 @@ def recognition(
         classic_augment_per_class,
         0 if x_syn is None else len(x_syn),
         round(time.perf_counter() - start, 1),
+        colour,
     )
 
 

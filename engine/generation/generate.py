@@ -16,6 +16,7 @@ from PIL import Image, PngImagePlugin
 
 from engine.boxes import from_mask
 from engine.config import GenerationConfig
+from engine.data import is_grayscale
 from engine.generation.parameters import CandidateParameters, MaskedRepaint, SlabWindow, Window
 from engine.generation.pipeline import LoadedPipeline
 from engine.generation.placement import propose_masks
@@ -109,13 +110,6 @@ def feather_mask(size: int, x: int, y: int, width: int, height: int) -> np.ndarr
         ramp,
     )
     return np.outer(along_y, along_x)[..., None]
-
-
-def is_grayscale(image: Image.Image) -> bool:
-    if image.mode in ("L", "LA", "I", "I;16"):
-        return True
-    arr = np.asarray(image.convert("RGB"), dtype=np.int16)
-    return bool(np.abs(arr[..., 0] - arr[..., 1]).max() <= 2 and np.abs(arr[..., 1] - arr[..., 2]).max() <= 2)
 
 
 def generate(

@@ -179,6 +179,37 @@ def test_classic_augment_keeps_size_and_changes_pixels():
     assert not np.array_equal(np.asarray(first), np.asarray(image))
 
 
+def test_a_colour_mill_is_recognised_in_colour_and_a_grey_one_in_grey(tmp_path):
+    import random
+
+    # Two classes with the same grey texture that only their tint tells apart: only a recognizer seeing colour can.
+    def tinted_tree(root: Path, count: int, seed: int) -> Path:
+        rng = np.random.default_rng(seed)
+        for folder, gains in {"warm scale": (1.2, 1.0, 0.7), "cold scale": (0.7, 1.0, 1.2)}.items():
+            (root / folder).mkdir(parents=True)
+            for i in range(count):
+                grey = np.asarray(toy_image(rng, "blobs"), dtype=np.float64)
+                rgb = (grey[..., None] * np.asarray(gains) * rng.uniform(0.8, 1.2)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(rgb).save(root / folder / f"IMG {i}.jpg", quality=95)
+        return root
+
+    train, test = tinted_tree(tmp_path / "train", 8, 0), tinted_tree(tmp_path / "test", 12, 1)
+    colour = recognition(
+        train, test, k=4, seeds=1, classic_augment_per_class=4, steps=60, batch_size=8, image_size=SIZE
+    )
+    assert colour.colour and "colour" in colour.table().splitlines()[0]
+    assert all(arm.mean >= 0.9 for arm in colour.arms), colour.table()
+    augmented = classic_augment(Image.open(next((train / "warm scale").iterdir())), random.Random(0))
+    red, _, blue = np.asarray(augmented, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+    assert augmented.mode == "RGB" and red > blue, "classic augmentation keeps a colour image's colour"
+
+    for folder in (train, test):
+        for path in folder.rglob("*.jpg"):
+            Image.open(path).convert("L").save(path)
+    grey = recognition(train, test, k=4, seeds=1, steps=60, batch_size=8, image_size=SIZE)
+    assert not grey.colour and grey.arms[0].mean <= 0.75, "in grey the two classes are one texture"
+
+
 def test_strength_sweep_picks_the_setting_that_matches_the_real_images(toy, toy_net, tmp_path):
     rng = np.random.default_rng(9)
 
