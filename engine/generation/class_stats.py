@@ -37,6 +37,7 @@ from PIL import Image
 from engine.config import WEIGHTS_DIR
 from engine.data import read_neu, split_neu
 from engine.generation.parameters import MIN_OWN_REFERENCES
+from engine.generation.variation import with_grey_levels
 
 STATS_FILE = WEIGHTS_DIR / "class-stats.json"
 # |log(vertical / horizontal gradient energy)| from which an image runs one way (energies 1.65 : 1). On NEU's pool it
@@ -227,15 +228,15 @@ def grey_exposure(image: Image.Image) -> tuple[float, float]:
 def pool_exposure(
     image: Image.Image, rng: random.Random, exposures: list[list[float]], share: float = POOL_EXPOSURE_SHARE
 ) -> tuple[Image.Image, dict]:
-    """With probability `share`, the image with the grey mean and spread of one of `exposures` (a linear map of every
-    channel alike); returns (image, {"pool_exposure": [mean, std]} or {})."""
+    """With probability `share`, the image with the grey mean and spread of one of `exposures` (a linear map of its
+    grey levels; a colour pixel keeps its colour, `with_grey_levels`); returns (image, {"pool_exposure": [mean,
+    std]} or {})."""
     if not exposures or rng.random() >= share:
         return image, {}
     mean, std = rng.choice(exposures)
     own_mean, own_std = grey_exposure(image)
-    pixels = np.asarray(image, dtype=np.float32)
-    pixels = (pixels - own_mean) * (std / max(own_std, 1e-3)) + mean
-    exposed = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)).convert(image.mode)
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    exposed = with_grey_levels(image, (grey - own_mean) * (std / max(own_std, 1e-3)) + mean)
     return exposed, {"pool_exposure": [mean, std]}
 
 

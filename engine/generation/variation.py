@@ -48,6 +48,9 @@ WARP_AMPLITUDE = 0.03
 OVERLAY_SHARPNESS = 0.15
 OVERLAY_SMOOTHING = 0.01
 # Immerkær's noise estimation kernel (`pixel_grain`).
+# A colour pixel brightened by an exposure keeps its colour, but a near-black one's tint (mostly JPEG noise) is not
+# amplified beyond this factor.
+MAX_CHROMA_GAIN = 4.0
 GRAIN_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
 
 
@@ -134,6 +137,19 @@ def photometric_jitter(image: Image.Image, rng: random.Random, amount: float = 0
     return image, {"brightness": round(brightness, 3), "contrast": round(contrast, 3)}
 
 
+def with_grey_levels(image: Image.Image, grey: np.ndarray) -> Image.Image:
+    """`image` with its luminance set to `grey` (H×W floats), in its own mode. A colour pixel keeps its colour: its
+    channels' departures from its luminance scale with the luminance (by at most MAX_CHROMA_GAIN), as a camera's
+    exposure scales every channel alike; mapping the channels like the grey levels would shift a dark sample's tint."""
+    if image.mode == "L":
+        return Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8))
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    own = np.asarray(image.convert("L"), dtype=np.float32)
+    gain = np.clip(grey / np.maximum(own, 1.0), 0.0, MAX_CHROMA_GAIN)
+    pixels = grey[..., None] + (pixels - own[..., None]) * gain[..., None]
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)).convert(image.mode)
+
+
 def pixel_grain(image: Image.Image) -> float:
     """The image's pixel-scale grain in grey levels: Immerkær's fast estimate of the noise σ of its luminance.
 
@@ -160,7 +176,8 @@ def capture_variation(
 ) -> tuple[Image.Image, dict]:
     """Another capture by the same camera, scaled by `amount` (0: unchanged); returns (image, details).
 
-    Brightness and contrast factors within 1 ± 0.25 × `amount`; then luminance noise (one plane for every channel,
+    Brightness and contrast factors within 1 ± 0.25 × `amount` (on the luminance; a colour image keeps each pixel's
+    colour, `with_grey_levels`); then luminance noise (one plane for every channel,
     so grey stays grey) that brings the image's `pixel_grain` to a σ drawn in `grain`, the range of the class's
     real images. A render loses pixel grain to its init's zoom and the autoencoder, and grain is part of what tells
     a class: noise of one fixed strength would give a smooth class the grain of a rough one.
@@ -169,7 +186,8 @@ def capture_variation(
         raise ValueError(f"The capture variation must not be negative, got {amount}.")
     if amount == 0:
         return image, {}
-    image, details = photometric_jitter(image, rng, 0.25 * amount)
+    grey, details = photometric_jitter(image.convert("L"), rng, 0.25 * amount)
+    image = with_grey_levels(image, np.asarray(grey, dtype=np.float32))
     target = rng.uniform(*grain)
     sigma = math.sqrt(max(target**2 - pixel_grain(image) ** 2, 0.0))
     details["grain"] = round(target, 2)

@@ -224,6 +224,33 @@ def test_capture_variation_brings_a_render_to_its_class_grain_keeps_grey_grey_an
         capture_variation(image, random.Random(0), (4.0, 6.0), -0.5)
 
 
+def test_an_exposure_or_capture_keeps_a_colour_images_tint_and_a_grey_image_bit_for_bit():
+    from engine.generation.class_stats import grey_exposure, pool_exposure
+
+    rng = np.random.default_rng(6)
+    grey = cv2.GaussianBlur(rng.integers(90, 200, (64, 64)).astype(np.float32), (0, 0), 2)
+    tinted = Image.fromarray((grey[..., None] * np.array([1.25, 1.0, 0.6])).clip(0, 255).astype(np.uint8))
+
+    def tint(image: Image.Image) -> np.ndarray:
+        red, green, blue = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+        return np.array([red / green, blue / green])
+
+    for exposure in ([40.0, 12.0], [150.0, 20.0]):
+        exposed, _ = pool_exposure(tinted, random.Random(0), [exposure], share=1.0)
+        assert grey_exposure(exposed) == pytest.approx(exposure, abs=2.5), "the grey levels take the exposure"
+        assert tint(exposed) == pytest.approx(tint(tinted), abs=0.05), "a darker or brighter capture, the same tint"
+    for seed in range(6):
+        varied, details = capture_variation(tinted, random.Random(seed), (2.0, 4.0))
+        assert varied.mode == "RGB" and details["brightness"] != 1.0
+        assert tint(varied) == pytest.approx(tint(tinted), abs=0.05)
+    # A grey image's grey levels map exactly as before the colour was kept: (x - mean) * gain + target, rounded.
+    plain = Image.fromarray(grey.round().astype(np.uint8))
+    exposed, _ = pool_exposure(plain, random.Random(0), [[80.0, 20.0]], share=1.0)
+    mean, std = grey_exposure(plain)
+    expected = np.clip((np.asarray(plain, dtype=np.float32) - mean) * (20.0 / std) + 80.0 + 0.5, 0, 255)
+    assert exposed.mode == "L" and np.array_equal(np.asarray(exposed), expected.astype(np.uint8))
+
+
 def test_overlay_keeps_the_defects_of_both_sources_at_full_contrast():
     bright_line, dark_spot = np.full((80, 80), 100, np.uint8), np.full((80, 80), 100, np.uint8)
     bright_line[38:42] = 230
