@@ -22,7 +22,14 @@ from engine.generation.generate import Candidate, generate, resolve_token
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
-from engine.generation.variation import check_init_mix, check_turn_share, grain_range, varied_init
+from engine.generation.variation import (
+    check_init_mix,
+    check_turn_share,
+    grain_range,
+    tint_spread,
+    tint_variation,
+    varied_init,
+)
 from engine.progress import ProgressFn, StepFn, StopFn
 from engine.training.loop import TrainResult, images_from_folder, latest_checkpoint, process_state, train
 
@@ -65,6 +72,17 @@ def init_images(init: Path) -> list[Path]:
 def default_strength(pipe: LoadedPipeline, class_name: str, masked: bool = False) -> float:
     """The token's tuned strength (for a masked repaint when `masked`) in the pipeline's adapter, else the default."""
     return proposed_strength(pipe.adapter.path if pipe.adapter else None, class_name, masked)
+
+
+@dataclass(frozen=True)
+class CaptureModel:
+    """What a batch's capture variation draws from: its `amount` (0: none), the init images' `grain` range and
+    `tint` spread (`variation.tint_spread`), and the `exposures` half of the samples may take."""
+
+    amount: float
+    grain: tuple[float, float]
+    exposures: list[list[float]]
+    tint: tuple[float, float]
 
 
 def generate_to_folder(
@@ -114,7 +132,9 @@ def generate_to_folder(
     images, recorded in its metadata; the realism score is the model's render's); in a varied batch, half of them
     then take the exposure of one of the class's pool images, or for a class the pool does not know one drawn about
     the init images' with the spread of a pool class (`class_stats.class_exposures`, `pool_exposure`; not with ten
-    or more init images, nor with `capture_variation` 0).
+    or more init images, nor with `capture_variation` 0). Colour samples last get a white balance drawn with the
+    spread of the init images' own (`variation.tint_variation`; grey ones, and a class whose images share one tint,
+    none).
     Under `torchrun` the processes take turns at the inits (each round, N consecutive attempts) and the files are
     named in attempt order, so N processes write the same files, with the same pixels, as one.
     """
@@ -166,8 +186,12 @@ def generate_to_folder(
         parts.mkdir(parents=True)
     state.wait_for_everyone()
     per_attempt = min(per_init if vary else batch, num)
-    grain = grain_range(images)
-    exposures = _class_exposures(class_name, images, state.is_main_process) if uses_pool and capture_variation else []
+    capture = CaptureModel(
+        capture_variation,
+        grain_range(images),
+        _class_exposures(class_name, images, state.is_main_process) if uses_pool and capture_variation else [],
+        _tint_spread(class_name, images, state.is_main_process) if capture_variation else (0.0, 0.0),
+    )
     attempts: list[tuple[int, bool]] = []  # (slot, below the threshold) of the candidates this process made
     strengths = [strength]
     phase_start = 0  # the first slot made at the current strength
@@ -199,7 +223,7 @@ def generate_to_folder(
             if score is not None:
                 candidate.params.realism = Realism(**asdict(score), reference=reference)
             slot = attempt * per_attempt + offset
-            low = _write_part(candidate, parts, slot, realism_threshold, capture_variation, grain, exposures, seed)
+            low = _write_part(candidate, parts, slot, realism_threshold, capture, seed)
             attempts.append((slot, low))
         outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num, phase_start)
         if outcome.exhausted_at is None:
@@ -248,6 +272,19 @@ def _matched_turn_share(class_name: str, images: list[Image.Image], log: bool) -
             "Quarter turns for %s: %.0f %% of the varied inits (%s).", class_name, 100 * choice.share, choice.reason
         )
     return choice.share
+
+
+def _tint_spread(class_name: str, images: list[Image.Image], log: bool) -> tuple[float, float]:
+    """The init images' white-balance spread, which the samples' tints are drawn with, logged when it is not zero."""
+    spread = tint_spread(images)
+    if log and any(spread):
+        logger.info(
+            "Tints for %s: drawn with the spread of its %d images' white balance (log sd R/G %.3f, B/G %.3f).",
+            class_name,
+            len(images),
+            *spread,
+        )
+    return spread
 
 
 def _class_exposures(class_name: str, images: list[Image.Image], log: bool) -> list[list[float]]:
@@ -307,23 +344,22 @@ def _write_part(
     parts: Path,
     slot: int,
     realism_threshold: float | None,
-    capture_variation: float,
-    grain: tuple[float, float],
-    exposures: list[list[float]],
+    capture: CaptureModel,
     seed: int,
 ) -> bool:
-    """Mark the candidate against the realism gate, give it its capture variation (towards the init images' `grain`
-    range, then perhaps one of the pool's `exposures`) and write it (and its mask) to `parts` under its slot number;
-    returns whether the gate flags it."""
+    """Mark the candidate against the realism gate, give it its `capture` variation and write it (and its mask) to
+    `parts` under its slot number; returns whether the gate flags it."""
     params = candidate.params
     low = params.realism is not None and params.realism.score < realism_threshold
     if params.realism is not None:
         params.realism_threshold, params.pre_rejected = realism_threshold, low
-    if capture_variation:
+    if capture.amount:
         rng = random.Random(f"{seed}:capture:{slot}")
-        candidate.image, details = vary_capture(candidate.image, rng, grain, capture_variation)
-        candidate.image, exposed = pool_exposure(candidate.image, random.Random(f"{seed}:exposure:{slot}"), exposures)
-        params.capture = {"amount": capture_variation, **details, **exposed}
+        candidate.image, details = vary_capture(candidate.image, rng, capture.grain, capture.amount)
+        exposure_rng, tint_rng = random.Random(f"{seed}:exposure:{slot}"), random.Random(f"{seed}:tint:{slot}")
+        candidate.image, exposed = pool_exposure(candidate.image, exposure_rng, capture.exposures)
+        candidate.image, tinted = tint_variation(candidate.image, tint_rng, capture.tint, capture.amount)
+        params.capture = {"amount": capture.amount, **details, **exposed, **tinted}
     (parts / f"{slot:08d}.png").write_bytes(candidate.png_bytes())
     if (mask_bytes := candidate.mask_png()) is not None:
         (parts / f"{slot:08d}{MASK_SUFFIX}").write_bytes(mask_bytes)

@@ -123,7 +123,8 @@ class CandidateParameters:
     masked: MaskedRepaint | None = None
     # Lineage of a varied init (`VariedInit.describe`: kind, sources and how it was made) and the source's file name.
     init: dict[str, Any] | None = None
-    # Capture variation applied to the finished image (`variation.capture_variation`: amount and what it drew).
+    # Capture variation applied to the finished image (`variation.capture_variation`, `class_stats.pool_exposure`,
+    # `variation.tint_variation`: amount and what they drew).
     capture: dict[str, Any] | None = None
     source_file: str | None = None
     # Set by the studio when it stores the candidate (the batch folder: for a command-line batch).

@@ -200,6 +200,35 @@ def capture_variation(
     return image, details
 
 
+def tint_spread(images: list[Image.Image]) -> tuple[float, float]:
+    """How far the images' white balance spreads: the standard deviations of log(R/G) and log(B/G) of their mean
+    colours; (0, 0) for grey images or fewer than two."""
+    if len(images) < 2:
+        return 0.0, 0.0
+    means = np.stack(
+        [np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0) for image in images]
+    )
+    logs = np.log(means + 1.0)
+    ratios = np.stack([logs[:, 0] - logs[:, 1], logs[:, 2] - logs[:, 1]], axis=1)
+    red, blue = ratios.std(axis=0, ddof=1)
+    return float(red), float(blue)
+
+
+def tint_variation(
+    image: Image.Image, rng: random.Random, spread: tuple[float, float], amount: float = 1.0
+) -> tuple[Image.Image, dict]:
+    """Another white balance: red and blue gains relative to green drawn log-normal with `spread` × `amount` (the
+    class's images' own, `tint_spread`), the luminance kept; returns (image, {"tint": [red, blue]} or {}). A grey
+    image, or a class whose images all share one tint, is returned as it is."""
+    if image.mode == "L" or amount == 0 or not any(spread):
+        return image, {}
+    red, blue = (math.exp(rng.gauss(0.0, amount * sigma)) for sigma in spread)
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * np.array([red, 1.0, blue], dtype=np.float32)
+    tinted = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
+    return with_grey_levels(tinted, grey).convert(image.mode), {"tint": [round(red, 4), round(blue, 4)]}
+
+
 def elastic_warp(image: Image.Image, rng: random.Random, amplitude: float = WARP_AMPLITUDE) -> tuple[Image.Image, dict]:
     """Bend `image` by a smooth random displacement field; returns (image, parameters).
 

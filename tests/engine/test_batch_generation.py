@@ -239,6 +239,9 @@ def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_gen
     assert set(params.init["sources"]) <= {f"IMG {i}.JPG" for i in range(MIN_OWN_REFERENCES)}
     assert params.pre_rejected is False
     assert Image.open(written["oil stain"][0]).size == (44, 44)
+    # Colour samples stay colour and take a white balance drawn with their images' own (small) spread of tints.
+    assert Image.open(written["oil stain"][0]).mode == "RGB"
+    assert all(0.8 < gain < 1.25 for gain in params.capture["tint"])
     # Ten uploads and a few (each with its flips and rotations) are both a realism reference: every sample is scored
     # and records what it was compared with.
     references = {}

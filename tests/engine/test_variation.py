@@ -22,6 +22,8 @@ from engine.generation.variation import (
     parse_init_mix,
     pixel_grain,
     quarter_turn,
+    tint_spread,
+    tint_variation,
     varied_init,
 )
 
@@ -249,6 +251,32 @@ def test_an_exposure_or_capture_keeps_a_colour_images_tint_and_a_grey_image_bit_
     mean, std = grey_exposure(plain)
     expected = np.clip((np.asarray(plain, dtype=np.float32) - mean) * (20.0 / std) + 80.0 + 0.5, 0, 255)
     assert exposed.mode == "L" and np.array_equal(np.asarray(exposed), expected.astype(np.uint8))
+
+
+def test_a_colour_class_gets_tints_with_its_own_images_spread_and_a_grey_one_none():
+    grey = cv2.GaussianBlur(np.random.default_rng(7).integers(70, 190, (48, 48)).astype(np.float32), (0, 0), 2)
+    gains = [(1.10, 1.0, 0.80), (1.00, 1.0, 0.90), (1.20, 1.0, 0.85), (1.05, 1.0, 0.95)]
+    images = [Image.fromarray((grey[..., None] * np.array(g)).clip(0, 255).astype(np.uint8)) for g in gains]
+    red, blue = tint_spread(images)
+    assert red == pytest.approx(np.log([g[0] for g in gains]).std(ddof=1), abs=0.01)
+    assert blue == pytest.approx(np.log([g[2] for g in gains]).std(ddof=1), abs=0.01)
+    assert tint_spread([image.convert("L") for image in images]) == (0.0, 0.0) and tint_spread(images[:1]) == (0.0, 0.0)
+
+    def log_red_green(image: Image.Image) -> float:
+        mean = np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+        return float(np.log(mean[0] / mean[1]))
+
+    sample = images[0]
+    draws = [tint_variation(sample, random.Random(seed), (red, blue)) for seed in range(40)]
+    shifts = [log_red_green(image) - log_red_green(sample) for image, _ in draws]
+    assert np.std(shifts) == pytest.approx(red, rel=0.35), "the samples' tints spread as the class's images do"
+    for image, details in draws:
+        assert image.mode == "RGB" and len(details["tint"]) == 2
+        luminance = np.asarray(image.convert("L"), dtype=np.float64).mean()
+        assert luminance == pytest.approx(np.asarray(sample.convert("L"), dtype=np.float64).mean(), abs=1.5)
+    assert tint_variation(sample.convert("L"), random.Random(0), (red, blue))[1] == {}
+    assert tint_variation(sample, random.Random(0), (0.0, 0.0)) == (sample, {})
+    assert tint_variation(sample, random.Random(0), (red, blue), amount=0.0) == (sample, {})
 
 
 def test_overlay_keeps_the_defects_of_both_sources_at_full_contrast():
