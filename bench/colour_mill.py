@@ -1,0 +1,60 @@
+"""A colour mill made from a grey split, to measure the studio on colour captures with names it does not know.
+
+Each class (in sorted order) gets a tint — red/green/blue gains, a multiplicative colour cast like a lamp's or a
+scale's — times a log-normal jitter of `--jitter` per channel per image (the white balance of one capture), and is
+saved as JPEG (quality 90) under `colour type N/<stem> photo.jpg`. The names sort as the source's do, so a yardstick
+draw picks the same shots from both. Nothing is written inside the repository unless `--out` points there; never
+commit the output (it is made of the source images).
+
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/colour-mill
+    python -m bench.fewshot_yardstick --pool /tmp/colour-mill/pool --val /tmp/colour-mill/val --work W --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.data import list_images, load_rgb
+
+TINTS = ((1.10, 1.00, 0.85), (1.05, 1.00, 0.95), (1.12, 0.98, 0.80), (1.00, 1.00, 1.05), (1.08, 1.00, 0.90))
+TINTS += ((1.02, 1.00, 1.00),)
+SPLITS = ("pool", "val")
+
+
+def make_colour_mill(split: Path, out: Path, jitter: float = 0.04, seed: int = 0) -> dict[str, int]:
+    """Write the colour mill of `split` (`pool/` and `val/`, one folder per class) to `out`; returns images per
+    folder (`"pool/colour type 1"`: count)."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(p.name for p in (Path(split) / SPLITS[0]).iterdir() if p.is_dir())
+    written = {}
+    for part in SPLITS:
+        for number, name in enumerate(classes):
+            tint = np.asarray(TINTS[number % len(TINTS)])
+            folder = Path(out) / part / f"colour type {number + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = list_images(Path(split) / part / name)
+            for path in paths:
+                grey = np.asarray(load_rgb(path).convert("L"), dtype=np.float32)
+                gains = tint * np.exp(rng.normal(0.0, jitter, 3))
+                pixels = np.clip(grey[..., None] * gains + 0.5, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{path.stem} photo.jpg", quality=90)
+            written[f"{part}/{folder.name}"] = len(paths)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", type=Path, required=True, help="A split with pool/ and val/ (evaluate neu-split).")
+    parser.add_argument("--out", type=Path, required=True, help="Where the colour mill goes (outside the repository).")
+    parser.add_argument("--jitter", type=float, default=0.04, help="Per-image log-normal σ of each channel's gain.")
+    args = parser.parse_args()
+    for folder, count in make_colour_mill(args.split, args.out, args.jitter).items():
+        print(f"{folder}: {count} images")
+
+
+if __name__ == "__main__":
+    main()

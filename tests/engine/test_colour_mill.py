@@ -1,0 +1,30 @@
+"""The colour-mill bench: a grey split comes out as tinted colour JPEGs under names with spaces, in the same order."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from bench.colour_mill import make_colour_mill
+from engine.data import is_grayscale, list_images
+
+
+def test_a_grey_split_becomes_a_colour_mill_whose_classes_differ_in_tint(tmp_path):
+    rng = np.random.default_rng(0)
+    for part, count in (("pool", 4), ("val", 2)):
+        for name in ("crazing", "scratches"):
+            (tmp_path / "split" / part / name).mkdir(parents=True)
+            for i in range(count):
+                grey = rng.normal(120, 20, (24, 24)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(grey).save(tmp_path / "split" / part / name / f"{name[:2]}_{i}.bmp")
+    written = make_colour_mill(tmp_path / "split", tmp_path / "mill")
+    assert written == {"pool/colour type 1": 4, "pool/colour type 2": 4, "val/colour type 1": 2, "val/colour type 2": 2}
+    first, second = (list_images(tmp_path / "mill" / "pool" / f"colour type {n}") for n in (1, 2))
+    assert [p.name for p in first] == [f"cr_{i} photo.jpg" for i in range(4)], "the source's order, names with spaces"
+
+    def red_over_blue(paths) -> float:
+        means = [np.asarray(Image.open(p), dtype=np.float64).reshape(-1, 3).mean(axis=0) for p in paths]
+        return float(np.mean([m[0] / m[2] for m in means]))
+
+    assert not any(is_grayscale(Image.open(p)) for p in first + second)
+    assert red_over_blue(first) > red_over_blue(second) + 0.1, "each class its own tint"
