@@ -47,10 +47,10 @@ WARP_AMPLITUDE = 0.03
 # difference), and the blur of that choice, as a share of the image side, so it follows defects, not single grains.
 OVERLAY_SHARPNESS = 0.15
 OVERLAY_SMOOTHING = 0.01
-# Immerkær's noise estimation kernel (`pixel_grain`).
 # A colour pixel brightened by an exposure keeps its colour, but a near-black one's tint (mostly JPEG noise) is not
 # amplified beyond this factor.
 MAX_CHROMA_GAIN = 4.0
+# Immerkær's noise estimation kernel (`pixel_grain`).
 GRAIN_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
 
 
