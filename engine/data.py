@@ -145,6 +145,14 @@ def load_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def read_image(path: Path) -> Image.Image:
+    """`load_rgb`, raising a readable ValueError that names a file PIL cannot read."""
+    try:
+        return load_rgb(path)
+    except OSError as error:
+        raise ValueError(f"Cannot read image {path}: {error}") from error
+
+
 def to_square_pixels(image: Image.Image, resolution: int) -> np.ndarray:
     """uint8 H×W×3 pixels of an image resized to resolution × resolution."""
     return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,15 @@ def test_tune_adapter_strength_generates_and_stores_the_choice(
     assert [row.strength for row in report.rows] == [0.5, 1.0] and all(row.n == 2 for row in report.rows)
     assert read_adapter(adapter).tokens["scratches"].default_strength == report.best_strength
     assert report.saved_to == str(adapter / "tokens.json")
+
+
+def test_recognition_names_an_image_it_cannot_read(toy, tmp_path):
+    test = shutil.copytree(toy["real"], tmp_path / "test")
+    broken = test / "stripes" / "broken.png"
+    broken.write_text("not an image")
+    settings = {"k": 2, "seeds": 1, "steps": 2, "batch_size": 8, "image_size": SIZE}
+    with pytest.raises(ValueError, match=f"Cannot read image {broken}"):
+        recognition(toy["train"], test, **settings)
 
 
 def test_recognition_trains_only_the_arms_asked_for_and_names_those_it_cannot(toy):
