@@ -3,11 +3,13 @@
 Each class (in sorted order) gets a tint — red/green/blue gains, a multiplicative colour cast like a lamp's or a
 scale's — times a log-normal jitter of `--jitter` per channel per image (the white balance of one capture), and is
 saved as JPEG (quality 90) under `colour type N/<stem> photo.jpg`. The names sort as the source's do, so a yardstick
-draw picks the same shots from both. Nothing is written inside the repository unless `--out` points there; never
-commit the output (it is made of the source images).
+draw picks the same shots from both. `--size N` resizes every image to N × N first (Lanczos): a camera of another
+resolution over the same field, such as a mill whose captures are 128 px JPEGs. Nothing is written inside the
+repository unless `--out` points there; never commit the output (it is made of the source images).
 
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/colour-mill
     python -m bench.fewshot_yardstick --pool /tmp/colour-mill/pool --val /tmp/colour-mill/val --work W --seeds 0
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/colour-mill-128 --size 128
 """
 
 from __future__ import annotations
@@ -25,9 +27,13 @@ TINTS += ((1.02, 1.00, 1.00),)
 SPLITS = ("pool", "val")
 
 
-def make_colour_mill(split: Path, out: Path, jitter: float = 0.04, seed: int = 0) -> dict[str, int]:
-    """Write the colour mill of `split` (`pool/` and `val/`, one folder per class) to `out`; returns images per
-    folder (`"pool/colour type 1"`: count)."""
+def make_colour_mill(
+    split: Path, out: Path, jitter: float = 0.04, seed: int = 0, size: int | None = None
+) -> dict[str, int]:
+    """Write the colour mill of `split` (`pool/` and `val/`, one folder per class) to `out`, each image resized to
+    `size` × `size` when given; returns images per folder (`"pool/colour type 1"`: count)."""
+    if size is not None and size < 8:
+        raise ValueError(f"The image size must be at least 8 px, got {size}.")
     rng = np.random.default_rng(seed)
     classes = sorted(p.name for p in (Path(split) / SPLITS[0]).iterdir() if p.is_dir())
     written = {}
@@ -38,7 +44,10 @@ def make_colour_mill(split: Path, out: Path, jitter: float = 0.04, seed: int = 0
             folder.mkdir(parents=True, exist_ok=True)
             paths = list_images(Path(split) / part / name)
             for path in paths:
-                grey = np.asarray(load_rgb(path).convert("L"), dtype=np.float32)
+                image = load_rgb(path).convert("L")
+                if size is not None:
+                    image = image.resize((size, size), Image.Resampling.LANCZOS)
+                grey = np.asarray(image, dtype=np.float32)
                 gains = tint * np.exp(rng.normal(0.0, jitter, 3))
                 pixels = np.clip(grey[..., None] * gains + 0.5, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{path.stem} photo.jpg", quality=90)
@@ -51,8 +60,9 @@ def main() -> None:
     parser.add_argument("--split", type=Path, required=True, help="A split with pool/ and val/ (evaluate neu-split).")
     parser.add_argument("--out", type=Path, required=True, help="Where the colour mill goes (outside the repository).")
     parser.add_argument("--jitter", type=float, default=0.04, help="Per-image log-normal σ of each channel's gain.")
+    parser.add_argument("--size", type=int, default=None, help="Resize every image to SIZE × SIZE px (Lanczos).")
     args = parser.parse_args()
-    for folder, count in make_colour_mill(args.split, args.out, args.jitter).items():
+    for folder, count in make_colour_mill(args.split, args.out, args.jitter, size=args.size).items():
         print(f"{folder}: {count} images")
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from engine.adapters import proposed_strength
 from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config, seconds_of
-from engine.data import MASK_SUFFIX, list_images, read_image
+from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.class_stats import class_exposures, class_turn_share, pool_exposure
 from engine.generation.generate import Candidate, generate, resolve_token
@@ -154,7 +154,7 @@ def generate_to_folder(
     if turn_share and not vary:
         raise ValueError("Quarter turns apply to varied inits; not with --mask or --no-vary.")
     paths = init_images(init)
-    images = [read_image(path) for path in paths]
+    images = [load_rgb(path) for path in paths]
     names = [path.name for path in paths]
     state = process_state()
     if turn_share is None:

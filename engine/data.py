@@ -135,20 +135,15 @@ def is_grayscale(image: Image.Image) -> bool:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image upright (EXIF) as 8-bit RGB."""
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float64)
-            arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1) * 255
-            im = Image.fromarray(arr.astype(np.uint8))
-        return im.convert("RGB")
-
-
-def read_image(path: Path) -> Image.Image:
-    """`load_rgb`, raising a readable ValueError that names a file PIL cannot read."""
+    """Open an image upright (EXIF) as 8-bit RGB; a file PIL cannot read raises a ValueError that names it."""
     try:
-        return load_rgb(path)
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1) * 255
+                im = Image.fromarray(arr.astype(np.uint8))
+            return im.convert("RGB")
     except OSError as error:
         raise ValueError(f"Cannot read image {path}: {error}") from error
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.config import WEIGHTS_DIR, ConfigMixin
-from engine.data import LabelledImage, read_image, read_image_folder, read_neu, split_neu
+from engine.data import LabelledImage, load_rgb, read_image_folder, read_neu, split_neu
 from engine.progress import ProgressFn
 
 SHIPPED_FEATURES = WEIGHTS_DIR / "steel-features"
@@ -171,7 +171,7 @@ def images_to_tensor(images: list[Image.Image], size: int, colour: bool = False)
 def load_tensor(paths: list[Path], size: int, colour: bool = False) -> torch.Tensor:
     """Image files → N×C×size×size float in [0, 1] (C: 3 with `colour`, else 1); raises a readable error for an
     unreadable file."""
-    return arrays_to_tensor([image_to_array(read_image(path), size, colour) for path in paths], size, colour)
+    return arrays_to_tensor([image_to_array(load_rgb(path), size, colour) for path in paths], size, colour)
 
 
 def save_feature_net(net: SteelFeatureNet, folder: Path) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from torch import nn
 
-from engine.data import is_grayscale, read_image
+from engine.data import is_grayscale, load_rgb
 from engine.evaluation.features import arrays_to_tensor, image_to_array, images_by_class, load_tensor
 from engine.generation.variation import geometric_variant, photometric_jitter
 from engine.progress import ProgressFn
@@ -227,7 +227,7 @@ def recognition(
         raise ValueError(f"Synthetic classes missing from the training folder: {', '.join(unknown)}.")
 
     # 2. Load the test set and the synthetic set once, in colour when the real images are
-    colour = any(not is_grayscale(read_image(p)) for tree in (test, train) for paths in tree.values() for p in paths)
+    colour = any(not is_grayscale(load_rgb(p)) for tree in (test, train) for paths in tree.values() for p in paths)
 
     def labels(tree: dict[str, list[Path]]) -> torch.Tensor:
         return torch.tensor([classes.index(c) for c, paths in tree.items() for _ in paths], dtype=torch.long)
@@ -261,7 +261,7 @@ def recognition(
         if classic_augment_per_class:
             augmented, y_list = [], []
             for c, paths in shots.items():
-                sources = [read_image(p) for p in paths]
+                sources = [load_rgb(p) for p in paths]
                 for i in range(classic_augment_per_class):
                     augmented.append(image_to_array(classic_augment(sources[i % k], rng), image_size, colour))
                     y_list.append(classes.index(c))

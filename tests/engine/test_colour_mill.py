@@ -28,3 +28,13 @@ def test_a_grey_split_becomes_a_colour_mill_whose_classes_differ_in_tint(tmp_pat
 
     assert not any(is_grayscale(Image.open(p)) for p in first + second)
     assert red_over_blue(first) > red_over_blue(second) + 0.1, "each class its own tint"
+
+
+def test_a_colour_mill_can_be_captured_at_another_resolution(tmp_path):
+    (tmp_path / "split" / "pool" / "crazing").mkdir(parents=True)
+    (tmp_path / "split" / "val" / "crazing").mkdir(parents=True)
+    for part in ("pool", "val"):
+        Image.new("L", (40, 40), 128).save(tmp_path / "split" / part / "crazing" / "cr_0.bmp")
+    make_colour_mill(tmp_path / "split", tmp_path / "mill", size=16)
+    for part in ("pool", "val"):
+        assert Image.open(tmp_path / "mill" / part / "colour type 1" / "cr_0 photo.jpg").size == (16, 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -132,3 +133,14 @@ def test_finetune_settings_out_of_range_exit_2(
     expect_error([*common, "--lora-rank", "0"], "lora_rank must be at least 1, got 0.", capsys)
     missing = ["finetune", "--model", str(tiny_model), "--dataset", str(tmp_path / "none"), "--out", str(tmp_path)]
     expect_error(missing, "Dataset folder not found", capsys)
+
+
+def test_a_fine_tune_names_an_image_of_its_dataset_that_it_cannot_read(
+    tiny_model: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = tmp_path / "dataset"
+    shutil.copytree(tiny_dataset, dataset)
+    broken = next(p for p in sorted(dataset.iterdir()) if p.is_dir()) / "notes.png"
+    broken.write_text("not an image")
+    argv = ["finetune", "--model", str(tiny_model), "--dataset", str(dataset), "--out", str(tmp_path / "run")]
+    expect_error([*argv, "--steps", "1"], f"Cannot read image {broken}", capsys)
