@@ -48,7 +48,7 @@ from engine.batch import (
 from engine.config import DEFAULT_STEPS
 from engine.data import list_images, load_rgb
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
-from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, recognition
+from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, per_class_table, recognition
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
 from engine.generation.variation import check_turn_share, geometric_variant, parse_init_mix
@@ -236,18 +236,14 @@ def summarize_recall(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     summary = {
         name: {c: round(float(np.mean([draw[name][c] for draw in recorded])), 4) for c in classes} for name in arms
     }
-    width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
-    lines = [
-        f"  recall per class ({len(recorded)} of {len(draws)} draws):",
-        f"  {'':<{width}}" + "".join(f"{c[:12]:>13}" for c in classes),
-    ]
-    lines += [f"  {name:<{width}}" + "".join(f"{summary[name][c]:>13.3f}" for c in classes) for name in arms]
+    rows = [(name, summary[name], ".3f") for name in arms]
     for name, (arm, baseline, _) in PAIRED_GAINS.items():
         if arm in summary and baseline in summary:
-            gains = {c: round(summary[arm][c] - summary[baseline][c], 4) for c in classes}
-            summary[name] = gains
-            lines.append(f"  {name:<{width}}" + "".join(f"{100 * gains[c]:>+13.1f}" for c in classes))
-    return summary, lines
+            summary[name] = {c: round(summary[arm][c] - summary[baseline][c], 4) for c in classes}
+            rows.append((name, {c: 100 * summary[name][c] for c in classes}, "+.1f"))
+    width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
+    table = per_class_table(rows, classes, width)
+    return summary, [f"  recall per class ({len(recorded)} of {len(draws)} draws):", *(f"  {line}" for line in table)]
 
 
 def generate_samples(

@@ -181,11 +181,21 @@ class RecognitionReport:
             lines.append(f"{arm.name:<20}{int(np.mean(arm.train_sizes)):>11}{accuracy:>18}{gain:>9}")
         lines.append("gain: accuracy minus the 'real' arm's, both means over the same seeds.")
         lines.append("Recall per class (test images of the class recognised as it, all seeds):")
-        lines.append(f"{'arm':<20}" + "".join(f"{c[:12]:>13}" for c in self.classes))
-        for arm in self.arms:
-            recall = arm.recall(self.classes)
-            lines.append(f"{arm.name:<20}" + "".join(f"{recall[c]:>13.3f}" for c in self.classes))
+        rows = [(arm.name, arm.recall(self.classes), ".3f") for arm in self.arms]
+        lines += per_class_table(rows, self.classes, 20, corner="arm")
         return "\n".join(lines)
+
+
+def per_class_table(
+    rows: Sequence[tuple[str, dict[str, float], str]], classes: Sequence[str], label_width: int, corner: str = ""
+) -> list[str]:
+    """The lines of a table with a column per class, headed by the classes' full names (a mill's names may share
+    their first dozen characters: "colour type 1" … "colour type 6"), and a row per (name, value per class, format)."""
+    width = max(8, *(len(c) for c in classes)) + 2
+    lines = [f"{corner:<{label_width}}" + "".join(f"{c:>{width}}" for c in classes)]
+    for name, values, spec in rows:
+        lines.append(f"{name:<{label_width}}" + "".join(f"{format(values[c], spec):>{width}}" for c in classes))
+    return lines
 
 
 def recognition(

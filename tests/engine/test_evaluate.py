@@ -17,7 +17,7 @@ from engine.data import export_neu_split, list_images, read_image_folder
 from engine.evaluation.features import FeatureNetConfig, fit_feature_network, load_feature_net, save_feature_net
 from engine.evaluation.fidelity import InceptionFeatures, fidelity, two_sample_test
 from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, RealismScorer, class_realism_scorer
-from engine.evaluation.recognition import classic_augment, recognition
+from engine.evaluation.recognition import classic_augment, per_class_table, recognition
 from engine.evaluation.tuning import tune_strength
 
 SIZE = 32
@@ -323,3 +323,13 @@ def test_recognition_trains_only_the_arms_asked_for_and_names_those_it_cannot(to
     assert all(arm.accuracies == by_name[arm.name] for arm in some.arms)
     with pytest.raises(ValueError, match="real\\+synthetic need inputs not given"):
         recognition(toy["train"], toy["real"], arms=["real", "real+synthetic"], **settings)
+
+
+def test_per_class_tables_keep_class_names_that_share_their_first_dozen_characters_apart():
+    classes = ["colour type 1", "colour type 2", "oxide scale of temperature system"]
+    rows = [("real", dict(zip(classes, (0.5, 0.25, 1.0), strict=True)), ".3f")]
+    rows.append(("ours - classic", dict(zip(classes, (10.0, -2.5, 0.0), strict=True)), "+.1f"))
+    header, real, gain = per_class_table(rows, classes, 16, corner="arm")
+    assert header.split("  ")[0] == "arm" and all(f" {name}" in header for name in classes)
+    assert real.split()[1:] == ["0.500", "0.250", "1.000"] and gain.split()[-3:] == ["+10.0", "-2.5", "+0.0"]
+    assert len({len(line) for line in (header, real, gain)}) == 1, "the columns line up"
