@@ -135,7 +135,8 @@ def is_grayscale(image: Image.Image) -> bool:
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image upright (EXIF) as 8-bit RGB; a file PIL cannot read raises a ValueError that names it."""
+    """Open an image upright (EXIF) as 8-bit RGB; a file PIL cannot read raises a ValueError that names it (a
+    missing one FileNotFoundError)."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -144,6 +145,8 @@ def load_rgb(path: Path) -> Image.Image:
                 arr = (arr - arr.min()) / max(arr.max() - arr.min(), 1) * 255
                 im = Image.fromarray(arr.astype(np.uint8))
             return im.convert("RGB")
+    except FileNotFoundError:
+        raise
     except OSError as error:
         raise ValueError(f"Cannot read image {path}: {error}") from error
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from bench.grain_bands import lost_in_resize
 from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
 from engine.config import DEFAULT_GUIDANCE, PURE_NOISE_GUIDANCE, GenerationConfig, TrainConfig, finetune_config
+from engine.data import load_rgb
 from engine.generation.generate import generate, read_png_parameters
 from engine.generation.pipeline import load_pipeline, resolve_model
 from engine.training.loop import latest_checkpoint
@@ -25,6 +27,16 @@ def test_resolve_model_refuses_a_folder_that_is_not_a_diffusers_model(tmp_path):
         resolve_model(tmp_path)
     with pytest.raises(FileNotFoundError):
         resolve_model(tmp_path / "missing")
+
+
+def test_load_rgb_names_a_file_it_cannot_read_and_leaves_a_missing_one_not_found(tmp_path):
+    Image.new("I;16", (6, 4), 300).save(tmp_path / "deep.png")
+    assert load_rgb(tmp_path / "deep.png").mode == "RGB"
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match=re.escape(f"Cannot read image {tmp_path / 'notes.png'}")):
+        load_rgb(tmp_path / "notes.png")
+    with pytest.raises(FileNotFoundError):
+        load_rgb(tmp_path / "missing.png")
 
 
 def test_guidance_defaults_higher_only_for_pure_noise_without_a_mask():
