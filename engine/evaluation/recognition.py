@@ -191,7 +191,7 @@ def per_class_table(
 ) -> list[str]:
     """The lines of a table with a column per class, headed by the classes' full names (a mill's names may share
     their first dozen characters: "colour type 1" … "colour type 6"), and a row per (name, value per class, format)."""
-    width = max(8, *(len(c) for c in classes)) + 2
+    width = max([8, *map(len, classes)]) + 2
     lines = [f"{corner:<{label_width}}" + "".join(f"{c:>{width}}" for c in classes)]
     for name, values, spec in rows:
         lines.append(f"{name:<{label_width}}" + "".join(f"{format(values[c], spec):>{width}}" for c in classes))
