@@ -45,7 +45,7 @@ DEFAULT_REALISM_THRESHOLD = 0.3
 GATE_STRENGTH_STEP = 0.1
 DEFAULT_STRENGTH_FLOOR = 0.4
 # Capture variation of batch samples (exposure, and pixel grain brought to the init images';
-# engine.generation.variation), applied after the realism gate. 1 is the measured default (README, "Capture
+# engine.generation.variation), applied after the realism gate. 1 is the measured default (`docs/results.md`, "Capture
 # variation"); 0 turns it off.
 DEFAULT_CAPTURE_VARIATION = 1.0
 FLAGGED_FOLDER = "flagged"

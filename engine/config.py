@@ -10,7 +10,8 @@ from pathlib import Path
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 EMBEDDED_MODEL = WEIGHTS_DIR / "steel-prior"
 # A masked repaint changes only the mask, so it starts from more noise than a whole-window img2img: the masked
-# report on NEU (README) paints small defects at 0.9-1.0 and almost nothing at 0.6. Tokens may store their own.
+# report on NEU (`docs/results.md`) paints small defects at 0.9-1.0 and almost nothing at 0.6. Tokens may store
+# their own.
 DEFAULT_MASKED_STRENGTH = 0.9
 
 
@@ -38,11 +39,11 @@ MAX_DEFAULT_WINDOW = 256
 
 
 # Classifier-free guidance: image-oriented samples (and masked repaints) were tuned at 3; from pure noise the token is
-# all the prompt has, and a higher scale made the samples markedly more their class (README, "Pure noise").
+# all the prompt has, and a higher scale made the samples markedly more their class (`docs/results.md`, "Pure noise").
 DEFAULT_GUIDANCE = 3.0
 PURE_NOISE_GUIDANCE = 12.0
 # Sampler steps of every generation: DPM-Solver++ gives a usable sample in 20 (12 denoising steps at strength 0.6);
-# twice as many stayed inside the few-shot yardstick's spread (README, "Measured and not adopted").
+# twice as many stayed inside the few-shot yardstick's spread (`docs/results.md`, "Measured and not adopted").
 DEFAULT_STEPS = 20
 
 

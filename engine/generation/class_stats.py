@@ -48,8 +48,8 @@ DIRECTION_LOG_RATIO = 0.5
 MIN_DIRECTED_IMAGES = 10
 # Gradient scale: blurred first, so the pixel grain does not outweigh the defect's own edges.
 BLUR_SIGMA = 1.5
-# Share of a known class's samples exposed like a random pool image of the class. Screened at 0.5 only (README,
-# "Exposure of the training pool"): half keep the exposure of their own init images.
+# Share of a known class's samples exposed like a random pool image of the class. Screened at 0.5 only
+# (`docs/results.md`, "Exposure of the training pool"): half keep the exposure of their own init images.
 POOL_EXPOSURE_SHARE = 0.5
 # Exposures drawn for a class the pool does not know, and how far from its images' centre (in standard deviations of
 # the pool's spread) a draw may go.

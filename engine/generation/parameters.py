@@ -71,7 +71,7 @@ class MaskedRepaint:
 MIN_OWN_REFERENCES = 10
 # A new mill's class (neither ten images nor NEU's shipped features) is its own reference from this many on, each
 # image with its eight flips and rotations (`RealismScorer(flips_and_rotations=True)`). On the yardstick with renamed
-# classes, three images each gated batches without stopping one (README, "A new mill's classes").
+# classes, three images each gated batches without stopping one (`docs/results.md`, "A new mill's classes").
 MIN_FEW_SHOT_REFERENCES = 3
 
 
