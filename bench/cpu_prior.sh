@@ -5,12 +5,11 @@
 # finished prior folder (WORK/legN) that the next one continues with `--init-model`, so every leg can be measured
 # (bench/evaluate_prior.sh, bench.fewshot_yardstick with --model) and a stopped leg resumes from its own checkpoints:
 # run the same command again, in a later session too (keep WORK outside /tmp). On the 2-core CPU a leg takes about an
-# hour at 24 images/s on two threads.
+# hour at about 22 images/s on two threads.
 #   bash bench/cpu_prior.sh NEU_DIR WORK_DIR [LEGS]
 # THREADS sets torch's threads (default 2); LEG_STEPS the steps of a leg (default 2500); PRETRAIN_ARGS passes more
 # `pretrain` options to every leg (a dry run: PRETRAIN_ARGS="--size tiny --autoencoder-steps 2" LEG_STEPS=2).
 set -euo pipefail
-# shellcheck disable=SC2086
 neu=$1
 work=$2
 legs=${3:-9}
@@ -18,21 +17,25 @@ threads=${THREADS:-2}
 leg_steps=${LEG_STEPS:-2500}
 # A restart of the learning-rate schedule per leg (warm-up, cosine to 10 %), lower as the prior settles.
 rates=(3e-4 2e-4 2e-4 1.5e-4 1.5e-4 1e-4 1e-4 1e-4 1e-4)
+# shellcheck disable=SC2206  # PRETRAIN_ARGS is a list of options, split on spaces
+extra=(${PRETRAIN_ARGS:-})
 previous=""
 for ((leg = 1; leg <= legs; leg++)); do
   out="$work/leg$leg"
-  rate=${rates[$((leg <= ${#rates[@]} ? leg - 1 : ${#rates[@]} - 1))]}
+  index=$((leg <= ${#rates[@]} ? leg : ${#rates[@]}))
+  rate=${rates[index - 1]}
   if [[ -f "$out/model_index.json" ]]; then
     previous=$out
     continue
   fi
-  echo "leg $leg: $leg_steps steps at learning rate $rate ($(date -u +%H:%M:%S))"
+  # The first leg trains the autoencoder too; every later one continues the previous leg's diffusion stage.
   if [[ -z "$previous" ]]; then
-    python launch.py pretrain --data "$neu" --out "$out" --autoencoder-perceptual-weight 1 --autoencoder-steps 2000 \
-      --captions appearance --vflip --steps "$leg_steps" --batch-size 32 --learning-rate "$rate" --threads "$threads" ${PRETRAIN_ARGS:-}
+    start=(--autoencoder-perceptual-weight 1 --autoencoder-steps 2000)
   else
-    python launch.py pretrain --data "$neu" --out "$out" --init-model "$previous" --stages diffusion \
-      --captions appearance --vflip --steps "$leg_steps" --batch-size 32 --learning-rate "$rate" --threads "$threads" ${PRETRAIN_ARGS:-}
+    start=(--init-model "$previous" --stages diffusion)
   fi
+  echo "leg $leg: $leg_steps steps at learning rate $rate ($(date -u +%H:%M:%S))"
+  python launch.py pretrain --data "$neu" --out "$out" "${start[@]}" --captions appearance --vflip \
+    --steps "$leg_steps" --batch-size 32 --learning-rate "$rate" --threads "$threads" "${extra[@]}"
   previous=$out
 done
