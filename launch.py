@@ -87,7 +87,7 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--strength",
         type=float,
         default=None,
-        help="0-1; default: the token's tuned strength (masked: its tuned masked strength), else 0.6 (masked: 0.9).",
+        help="0-1; default: the token's tuned strength (masked: its tuned masked strength), else 0.4 (masked: 0.9).",
     )
     gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     gen.add_argument("--guidance", type=float, default=None)

@@ -4,8 +4,9 @@
 # and text encoder on appearance captions, in legs of LEG_STEPS steps at batch 32 (80 k images a leg). Each leg is a
 # finished prior folder (WORK/legN) that the next one continues with `--init-model`, so every leg can be measured
 # (bench/evaluate_prior.sh, bench.fewshot_yardstick with --model) and a stopped leg resumes from its own checkpoints:
-# run the same command again, in a later session too (keep WORK outside /tmp). On the 2-core CPU a leg takes about an
-# hour at about 22 images/s on two threads.
+# run the same command again, in a later session too (keep WORK outside /tmp). The shipped prior is this recipe's
+# leg 2: if WORK is lost, `mkdir -p WORK && cp -r engine/weights/steel-prior WORK/leg2` and leg 3 continues it. On the
+# 2-core CPU a leg takes about an hour at about 22 images/s on two threads.
 #   bash bench/cpu_prior.sh NEU_DIR WORK_DIR [LEGS]
 # THREADS sets torch's threads (default 2); LEG_STEPS the steps of a leg (default 2500); PRETRAIN_ARGS passes more
 # `pretrain` options to every leg (a dry run: PRETRAIN_ARGS="--size tiny --autoencoder-steps 2" LEG_STEPS=2).
@@ -19,15 +20,20 @@ leg_steps=${LEG_STEPS:-2500}
 rates=(3e-4 2e-4 2e-4 1.5e-4 1.5e-4 1e-4 1e-4 1e-4 1e-4)
 # shellcheck disable=SC2206  # PRETRAIN_ARGS is a list of options, split on spaces
 extra=(${PRETRAIN_ARGS:-})
+# Go on after the newest finished leg (a copy of the shipped prior put in as WORK/leg2 continues it as leg 3).
 previous=""
-for ((leg = 1; leg <= legs; leg++)); do
+first=1
+for ((leg = legs; leg >= 1; leg--)); do
+  if [[ -f "$work/leg$leg/model_index.json" ]]; then
+    previous="$work/leg$leg"
+    first=$((leg + 1))
+    break
+  fi
+done
+for ((leg = first; leg <= legs; leg++)); do
   out="$work/leg$leg"
   index=$((leg <= ${#rates[@]} ? leg : ${#rates[@]}))
   rate=${rates[index - 1]}
-  if [[ -f "$out/model_index.json" ]]; then
-    previous=$out
-    continue
-  fi
   # The first leg trains the autoencoder too; every later one continues the previous leg's diffusion stage.
   if [[ -z "$previous" ]]; then
     start=(--autoencoder-perceptual-weight 1 --autoencoder-steps 2000)

@@ -1,6 +1,8 @@
 """Write a grid of generated samples per class (model output only, never the source images).
 
-python -m bench.sample_grid --init-root /tmp/neu-split/pool --out engine/weights/steel-prior/samples.png
+python -m bench.sample_grid --init-root /tmp/neu-split/pool --out engine/weights/steel-prior-tokens/samples.png
+
+One row per class at each of `--strengths` (default: the product's default strength, then 1.0, pure noise).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def main() -> None:
     parser.add_argument("--adapter", default=None)
     parser.add_argument("--init-root", type=Path, required=True, help="ImageFolder of init images per class.")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--strengths", type=float, nargs="+", default=[0.6, 1.0])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[GenerationConfig.strength, 1.0])
     parser.add_argument("--per-row", type=int, default=6)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--tile", type=int, default=128)

@@ -53,8 +53,9 @@ class GenerationConfig(ConfigMixin):
 
     class_name: str
     num_candidates: int = 4
-    # 0.6 keeps the slab's layout and lets the token repaint texture; the paper's sweet spot for steel.
-    strength: float = 0.6
+    # 0.4 keeps the slab's layout and lets the prior redraw its texture and defects' detail: with the embedded prior
+    # that generates, the few-shot yardstick's best (0.6 redraws texture classes; `docs/results.md`).
+    strength: float = 0.4
     steps: int = DEFAULT_STEPS
     # None: DEFAULT_GUIDANCE, or PURE_NOISE_GUIDANCE for a sample drawn from pure noise (see `guidance`).
     guidance_scale: float | None = None

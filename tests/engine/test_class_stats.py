@@ -178,7 +178,7 @@ def test_generate_logs_the_share_it_turns_and_takes_a_number_instead(tiny_model,
     for seed in range(3):
         _scratch(seed).save(shots / f"s{seed}.png")
     common = ["generate", "--model", str(tiny_model), "--adapter", str(tiny_adapter), "--init", str(shots)]
-    common += ["--token", "scratches", "--num", "2", "--steps", "2", "--realism-threshold", "off"]
+    common += ["--token", "scratches", "--num", "2", "--steps", "3", "--realism-threshold", "off"]
     with caplog.at_level(logging.INFO, logger="engine.batch"):
         assert launch.main([*common, "--out", str(tmp_path / "auto")]) == 0
     assert "Quarter turns for scratches: 26 % of the varied inits" in caplog.text

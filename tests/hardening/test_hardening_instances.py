@@ -74,7 +74,7 @@ def test_two_app_instances_on_one_database_lose_no_decision_and_log_every_attemp
     generate = [
         "generate", "--data-dir", str(data_dir), "--database-url", url, "--model", str(tiny_model),
         "--adapter", str(tiny_adapter), "--token", "scratches", "--init", str(tiny_dataset / "scratches"),
-        "--num", str(SAMPLES), "--steps", "2", "--realism-threshold", "off",
+        "--num", str(SAMPLES), "--steps", "3", "--realism-threshold", "off",
     ]  # fmt: skip
     assert launch.main(generate) == 0
 

@@ -13,7 +13,7 @@ def generate_into_studio(data: list[str], adapter: Path, dataset: Path, num: int
     """`generate` of `num` scratches from the tiny dataset into the studio of `data` (no --out)."""
     return [
         "generate", *data, "--adapter", str(adapter), "--token", "scratches",
-        "--init", str(dataset / "scratches"), "--num", str(num), "--steps", "2", "--realism-threshold", "off",
+        "--init", str(dataset / "scratches"), "--num", str(num), "--steps", "3", "--realism-threshold", "off",
     ]  # fmt: skip
 
 

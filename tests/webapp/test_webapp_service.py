@@ -28,7 +28,7 @@ def test_the_adapter_registers_its_classes_as_active_version_1(service: StudioSe
     assert set(classes) == {"scratches", "inclusion"}
     assert classes["scratches"].token == "<scratches>"
     assert classes["scratches"].adapter_version == 1
-    assert classes["scratches"].default_strength == pytest.approx(0.6)
+    assert classes["scratches"].default_strength == pytest.approx(GenerationConfig.strength)
 
 
 def test_upload_stores_png_and_row(service: StudioService, slab_png) -> None:

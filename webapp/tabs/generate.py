@@ -89,7 +89,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 strength = gr.Slider(
                     0.05,
                     1.0,
-                    value=0.6,
+                    value=GenerationConfig.strength,
                     step=0.05,
                     label="Strength (how much the model repaints)",
                     info="Proposed per token: for a whole window (re-textures the slab) or, with auto-place, a "
