@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`generate`: image-oriented generation into a folder or into the studio."""
-    from engine.config import DEFAULT_STEPS
+    from engine.config import DEFAULT_MASKED_STRENGTH, DEFAULT_STEPS, GenerationConfig
 
     gen = sub.add_parser("generate", help="Generate defect images from init images (image-oriented).")
     add_common(gen)
@@ -87,7 +87,8 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--strength",
         type=float,
         default=None,
-        help="0-1; default: the token's tuned strength (masked: its tuned masked strength), else 0.4 (masked: 0.9).",
+        help="0-1; default: the token's tuned strength (masked: its tuned masked strength), else"
+        f" {GenerationConfig.strength} (masked: {DEFAULT_MASKED_STRENGTH}).",
     )
     gen.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     gen.add_argument("--guidance", type=float, default=None)
@@ -130,7 +131,7 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         type=_strength_floor,
         default="default",
         help="Once the realism gate has flagged --num candidates at one strength, make the rest 0.1 lower, down to"
-        " this (default 0.4; not with --mask or --auto-place); 'off' ends the batch there instead.",
+        " this (default 0.3; not with --mask or --auto-place); 'off' ends the batch there instead.",
     )
     gen.add_argument(
         "--detail-restore",
