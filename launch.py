@@ -131,7 +131,7 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         type=_strength_floor,
         default="default",
         help="Once the realism gate has flagged --num candidates at one strength, make the rest 0.1 lower, down to"
-        " this (default 0.3; not with --mask or --auto-place); 'off' ends the batch there instead.",
+        " this (default 0.2; not with --mask or --auto-place); 'off' ends the batch there instead.",
     )
     gen.add_argument(
         "--detail-restore",

@@ -43,7 +43,8 @@ DEFAULT_REALISM_THRESHOLD = 0.3
 # When the gate has flagged a whole batch's worth at one strength, the rest is made this much lower (less of the
 # init redrawn, so closer to the real images), down to the floor; a floor at or above the strength stops instead.
 GATE_STRENGTH_STEP = 0.1
-DEFAULT_STRENGTH_FLOOR = 0.3
+# Two steps below the default strength, as 0.4 was below 0.6: a new mill's faint class still finishes its batch.
+DEFAULT_STRENGTH_FLOOR = 0.2
 # Capture variation of batch samples (exposure, and pixel grain brought to the init images';
 # engine.generation.variation), applied after the realism gate. 1 is the measured default (`docs/results.md`, "Capture
 # variation"); 0 turns it off.

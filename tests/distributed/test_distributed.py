@@ -148,25 +148,25 @@ def test_two_process_generation_writes_the_same_images_as_one(
 def test_two_processes_step_the_gated_strength_down_as_one_does(
     tiny_model: Path, tiny_adapter: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    """Every candidate flagged: both make the same candidates at 0.5, 0.4 and 0.3 and end the batch alike. The init
+    """Every candidate flagged: both make the same candidates at 0.4, 0.3 and 0.2 and end the batch alike. The init
     whose first candidate uses up a strength's flags drops its second one; later inits that the second process made
     at the old strength are made again at the new one."""
     from engine.generation.generate import read_png_parameters
 
     common = [
         "generate", "--model", str(tiny_model), "--adapter", str(tiny_adapter), "--token", "scratches",
-        "--init", str(tiny_dataset / "scratches"), "--num", "3", "--steps", "10", "--strength", "0.5",
+        "--init", str(tiny_dataset / "scratches"), "--num", "3", "--steps", "10", "--strength", "0.4",
         "--realism-threshold", "1", "--capture-variation", "0",
     ]  # fmt: skip
     flagged = {}
     for processes in (1, 2):
         out = tmp_path / str(processes)
         run = torchrun(processes, *common, "--out", str(out))
-        assert run.returncode != 0 and "for 0 kept (strength 0.50, 0.40, 0.30)" in run.stderr, run.stderr[-3000:]
+        assert run.returncode != 0 and "for 0 kept (strength 0.40, 0.30, 0.20)" in run.stderr, run.stderr[-3000:]
         flagged[processes] = {p.name: p for p in sorted((out / "flagged").iterdir())}
     assert list(flagged[1]) == list(flagged[2]) == [f"scratches_flagged_{i:05d}.png" for i in range(9)]
     strengths = [read_png_parameters(path.read_bytes()).strength for path in flagged[1].values()]
-    assert strengths == [0.5] * 3 + [0.4] * 3 + [0.3] * 3
+    assert strengths == [0.4] * 3 + [0.3] * 3 + [0.2] * 3
     for name, path in flagged[1].items():
         one, two = Image.open(path), Image.open(flagged[2][name])
         assert one.info == two.info, name
