@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quality of the embedded prior on the NEU validation split (the model card's figures).
-# Samples are generated from training-pool images (image-oriented, strength 0.4 as the product, shipped tokens) and
+# Samples are generated from training-pool images (image-oriented, the product's default strength, shipped tokens) and
 # compared with the held-out validation images; the pool itself is the real-vs-real reference.
 #   bash bench/evaluate_prior.sh [NEU_DIR] [WORK_DIR] [PER_CLASS]
 # STRENGTH=0.6 and ADAPTER=<run folder> (default: the shipped tokens) change what is measured; GENERATE_ARGS
@@ -10,7 +10,7 @@ set -euo pipefail
 neu=${1:-../shared/data/neu}
 work=${2:-/tmp/studio-eval}
 per_class=${3:-40}
-strength=${STRENGTH:-0.4}
+strength=${STRENGTH:-$(python -c "from engine.config import GenerationConfig; print(GenerationConfig.strength)")}
 python launch.py evaluate neu-split --data "$neu" --out "$work/neu-split"
 for class_dir in "$work"/neu-split/pool/*/; do
   name=$(basename "$class_dir")
