@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         default={},
         help="Classes whose varied inits are turned a quarter, with the share: `scratches=0.5` is `generate"
         " --quarter-turns 0.5` for scratches, `scratches=0` turns none (default: `generate`'s, matched to the"
-        " class's directions in the training pool).",
+        " class's directions in the training pool, or half for a new class whose shots run both ways).",
     )
     ablation.add_argument(
         "--adapter",

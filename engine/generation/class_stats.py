@@ -4,12 +4,16 @@ how its images are exposed. A batch of a known class uses both to reach the clas
 Shipped as `engine/weights/class-stats.json` (training pool only); rebuild it with `python launch.py evaluate
 class-stats --neu DATA/neu`. A class with enough images of its own to speak for its line (`MIN_OWN_REFERENCES`, as
 for the realism gate) keeps its images' directions and exposure; a class the pool does not know (a new mill's) keeps
-its images' directions, and its exposures are modelled with the pool's spread (below).
+its images' directions unless they run both ways (then half its inits are turned), and its exposures are modelled
+with the pool's spread (below).
 
 Directions. Five images of a class can all run one way where the class runs both: NEU's scratches are vertical in
 145 of the training pool's 200 images and horizontal in 51, and a draw of five often holds only vertical ones. A
 batch's samples keep their inits' direction, so a recognizer trained on them misses the other one. The batch turns
-the share of inits that brings its directions to the pool's (`matched_turn_share`). An image's direction is that of
+the share of inits that brings its directions to the pool's (`matched_turn_share`). A class the pool does not know
+has no such reference, but when its own few images already run both ways its defect evidently runs either way on the
+line, and half its inits are turned (`BOTH_WAYS_TURN_SHARE`): each layout then runs both ways, where five shots hold
+one or two of the minority direction. An image's direction is that of
 its structure tensor: the log ratio of its vertical to its horizontal gradient energy (a horizontal scratch has
 strong vertical gradients), beyond ±`DIRECTION_LOG_RATIO`; images in between (crazing's network, a round pit) have
 none, and a quarter turn changes nothing about them that matters.
@@ -46,6 +50,9 @@ STATS_FILE = WEIGHTS_DIR / "class-stats.json"
 DIRECTION_LOG_RATIO = 0.5
 # A reference's mix of directions counts from this many images that run one way.
 MIN_DIRECTED_IMAGES = 10
+# Share of the varied inits turned for a class the pool does not know whose own few images already run both ways:
+# half, so each init's layout runs either way as often (`class_turn_share`).
+BOTH_WAYS_TURN_SHARE = 0.5
 # Gradient scale: blurred first, so the pixel grain does not outweigh the defect's own edges.
 BLUR_SIGMA = 1.5
 # Share of a known class's samples exposed like a random pool image of the class. Screened at 0.5 only
@@ -123,13 +130,18 @@ class TurnChoice:
 def class_turn_share(class_name: str, images: list[Image.Image], stats: dict | None = None) -> TurnChoice:
     """The share of a class's varied inits to turn (`matched_turn_share`), made from its init `images`: their own
     directions when there are MIN_OWN_REFERENCES of them (the user's line speaks for itself: no turn), else the
-    training pool's directions of a class it knows (`stats`, default the shipped ones), else none."""
+    training pool's directions of a class it knows (`stats`, default the shipped ones), else, for a class whose few
+    images run both ways (its defect runs either way on this line), BOTH_WAYS_TURN_SHARE, else none."""
     inits = count_directions(images)
     if len(images) >= MIN_OWN_REFERENCES:
         return TurnChoice(0.0, f"the class's {len(images)} images set its directions ({inits.describe()})")
     stats = _pool_statistics(stats)
     entry = stats["classes"].get(class_name) if stats is not None else None
     if entry is None:
+        if inits.horizontal and inits.vertical:
+            return TurnChoice(
+                BOTH_WAYS_TURN_SHARE, f"the class's images run both ways ({inits.describe()}): each may run either way"
+            )
         return TurnChoice(0.0, "no directions known for the class beyond its images")
     reference = DirectionCounts(entry["horizontal"], entry["vertical"], entry["images"])
     share = matched_turn_share(reference, inits)

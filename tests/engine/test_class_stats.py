@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.generation.class_stats import (
+    BOTH_WAYS_TURN_SHARE,
     MIN_DIRECTED_IMAGES,
     STATS_FILE,
     DirectionCounts,
@@ -73,7 +74,7 @@ def test_the_matched_share_brings_the_inits_directions_to_the_references():
     assert matched_turn_share(scratches, DirectionCounts(2, 2, 5)) == 0.0
 
 
-def test_a_class_turns_only_where_the_training_pool_knows_it_and_its_own_images_are_few():
+def test_a_class_turns_where_the_pool_or_its_own_few_images_show_it_runs_both_ways():
     stats = {"classes": {"scratches": {"horizontal": 51, "vertical": 145, "images": 200}}}
     shots = [_scratch(seed) for seed in range(5)]
     known = class_turn_share("scratches", shots, stats)
@@ -81,6 +82,10 @@ def test_a_class_turns_only_where_the_training_pool_knows_it_and_its_own_images_
     assert "51 horizontal, 145 vertical of 200" in known.reason and "0 horizontal, 5 vertical of 5" in known.reason
     unknown = class_turn_share("edge crack", shots, stats)
     assert unknown.share == 0.0 and "no directions known" in unknown.reason
+    both_ways = [*shots[:4], quarter_turn(shots[4], random.Random(0))[0]]
+    mixed = class_turn_share("edge crack", both_ways, stats)
+    assert mixed.share == BOTH_WAYS_TURN_SHARE and "1 horizontal, 4 vertical of 5" in mixed.reason
+    assert class_turn_share("scratches", both_ways, stats).share < BOTH_WAYS_TURN_SHARE, "a known class: the pool's mix"
     many = [_scratch(seed) for seed in range(MIN_OWN_REFERENCES)]
     own = class_turn_share("scratches", many, stats)
     assert own.share == 0.0 and f"{MIN_OWN_REFERENCES} images set its directions" in own.reason
