@@ -5,7 +5,7 @@
 # finished prior folder (WORK/legN) that the next one continues with `--init-model`, so every leg can be measured
 # (bench/evaluate_prior.sh, bench.fewshot_yardstick with --model) and a stopped leg resumes from its own checkpoints:
 # run the same command again, in a later session too (keep WORK outside /tmp). The shipped prior is this recipe's
-# leg 2: if WORK is lost, `mkdir -p WORK && cp -r engine/weights/steel-prior WORK/leg2` and leg 3 continues it. On the
+# leg 3: if WORK is lost, `mkdir -p WORK && cp -r engine/weights/steel-prior WORK/leg3` and leg 4 continues it. On the
 # 2-core CPU a leg takes about an hour at about 22 images/s on two threads.
 #   bash bench/cpu_prior.sh NEU_DIR WORK_DIR [LEGS]
 # THREADS sets torch's threads (default 2); LEG_STEPS the steps of a leg (default 2500); PRETRAIN_ARGS passes more
@@ -20,7 +20,7 @@ leg_steps=${LEG_STEPS:-2500}
 rates=(3e-4 2e-4 2e-4 1.5e-4 1.5e-4 1e-4 1e-4 1e-4 1e-4)
 # shellcheck disable=SC2206  # PRETRAIN_ARGS is a list of options, split on spaces
 extra=(${PRETRAIN_ARGS:-})
-# Go on after the newest finished leg (a copy of the shipped prior put in as WORK/leg2 continues it as leg 3).
+# Go on after the newest finished leg (a copy of the shipped prior put in as WORK/leg3 continues it as leg 4).
 previous=""
 first=1
 for ((leg = legs; leg >= 1; leg--)); do
