@@ -25,6 +25,7 @@ def test_embedded_prior_loads_offline_with_its_six_tokens():
     assert pipe.model_ref == str(EMBEDDED_MODEL.resolve())
     assert set(pipe.adapter.tokens) == set(NEU_CLASSES)
     assert pipe.adapter.has_lora
+    assert pipe.adapter.base_model_hash == pipe.model_hash, "the shipped tokens must name the shipped prior's hash"
     assert pipe.resolution == 128
     assert pipe.pipe.unet.dtype.is_floating_point and str(pipe.pipe.unet.dtype) == "torch.float32"
 
