@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import GenerationConfig
+from engine.data import NEU_CLASSES
 from engine.generation.generate import read_png_parameters
 from tests.support import stored_files, voc_xml
 from webapp.studio import StudioService
@@ -29,6 +30,17 @@ def test_the_adapter_registers_its_classes_as_active_version_1(service: StudioSe
     assert classes["scratches"].token == "<scratches>"
     assert classes["scratches"].adapter_version == 1
     assert classes["scratches"].default_strength == pytest.approx(GenerationConfig.strength)
+
+
+def test_a_studio_on_the_embedded_prior_starts_with_its_six_shipped_classes(tmp_path: Path) -> None:
+    studio = StudioService(tmp_path / "data")
+    try:
+        classes = {c.name: c for c in studio.list_classes()}
+        assert set(classes) == set(NEU_CLASSES)
+        assert {c.adapter_version for c in classes.values()} == {1}
+        assert classes["scratches"].token == "<scratches>"
+    finally:
+        studio.close()
 
 
 def test_upload_stores_png_and_row(service: StudioService, slab_png) -> None:
