@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import GenerationConfig
+from engine.adapters import EMBEDDED_TOKENS, read_adapter
+from engine.config import DEFAULT_MASKED_STRENGTH, GenerationConfig
 from engine.data import NEU_CLASSES
 from engine.generation.generate import read_png_parameters
 from tests.support import stored_files, voc_xml
@@ -39,6 +40,9 @@ def test_a_studio_on_the_embedded_prior_starts_with_its_six_shipped_classes(tmp_
         assert set(classes) == set(NEU_CLASSES)
         assert {c.adapter_version for c in classes.values()} == {1}
         assert classes["scratches"].token == "<scratches>"
+        shipped = read_adapter(EMBEDDED_TOKENS).tokens
+        for name, info in classes.items():
+            assert info.masked_strength == (shipped[name].masked_strength or DEFAULT_MASKED_STRENGTH)
     finally:
         studio.close()
 
