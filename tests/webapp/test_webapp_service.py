@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.adapters import EMBEDDED_TOKENS, read_adapter
-from engine.config import DEFAULT_MASKED_STRENGTH, GenerationConfig
+from engine.config import GenerationConfig
 from engine.data import NEU_CLASSES
 from engine.generation.generate import read_png_parameters
 from tests.support import stored_files, voc_xml
@@ -42,7 +42,7 @@ def test_a_studio_on_the_embedded_prior_starts_with_its_six_shipped_classes(tmp_
         assert classes["scratches"].token == "<scratches>"
         shipped = read_adapter(EMBEDDED_TOKENS).tokens
         for name, info in classes.items():
-            assert info.masked_strength == (shipped[name].masked_strength or DEFAULT_MASKED_STRENGTH)
+            assert info.masked_strength == shipped[name].proposed_strength(masked=True)
     finally:
         studio.close()
 
