@@ -134,3 +134,22 @@ def appearance_captions(stems: list[str], images: list[np.ndarray]) -> list[str]
     measured = [measure(image) for image in images]
     scale = AppearanceScale.fit(measured)
     return [", ".join([stem, *scale.words(m)]) for stem, m in zip(stems, measured, strict=True)]
+
+
+def shared_words(images_by_class: dict[str, list[np.ndarray]], min_share: float = 0.5) -> dict[str, list[str]]:
+    """The appearance words at least `min_share` of each class's images carry, on a scale fitted to all of them.
+
+    The scale is the classes' own terciles, so the words say how a class differs from the others in its set.
+    """
+    measured = {name: [measure(image) for image in images] for name, images in images_by_class.items()}
+    if not any(measured.values()):
+        return {name: [] for name in measured}
+    scale = AppearanceScale.fit([m for ms in measured.values() for m in ms])
+    words = {}
+    for name, ms in measured.items():
+        counts: dict[str, int] = {}
+        for m in ms:
+            for word in scale.words(m):
+                counts[word] = counts.get(word, 0) + 1
+        words[name] = [word for word, count in counts.items() if count >= min_share * len(ms)]
+    return words

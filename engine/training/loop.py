@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
+from engine.training.attributes import shared_words
 from engine.training.pretrain import encode_pixels
 from engine.training.schedule import replanned_steps
 
@@ -123,14 +125,31 @@ def token_for(class_name: str) -> str:
     return f"<{class_name}>"
 
 
-def init_word_for(class_name: str, tokenizer: CLIPTokenizer) -> str:
-    """A known word close to the class name, to start its embedding from."""
-    if class_name in INIT_WORDS:
-        return INIT_WORDS[class_name]
-    for word in class_name.replace("-", "_").split("_"):
-        if len(tokenizer.encode(word, add_special_tokens=False)) == 1:
-            return word
-    return "defect"
+def init_words_for(classes: list[str], images: list[TrainingImage], tokenizer: CLIPTokenizer) -> dict[str, str]:
+    """Where each new class token starts (textual inversion initialisation), as words the tokenizer knows.
+
+    A NEU class starts from its word in INIT_WORDS. Any other class starts from a word of its own name that no other
+    class's name shares and the tokenizer knows whole ("edge crack" -> "crack"), or else from "defect", followed by the
+    appearance words most of its images carry (`engine.training.attributes.shared_words`): the words the embedded
+    prior was pretrained on, so that classes with uninformative names ("type 1", "type 2") start apart, each near
+    what its images look like.
+    """
+    by_class = {c: [im.pixels for im in images if im.class_name == c] for c in classes}
+    appearance = shared_words(by_class)
+    words = {}
+    for class_name in classes:
+        if class_name in INIT_WORDS:
+            words[class_name] = INIT_WORDS[class_name]
+            continue
+        others = {w for c in classes if c != class_name for w in _name_words(c)}
+        own = [w for w in _name_words(class_name) if w not in others and len(tokenizer.tokenize(w)) == 1]
+        words[class_name] = " ".join([own[0] if own else "defect", *appearance.get(class_name, [])])
+    return words
+
+
+def _name_words(class_name: str) -> list[str]:
+    """The alphabetic words of a class name of three letters or more ("pitted_surface 2" -> pitted, surface)."""
+    return [w for w in re.findall(r"[a-z]+", class_name.lower()) if len(w) >= 3]
 
 
 def train(
@@ -176,6 +195,9 @@ def train(
     vae.requires_grad_(False)
 
     # 3. Attach trainable parts
+    if config.mode == "finetune":
+        chosen = init_words_for(config.classes, images, tokenizer)
+        config.init_words = {c: config.init_words.get(c) or chosen[c] for c in config.classes}
     new_token_ids, param_groups, ema = _attach_trainable(config, tokenizer, text_encoder, unet)
     if config.mode == "finetune" and main:
         config.save(out / "config.json")  # with the init word each new token started from
@@ -432,7 +454,7 @@ def _batch_loss(
 
 
 def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> dict[str, int]:
-    """Add one token per class, initialised from its init word's embedding; returns class -> token id."""
+    """Add one token per class, initialised to the mean embedding of its init words; returns class -> token id."""
     if not config.classes:
         raise ValueError("Fine-tuning needs at least one class.")
     tokens = [token_for(c) for c in config.classes]
@@ -442,9 +464,7 @@ def _add_tokens(config: TrainConfig, tokenizer: CLIPTokenizer, text_encoder: CLI
     ids = {}
     with torch.no_grad():
         for class_name, token in zip(config.classes, tokens, strict=True):
-            word = config.init_words.get(class_name) or init_word_for(class_name, tokenizer)
-            config.init_words[class_name] = word
-            word_ids = tokenizer.encode(word, add_special_tokens=False)
+            word_ids = tokenizer.encode(config.init_words[class_name], add_special_tokens=False)
             token_id = tokenizer.convert_tokens_to_ids(token)
             weight[token_id] = weight[word_ids].mean(dim=0)
             ids[class_name] = token_id

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.training.attributes import AppearanceScale, appearance_captions, measure
+from engine.training.attributes import AppearanceScale, appearance_captions, measure, shared_words
+from engine.training.loop import TrainingImage, init_words_for
 from engine.training.pretrain import collect_pretrain_samples
 from engine.training.prior import VOCABULARY_WORDS
 
@@ -93,3 +94,34 @@ def test_a_training_config_refuses_unknown_captions():
 
     with pytest.raises(ValueError, match="captions must be one of generic, appearance"):
         TrainConfig(mode="pretrain", captions="classes")
+
+
+def test_shared_words_name_what_most_of_a_class_carries_among_its_set():
+    words = shared_words(
+        {
+            "type 1": [with_lines(s, True) for s in range(3)] + [textured(9, grain=4)],
+            "type 2": [with_spots(s) for s in range(4)],
+            "type 3": [textured(s, grain=4) for s in range(4)],
+        }
+    )
+    assert {"vertical lines", "thin bright streaks"} <= set(words["type 1"])
+    assert "small dark spots" in words["type 2"] and "vertical lines" not in words["type 2"]
+    assert not {"vertical lines", "small dark spots"} & set(words["type 3"])
+    assert shared_words({"type 1": []}) == {"type 1": []}
+
+
+def test_tokens_of_classes_with_uninformative_names_start_apart_near_what_their_images_look_like(tiny_model):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_model), subfolder="tokenizer")
+    rgb = lambda image: np.repeat(image[..., None], 3, axis=2)  # noqa: E731
+    images = [TrainingImage(rgb(with_lines(s, True)), "mill type 1") for s in range(3)]
+    images += [TrainingImage(rgb(with_spots(s)), "mill type 2") for s in range(3)]
+    images += [TrainingImage(rgb(textured(s, level=50)), "edge crack") for s in range(3)]
+    images += [TrainingImage(rgb(textured(s)), "scratches") for s in range(3)]
+    words = init_words_for(["mill type 1", "mill type 2", "edge crack", "scratches"], images, tokenizer)
+    # Shared or unknown name words ("mill", "type", "1") say nothing; the class's own images do.
+    assert words["mill type 1"].startswith("defect ") and "vertical lines" in words["mill type 1"]
+    assert words["mill type 2"].startswith("defect ") and "small dark spots" in words["mill type 2"]
+    assert words["edge crack"].startswith("crack dark") and words["scratches"] == "scratches"
+    assert all(len(tokenizer.tokenize(w)) == 1 for phrase in words.values() for w in phrase.split())
