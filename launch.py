@@ -115,8 +115,9 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="Share of the varied inits turned a quarter (90° or 270°), for a defect that runs in any direction"
         " while the init images all show one, e.g. 0.5 for scratches across and along the strip; 0 keeps every"
         " init's direction. Default 'auto': the share that brings the inits' directions to those of the class in"
-        " the training pool (NEU's scratches run horizontally in a quarter of its images); none for a class the"
-        " pool does not know or with 10 or more init images.",
+        " the training pool (NEU's scratches run horizontally in a quarter of its images); for a class the pool"
+        " does not know, half when its init images run both ways, else the share of a directed steel class that"
+        " runs the other way on average in the pool (6 %%); none with 10 or more init images.",
     )
     gen.add_argument("--per-init", type=int, default=None, help="Candidates per varied init (default 2).")
     gen.add_argument(

@@ -119,7 +119,7 @@ def generate_to_folder(
     metadata; without it the init images are used in turn, `batch` candidates each. `turn_share` of the varied
     inits are turned a quarter, for a defect that runs in any direction though the init images show one; None
     (the default) turns the share that brings the inits' directions to those the training pool knows for the
-    class (`engine.generation.class_stats.class_turn_share`: none for a class it does not know).
+    class (`engine.generation.class_stats.class_turn_share`, which also covers a class it does not know).
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when

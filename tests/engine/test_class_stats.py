@@ -27,6 +27,7 @@ from engine.generation.class_stats import (
     matched_turn_share,
     modelled_exposures,
     pool_exposure,
+    pool_minority_share,
     write_class_statistics,
 )
 from engine.generation.parameters import MIN_OWN_REFERENCES
@@ -81,7 +82,12 @@ def test_a_class_turns_where_the_pool_or_its_own_few_images_show_it_runs_both_wa
     assert known.share == pytest.approx(0.26, abs=0.005)
     assert "51 horizontal, 145 vertical of 200" in known.reason and "0 horizontal, 5 vertical of 5" in known.reason
     unknown = class_turn_share("edge crack", shots, stats)
-    assert unknown.share == 0.0 and "no directions known" in unknown.reason
+    # One-way shots of a class the pool does not know: the pool's average share of a directed class's other way.
+    assert unknown.share == pytest.approx(pool_minority_share(stats)) == pytest.approx(51 / 196)
+    assert "run one way" in unknown.reason and "0 horizontal, 5 vertical of 5" in unknown.reason
+    plain = [Image.fromarray(np.full((64, 64), 128, np.uint8)) for _ in range(5)]
+    assert class_turn_share("edge crack", plain, stats).share == 0.0, "no directed shot: nothing to turn"
+    assert class_turn_share("edge crack", shots, {"classes": {}}).share == 0.0, "a pool without directed classes"
     both_ways = [*shots[:4], quarter_turn(shots[4], random.Random(0))[0]]
     mixed = class_turn_share("edge crack", both_ways, stats)
     assert mixed.share == BOTH_WAYS_TURN_SHARE and "1 horizontal, 4 vertical of 5" in mixed.reason
@@ -193,3 +199,16 @@ def test_generate_logs_the_share_it_turns_and_takes_a_number_instead(tiny_model,
     assert "Quarter turns for" not in caplog.text, "a share given is not matched"
     turned = [read_png_parameters(p.read_bytes()).init for p in sorted((tmp_path / "all").glob("*.png"))]
     assert len(turned) == 2 and all(init["turn"] in (90, 270) for init in turned)
+
+
+def test_the_pool_minority_share_averages_the_directed_classes_other_ways():
+    stats = {
+        "classes": {
+            "scratches": {"horizontal": 51, "vertical": 145, "images": 200},
+            "rolled-in_scale": {"horizontal": 136, "vertical": 0, "images": 200},
+            "crazing": {"horizontal": 0, "vertical": 0, "images": 200},
+            "few": {"horizontal": 2, "vertical": 3, "images": 200},
+        }
+    }
+    assert pool_minority_share(stats) == pytest.approx((51 / 196 + 0.0) / 2), "undirected and sparse classes left out"
+    assert pool_minority_share(load_class_statistics()) == pytest.approx(0.056, abs=0.001)
