@@ -166,11 +166,8 @@ def pool_minority_share(stats: dict) -> float:
     """The share of a directed class's images that run its less common way, averaged over the pool's classes with
     MIN_DIRECTED_IMAGES directed ones: what a new class whose few images run one way is expected to hold of the other
     way (NEU's pool: scratches 26 %, inclusions 2 %, three classes none; 5.6 %)."""
-    shares = [
-        min(entry["horizontal"], entry["vertical"]) / (entry["horizontal"] + entry["vertical"])
-        for entry in stats["classes"].values()
-        if entry["horizontal"] + entry["vertical"] >= MIN_DIRECTED_IMAGES
-    ]
+    counts = [DirectionCounts(e["horizontal"], e["vertical"], e["images"]) for e in stats["classes"].values()]
+    shares = [min(c.horizontal_share, 1 - c.horizontal_share) for c in counts if c.directed >= MIN_DIRECTED_IMAGES]
     return float(np.mean(shares)) if shares else 0.0
 
 

@@ -9,6 +9,7 @@ orientation, small dark spots, thin bright streaks — each by where the image f
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, fields
 
 import cv2
@@ -147,9 +148,6 @@ def shared_words(images_by_class: dict[str, list[np.ndarray]], min_share: float 
     scale = AppearanceScale.fit([m for ms in measured.values() for m in ms])
     words = {}
     for name, ms in measured.items():
-        counts: dict[str, int] = {}
-        for m in ms:
-            for word in scale.words(m):
-                counts[word] = counts.get(word, 0) + 1
+        counts = Counter(word for m in ms for word in scale.words(m))
         words[name] = [word for word, count in counts.items() if count >= min_share * len(ms)]
     return words

@@ -135,7 +135,7 @@ def init_words_for(classes: list[str], images: list[TrainingImage], tokenizer: C
     what its images look like.
     """
     by_class = {c: [im.pixels for im in images if im.class_name == c] for c in classes}
-    appearance = shared_words(by_class)
+    appearance = shared_words(by_class) if any(c not in INIT_WORDS for c in classes) else {}
     words = {}
     for class_name in classes:
         if class_name in INIT_WORDS:
