@@ -36,8 +36,8 @@ class Appearance:
 
 
 def measure(pixels: np.ndarray) -> Appearance:
-    """Appearance of one image (uint8, H×W or H×W×3)."""
-    gray = pixels if pixels.ndim == 2 else pixels[..., 0]
+    """Appearance of one image (uint8, H×W grey or H×W×3 RGB, measured on its luminance)."""
+    gray = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
     g = gray.astype(np.float32) / 255.0
     side = min(g.shape)
     smooth = cv2.GaussianBlur(g, (0, 0), side / 128)

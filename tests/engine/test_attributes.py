@@ -49,6 +49,10 @@ def test_measures_read_brightness_lines_spots_and_streaks():
     assert measure(with_spots(2)).dark_spots > 10 * max(plain.dark_spots, 0.1)
     # A grey image is measured alike whether it comes as H×W or as grey replicated to H×W×3.
     assert measure(np.repeat(with_spots(2)[..., None], 3, axis=2)) == measure(with_spots(2))
+    # A colour image is measured on its luminance: a blue tint hides no spots and its red channel is not read alone.
+    tinted = np.stack([with_spots(2) // 4, with_spots(2) // 2, with_spots(2)], axis=2)
+    assert measure(tinted).brightness > 0.4 * measure(with_spots(2)).brightness
+    assert measure(tinted).dark_spots > 10 * max(plain.dark_spots, 0.1)
 
 
 def test_words_come_from_where_an_image_falls_in_its_data_and_are_in_the_vocabulary():
