@@ -128,8 +128,9 @@ def token_for(class_name: str) -> str:
 def init_words_for(classes: list[str], images: list[TrainingImage], tokenizer: CLIPTokenizer) -> dict[str, str]:
     """Where each new class token starts (textual inversion initialisation), as words the tokenizer knows.
 
-    A NEU class starts from its word in INIT_WORDS. Any other class starts from a word of its own name that no other
-    class's name shares and the tokenizer knows whole ("edge crack" -> "crack"), or else from "defect", followed by the
+    A NEU class starts from its word in INIT_WORDS. Any other class starts from the last word of its own name that no
+    other class's name shares and the tokenizer knows whole — the head of an English compound ("surface scratch" ->
+    "scratch", "rolled pit" -> "pit", "edge crack" -> "crack") — or else from "defect", followed by the
     appearance words most of its images carry (`engine.training.attributes.shared_words`): the words the embedded
     prior was pretrained on, so that classes with uninformative names ("type 1", "type 2") start apart, each near
     what its images look like.
@@ -143,7 +144,7 @@ def init_words_for(classes: list[str], images: list[TrainingImage], tokenizer: C
             continue
         others = {w for c in classes if c != class_name for w in _name_words(c)}
         own = [w for w in _name_words(class_name) if w not in others and len(tokenizer.tokenize(w)) == 1]
-        words[class_name] = " ".join([own[0] if own else "defect", *appearance.get(class_name, [])])
+        words[class_name] = " ".join([own[-1] if own else "defect", *appearance.get(class_name, [])])
     return words
 
 

@@ -123,9 +123,13 @@ def test_tokens_of_classes_with_uninformative_names_start_apart_near_what_their_
     images += [TrainingImage(rgb(with_spots(s)), "mill type 2") for s in range(3)]
     images += [TrainingImage(rgb(textured(s, level=50)), "edge crack") for s in range(3)]
     images += [TrainingImage(rgb(textured(s)), "scratches") for s in range(3)]
-    words = init_words_for(["mill type 1", "mill type 2", "edge crack", "scratches"], images, tokenizer)
+    images += [TrainingImage(rgb(textured(s, level=200)), "surface scratch") for s in range(3)]
+    classes = ["mill type 1", "mill type 2", "edge crack", "scratches", "surface scratch"]
+    words = init_words_for(classes, images, tokenizer)
     # Shared or unknown name words ("mill", "type", "1") say nothing; the class's own images do.
     assert words["mill type 1"].startswith("defect ") and "vertical lines" in words["mill type 1"]
     assert words["mill type 2"].startswith("defect ") and "small dark spots" in words["mill type 2"]
     assert words["edge crack"].startswith("crack dark") and words["scratches"] == "scratches"
+    # A compound's head names the defect: "surface" and "scratch" are both known, the name ends in what it is.
+    assert words["surface scratch"].startswith("scratch ")
     assert all(len(tokenizer.tokenize(w)) == 1 for phrase in words.values() for w in phrase.split())
