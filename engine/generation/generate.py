@@ -21,6 +21,7 @@ from engine.generation.parameters import CandidateParameters, MaskedRepaint, Sla
 from engine.generation.pipeline import LoadedPipeline
 from engine.generation.placement import propose_masks
 from engine.generation.quality import masked_quality
+from engine.generation.variation import with_grey_levels
 from engine.masks import (
     MASK_GROW_PX,
     MASK_WINDOW_SCALE,
@@ -169,7 +170,7 @@ def generate(
         ).images
     if should_stop is not None and should_stop():
         raise InterruptedError("Generation was stopped.")
-    outputs = restore_detail(pipe, [crop] * len(outputs), outputs, config)
+    outputs = carry_colour([crop] * len(outputs), restore_detail(pipe, [crop] * len(outputs), outputs, config), config)
 
     # 4. Paste each window back with a feathered border and record its parameters
     weights = feather_mask(size, x, y, source.width, source.height)
@@ -228,6 +229,29 @@ def restore_detail(
         pixels = np.asarray(output.convert("RGB"), dtype=np.float32) + weight * residuals[id(crop)]
         restored.append(Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)))
     return restored
+
+
+def carry_colour(crops: list[Image.Image], outputs: list[Image.Image], config: GenerationConfig) -> list[Image.Image]:
+    """Each output (at its crop's size) in its crop's colours: the output's luminance, each pixel's chroma the crop's
+    scaled with it (`with_grey_levels`), as a camera's white balance and a defect's colour scale with the light.
+
+    The model draws the steel's structure ("a grayscale photo of…"): the embedded prior never saw colour and a grey
+    decoder would otherwise leave a colour slab's colour to detail restore alone — added back where the source had it,
+    and not at all with restore off. From pure noise (strength 1.0) the layout is not the crop's, so the crop's mean
+    colour is carried. A grey crop's output is returned as it is.
+    """
+    carried = []
+    for crop, output in zip(crops, outputs, strict=True):
+        if is_grayscale(crop):
+            carried.append(output)
+            continue
+        colours = crop.convert("RGB")
+        if config.strength >= 1.0:
+            mean = np.asarray(colours, dtype=np.float32).reshape(-1, 3).mean(axis=0)
+            colours = Image.new("RGB", crop.size, tuple(int(c + 0.5) for c in mean))
+        grey = np.asarray(output.convert("L"), dtype=np.float32)
+        carried.append(with_grey_levels(colours, grey))
+    return carried
 
 
 def _candidate_params(
@@ -432,7 +456,7 @@ def _denoise_windows(
             generator=[torch.Generator().manual_seed(job.seed) for job in jobs],
             callback_on_step_end=on_step_end,
         ).images
-    return restore_detail(pipe, crops, outputs, config)
+    return carry_colour(crops, restore_detail(pipe, crops, outputs, config), config)
 
 
 def parameters_line(params: CandidateParameters) -> str:

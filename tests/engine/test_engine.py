@@ -16,7 +16,7 @@ from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
 from engine.config import DEFAULT_GUIDANCE, PURE_NOISE_GUIDANCE, GenerationConfig, TrainConfig, finetune_config
 from engine.data import load_rgb
-from engine.generation.generate import generate, read_png_parameters
+from engine.generation.generate import carry_colour, generate, read_png_parameters
 from engine.generation.pipeline import load_pipeline, resolve_model
 from engine.training.loop import latest_checkpoint
 from tests.support import make_steel_like, slab
@@ -93,6 +93,45 @@ def test_large_slab_is_processed_in_a_window_and_pasted_back(tiny_model, tiny_ad
     assert np.array_equal(out[:, :100], original[:, :100])
     assert np.array_equal(out[:, 164:], original[:, 164:])
     assert np.abs(out[:, 110:154] - original[:, 110:154]).mean() > 1
+
+
+def _tinted(grey: np.ndarray, gains: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(grey[..., None] * gains + 0.5, 0, 255).astype(np.uint8))
+
+
+def test_a_colour_slab_keeps_its_colours_in_the_models_structure_even_without_detail_restore(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    grey = np.asarray(slab(48, 48, seed=2), dtype=np.float32) * 0.6 + 60
+    rust = np.zeros((48, 48, 1), dtype=np.float32)
+    rust[10:30, 8:24] = 1.0
+    gains = np.array([1.08, 1.0, 0.9]) * (1 - rust) + np.array([1.3, 0.95, 0.7]) * rust
+    source = _tinted(grey, gains)
+    config = GenerationConfig(class_name="scratches", num_candidates=2, strength=0.75, steps=4, detail_restore=0.0)
+    for candidate in generate(pipe, source, config).candidates:
+        out = np.asarray(candidate.image, dtype=np.float32)
+        luminance = np.asarray(candidate.image.convert("L"), dtype=np.float32)
+        assert candidate.image.mode == "RGB"
+        assert np.abs(luminance - grey).mean() > 2
+        lit = luminance > 40
+        ratio = out[..., 0] / np.maximum(out[..., 2], 1)
+        assert np.allclose(ratio[lit & (rust[..., 0] == 1)], 1.3 / 0.7, rtol=0.12)
+        assert np.allclose(ratio[lit & (rust[..., 0] == 0)], 1.08 / 0.9, rtol=0.12)
+
+
+def test_carried_colour_follows_the_crop_pixel_by_pixel_and_its_mean_from_pure_noise():
+    grey = np.linspace(40, 200, 32 * 32, dtype=np.float32).reshape(32, 32)
+    gains = np.ones((32, 32, 3))
+    gains[:16] = (1.2, 1.0, 0.8)
+    crop = _tinted(grey, gains)
+    output = Image.fromarray(np.full((32, 32), 120, np.uint8)).convert("RGB")
+    kept = np.asarray(carry_colour([crop], [output], GenerationConfig("x"))[0], dtype=np.float32)
+    assert np.allclose(kept[:16, :, 0] / kept[:16, :, 2], 1.5, rtol=0.03)
+    assert np.abs(kept[16:, :, 0] - kept[16:, :, 2]).max() <= 1
+    noise = np.asarray(carry_colour([crop], [output], GenerationConfig("x", strength=1.0))[0], dtype=np.float32)
+    assert np.ptp(noise.reshape(-1, 3), axis=0).max() <= 1
+    assert 1.05 < noise[0, 0, 0] / noise[0, 0, 2] < 1.5
+    grey_crop = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    assert carry_colour([grey_crop], [output], GenerationConfig("x"))[0] is output
 
 
 def test_window_outside_the_image_is_refused(tiny_model, tiny_adapter):
