@@ -170,7 +170,8 @@ def generate(
         ).images
     if should_stop is not None and should_stop():
         raise InterruptedError("Generation was stopped.")
-    outputs = carry_colour([crop] * len(outputs), restore_detail(pipe, [crop] * len(outputs), outputs, config), config)
+    crops = [crop] * len(outputs)
+    outputs = carry_colour(crops, restore_detail(pipe, crops, outputs, config), config)
 
     # 4. Paste each window back with a feathered border and record its parameters
     weights = feather_mask(size, x, y, source.width, source.height)
