@@ -10,6 +10,7 @@ repository unless `--out` points there; never commit the output (it is made of t
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/colour-mill
     python -m bench.fewshot_yardstick --pool /tmp/colour-mill/pool --val /tmp/colour-mill/val --work W --seeds 0
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/colour-mill-128 --size 128
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours   # bench.defect_colour
 """
 
 from __future__ import annotations
@@ -17,21 +18,37 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
-from engine.data import list_images, load_rgb
+from engine.boxes import to_mask
+from engine.data import MASK_SUFFIX, list_images, load_rgb, parse_voc
 
 TINTS = ((1.10, 1.00, 0.85), (1.05, 1.00, 0.95), (1.12, 0.98, 0.80), (1.00, 1.00, 1.05), (1.08, 1.00, 0.90))
 TINTS += ((1.02, 1.00, 1.00),)
+# With `--defect-colours`, the colour of each class's defects against its steel (red, green, blue gains inside its
+# boxes): rust, a blue temper colour, none, a darker rust, brown scale, a bright bluish metal.
+DEFECT_TINTS = ((1.30, 0.95, 0.70), (0.85, 1.00, 1.20), (1.00, 1.00, 1.00), (1.20, 0.95, 0.80), (1.15, 1.00, 0.85))
+DEFECT_TINTS += ((0.92, 1.00, 1.12),)
+# The defect colour fades over this many pixels (σ of a Gaussian) at a box's edge.
+DEFECT_EDGE_SIGMA = 2.0
 SPLITS = ("pool", "val")
 
 
 def make_colour_mill(
-    split: Path, out: Path, jitter: float = 0.04, seed: int = 0, size: int | None = None
+    split: Path,
+    out: Path,
+    jitter: float = 0.04,
+    seed: int = 0,
+    size: int | None = None,
+    defect_colours: bool = False,
 ) -> dict[str, int]:
     """Write the colour mill of `split` (`pool/` and `val/`, one folder per class) to `out`, each image resized to
-    `size` × `size` when given; returns images per folder (`"pool/colour type 1"`: count)."""
+    `size` × `size` when given; returns images per folder (`"pool/colour type 1"`: count).
+
+    With `defect_colours`, an image with Pascal VOC boxes beside it (`<stem>.xml`, as in a NEU split) also gets its
+    class's DEFECT_TINTS inside them and its boxes as `<name>_mask.png` beside it (what fine-tuning reads)."""
     if size is not None and size < 8:
         raise ValueError(f"The image size must be at least 8 px, got {size}.")
     rng = np.random.default_rng(seed)
@@ -45,10 +62,21 @@ def make_colour_mill(
             paths = list_images(Path(split) / part / name)
             for path in paths:
                 image = load_rgb(path).convert("L")
+                boxes = path.with_suffix(".xml")
+                mask = None
+                if defect_colours and boxes.is_file():
+                    mask = Image.fromarray(to_mask(parse_voc(boxes), *image.size, clamp=True).astype(np.uint8) * 255)
                 if size is not None:
                     image = image.resize((size, size), Image.Resampling.LANCZOS)
+                    mask = mask.resize((size, size), Image.Resampling.BOX) if mask else None
                 grey = np.asarray(image, dtype=np.float32)
-                gains = tint * np.exp(rng.normal(0.0, jitter, 3))
+                gains = np.broadcast_to(tint * np.exp(rng.normal(0.0, jitter, 3)), (*grey.shape, 3))
+                if mask is not None:
+                    mask = mask.point(lambda value: 255 if value >= 128 else 0)
+                    mask.save(folder / f"{path.stem} photo{MASK_SUFFIX}")
+                    inside = cv2.GaussianBlur(np.asarray(mask, dtype=np.float32) / 255, (0, 0), DEFECT_EDGE_SIGMA)
+                    defect = np.asarray(DEFECT_TINTS[number % len(DEFECT_TINTS)])
+                    gains = gains * (1 + inside[..., None] * (defect - 1))
                 pixels = np.clip(grey[..., None] * gains + 0.5, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{path.stem} photo.jpg", quality=90)
             written[f"{part}/{folder.name}"] = len(paths)
@@ -61,8 +89,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="Where the colour mill goes (outside the repository).")
     parser.add_argument("--jitter", type=float, default=0.04, help="Per-image log-normal σ of each channel's gain.")
     parser.add_argument("--size", type=int, default=None, help="Resize every image to SIZE × SIZE px (Lanczos).")
+    parser.add_argument(
+        "--defect-colours", action="store_true", help="Colour each class's defects inside its boxes; masks beside."
+    )
     args = parser.parse_args()
-    for folder, count in make_colour_mill(args.split, args.out, args.jitter, size=args.size).items():
+    made = make_colour_mill(args.split, args.out, args.jitter, size=args.size, defect_colours=args.defect_colours)
+    for folder, count in made.items():
         print(f"{folder}: {count} images")
 
 

@@ -46,7 +46,7 @@ from engine.batch import (
     generate_to_folder,
 )
 from engine.config import DEFAULT_STEPS
-from engine.data import list_images, load_rgb
+from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, per_class_table, recognition
 from engine.generation.generate import read_png_parameters
@@ -56,15 +56,19 @@ from engine.quiet import quiet_libraries
 from storage.files import write_atomically
 
 
-def draw_shots(pool: Path, k: int, seed: int, out: Path) -> Path:
+def draw_shots(pool: Path, k: int, seed: int, out: Path, with_masks: bool = False) -> Path:
+    """Link `k` images a class drawn from `pool` into `out/<class>/` (with their `_mask.png` beside them when
+    `with_masks`; the yardstick's user has images only)."""
     rng = random.Random(seed)
     for class_dir in sorted(p for p in pool.iterdir() if p.is_dir()):
         target = out / class_dir.name
         target.mkdir(parents=True, exist_ok=True)
         for path in rng.sample(list_images(class_dir), k):
-            link = target / path.name
-            if not link.exists():
-                link.symlink_to(path.resolve())
+            mask = path.with_name(path.stem + MASK_SUFFIX)
+            for source in (path, mask) if with_masks and mask.is_file() else (path,):
+                link = target / source.name
+                if not link.exists():
+                    link.symlink_to(source.resolve())
     return out
 
 

@@ -34,6 +34,9 @@ class TokenInfo:
     init_word: str = ""
     default_strength: float | None = None
     masked_strength: float | None = None
+    # The class's defects' colour against the steel around them, [log R/G, log B/G] (`variation.defect_tint`);
+    # a masked repaint paints its defect in it. None: grey, or no defect masks to tell.
+    defect_tint: list[float] | None = None
 
     def proposed_strength(self, masked: bool = False) -> float:
         """The tuned strength for a whole window (or a masked repaint), else the studio's default."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from engine.generation.parameters import CandidateParameters, MaskedRepaint, Sla
 from engine.generation.pipeline import LoadedPipeline
 from engine.generation.placement import propose_masks
 from engine.generation.quality import masked_quality
-from engine.generation.variation import with_grey_levels
+from engine.generation.variation import with_grey_levels, with_white_balance
 from engine.masks import (
     MASK_GROW_PX,
     MASK_WINDOW_SCALE,
@@ -255,6 +256,12 @@ def carry_colour(crops: list[Image.Image], outputs: list[Image.Image], config: G
     return carried
 
 
+def defect_tint_of(loaded: LoadedPipeline, class_name: str) -> list[float] | None:
+    """The colour its adapter learnt for the class's defects against their steel (`variation.defect_tint`), or None."""
+    token = loaded.adapter.tokens.get(class_name) if loaded.adapter else None
+    return token.defect_tint if token else None
+
+
 def _candidate_params(
     loaded: LoadedPipeline,
     config: GenerationConfig,
@@ -367,17 +374,21 @@ def _generate_masked(
             raise InterruptedError("Generation was stopped.")
         outputs.update(zip(numbers, images, strict=True))
 
-    # 4. Paste each window through its part of the feathered mask; measure and record each candidate
+    # 4. Paste each window, in the class's defect colour, through its part of the feathered mask; measure and record
+    gray = is_grayscale(init_image)
+    tint = None if gray else defect_tint_of(loaded, config.class_name)
     base_pixels = np.asarray(canvas, dtype=np.float32)
     merged = [base_pixels.copy() for _ in seeds]
     for number, job in enumerate(jobs):
         w = job.window
         weights = planned[id(masks[job.candidate])][0][w.y : w.y + w.height, w.x : w.x + w.width]
         weights = (weights * w.region)[..., None]
-        patch = np.asarray(outputs[number], dtype=np.float32)
+        painted = outputs[number]
+        if tint is not None:
+            painted = with_white_balance(painted, math.exp(tint[0]), math.exp(tint[1]))
+        patch = np.asarray(painted, dtype=np.float32)
         target = merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width]
         merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width] = target * (1 - weights) + patch * weights
-    gray = is_grayscale(init_image)
     source_hash = image_sha256(init_image)
     candidates = []
     for index, (seed, drawn) in enumerate(zip(seeds, masks, strict=True)):
@@ -393,6 +404,7 @@ def _generate_masked(
             mask_sha256=mask_sha256(drawn),
             mask_grow_px=MASK_GROW_PX,
             boxes=from_mask(drawn, config.class_name),
+            defect_tint=tint,
             quality=masked_quality(source, image, drawn),
         )
         candidates.append(Candidate(image, seed, params, drawn))

@@ -59,6 +59,8 @@ class MaskedRepaint:
     boxes: list[Box] = field(default_factory=list)
     # Background preservation (PSNR/SSIM outside the grown mask), from `engine.generation.quality`.
     quality: dict[str, float] = field(default_factory=dict)
+    # The defect colour painted in ([log R/G, log B/G] against the slab, `variation.defect_tint`); None: the slab's.
+    defect_tint: list[float] | None = None
 
     def extent(self) -> Box | None:
         """The smallest box holding every window, or None without windows."""
@@ -201,6 +203,8 @@ class CandidateParameters:
                 "boxes": [box.as_dict() for box in self.masked.boxes],
                 "quality": dict(self.masked.quality),
             }
+            if self.masked.defect_tint is not None:
+                data["defect_tint"] = self.masked.defect_tint
         optional = {
             "init": self.init,
             "capture": self.capture,
@@ -228,6 +232,7 @@ class CandidateParameters:
                 window_scale=data.pop("window_scale", None),
                 boxes=[Box.of(b) for b in data.pop("boxes", None) or []],
                 quality=data.pop("quality", None) or {},
+                defect_tint=data.pop("defect_tint", None),
             )
         window = data.pop("window", None)
         realism = data.pop("realism", None)

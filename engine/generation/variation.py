@@ -31,6 +31,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from engine.data import is_grayscale
+
 INIT_KINDS = ("source", "geometric", "mosaic", "warp", "overlay")
 # Share of each kind in a varied batch. Mosaics and overlays need two or more sources; with one, their share goes
 # to geometric.
@@ -50,6 +52,9 @@ OVERLAY_SMOOTHING = 0.01
 # A colour pixel brightened by an exposure keeps its colour, but a near-black one's tint (mostly JPEG noise) is not
 # amplified beyond this factor.
 MAX_CHROMA_GAIN = 4.0
+# A defect mask's share of its image from which its colour against the steel around it counts (`defect_tint`): a
+# few pixels' mean is JPEG noise, and a mask over nearly all of the image leaves no steel to compare with.
+DEFECT_SHARE_RANGE = (0.005, 0.9)
 # Immerkær's noise estimation kernel (`pixel_grain`).
 GRAIN_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
 
@@ -223,10 +228,40 @@ def tint_variation(
     if image.mode == "L" or amount == 0 or not any(spread):
         return image, {}
     red, blue = (math.exp(rng.gauss(0.0, amount * sigma)) for sigma in spread)
+    return with_white_balance(image, red, blue), {"tint": [round(red, 4), round(blue, 4)]}
+
+
+def with_white_balance(image: Image.Image, red: float, blue: float) -> Image.Image:
+    """`image` with its red and blue channels scaled by `red` and `blue` relative to green, its luminance kept."""
     grey = np.asarray(image.convert("L"), dtype=np.float32)
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * np.array([red, 1.0, blue], dtype=np.float32)
     tinted = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
-    return with_grey_levels(tinted, grey).convert(image.mode), {"tint": [round(red, 4), round(blue, 4)]}
+    return with_grey_levels(tinted, grey).convert(image.mode)
+
+
+def defect_tint(images: list[tuple[np.ndarray, np.ndarray | None]]) -> list[float] | None:
+    """How a class's defects differ in colour from the steel around them, from (H×W×3 uint8 pixels, bool defect mask)
+    pairs: the mean over its colour images whose mask covers between DEFECT_SHARE_RANGE of the image of log(R/G) and
+    log(B/G) of the mean colour inside the mask minus outside it; None when no image qualifies (grey images, no
+    masks, masks that leave no steel around the defect).
+
+    Relative to the steel around it, so that it holds under another white balance: a rust defect on a slab of
+    another capture is as much redder than that slab as the class's defects are than theirs.
+    """
+    offsets = []
+    for pixels, mask in images:
+        if mask is None or pixels.ndim != 3:
+            continue
+        share = float(mask.mean())
+        if not DEFECT_SHARE_RANGE[0] <= share <= DEFECT_SHARE_RANGE[1] or is_grayscale(Image.fromarray(pixels)):
+            continue
+        channels = np.asarray(pixels, dtype=np.float64)
+        inside, outside = (np.log(channels[region].mean(axis=0) + 1.0) for region in (mask, ~mask))
+        ratios = inside - outside
+        offsets.append([ratios[0] - ratios[1], ratios[2] - ratios[1]])
+    if not offsets:
+        return None
+    return [round(float(value), 4) for value in np.mean(offsets, axis=0)]
 
 
 def elastic_warp(image: Image.Image, rng: random.Random, amplitude: float = WARP_AMPLITUDE) -> tuple[Image.Image, dict]:

@@ -41,6 +41,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
+from engine.generation.variation import defect_tint
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
 from engine.training.attributes import shared_words
 from engine.training.pretrain import encode_pixels
@@ -300,7 +301,7 @@ def train(
         unet = accelerator.unwrap_model(unet)
         text_encoder = accelerator.unwrap_model(text_encoder)
         if config.mode == "finetune":
-            _save_adapter(config, out, unet, text_encoder, new_token_ids, model_ref)
+            _save_adapter(config, out, unet, text_encoder, new_token_ids, model_ref, images)
         else:
             if ema is not None:
                 ema.copy_to(unet.parameters())
@@ -610,8 +611,11 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, keep: int) -
     accelerator.wait_for_everyone()
 
 
-def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str) -> None:
-    """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete."""
+def _save_adapter(
+    config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str, images: list[TrainingImage]
+) -> None:
+    """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete, with each class's
+    defect colour against its steel where its colour images have defect masks (`variation.defect_tint`)."""
     weight = text_encoder.get_input_embeddings().weight.detach().cpu()
     tokens = {}
     for class_name, token_id in new_token_ids.items():
@@ -622,6 +626,9 @@ def _save_adapter(config, out: Path, unet, text_encoder, new_token_ids: dict[str
             "embedding_file": file,
             "init_word": config.init_words.get(class_name, ""),
         }
+        tint = defect_tint([(im.pixels, im.mask) for im in images if im.class_name == class_name])
+        if tint is not None:
+            tokens[class_name]["defect_tint"] = tint
     lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionImg2ImgPipeline.save_lora_weights(str(out), unet_lora_layers=lora, weight_name=LORA_FILE)
     index = {

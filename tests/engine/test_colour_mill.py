@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from bench.colour_mill import make_colour_mill
-from engine.data import is_grayscale, list_images
+from bench.colour_mill import DEFECT_TINTS, make_colour_mill
+from engine.data import is_grayscale, list_images, read_mask_beside
+from engine.generation.variation import defect_tint
+from tests.support import voc_xml
 
 
 def test_a_grey_split_becomes_a_colour_mill_whose_classes_differ_in_tint(tmp_path):
@@ -38,3 +41,26 @@ def test_a_colour_mill_can_be_captured_at_another_resolution(tmp_path):
     make_colour_mill(tmp_path / "split", tmp_path / "mill", size=16)
     for part in ("pool", "val"):
         assert Image.open(tmp_path / "mill" / part / "colour type 1" / "cr_0 photo.jpg").size == (16, 16)
+
+
+def test_a_mill_with_defect_colours_colours_its_boxes_and_writes_their_masks(tmp_path):
+    rng = np.random.default_rng(1)
+    for part in ("pool", "val"):
+        (tmp_path / "split" / part / "crazing").mkdir(parents=True)
+        grey = rng.normal(120, 10, (40, 40)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(grey).save(tmp_path / "split" / part / "crazing" / "cr_0.bmp")
+        (tmp_path / "split" / part / "crazing" / "cr_0.xml").write_text(voc_xml(("crazing", 1, 1, 20, 40)))
+    make_colour_mill(tmp_path / "split", tmp_path / "mill", defect_colours=True)
+    plain = make_colour_mill(tmp_path / "split", tmp_path / "plain")
+    folder = tmp_path / "mill" / "pool" / "colour type 1"
+    assert [p.name for p in list_images(folder)] == ["cr_0 photo.jpg"], "the mask is not an image of the class"
+    pixels, mask = (
+        np.asarray(Image.open(folder / "cr_0 photo.jpg"), dtype=np.float64),
+        read_mask_beside(folder / "cr_0 photo.jpg", 40),
+    )
+    assert mask[:, :20].all() and not mask[:, 20:].any()
+    red, blue = defect_tint([(pixels.astype(np.uint8), mask)])
+    expected = np.log(np.divide(DEFECT_TINTS[0], DEFECT_TINTS[0][1]))
+    assert red == pytest.approx(expected[0], abs=0.06) and blue == pytest.approx(expected[2], abs=0.06)
+    assert plain == {"pool/colour type 1": 1, "val/colour type 1": 1}
+    assert not list((tmp_path / "plain" / "pool" / "colour type 1").glob("*_mask.png")), "masks only when asked"

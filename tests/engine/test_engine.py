@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from engine.adapters import read_adapter
 from engine.batch import finetune_folder, generate_to_folder
 from engine.config import DEFAULT_GUIDANCE, PURE_NOISE_GUIDANCE, GenerationConfig, TrainConfig, finetune_config
 from engine.data import load_rgb
-from engine.generation.generate import carry_colour, generate, read_png_parameters
+from engine.generation.generate import carry_colour, generate, png_with_metadata, read_png_parameters
 from engine.generation.pipeline import load_pipeline, resolve_model
 from engine.training.loop import latest_checkpoint
 from tests.support import make_steel_like, slab
@@ -116,6 +117,34 @@ def test_a_colour_slab_keeps_its_colours_in_the_models_structure_even_without_de
         ratio = out[..., 0] / np.maximum(out[..., 2], 1)
         assert np.allclose(ratio[lit & (rust[..., 0] == 1)], 1.3 / 0.7, rtol=0.12)
         assert np.allclose(ratio[lit & (rust[..., 0] == 0)], 1.08 / 0.9, rtol=0.12)
+
+
+def test_a_masked_repaint_paints_the_defect_in_the_colour_its_adapter_learnt_against_the_slab(
+    tiny_model, tiny_adapter, tmp_path
+):
+    rusty = tmp_path / "rusty"
+    shutil.copytree(tiny_adapter, rusty)
+    index = json.loads((rusty / "tokens.json").read_text())
+    index["tokens"]["scratches"]["defect_tint"] = [0.3, -0.3]
+    (rusty / "tokens.json").write_text(json.dumps(index))
+    grey = np.asarray(slab(48, 48, seed=4), dtype=np.float32) * 0.6 + 60
+    source = _tinted(grey, np.array([1.05, 1.0, 0.95]))
+    mask = np.zeros((48, 48), dtype=np.uint8)
+    mask[14:34, 14:34] = 255
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=0.75, steps=4, detail_restore=0.0)
+
+    def red_over_blue(adapter) -> tuple[float, float, object]:
+        candidate = generate(load_pipeline(tiny_model, adapter=adapter), source, config, mask=mask).candidates[0]
+        pixels = np.asarray(candidate.image, dtype=np.float64)
+        inside, outside = pixels[18:30, 18:30].reshape(-1, 3).mean(0), pixels[:, :6].reshape(-1, 3).mean(0)
+        return np.log(inside[0] / inside[2]), np.log(outside[0] / outside[2]), candidate.params
+
+    inside, outside, params = red_over_blue(tiny_adapter)
+    assert inside == pytest.approx(outside, abs=0.03) and params.masked.defect_tint is None
+    inside, outside, params = red_over_blue(rusty)
+    assert inside - outside == pytest.approx(0.6, abs=0.08), "the defect is painted redder than its slab"
+    assert outside == pytest.approx(np.log(1.05 / 0.95), abs=0.03), "the slab keeps its own colour"
+    assert read_png_parameters(png_with_metadata(slab(8, 8), params)).masked.defect_tint == [0.3, -0.3]
 
 
 def test_carried_colour_follows_the_crop_pixel_by_pixel_and_its_mean_from_pure_noise():

@@ -10,6 +10,7 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
+from engine.adapters import read_adapter
 from engine.batch import finetune_folder
 from engine.config import TrainConfig, finetune_config
 from engine.data import find_annotation, parse_voc, read_mask_beside
@@ -106,3 +107,24 @@ def test_a_fine_tune_with_masks_beside_its_images_trains_with_the_masked_loss(ti
     assert result.status == "completed" and all(np.isfinite(result.losses))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["background_loss_weight"] == 0.2
     assert (tmp_path / "run" / "tokens.json").is_file()
+
+
+def test_a_fine_tune_records_the_colour_of_its_classes_defects_against_their_steel(tiny_model, tmp_path):
+    dataset = tmp_path / "dataset"
+    rng = np.random.default_rng(1)
+    for kind in ("scratches", "inclusion"):
+        (dataset / kind).mkdir(parents=True)
+        for i in range(3):
+            grey = make_steel_like(rng, 48, kind)[..., 0].astype(np.float64)
+            gains = np.ones((48, 48, 3)) * np.array([1.1, 1.0, 0.9])
+            if kind == "scratches":
+                gains[:, :24] = (1.35, 0.95, 0.7)
+            Image.fromarray((grey[..., None] * gains).clip(0, 255).astype(np.uint8)).save(dataset / kind / f"{i}.png")
+            (dataset / kind / f"{i}.xml").write_text(voc_xml((kind, 1, 1, 24, 48)))
+    result = finetune_folder(dataset, tmp_path / "run", model=str(tiny_model), steps=2, batch_size=4)
+    assert result.status == "completed"
+    tokens = read_adapter(tmp_path / "run").tokens
+    red, blue = tokens["scratches"].defect_tint
+    assert red == pytest.approx(np.log(1.35 / 0.95 / 1.1), abs=0.05)
+    assert blue == pytest.approx(np.log(0.7 / 0.95 / 0.9), abs=0.05)
+    assert tokens["inclusion"].defect_tint == pytest.approx([0.0, 0.0], abs=0.02), "same colour as its steel"

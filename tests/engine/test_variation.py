@@ -14,6 +14,7 @@ from engine.evaluation.recognition import classic_augment
 from engine.generation.variation import (
     DEFAULT_INIT_MIX,
     capture_variation,
+    defect_tint,
     elastic_warp,
     geometric_variant,
     grain_range,
@@ -25,6 +26,7 @@ from engine.generation.variation import (
     tint_spread,
     tint_variation,
     varied_init,
+    with_white_balance,
 )
 
 
@@ -277,6 +279,29 @@ def test_a_colour_class_gets_tints_with_its_own_images_spread_and_a_grey_one_non
     assert tint_variation(sample.convert("L"), random.Random(0), (red, blue))[1] == {}
     assert tint_variation(sample, random.Random(0), (0.0, 0.0)) == (sample, {})
     assert tint_variation(sample, random.Random(0), (red, blue), amount=0.0) == (sample, {})
+
+
+def test_a_defects_colour_is_measured_against_its_own_steel_under_any_white_balance():
+    grey = cv2.GaussianBlur(np.random.default_rng(3).integers(80, 180, (40, 40)).astype(np.float32), (0, 0), 2)
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[8:20, 10:30] = True
+    rust = np.where(mask[..., None], np.array([1.3, 0.95, 0.7]), 1.0)
+    pairs = [
+        ((grey[..., None] * rust * np.array(balance)).clip(0, 255).astype(np.uint8), mask)
+        for balance in [(1.1, 1.0, 0.85), (0.9, 1.0, 1.1)]
+    ]
+    red, blue = defect_tint(pairs)
+    assert red == pytest.approx(np.log(1.3 / 0.95), abs=0.02) and blue == pytest.approx(np.log(0.7 / 0.95), abs=0.02)
+    slab = Image.fromarray(pairs[1][0])
+    painted = with_white_balance(slab, np.exp(red), np.exp(blue))
+    before, after = (np.asarray(image, dtype=np.float64).reshape(-1, 3).mean(axis=0) for image in (slab, painted))
+    assert np.log(after[0] / after[1]) - np.log(before[0] / before[1]) == pytest.approx(red, abs=0.03)
+    luminance = [np.asarray(image.convert("L"), dtype=np.float64) for image in (slab, painted)]
+    assert np.abs(luminance[1] - luminance[0]).max() <= 1.5, "a white balance keeps the luminance"
+    greys = [(np.repeat(grey[..., None], 3, axis=2).astype(np.uint8), mask)]
+    assert defect_tint(greys) is None, "grey images tell no colour"
+    assert defect_tint([(pairs[0][0], None)]) is None, "nor do images without a defect mask"
+    assert defect_tint([(pairs[0][0], np.ones_like(mask))]) is None, "nor a mask that leaves no steel around it"
 
 
 def test_overlay_keeps_the_defects_of_both_sources_at_full_contrast():

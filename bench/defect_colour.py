@@ -1,0 +1,158 @@
+"""The colour a masked repaint paints its defect in, on a mill whose defects have colours of their own.
+
+A QA engineer paints a defect onto a clean slab (an auto-placed mask at the class's masked strength). The slab's
+colours are carried onto the render; a defect whose colour is its own (rust, a temper colour) takes the colour its
+adapter learnt against the steel at fine-tuning (`defect_tint` in `tokens.json`, from its images' masks). For each
+draw: K shots a class with their masks beside them, a fine-tune (the studio's CPU preset), then `--per-class`
+auto-placed repaints per class on clean slabs (the box-free regions of the validation images, every class's in
+turn), each measured with `variation.defect_tint` against its own mask, with the learnt colour and with it removed
+(same seeds: the colour of the slab, as before the adapter kept one). Real: the validation images' defects against
+their steel, measured alike. Prints per class the real, learnt and painted colours (log R/G, log B/G) and the
+distance of each painted colour from the real one.
+
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours
+    python -m bench.defect_colour --mill /tmp/rust-mill --work /tmp/defect-colour --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.fewshot_yardstick import draw_shots
+from engine.adapters import is_adapter
+from engine.batch import default_strength, finetune_folder
+from engine.boxes import from_mask
+from engine.config import DEFAULT_STEPS, GenerationConfig
+from engine.data import clean_regions, list_images, load_rgb, read_mask_beside
+from engine.evaluation.masked_report import MIN_CLEAN_SIDE
+from engine.generation.generate import generate
+from engine.generation.pipeline import LoadedPipeline, load_pipeline
+from engine.generation.variation import defect_tint
+from engine.quiet import quiet_libraries
+from storage.files import write_atomically
+
+
+def masked_pixels(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image's RGB pixels and its defect mask beside it (None without one)."""
+    pixels = np.asarray(load_rgb(path))
+    mask = read_mask_beside(path, pixels.shape[0]) if pixels.shape[0] == pixels.shape[1] else None
+    return pixels, mask
+
+
+def real_colours(val: Path) -> dict[str, list[float] | None]:
+    """Each class's defect colour against its steel over its validation images."""
+    return {
+        folder.name: defect_tint([masked_pixels(path) for path in list_images(folder)])
+        for folder in sorted(p for p in val.iterdir() if p.is_dir())
+    }
+
+
+def clean_slabs(val: Path, count: int) -> list[Image.Image]:
+    """Up to `count` box-free regions of the validation images, taken from every class in turn."""
+    by_class = []
+    for folder in sorted(p for p in val.iterdir() if p.is_dir()):
+        regions = []
+        for path in list_images(folder):
+            pixels, mask = masked_pixels(path)
+            if mask is None:
+                continue
+            height, width = mask.shape
+            for x0, y0, x1, y1 in clean_regions(width, height, from_mask(mask), MIN_CLEAN_SIDE):
+                regions.append(Image.fromarray(pixels[y0:y1, x0:x1]))
+        by_class.append(regions)
+    slabs = [region for group in zip(*by_class, strict=False) for region in group]
+    return slabs[:count]
+
+
+def painted_colours(
+    pipe: LoadedPipeline, class_name: str, slabs: list[Image.Image], seed: int
+) -> list[tuple[float, float] | None]:
+    """The defect colour against the slab of one auto-placed repaint per slab (None where the mask is too small)."""
+    strength = default_strength(pipe, class_name, masked=True)
+    colours = []
+    for number, slab in enumerate(slabs):
+        config = GenerationConfig(class_name, 1, strength, DEFAULT_STEPS, seed=seed + number, auto_place=True)
+        candidate = generate(pipe, slab, config).candidates[0]
+        colours.append(defect_tint([(np.asarray(candidate.image.convert("RGB")), candidate.mask)]))
+    return colours
+
+
+def draw(
+    mill: Path, work: Path, seed: int, k: int, per_class: int, model: str | None, finetune_steps: int | None = None
+) -> dict:
+    """One draw: shots with masks, their fine-tune, and each class painted with and without its learnt colour."""
+    folder = work / f"seed{seed}"
+    shots = draw_shots(mill / "pool", k, seed, folder / "shots", with_masks=True)
+    adapter = folder / "adapter"
+    if not is_adapter(adapter):
+        finetune_folder(shots, adapter, model=model, steps=finetune_steps, seed=seed, resume=adapter.exists())
+    pipe = load_pipeline(model, adapter)
+    slabs = clean_slabs(mill / "val", per_class)
+    result = {}
+    for class_name, token in pipe.adapter.tokens.items():
+        learnt = token.defect_tint
+        painted = painted_colours(pipe, class_name, slabs, seed)
+        token.defect_tint = None
+        slab_coloured = painted_colours(pipe, class_name, slabs, seed)
+        token.defect_tint = learnt
+        result[class_name] = {"learnt": learnt, "painted": painted, "slab_coloured": slab_coloured}
+    return result
+
+
+def mean_colour(colours: list) -> list[float] | None:
+    measured = [c for c in colours if c is not None]
+    return [round(float(v), 3) for v in np.mean(measured, axis=0)] if measured else None
+
+
+def table(real: dict, draws: dict[int, dict]) -> list[str]:
+    """Per class: real, learnt (mean over draws) and painted colours, and each painted colour's distance from real."""
+    lines = [
+        "| class | real | learnt | painted | slab's colour (before) | painted − real | before − real |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def shown(colour) -> str:
+        return "–" if colour is None else f"{colour[0]:+.3f} / {colour[1]:+.3f}"
+
+    for class_name, reference in real.items():
+        rows = [d[class_name] for d in draws.values() if class_name in d]
+        learnt = mean_colour([r["learnt"] for r in rows])
+        painted = mean_colour([c for r in rows for c in r["painted"]])
+        before = mean_colour([c for r in rows for c in r["slab_coloured"]])
+        gaps = [
+            f"{np.hypot(*np.subtract(c, reference)):.3f}" if c is not None and reference is not None else "–"
+            for c in (painted, before)
+        ]
+        lines.append(
+            f"| {class_name} | {shown(reference)} | {shown(learnt)} | {shown(painted)} | {shown(before)} | "
+            f"{gaps[0]} | {gaps[1]} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mill", type=Path, required=True, help="A mill with pool/ and val/ and masks beside.")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--model", default=None, help="Base model (default: the embedded prior).")
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--per-class", type=int, default=6, help="Repaints per class and draw.")
+    parser.add_argument("--finetune-steps", type=int, default=None, help="Default: the CPU preset's.")
+    args = parser.parse_args()
+    quiet_libraries()
+    real = real_colours(args.mill / "val")
+    draws = {}
+    for seed in args.seeds:
+        draws[seed] = draw(args.mill, args.work, seed, args.k, args.per_class, args.model, args.finetune_steps)
+        write_atomically(args.work / f"seed{seed}" / "colours.json", json.dumps(draws[seed], indent=2).encode())
+    print("\n".join(table(real, draws)))
+
+
+if __name__ == "__main__":
+    main()
