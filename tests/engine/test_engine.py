@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 
@@ -120,7 +121,7 @@ def test_a_colour_slab_keeps_its_colours_in_the_models_structure_even_without_de
 
 
 def test_a_masked_repaint_paints_the_defect_in_the_colour_its_adapter_learnt_against_the_slab(
-    tiny_model, tiny_adapter, tmp_path
+    tiny_model, tiny_adapter, tmp_path, caplog
 ):
     rusty = tmp_path / "rusty"
     shutil.copytree(tiny_adapter, rusty)
@@ -145,6 +146,21 @@ def test_a_masked_repaint_paints_the_defect_in_the_colour_its_adapter_learnt_aga
     assert inside - outside == pytest.approx(0.6, abs=0.08), "the defect is painted redder than its slab"
     assert outside == pytest.approx(np.log(1.05 / 0.95), abs=0.03), "the slab keeps its own colour"
     assert read_png_parameters(png_with_metadata(slab(8, 8), params)).masked.defect_tint == [0.3, -0.3]
+    source.save(tmp_path / "slab.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    with caplog.at_level(logging.INFO, logger="engine.batch"):
+        generate_to_folder(
+            str(tiny_model),
+            rusty,
+            "scratches",
+            tmp_path / "slab.png",
+            1,
+            tmp_path / "out",
+            steps=4,
+            mask=tmp_path / "mask.png",
+            realism_threshold=None,
+        )
+    assert "Painting scratches in the colour its adapter learnt against the steel (log R/G +0.300" in caplog.text
 
 
 def test_carried_colour_follows_the_crop_pixel_by_pixel_and_its_mean_from_pure_noise():
