@@ -28,8 +28,8 @@ from engine.adapters import is_adapter
 from engine.batch import default_strength, finetune_folder
 from engine.boxes import from_mask
 from engine.config import DEFAULT_STEPS, GenerationConfig
-from engine.data import clean_regions, list_images, load_rgb, read_mask_beside
-from engine.evaluation.masked_report import MIN_CLEAN_SIDE
+from engine.data import LabelledImage, list_images, load_rgb, read_mask_beside
+from engine.evaluation.masked_report import MIN_CLEAN_SIDE, clean_slabs
 from engine.generation.generate import generate
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
 from engine.generation.variation import defect_tint
@@ -52,21 +52,15 @@ def real_colours(val: Path) -> dict[str, list[float] | None]:
     }
 
 
-def clean_slabs(val: Path, count: int) -> list[Image.Image]:
-    """Up to `count` box-free regions of the validation images, taken from every class in turn."""
-    by_class = []
+def clean_slabs_of(val: Path, count: int) -> list[Image.Image]:
+    """Up to `count` box-free regions of the validation images (their masks' components as boxes), every class's in
+    turn (`masked_report.clean_slabs`)."""
+    items = []
     for folder in sorted(p for p in val.iterdir() if p.is_dir()):
-        regions = []
-        for path in list_images(folder):
-            pixels, mask = masked_pixels(path)
-            if mask is None:
-                continue
-            height, width = mask.shape
-            for x0, y0, x1, y1 in clean_regions(width, height, from_mask(mask), MIN_CLEAN_SIDE):
-                regions.append(Image.fromarray(pixels[y0:y1, x0:x1]))
-        by_class.append(regions)
-    slabs = [region for group in zip(*by_class, strict=False) for region in group]
-    return slabs[:count]
+        for index, path in enumerate(list_images(folder)):
+            if (mask := masked_pixels(path)[1]) is not None:
+                items.append(LabelledImage(path, folder.name, from_mask(mask), index))
+    return clean_slabs(items, MIN_CLEAN_SIDE)[:count]
 
 
 def painted_colours(
@@ -92,7 +86,7 @@ def draw(
     if not is_adapter(adapter):
         finetune_folder(shots, adapter, model=model, steps=finetune_steps, seed=seed, resume=adapter.exists())
     pipe = load_pipeline(model, adapter)
-    slabs = clean_slabs(mill / "val", per_class)
+    slabs = clean_slabs_of(mill / "val", per_class)
     result = {}
     for class_name, token in pipe.adapter.tokens.items():
         learnt = token.defect_tint

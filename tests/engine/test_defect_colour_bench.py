@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from bench.colour_mill import DEFECT_TINTS, make_colour_mill
-from bench.defect_colour import clean_slabs, draw, real_colours, table
+from bench.defect_colour import clean_slabs_of, draw, real_colours, table
 from tests.support import make_steel_like, voc_xml
 
 
@@ -22,7 +22,7 @@ def test_the_bench_paints_each_class_in_its_learnt_colour_and_measures_the_slabs
                 (folder / f"{kind[:2]}_{i}.xml").write_text(voc_xml((kind, 1, 1, 24, 96)))
     mill = tmp_path / "mill"
     make_colour_mill(tmp_path / "split", mill, jitter=0.0, defect_colours=True)
-    assert len(clean_slabs(mill / "val", 5)) == 2, "one box-free region of each validation image"
+    assert len(clean_slabs_of(mill / "val", 5)) == 2, "one box-free region of each validation image"
 
     real = real_colours(mill / "val")
     result = draw(mill, tmp_path / "work", 0, 2, 2, str(tiny_model), finetune_steps=2)
