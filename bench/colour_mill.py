@@ -70,7 +70,7 @@ def make_colour_mill(
                     image = image.resize((size, size), Image.Resampling.LANCZOS)
                     mask = mask.resize((size, size), Image.Resampling.BOX) if mask else None
                 grey = np.asarray(image, dtype=np.float32)
-                gains = np.broadcast_to(tint * np.exp(rng.normal(0.0, jitter, 3)), (*grey.shape, 3))
+                gains = tint * np.exp(rng.normal(0.0, jitter, 3))
                 if mask is not None:
                     mask = mask.point(lambda value: 255 if value >= 128 else 0)
                     mask.save(folder / f"{path.stem} photo{MASK_SUFFIX}")

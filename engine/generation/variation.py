@@ -205,16 +205,18 @@ def capture_variation(
     return image, details
 
 
+def log_tint(colours: np.ndarray) -> np.ndarray:
+    """The white balance of N×3 RGB values: log(R/G) and log(B/G) of their mean colour (each channel + 1)."""
+    red, green, blue = np.log(colours.mean(axis=0) + 1.0)
+    return np.array([red - green, blue - green])
+
+
 def tint_spread(images: list[Image.Image]) -> tuple[float, float]:
     """How far the images' white balance spreads: the standard deviations of log(R/G) and log(B/G) of their mean
     colours; (0, 0) for grey images or fewer than two."""
     if len(images) < 2:
         return 0.0, 0.0
-    means = np.stack(
-        [np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(axis=0) for image in images]
-    )
-    logs = np.log(means + 1.0)
-    ratios = np.stack([logs[:, 0] - logs[:, 1], logs[:, 2] - logs[:, 1]], axis=1)
+    ratios = np.stack([log_tint(np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3)) for image in images])
     red, blue = ratios.std(axis=0, ddof=1)
     return float(red), float(blue)
 
@@ -256,9 +258,7 @@ def defect_tint(images: list[tuple[np.ndarray, np.ndarray | None]]) -> list[floa
         if not DEFECT_SHARE_RANGE[0] <= share <= DEFECT_SHARE_RANGE[1] or is_grayscale(Image.fromarray(pixels)):
             continue
         channels = np.asarray(pixels, dtype=np.float64)
-        inside, outside = (np.log(channels[region].mean(axis=0) + 1.0) for region in (mask, ~mask))
-        ratios = inside - outside
-        offsets.append([ratios[0] - ratios[1], ratios[2] - ratios[1]])
+        offsets.append(log_tint(channels[mask]) - log_tint(channels[~mask]))
     if not offsets:
         return None
     return [round(float(value), 4) for value in np.mean(offsets, axis=0)]
