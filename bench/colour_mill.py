@@ -2,15 +2,21 @@
 
 Each class (in sorted order) gets a tint — red/green/blue gains, a multiplicative colour cast like a lamp's or a
 scale's — times a log-normal jitter of `--jitter` per channel per image (the white balance of one capture), and is
-saved as JPEG (quality 90) under `colour type N/<stem> photo.jpg`. The names sort as the source's do, so a yardstick
-draw picks the same shots from both. `--size N` resizes every image to N × N first (Lanczos): a camera of another
-resolution over the same field, such as a mill whose captures are 128 px JPEGs. Nothing is written inside the
-repository unless `--out` points there; never commit the output (it is made of the source images).
+saved as JPEG (quality 90) under `colour type N/<stem> photo.jpg`. With `--one-camera` every class gets the first
+tint: one camera over the whole line, so colour tells no class from another and only each capture's white balance
+varies (what a real mill's colour captures are like when its defects have no colour of their own). The names sort as
+the source's do, so a yardstick draw picks the same shots from both. `--size N` resizes every image to N × N first
+(Lanczos): a camera of another resolution over the same field, such as a mill whose captures are 128 px JPEGs.
+`--defect-colours` also colours each class's defects inside their boxes (`box`: over the box; `structure`: on what
+departs from the steel). Nothing is written inside the repository unless `--out` points there; never commit the
+output (it is made of the source images).
 
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/colour-mill
     python -m bench.fewshot_yardstick --pool /tmp/colour-mill/pool --val /tmp/colour-mill/val --work W --seeds 0
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/colour-mill-128 --size 128
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours   # bench.defect_colour
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/pit-rust-mill --defect-colours structure
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/camera-mill --one-camera
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from PIL import Image
 
 from engine.boxes import to_mask
 from engine.data import MASK_SUFFIX, list_images, load_rgb, parse_voc
+from engine.generation.variation import structure_weights
 
 TINTS = ((1.10, 1.00, 0.85), (1.05, 1.00, 0.95), (1.12, 0.98, 0.80), (1.00, 1.00, 1.05), (1.08, 1.00, 0.90))
 TINTS += ((1.02, 1.00, 1.00),)
@@ -33,6 +40,9 @@ DEFECT_TINTS = ((1.30, 0.95, 0.70), (0.85, 1.00, 1.20), (1.00, 1.00, 1.00), (1.2
 DEFECT_TINTS += ((0.92, 1.00, 1.12),)
 # The defect colour fades over this many pixels (σ of a Gaussian) at a box's edge.
 DEFECT_EDGE_SIGMA = 2.0
+# Where in its boxes a class's defect colour lies: over the whole box (a stain), or on what departs from the steel's
+# grey level (`variation.structure_weights`; rust in a pit, oxide on a scratch), as much on the box on average.
+DEFECT_COLOUR_PLACES = ("box", "structure")
 SPLITS = ("pool", "val")
 
 
@@ -42,13 +52,18 @@ def make_colour_mill(
     jitter: float = 0.04,
     seed: int = 0,
     size: int | None = None,
-    defect_colours: bool = False,
+    defect_colours: str | None = None,
+    one_camera: bool = False,
 ) -> dict[str, int]:
     """Write the colour mill of `split` (`pool/` and `val/`, one folder per class) to `out`, each image resized to
     `size` × `size` when given; returns images per folder (`"pool/colour type 1"`: count).
 
-    With `defect_colours`, an image with Pascal VOC boxes beside it (`<stem>.xml`, as in a NEU split) also gets its
-    class's DEFECT_TINTS inside them and its boxes as `<name>_mask.png` beside it (what fine-tuning reads)."""
+    With `defect_colours` ("box" or "structure", DEFECT_COLOUR_PLACES), an image with Pascal VOC boxes beside it
+    (`<stem>.xml`, as in a NEU split) also gets its class's DEFECT_TINTS inside them, over the boxes or on the
+    defects' structure, and its boxes as `<name>_mask.png` beside it (what fine-tuning reads). With `one_camera`,
+    every class takes the first tint."""
+    if defect_colours not in (None, *DEFECT_COLOUR_PLACES):
+        raise ValueError(f"Defect colours go on one of {DEFECT_COLOUR_PLACES}, not {defect_colours!r}.")
     if size is not None and size < 8:
         raise ValueError(f"The image size must be at least 8 px, got {size}.")
     rng = np.random.default_rng(seed)
@@ -56,7 +71,7 @@ def make_colour_mill(
     written = {}
     for part in SPLITS:
         for number, name in enumerate(classes):
-            tint = np.asarray(TINTS[number % len(TINTS)])
+            tint = np.asarray(TINTS[0 if one_camera else number % len(TINTS)])
             folder = Path(out) / part / f"colour type {number + 1}"
             folder.mkdir(parents=True, exist_ok=True)
             paths = list_images(Path(split) / part / name)
@@ -75,8 +90,12 @@ def make_colour_mill(
                     mask = mask.point(lambda value: 255 if value >= 128 else 0)
                     mask.save(folder / f"{path.stem} photo{MASK_SUFFIX}")
                     inside = cv2.GaussianBlur(np.asarray(mask, dtype=np.float32) / 255, (0, 0), DEFECT_EDGE_SIGMA)
+                    if defect_colours == "structure":
+                        box = np.asarray(mask) > 0
+                        steel = grey[~box] if not box.all() else grey
+                        inside = inside * structure_weights(grey, float(np.median(steel)), box.astype(np.float32))
                     defect = np.asarray(DEFECT_TINTS[number % len(DEFECT_TINTS)])
-                    gains = gains * (1 + inside[..., None] * (defect - 1))
+                    gains = gains * defect ** inside[..., None]
                 pixels = np.clip(grey[..., None] * gains + 0.5, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{path.stem} photo.jpg", quality=90)
             written[f"{part}/{folder.name}"] = len(paths)
@@ -90,10 +109,24 @@ def main() -> None:
     parser.add_argument("--jitter", type=float, default=0.04, help="Per-image log-normal σ of each channel's gain.")
     parser.add_argument("--size", type=int, default=None, help="Resize every image to SIZE × SIZE px (Lanczos).")
     parser.add_argument(
-        "--defect-colours", action="store_true", help="Colour each class's defects inside its boxes; masks beside."
+        "--defect-colours",
+        nargs="?",
+        const="box",
+        choices=DEFECT_COLOUR_PLACES,
+        help="Colour each class's defects inside its boxes (over them, or on the defects' structure); masks beside.",
+    )
+    parser.add_argument(
+        "--one-camera", action="store_true", help="Every class the same tint: only each capture's white balance varies."
     )
     args = parser.parse_args()
-    made = make_colour_mill(args.split, args.out, args.jitter, size=args.size, defect_colours=args.defect_colours)
+    made = make_colour_mill(
+        args.split,
+        args.out,
+        args.jitter,
+        size=args.size,
+        defect_colours=args.defect_colours,
+        one_camera=args.one_camera,
+    )
     for folder, count in made.items():
         print(f"{folder}: {count} images")
 

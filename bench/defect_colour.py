@@ -8,10 +8,15 @@ auto-placed repaints per class on clean slabs (the box-free regions of the valid
 turn), each measured with `variation.defect_tint` against its own mask, with the learnt colour and with it removed
 (same seeds: the colour of the slab, as before the adapter kept one). Real: the validation images' defects against
 their steel, measured alike. Prints per class the real, learnt and painted colours (log R/G, log B/G) and the
-distance of each painted colour from the real one.
+distance of each painted colour from the real one; then where the colour lies, `variation.defect_colour_structure`
+of the real defects, learnt, of the painted ones, and of the same repaints with the learnt colour laid evenly over
+the mask (as before the adapter learnt where it lies): 0 the mask's colour is even, 1 it lies on what departs from
+the steel.
 
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours
     python -m bench.defect_colour --mill /tmp/rust-mill --work /tmp/defect-colour --seeds 0 1 2
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/pit-mill --defect-colours structure
+    python -m bench.defect_colour --mill /tmp/pit-mill --work /tmp/defect-structure --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from engine.data import LabelledImage, list_images, load_rgb, read_mask_beside
 from engine.evaluation.masked_report import MIN_CLEAN_SIDE, clean_slabs
 from engine.generation.generate import generate
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
-from engine.generation.variation import defect_tint
+from engine.generation.variation import defect_colour_structure, defect_tint
 from engine.quiet import quiet_libraries
 from storage.files import write_atomically
 
@@ -44,12 +49,13 @@ def masked_pixels(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return pixels, mask
 
 
-def real_colours(val: Path) -> dict[str, list[float] | None]:
-    """Each class's defect colour against its steel over its validation images."""
-    return {
-        folder.name: defect_tint([masked_pixels(path) for path in list_images(folder)])
-        for folder in sorted(p for p in val.iterdir() if p.is_dir())
-    }
+def real_colours(val: Path) -> dict[str, dict]:
+    """Each class's defect colour against its steel over its validation images, and where in the masks it lies."""
+    colours = {}
+    for folder in sorted(p for p in val.iterdir() if p.is_dir()):
+        pairs = [masked_pixels(path) for path in list_images(folder)]
+        colours[folder.name] = {"colour": defect_tint(pairs), "structure": defect_colour_structure(pairs)}
+    return colours
 
 
 def clean_slabs_of(val: Path, count: int) -> list[Image.Image]:
@@ -63,23 +69,23 @@ def clean_slabs_of(val: Path, count: int) -> list[Image.Image]:
     return clean_slabs(items, MIN_CLEAN_SIDE)[:count]
 
 
-def painted_colours(
-    pipe: LoadedPipeline, class_name: str, slabs: list[Image.Image], seed: int
-) -> list[tuple[float, float] | None]:
-    """The defect colour against the slab of one auto-placed repaint per slab (None where the mask is too small)."""
+def painted_colours(pipe: LoadedPipeline, class_name: str, slabs: list[Image.Image], seed: int) -> dict:
+    """One auto-placed repaint per slab: each one's defect colour against the slab (None where the mask is too
+    small) and where in their masks the colour lies, over all of them."""
     strength = default_strength(pipe, class_name, masked=True)
-    colours = []
+    pairs = []
     for number, slab in enumerate(slabs):
         config = GenerationConfig(class_name, 1, strength, DEFAULT_STEPS, seed=seed + number, auto_place=True)
         candidate = generate(pipe, slab, config).candidates[0]
-        colours.append(defect_tint([(np.asarray(candidate.image.convert("RGB")), candidate.mask)]))
-    return colours
+        pairs.append((np.asarray(candidate.image.convert("RGB")), candidate.mask))
+    return {"colours": [defect_tint([pair]) for pair in pairs], "structure": defect_colour_structure(pairs)}
 
 
 def draw(
     mill: Path, work: Path, seed: int, k: int, per_class: int, model: str | None, finetune_steps: int | None = None
 ) -> dict:
-    """One draw: shots with masks, their fine-tune, and each class painted with and without its learnt colour."""
+    """One draw: shots with masks, their fine-tune, and each class painted in its learnt colour where it learnt it
+    lies, in it laid evenly, and without it."""
     folder = work / f"seed{seed}"
     shots = draw_shots(mill / "pool", k, seed, folder / "shots", with_masks=True)
     adapter = folder / "adapter"
@@ -89,12 +95,21 @@ def draw(
     slabs = clean_slabs_of(mill / "val", per_class)
     result = {}
     for class_name, token in pipe.adapter.tokens.items():
-        learnt = token.defect_tint
+        learnt, structure = token.defect_tint, token.defect_structure
         painted = painted_colours(pipe, class_name, slabs, seed)
+        token.defect_structure = None
+        even = painted_colours(pipe, class_name, slabs, seed)
         token.defect_tint = None
         slab_coloured = painted_colours(pipe, class_name, slabs, seed)
-        token.defect_tint = learnt
-        result[class_name] = {"learnt": learnt, "painted": painted, "slab_coloured": slab_coloured}
+        token.defect_tint, token.defect_structure = learnt, structure
+        result[class_name] = {
+            "learnt": learnt,
+            "learnt_structure": structure,
+            "painted": painted["colours"],
+            "painted_structure": painted["structure"],
+            "even_structure": even["structure"],
+            "slab_coloured": slab_coloured["colours"],
+        }
     return result
 
 
@@ -103,8 +118,14 @@ def mean_colour(colours: list) -> list[float] | None:
     return [round(float(v), 3) for v in np.mean(measured, axis=0)] if measured else None
 
 
+def mean_structure(values: list) -> str:
+    measured = [v for v in values if v is not None]
+    return f"{np.mean(measured):.2f}" if measured else "–"
+
+
 def table(real: dict, draws: dict[int, dict]) -> list[str]:
-    """Per class: real, learnt (mean over draws) and painted colours, and each painted colour's distance from real."""
+    """Per class: real, learnt (mean over draws) and painted colours, and each painted colour's distance from real;
+    then where the colour lies in the masks: real, learnt, painted, and painted evenly (means over the draws)."""
     lines = [
         "| class | real | learnt | painted | slab's colour (before) | painted − real | before − real |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -113,7 +134,8 @@ def table(real: dict, draws: dict[int, dict]) -> list[str]:
     def shown(colour) -> str:
         return "–" if colour is None else f"{colour[0]:+.3f} / {colour[1]:+.3f}"
 
-    for class_name, reference in real.items():
+    for class_name, measured in real.items():
+        reference = measured["colour"]
         rows = [d[class_name] for d in draws.values() if class_name in d]
         learnt = mean_colour([r["learnt"] for r in rows])
         painted = mean_colour([c for r in rows for c in r["painted"]])
@@ -126,6 +148,19 @@ def table(real: dict, draws: dict[int, dict]) -> list[str]:
             f"| {class_name} | {shown(reference)} | {shown(learnt)} | {shown(painted)} | {shown(before)} | "
             f"{gaps[0]} | {gaps[1]} |"
         )
+    lines += [
+        "",
+        "| class | where the colour lies: real | learnt | painted | painted evenly (before) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for class_name, measured in real.items():
+        rows = [d[class_name] for d in draws.values() if class_name in d]
+        cells = [mean_structure([measured["structure"]])]
+        cells += [
+            mean_structure([r[key] for r in rows])
+            for key in ("learnt_structure", "painted_structure", "even_structure")
+        ]
+        lines.append(f"| {class_name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -37,6 +37,9 @@ class TokenInfo:
     # The class's defects' colour against the steel around them, [log R/G, log B/G] (`variation.defect_tint`);
     # a masked repaint paints its defect in it. None: grey, or no defect masks to tell.
     defect_tint: list[float] | None = None
+    # How far that colour lies on the defect's structure rather than filling its mask, 0–1
+    # (`variation.defect_colour_structure`); None: evenly.
+    defect_structure: float | None = None
 
     def proposed_strength(self, masked: bool = False) -> float:
         """The tuned strength for a whole window (or a masked repaint), else the studio's default."""

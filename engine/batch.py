@@ -18,7 +18,7 @@ from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config, seco
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.class_stats import class_exposures, class_turn_share, pool_exposure
-from engine.generation.generate import Candidate, defect_tint_of, generate, resolve_token
+from engine.generation.generate import Candidate, defect_colour_of, generate, resolve_token
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
@@ -164,12 +164,14 @@ def generate_to_folder(
     pipe = pipe or load_pipeline(model, adapter, device=state.device if state.num_processes > 1 else None)
     resolve_token(pipe, class_name)
     strength = strength if strength is not None else default_strength(pipe, class_name, masked)
-    if masked and (tint := defect_tint_of(pipe, class_name)) is not None and state.is_main_process:
+    tint, structure = defect_colour_of(pipe, class_name)
+    if masked and tint is not None and state.is_main_process:
         logger.info(
-            "Painting %s in the colour its adapter learnt against the steel (log R/G %+.3f, log B/G %+.3f) on colour "
-            "slabs.",
+            "Painting %s in the colour its adapter learnt against the steel (log R/G %+.3f, log B/G %+.3f; %.0f %% of "
+            "it on what the model draws, the rest over the mask) on colour slabs.",
             class_name,
             *tint,
+            100 * (structure or 0.0),
         )
     # A masked repaint at a lower strength paints less of the defect, which the gate would flag more, not less.
     strength_floor = None if masked else strength_floor

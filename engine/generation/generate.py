@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from engine.generation.parameters import CandidateParameters, MaskedRepaint, Sla
 from engine.generation.pipeline import LoadedPipeline
 from engine.generation.placement import propose_masks
 from engine.generation.quality import masked_quality
-from engine.generation.variation import with_grey_levels, with_white_balance
+from engine.generation.variation import defect_colour_gains, with_grey_levels, with_white_balance
 from engine.masks import (
     MASK_GROW_PX,
     MASK_WINDOW_SCALE,
@@ -256,10 +255,11 @@ def carry_colour(crops: list[Image.Image], outputs: list[Image.Image], config: G
     return carried
 
 
-def defect_tint_of(loaded: LoadedPipeline, class_name: str) -> list[float] | None:
-    """The colour its adapter learnt for the class's defects against their steel (`variation.defect_tint`), or None."""
+def defect_colour_of(loaded: LoadedPipeline, class_name: str) -> tuple[list[float] | None, float | None]:
+    """The colour its adapter learnt for the class's defects against their steel (`variation.defect_tint`) and how
+    far it lies on their structure (`variation.defect_colour_structure`); (None, None) without one."""
     token = loaded.adapter.tokens.get(class_name) if loaded.adapter else None
-    return token.defect_tint if token else None
+    return (token.defect_tint, token.defect_structure) if token and token.defect_tint else (None, None)
 
 
 def _candidate_params(
@@ -376,7 +376,7 @@ def _generate_masked(
 
     # 4. Paste each window, in the class's defect colour, through its part of the feathered mask; measure and record
     gray = is_grayscale(init_image)
-    tint = None if gray else defect_tint_of(loaded, config.class_name)
+    tint, structure = (None, None) if gray else defect_colour_of(loaded, config.class_name)
     base_pixels = np.asarray(canvas, dtype=np.float32)
     merged = [base_pixels.copy() for _ in seeds]
     for number, job in enumerate(jobs):
@@ -385,7 +385,10 @@ def _generate_masked(
         weights = (weights * w.region)[..., None]
         painted = outputs[number]
         if tint is not None:
-            painted = with_white_balance(painted, math.exp(tint[0]), math.exp(tint[1]))
+            slab_window = canvas.crop((w.x, w.y, w.x + w.width, w.y + w.height))
+            painted = with_white_balance(
+                painted, *defect_colour_gains(tint, structure, painted, slab_window, weights[..., 0])
+            )
         patch = np.asarray(painted, dtype=np.float32)
         target = merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width]
         merged[job.candidate][w.y : w.y + w.height, w.x : w.x + w.width] = target * (1 - weights) + patch * weights
@@ -405,6 +408,7 @@ def _generate_masked(
             mask_grow_px=MASK_GROW_PX,
             boxes=from_mask(drawn, config.class_name),
             defect_tint=tint,
+            defect_structure=structure,
             quality=masked_quality(source, image, drawn),
         )
         candidates.append(Candidate(image, seed, params, drawn))

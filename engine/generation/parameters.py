@@ -61,6 +61,9 @@ class MaskedRepaint:
     quality: dict[str, float] = field(default_factory=dict)
     # The defect colour painted in ([log R/G, log B/G] against the slab, `variation.defect_tint`); None: the slab's.
     defect_tint: list[float] | None = None
+    # How far that colour was laid on what the model drew rather than over the whole mask (0–1,
+    # `variation.defect_colour_structure`); None: evenly.
+    defect_structure: float | None = None
 
     def extent(self) -> Box | None:
         """The smallest box holding every window, or None without windows."""
@@ -205,6 +208,8 @@ class CandidateParameters:
             }
             if self.masked.defect_tint is not None:
                 data["defect_tint"] = self.masked.defect_tint
+            if self.masked.defect_structure is not None:
+                data["defect_structure"] = self.masked.defect_structure
         optional = {
             "init": self.init,
             "capture": self.capture,
@@ -233,6 +238,7 @@ class CandidateParameters:
                 boxes=[Box.of(b) for b in data.pop("boxes", None) or []],
                 quality=data.pop("quality", None) or {},
                 defect_tint=data.pop("defect_tint", None),
+                defect_structure=data.pop("defect_structure", None),
             )
         window = data.pop("window", None)
         realism = data.pop("realism", None)

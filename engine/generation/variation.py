@@ -55,6 +55,17 @@ MAX_CHROMA_GAIN = 4.0
 # A defect mask's share of its image from which its colour against the steel around it counts (`defect_tint`): a
 # few pixels' mean is JPEG noise, and a mask over nearly all of the image leaves no steel to compare with.
 DEFECT_SHARE_RANGE = (0.005, 0.9)
+# Where a defect's colour lies inside its mask (`structure_weights`, `defect_colour_structure`): a pixel's departure
+# from the steel's grey level, both measured after a blur of this σ (px), the scale of a JPEG's colour; a weight is
+# at most this many times the mask's mean; a class's defects whose colour against their steel is less than this
+# (log units, R/G and B/G together) have none whose place could be told.
+STRUCTURE_SIGMA = 1.5
+MAX_STRUCTURE_WEIGHT = 4.0
+MIN_STRUCTURED_TINT = 0.03
+# A colour laid on a defect's structure is scaled (at most this much, in this many steps) until the mask's mean colour
+# is the learnt one.
+MAX_COLOUR_SCALE = 3.0
+COLOUR_SCALE_ITERATIONS = 3
 # Immerkær's noise estimation kernel (`pixel_grain`).
 GRAIN_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
 
@@ -233,10 +244,12 @@ def tint_variation(
     return with_white_balance(image, red, blue), {"tint": [round(red, 4), round(blue, 4)]}
 
 
-def with_white_balance(image: Image.Image, red: float, blue: float) -> Image.Image:
-    """`image` with its red and blue channels scaled by `red` and `blue` relative to green, its luminance kept."""
+def with_white_balance(image: Image.Image, red: float | np.ndarray, blue: float | np.ndarray) -> Image.Image:
+    """`image` with its red and blue channels scaled by `red` and `blue` relative to green (numbers, or H×W arrays
+    of one gain per pixel), its luminance kept."""
     grey = np.asarray(image.convert("L"), dtype=np.float32)
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * np.array([red, 1.0, blue], dtype=np.float32)
+    gains = np.stack(np.broadcast_arrays(np.float32(red), np.float32(1.0), np.float32(blue)), axis=-1)
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) * gains.astype(np.float32)
     tinted = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
     return with_grey_levels(tinted, grey).convert(image.mode)
 
@@ -262,6 +275,79 @@ def defect_tint(images: list[tuple[np.ndarray, np.ndarray | None]]) -> list[floa
     if not offsets:
         return None
     return [round(float(value), 4) for value in np.mean(offsets, axis=0)]
+
+
+def structure_weights(grey: np.ndarray, steel_level: float, weights: np.ndarray) -> np.ndarray:
+    """Where a defect is in its mask: each pixel's departure of its luminance (H×W, blurred over STRUCTURE_SIGMA) from
+    the steel's grey level, as a multiple of its mean over the mask (`weights`, H×W in [0, 1]; capped at about
+    MAX_STRUCTURE_WEIGHT, the mean kept at 1); ones where the mask is empty or nothing departs."""
+    departure = np.abs(cv2.GaussianBlur(grey.astype(np.float32), (0, 0), STRUCTURE_SIGMA) - steel_level)
+    total = float(weights.sum())
+    mean = float((departure * weights).sum()) / total if total > 0 else 0.0
+    if mean < 1e-3:
+        return np.ones_like(departure)
+    capped = np.minimum(departure / mean, MAX_STRUCTURE_WEIGHT)
+    return capped * total / float((capped * weights).sum())
+
+
+def defect_colour_structure(images: list[tuple[np.ndarray, np.ndarray | None]]) -> float | None:
+    """How far a class's defect colour follows the defect rather than filling its mask, from the pairs `defect_tint`
+    reads: inside every mask, each pixel's colour against its steel (log R/G, log B/G after a blur of
+    STRUCTURE_SIGMA, minus the steel's outside the mask) regressed on its `structure_weights` (the steel's level: the
+    median luminance outside the mask); the share of the mean colour that the slope carries, in [0, 1]. 0: the colour
+    fills the mask evenly (a stain); 1: it lies on what departs from the steel (rust on a pit). None where no image
+    qualifies or the colour is below MIN_STRUCTURED_TINT."""
+    weights, colours = [], []
+    for pixels, mask in images:
+        if mask is None or pixels.ndim != 3:
+            continue
+        if not DEFECT_SHARE_RANGE[0] <= float(mask.mean()) <= DEFECT_SHARE_RANGE[1]:
+            continue
+        if is_grayscale(Image.fromarray(pixels)):
+            continue
+        channels = np.asarray(pixels, dtype=np.float32)
+        grey = np.asarray(Image.fromarray(pixels).convert("L"), dtype=np.float32)
+        blurred = np.log(cv2.GaussianBlur(channels, (0, 0), STRUCTURE_SIGMA) + 1.0)
+        ratios = np.stack([blurred[..., 0] - blurred[..., 1], blurred[..., 2] - blurred[..., 1]], axis=-1)
+        steel = log_tint(channels[~mask].astype(np.float64))
+        weights.append(structure_weights(grey, float(np.median(grey[~mask])), mask.astype(np.float32))[mask])
+        colours.append(ratios[mask] - steel)
+    if not weights:
+        return None
+    weight, colour = np.concatenate(weights), np.concatenate(colours)
+    mean = colour.mean(axis=0)
+    if np.hypot(*mean) < MIN_STRUCTURED_TINT or weight.var() == 0:
+        return None
+    slope = ((weight - weight.mean())[:, None] * (colour - mean)).mean(axis=0) / weight.var()
+    return round(float(np.clip(slope @ mean / (mean @ mean), 0.0, 1.0)), 3)
+
+
+def defect_colour_gains(
+    tint: list[float], structure: float | None, painted: Image.Image, slab: Image.Image, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel red and blue gains (relative to green) that paint a defect in its colour `tint` on a window:
+    `structure` (`defect_colour_structure`) of it on what departs from the slab's grey level in the painted window
+    (`structure_weights` over the mask `weights`), the rest evenly, so that the mask's mean colour is `tint`."""
+    share = structure or 0.0
+    if share <= 0:
+        return np.full(weights.shape, math.exp(tint[0])), np.full(weights.shape, math.exp(tint[1]))
+    level = float(np.median(np.asarray(slab.convert("L"), dtype=np.float32)))
+    amount = (1.0 - share) + share * structure_weights(
+        np.asarray(painted.convert("L"), dtype=np.float32), level, weights
+    )
+    # Colour laid on dark pixels moves the mask's mean colour (which `defect_tint` measures, by luminance) less than
+    # on bright ones: scale each channel's until the mean moves by `tint`.
+    inside = weights > 0.5
+    target = np.asarray(tint, dtype=np.float64)
+    scale = np.ones(2)
+    if inside.any():
+        before = log_tint(np.asarray(painted.convert("RGB"), dtype=np.float64)[inside])
+        for _ in range(COLOUR_SCALE_ITERATIONS):
+            red, blue = (np.exp(target[c] * scale[c] * amount) for c in (0, 1))
+            coloured = np.asarray(with_white_balance(painted, red, blue), dtype=np.float64)[inside]
+            moved = np.divide(log_tint(coloured) - before, target, out=np.ones(2), where=np.abs(target) > 1e-6)
+            scale = np.clip(scale / np.maximum(moved, 1e-6), 1.0, MAX_COLOUR_SCALE)
+    return np.exp(target[0] * scale[0] * amount), np.exp(target[1] * scale[1] * amount)
 
 
 def elastic_warp(image: Image.Image, rng: random.Random, amplitude: float = WARP_AMPLITUDE) -> tuple[Image.Image, dict]:

@@ -41,7 +41,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
-from engine.generation.variation import defect_tint
+from engine.generation.variation import defect_colour_structure, defect_tint
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
 from engine.training.attributes import shared_words
 from engine.training.pretrain import encode_pixels
@@ -615,7 +615,8 @@ def _save_adapter(
     config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str, images: list[TrainingImage]
 ) -> None:
     """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete, with each class's
-    defect colour against its steel where its colour images have defect masks (`variation.defect_tint`)."""
+    defect colour against its steel where its colour images have defect masks (`variation.defect_tint`) and how far
+    it lies on the defects' structure (`variation.defect_colour_structure`)."""
     weight = text_encoder.get_input_embeddings().weight.detach().cpu()
     tokens = {}
     for class_name, token_id in new_token_ids.items():
@@ -626,9 +627,10 @@ def _save_adapter(
             "embedding_file": file,
             "init_word": config.init_words.get(class_name, ""),
         }
-        tint = defect_tint([(im.pixels, im.mask) for im in images if im.class_name == class_name])
-        if tint is not None:
+        masked = [(im.pixels, im.mask) for im in images if im.class_name == class_name]
+        if (tint := defect_tint(masked)) is not None:
             tokens[class_name]["defect_tint"] = tint
+            tokens[class_name]["defect_structure"] = defect_colour_structure(masked)
     lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionImg2ImgPipeline.save_lora_weights(str(out), unet_lora_layers=lora, weight_name=LORA_FILE)
     index = {

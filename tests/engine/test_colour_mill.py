@@ -8,7 +8,7 @@ from PIL import Image
 
 from bench.colour_mill import DEFECT_TINTS, make_colour_mill
 from engine.data import is_grayscale, list_images, read_mask_beside
-from engine.generation.variation import defect_tint
+from engine.generation.variation import defect_colour_structure, defect_tint
 from tests.support import voc_xml
 
 
@@ -50,7 +50,7 @@ def test_a_mill_with_defect_colours_colours_its_boxes_and_writes_their_masks(tmp
         grey = rng.normal(120, 10, (40, 40)).clip(0, 255).astype(np.uint8)
         Image.fromarray(grey).save(tmp_path / "split" / part / "crazing" / "cr_0.bmp")
         (tmp_path / "split" / part / "crazing" / "cr_0.xml").write_text(voc_xml(("crazing", 1, 1, 20, 40)))
-    make_colour_mill(tmp_path / "split", tmp_path / "mill", defect_colours=True)
+    make_colour_mill(tmp_path / "split", tmp_path / "mill", defect_colours="box")
     plain = make_colour_mill(tmp_path / "split", tmp_path / "plain")
     folder = tmp_path / "mill" / "pool" / "colour type 1"
     assert [p.name for p in list_images(folder)] == ["cr_0 photo.jpg"], "the mask is not an image of the class"
@@ -62,5 +62,33 @@ def test_a_mill_with_defect_colours_colours_its_boxes_and_writes_their_masks(tmp
     red, blue = defect_tint([(pixels.astype(np.uint8), mask)])
     expected = np.log(np.divide(DEFECT_TINTS[0], DEFECT_TINTS[0][1]))
     assert red == pytest.approx(expected[0], abs=0.06) and blue == pytest.approx(expected[2], abs=0.06)
+    assert defect_colour_structure([(pixels.astype(np.uint8), mask)]) < 0.15, "over the whole box"
     assert plain == {"pool/colour type 1": 1, "val/colour type 1": 1}
     assert not list((tmp_path / "plain" / "pool" / "colour type 1").glob("*_mask.png")), "masks only when asked"
+
+
+def test_a_mill_can_lay_its_defect_colours_on_the_defects_and_film_every_class_with_one_camera(tmp_path):
+    rng = np.random.default_rng(3)
+    for part in ("pool", "val"):
+        for name in ("crazing", "scratches"):
+            (tmp_path / "split" / part / name).mkdir(parents=True)
+            for i in range(3):
+                grey = rng.normal(150, 4, (48, 48))
+                for y, x in rng.integers(4, 20, (5, 2)):
+                    grey[2 * y - 3 : 2 * y + 3, x - 3 : x + 3] = 90
+                Image.fromarray(grey.clip(0, 255).astype(np.uint8)).save(tmp_path / "split" / part / name / f"{i}.bmp")
+                (tmp_path / "split" / part / name / f"{i}.xml").write_text(voc_xml((name, 1, 1, 24, 48)))
+    make_colour_mill(tmp_path / "split", tmp_path / "mill", jitter=0.0, defect_colours="structure", one_camera=True)
+    folders = [tmp_path / "mill" / "pool" / f"colour type {n}" for n in (1, 2)]
+    pairs = [[(np.asarray(Image.open(p)), read_mask_beside(p, 48)) for p in list_images(f)] for f in folders]
+    assert defect_colour_structure(pairs[0]) > 0.6, "the rust lies on the pits, not over the box"
+    assert defect_tint(pairs[0])[0] > 0.1 and defect_tint(pairs[1])[1] > 0.05, "each class its own defect colour"
+
+    def steel_colour(class_pairs) -> np.ndarray:
+        return np.mean(
+            [np.log(p[:, 30:].reshape(-1, 3).mean(0) / p[:, 30:].reshape(-1, 3).mean(0)[1]) for p, _ in class_pairs], 0
+        )
+
+    assert steel_colour(pairs[0]) == pytest.approx(steel_colour(pairs[1]), abs=0.02), "one camera's steel"
+    with pytest.raises(ValueError, match="Defect colours go on one of"):
+        make_colour_mill(tmp_path / "split", tmp_path / "other", defect_colours="spots")

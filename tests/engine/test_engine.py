@@ -138,14 +138,29 @@ def test_a_masked_repaint_paints_the_defect_in_the_colour_its_adapter_learnt_aga
         candidate = generate(load_pipeline(tiny_model, adapter=adapter), source, config, mask=mask).candidates[0]
         pixels = np.asarray(candidate.image, dtype=np.float64)
         inside, outside = pixels[18:30, 18:30].reshape(-1, 3).mean(0), pixels[:, :6].reshape(-1, 3).mean(0)
-        return np.log(inside[0] / inside[2]), np.log(outside[0] / outside[2]), candidate.params
+        return np.log(inside[0] / inside[2]), np.log(outside[0] / outside[2]), candidate
 
-    inside, outside, params = red_over_blue(tiny_adapter)
-    assert inside == pytest.approx(outside, abs=0.03) and params.masked.defect_tint is None
-    inside, outside, params = red_over_blue(rusty)
+    inside, outside, candidate = red_over_blue(tiny_adapter)
+    assert inside == pytest.approx(outside, abs=0.03) and candidate.params.masked.defect_tint is None
+    inside, outside, even = red_over_blue(rusty)
     assert inside - outside == pytest.approx(0.6, abs=0.08), "the defect is painted redder than its slab"
     assert outside == pytest.approx(np.log(1.05 / 0.95), abs=0.03), "the slab keeps its own colour"
-    assert read_png_parameters(png_with_metadata(slab(8, 8), params)).masked.defect_tint == [0.3, -0.3]
+    assert read_png_parameters(png_with_metadata(slab(8, 8), even.params)).masked.defect_tint == [0.3, -0.3]
+
+    # Learnt to lie on the defect's structure: as red on average, redder where the render departs from the steel.
+    index["tokens"]["scratches"]["defect_structure"] = 1.0
+    (rusty / "tokens.json").write_text(json.dumps(index))
+    _, outside, pitted = red_over_blue(rusty)
+    painted = np.asarray(pitted.image, dtype=np.float64)[14:34, 14:34].reshape(-1, 3).mean(0)
+    assert np.log(painted[0] / painted[2]) - outside == pytest.approx(0.6, abs=0.1), "over the whole mask"
+    assert pitted.params.masked.defect_structure == 1.0
+
+    def follows_structure(candidate) -> float:
+        pixels = np.asarray(candidate.image, dtype=np.float64)[14:34, 14:34]
+        departure = np.abs(pixels.mean(axis=2) - np.median(np.asarray(source.convert("L"), dtype=np.float64)))
+        return float(np.corrcoef(departure.ravel(), np.log(pixels[..., 0] / pixels[..., 2]).ravel())[0, 1])
+
+    assert follows_structure(pitted) > follows_structure(even) + 0.3
     source.save(tmp_path / "slab.png")
     Image.fromarray(mask).save(tmp_path / "mask.png")
     with caplog.at_level(logging.INFO, logger="engine.batch"):

@@ -14,6 +14,8 @@ from engine.evaluation.recognition import classic_augment
 from engine.generation.variation import (
     DEFAULT_INIT_MIX,
     capture_variation,
+    defect_colour_gains,
+    defect_colour_structure,
     defect_tint,
     elastic_warp,
     geometric_variant,
@@ -23,6 +25,7 @@ from engine.generation.variation import (
     parse_init_mix,
     pixel_grain,
     quarter_turn,
+    structure_weights,
     tint_spread,
     tint_variation,
     varied_init,
@@ -302,6 +305,51 @@ def test_a_defects_colour_is_measured_against_its_own_steel_under_any_white_bala
     assert defect_tint(greys) is None, "grey images tell no colour"
     assert defect_tint([(pairs[0][0], None)]) is None, "nor do images without a defect mask"
     assert defect_tint([(pairs[0][0], np.ones_like(mask))]) is None, "nor a mask that leaves no steel around it"
+
+
+def _pitted(rng: np.random.Generator, colour_on_structure: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A 60 px grey slab with dark pits in its left half (the mask), coloured rust on the pits or evenly."""
+    grey = rng.normal(150, 3, (60, 60))
+    mask = np.zeros((60, 60), dtype=bool)
+    mask[:, :30] = True
+    for y, x in rng.integers(4, 26, (8, 2)):
+        grey[2 * y - 4 : 2 * y + 4, x - 4 : x + 4] = 100
+    weight = np.abs(grey - 150) / np.abs(grey - 150)[mask].mean() if colour_on_structure else np.ones_like(grey)
+    gains = np.array([1.3, 1.0, 0.75]) ** (weight * mask)[..., None]
+    return (grey[..., None] * gains).clip(0, 255).astype(np.uint8), mask
+
+
+def test_where_a_defects_colour_lies_is_measured_and_painted_there():
+    rng = np.random.default_rng(5)
+    on_pits, stains = ([_pitted(rng, on) for _ in range(3)] for on in (True, False))
+    assert defect_colour_structure(on_pits) > 0.7, "rust on the pits, not on the steel between them"
+    assert defect_colour_structure(stains) < 0.1, "a stain over the whole mask"
+    grey_pairs = [
+        (np.repeat(pixels.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8), m) for pixels, m in on_pits
+    ]
+    assert defect_colour_structure(grey_pairs) is None and defect_colour_structure([(on_pits[0][0], None)]) is None
+
+    pixels, mask = on_pits[0]
+    grey = pixels[..., 1].astype(np.float32)  # green: the slab's grey levels (its gain is 1)
+    weights = structure_weights(grey, 150.0, mask.astype(np.float32))
+    assert weights[mask].mean() == pytest.approx(1.0, abs=1e-3) and weights[grey < 120].min() > 1.5
+    assert np.array_equal(structure_weights(np.full((8, 8), 150.0), 150.0, np.ones((8, 8))), np.ones((8, 8)))
+
+    # Painting: a window whose model drew dark pits in the mask, on a plain slab.
+    painted = Image.fromarray(np.repeat(grey[..., None], 3, axis=2).astype(np.uint8))
+    slab = Image.new("RGB", (60, 60), (150, 150, 150))
+    tint = [0.26, -0.29]
+    even = defect_colour_gains(tint, None, painted, slab, mask.astype(np.float32))
+    assert np.allclose(np.log(even[0]), tint[0]) and np.allclose(np.log(even[1]), tint[1])
+    red, blue = defect_colour_gains(tint, 1.0, painted, slab, mask.astype(np.float32))
+    assert np.log(red)[grey < 120].min() > 1.5 * tint[0] and np.log(blue)[grey < 120].max() < 1.5 * tint[1]
+    coloured = np.asarray(with_white_balance(painted, red, blue), dtype=np.float64)
+    coloured = np.where(mask[..., None], coloured, np.asarray(painted, dtype=np.float64))  # pasted through the mask
+    measured = defect_tint([(coloured.astype(np.uint8), mask)])
+    assert measured == pytest.approx(tint, abs=0.03), "the mask's mean colour is the learnt one"
+    assert np.log(coloured[..., 0] / coloured[..., 2])[grey < 120].mean() > 1.0, "the pits are painted rust"
+    steel = mask & (grey > 140)
+    assert np.median(np.log(coloured[..., 0] / coloured[..., 2])[steel]) < 0.1, "most steel between them hardly"
 
 
 def test_overlay_keeps_the_defects_of_both_sources_at_full_contrast():
