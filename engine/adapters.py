@@ -40,6 +40,8 @@ class TokenInfo:
     # How far that colour lies on the defect's structure rather than filling its mask, 0–1
     # (`variation.defect_colour_structure`); None: evenly.
     defect_structure: float | None = None
+    # Auto-place statistics from the class's own defect masks (`placement.learnt_statistics`); None: the shipped ones.
+    placement: dict | None = None
 
     def proposed_strength(self, masked: bool = False) -> float:
         """The tuned strength for a whole window (or a masked repaint), else the studio's default."""

@@ -14,6 +14,7 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image, PngImagePlugin
 
+from engine.adapters import TokenInfo
 from engine.boxes import from_mask
 from engine.config import GenerationConfig
 from engine.data import is_grayscale
@@ -40,6 +41,8 @@ from engine.progress import ProgressFn
 # Width of the linear blend at a window's inner border, so a pasted window shows no seam.
 FEATHER_PX = 8
 SOFTWARE = "steel-defect-studio"
+# The mask source of an auto-placed repaint sized and counted by its class's own defects (`learnt_statistics`).
+AUTO_PLACE_OWN = "auto-place (own boxes)"
 
 
 @dataclass
@@ -255,10 +258,15 @@ def carry_colour(crops: list[Image.Image], outputs: list[Image.Image], config: G
     return carried
 
 
+def token_info(loaded: LoadedPipeline, class_name: str) -> TokenInfo | None:
+    """What the loaded adapter learnt of a class, or None."""
+    return loaded.adapter.tokens.get(class_name) if loaded.adapter else None
+
+
 def defect_colour_of(loaded: LoadedPipeline, class_name: str) -> tuple[list[float] | None, float | None]:
     """The colour its adapter learnt for the class's defects against their steel (`variation.defect_tint`) and how
     far it lies on their structure (`variation.defect_colour_structure`); (None, None) without one."""
-    token = loaded.adapter.tokens.get(class_name) if loaded.adapter else None
+    token = token_info(loaded, class_name)
     return (token.defect_tint, token.defect_structure) if token and token.defect_tint else (None, None)
 
 
@@ -333,10 +341,14 @@ def _generate_masked(
     width, height = source.size
     choose_window(width, height, config)
     seeds = [config.seed + i for i in range(config.num_candidates)]
+    placement = info.placement if (info := token_info(loaded, config.class_name)) and mask is None else None
     if mask is not None:
         masks = [mask_array(mask, width, height)] * len(seeds)
     else:
-        masks = [mask_array(propose_masks(config.class_name, width, height, seed)[0], width, height) for seed in seeds]
+        masks = [
+            mask_array(propose_masks(config.class_name, width, height, seed, statistics=placement)[0], width, height)
+            for seed in seeds
+        ]
 
     # 2. Mirror-extend a slab smaller than the window; grow each mask and plan its windows on that canvas
     resolution = loaded.resolution
@@ -403,7 +415,7 @@ def _generate_masked(
         params.masked = MaskedRepaint(
             windows=[_on_slab(job.window, pad_x, pad_y, width, height) for job in jobs if job.candidate == index],
             window_scale=round(jobs[0].window.width / jobs[0].window.model_width, 4) if jobs else None,
-            mask_source="drawn" if mask is not None else "auto-place",
+            mask_source="drawn" if mask is not None else AUTO_PLACE_OWN if placement else "auto-place",
             mask_sha256=mask_sha256(drawn),
             mask_grow_px=MASK_GROW_PX,
             boxes=from_mask(drawn, config.class_name),

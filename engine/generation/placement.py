@@ -1,7 +1,9 @@
-"""Auto-place: plausible defect masks per class, drawn from the statistics of real NEU-DET boxes.
+"""Auto-place: plausible defect masks per class, drawn from the statistics of real defect boxes.
 
-The statistics (box sizes and boxes per image of each class, from the training pool only) ship as
+The statistics of NEU's classes (box sizes and boxes per image of each class, from the training pool only) ship as
 `engine/weights/placement-stats.json`; rebuild them with `python launch.py evaluate placement-stats --neu DATA/neu`.
+A class fine-tuned on images with defect masks or boxes beside them has its own (`learnt_statistics`, in the
+adapter's `tokens.json`), which win: its defects are sized and counted as that mill's camera shows them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from engine.boxes import from_mask
 from engine.config import WEIGHTS_DIR
 from engine.data import read_neu, split_neu
 from engine.masks import mask_image
@@ -35,10 +38,14 @@ DEFAULT_SHAPE = "blob"
 # shrinks them proportionally; a longer one (a strip, a wide slab) keeps them, clipped to its shorter side.
 REFERENCE_SIZE = 200
 SIZE_JITTER = 0.15
+# The least spread (σ of log size) with which a class's own few boxes are drawn: about SIZE_JITTER's.
+MIN_LOG_SIZE_SPREAD = 0.09
 LINE_WIDTH_PX = (2, 5)
 PLACEMENT_TRIES = 20
 # A class without statistics gets the boxes of every class pooled, drawn as blobs.
 GENERIC = "generic"
+# The one class of a class's own statistics (`learnt_statistics`).
+OWN = "_own"
 
 
 def box_statistics(neu_root: Path) -> dict:
@@ -63,6 +70,33 @@ def box_statistics(neu_root: Path) -> dict:
     }
 
 
+def learnt_statistics(masks: list[tuple[np.ndarray, tuple[int, int]]]) -> dict | None:
+    """A class's auto-place statistics from its own images' defect masks ((bool mask at any resolution, the image's
+    own (width, height)) pairs): each mask's connected components as boxes in the image's own pixels, how many each
+    image has, and the images' median longer side as the reference size, in the shipped file's form (one class,
+    `_own`); None without a defect in any mask."""
+    sizes, counts, sides = [], Counter(), []
+    for mask, (width, height) in masks:
+        boxes = from_mask(mask, min_area=1)
+        if not boxes:
+            continue
+        scale_x, scale_y = width / mask.shape[1], height / mask.shape[0]
+        sizes += [[round(b.width * scale_x), round(b.height * scale_y)] for b in boxes]
+        counts[len(boxes)] += 1
+        sides.append(max(width, height))
+    if not sizes:
+        return None
+    # A few boxes stand for many: each is drawn with a log-normal spread of Silverman's bandwidth of their log sizes.
+    logs = np.log(np.asarray(sizes, dtype=np.float64))
+    spread = 1.06 * float(logs.std(axis=0).mean()) * len(sizes) ** -0.2 if len(sizes) > 1 else 0.0
+    entry = {
+        "boxes": sorted(sizes),
+        "per_image": {str(k): v for k, v in sorted(counts.items())},
+        "log_size_spread": round(max(spread, MIN_LOG_SIZE_SPREAD), 4),
+    }
+    return {"reference_size": int(np.median(sides)), "classes": {OWN: entry}}
+
+
 def load_statistics(path: Path = STATS_FILE) -> dict:
     """The shipped statistics; raises a readable error if the file is missing."""
     if not Path(path).is_file():
@@ -73,7 +107,10 @@ def load_statistics(path: Path = STATS_FILE) -> dict:
 
 
 def _class_entry(class_name: str, classes: dict) -> tuple[str, dict]:
-    """The statistics of a class (matched ignoring case, '-' and ' '), else every class pooled."""
+    """The statistics of a class (its own, else matched ignoring case, '-' and ' ') and the name its shape goes by,
+    else every class pooled."""
+    if OWN in classes:
+        return class_name.lower().replace("-", "_").replace(" ", "_"), classes[OWN]
     folded = {name.lower().replace("-", "_"): name for name in classes}
     key = folded.get(class_name.lower().replace("-", "_").replace(" ", "_"))
     if key is not None:
@@ -123,7 +160,8 @@ def propose_masks(
     """`n` plausible masks (8-bit, white = defect) of a class on a width × height image, reproducible by seed.
 
     Each mask holds as many defects as a real image of the class has (sampled), each sized like a real box
-    (with ±15 % jitter) and drawn in the class's shape. An unknown class gets pooled sizes drawn as blobs.
+    (with ±15 % jitter) and drawn in the class's shape. `statistics`: the class's own (`learnt_statistics`), else
+    the shipped NEU ones, where an unknown class gets every class's sizes pooled, drawn as blobs.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
@@ -133,6 +171,7 @@ def propose_masks(
     key, entry = _class_entry(class_name, stats["classes"])
     shape = SHAPES.get(key, DEFAULT_SHAPE)
     sizes = np.asarray(entry["boxes"], dtype=np.float64)
+    spread = entry.get("log_size_spread")
     count_values = np.array([int(k) for k in entry["per_image"]])
     count_weights = np.array(list(entry["per_image"].values()), dtype=np.float64)
     scale = min(1.0, max(width, height) / stats.get("reference_size", REFERENCE_SIZE))
@@ -143,7 +182,11 @@ def propose_masks(
         placed: list[tuple[int, int, int, int]] = []
         for _ in range(int(rng.choice(count_values, p=count_weights / count_weights.sum()))):
             for _ in range(PLACEMENT_TRIES):
-                w, h = sizes[rng.integers(len(sizes))] * scale * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER, 2)
+                size = sizes[rng.integers(len(sizes))] * scale
+                if spread is None:
+                    w, h = size * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER, 2)
+                else:
+                    w, h = size * np.exp(rng.normal(0.0, spread, 2))
                 w, h = int(np.clip(round(w), 3, width)), int(np.clip(round(h), 3, height))
                 box = (int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
                 if not _overlaps(box, placed):

@@ -41,6 +41,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from engine.adapters import LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
+from engine.generation.placement import learnt_statistics
 from engine.generation.variation import defect_colour_structure, defect_tint
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
 from engine.training.attributes import shared_words
@@ -72,12 +73,14 @@ class TrainingImage:
     """One training image at the model's resolution (uint8 H×W×3) with its class ('' in pretraining) and caption.
 
     `mask` (bool H×W, True = defect) marks where the defect is, for the masked loss; None: unknown or everywhere.
+    `size` is the image's own (width, height) before the resize, where known.
     """
 
     pixels: np.ndarray
     class_name: str = ""
     caption: str = ""
     mask: np.ndarray | None = None
+    size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -615,8 +618,9 @@ def _save_adapter(
     config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str, images: list[TrainingImage]
 ) -> None:
     """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete, with each class's
-    defect colour against its steel where its colour images have defect masks (`variation.defect_tint`) and how far
-    it lies on the defects' structure (`variation.defect_colour_structure`)."""
+    defect colour against its steel where its colour images have defect masks (`variation.defect_tint`), how far
+    it lies on the defects' structure (`variation.defect_colour_structure`) and, from the same masks, the sizes and
+    counts of its defects for auto-place (`placement.learnt_statistics`)."""
     weight = text_encoder.get_input_embeddings().weight.detach().cpu()
     tokens = {}
     for class_name, token_id in new_token_ids.items():
@@ -631,6 +635,9 @@ def _save_adapter(
         if (tint := defect_tint(masked)) is not None:
             tokens[class_name]["defect_tint"] = tint
             tokens[class_name]["defect_structure"] = defect_colour_structure(masked)
+        own = [(im.mask, im.size) for im in images if im.class_name == class_name and im.mask is not None and im.size]
+        if (placement := learnt_statistics(own)) is not None:
+            tokens[class_name]["placement"] = placement
     lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionImg2ImgPipeline.save_lora_weights(str(out), unet_lora_layers=lora, weight_name=LORA_FILE)
     index = {
@@ -698,9 +705,9 @@ def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int
         if unknown:
             raise ValueError(f"No images for class(es) {', '.join(sorted(unknown))} in {dataset}.")
         items = [it for it in items if it.class_name in classes]
-    return [
-        TrainingImage(
-            to_square_pixels(load_rgb(it.path), resolution), it.class_name, mask=read_mask_beside(it.path, resolution)
-        )
-        for it in items
-    ]
+    images = []
+    for it in items:
+        image = load_rgb(it.path)
+        mask = read_mask_beside(it.path, resolution)
+        images.append(TrainingImage(to_square_pixels(image, resolution), it.class_name, mask=mask, size=image.size))
+    return images

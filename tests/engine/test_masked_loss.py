@@ -14,6 +14,7 @@ from engine.adapters import read_adapter
 from engine.batch import finetune_folder
 from engine.config import TrainConfig, finetune_config
 from engine.data import find_annotation, parse_voc, read_mask_beside
+from engine.generation.placement import MIN_LOG_SIZE_SPREAD
 from engine.training.loop import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
 from tests.support import make_steel_like, voc_xml
 
@@ -120,3 +121,7 @@ def test_a_fine_tune_with_masks_beside_its_images_trains_with_the_masked_loss_an
     assert tokens["scratches"].defect_structure == pytest.approx(0.0, abs=0.15), "a stain over the whole box"
     assert tokens["inclusion"].defect_tint == pytest.approx([0.0, 0.0], abs=0.02), "same colour as its steel"
     assert tokens["inclusion"].defect_structure is None, "no colour, so nowhere it lies"
+    placement = tokens["scratches"].placement
+    own = placement["classes"]["_own"]
+    assert placement["reference_size"] == 48 and own["boxes"] == [[24, 48]] * 3, "in the images' own pixels"
+    assert own["per_image"] == {"1": 3} and own["log_size_spread"] == MIN_LOG_SIZE_SPREAD, "three boxes alike"

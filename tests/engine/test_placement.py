@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -15,9 +16,15 @@ from engine.batch import generate_to_folder
 from engine.boxes import from_mask, to_mask
 from engine.config import GenerationConfig
 from engine.data import list_images
-from engine.generation.generate import generate, read_png_parameters
+from engine.generation.generate import AUTO_PLACE_OWN, generate, read_png_parameters
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
-from engine.generation.placement import box_statistics, load_statistics, propose_masks
+from engine.generation.placement import (
+    MIN_LOG_SIZE_SPREAD,
+    box_statistics,
+    learnt_statistics,
+    load_statistics,
+    propose_masks,
+)
 from engine.generation.quality import PSNR_CEILING_DB, masked_quality
 from engine.masks import MASK_WINDOW_SCALE, grow, mask_image, mirror_pad, plan_windows
 from tests.support import slab, voc_xml
@@ -130,6 +137,40 @@ def test_auto_place_gives_each_candidate_its_own_mask_with_boxes(pipe):
     assert np.array_equal(again.candidates[0].mask, second.mask)
     outside = ~grow(first.mask)
     assert np.array_equal(np.asarray(first.image)[outside], np.asarray(slab(64, 64))[outside])
+
+
+def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_them(tiny_model, tiny_adapter, tmp_path):
+    # Two 300 × 150 px captures (masks at 32 px, as fine-tuning reads them): one defect 90 × 30 px, then two.
+    first, second = np.zeros((32, 32), dtype=bool), np.zeros((32, 32), dtype=bool)
+    first[4:10, 2:12] = True
+    second[4:10, 2:12] = second[20:26, 16:26] = True
+    stats = learnt_statistics([(first, (300, 150)), (second, (300, 150)), (np.zeros((32, 32), bool), (300, 150))])
+    own = stats["classes"]["_own"]
+    assert stats["reference_size"] == 300 and own["per_image"] == {"1": 1, "2": 1}
+    assert own["boxes"] == [[94, 28]] * 3, "in the capture's own pixels"
+    varied = learnt_statistics([(first, (300, 150)), (second, (600, 300))])["classes"]["_own"]["log_size_spread"]
+    assert own["log_size_spread"] == MIN_LOG_SIZE_SPREAD < varied, "a few boxes unlike each other stand for more sizes"
+    assert learnt_statistics([(np.zeros((32, 32), bool), (300, 150))]) is None
+
+    def component_sizes(masks) -> np.ndarray:
+        return np.array([[b.width, b.height] for m in masks for b in from_mask(np.asarray(m) > 0)], dtype=float)
+
+    learnt = component_sizes(propose_masks("mill type 1", 300, 150, seed=0, n=12, statistics=stats))
+    assert np.allclose(np.median(learnt, axis=0), [94, 28], rtol=0.2), "sized like its own defects"
+    shipped = component_sizes(propose_masks("mill type 1", 300, 150, seed=0, n=12))
+    assert not np.allclose(np.median(shipped, axis=0), [94, 28], rtol=0.2), "not NEU's pooled boxes"
+    fill = {name: np.mean(propose_masks(name, 300, 150, seed=0, n=6, statistics=stats)) for name in ("scratches", "x")}
+    assert fill["scratches"] < 0.5 * fill["x"], "a class known as scratches draws its own boxes as lines, not blobs"
+
+    own_adapter = tmp_path / "own"
+    shutil.copytree(tiny_adapter, own_adapter)
+    index = json.loads((own_adapter / "tokens.json").read_text())
+    index["tokens"]["scratches"]["placement"] = stats
+    (own_adapter / "tokens.json").write_text(json.dumps(index))
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2, seed=3, auto_place=True)
+    candidate = generate(load_pipeline(tiny_model, adapter=own_adapter), slab(300, 150), config).candidates[0]
+    assert candidate.params.masked.mask_source == AUTO_PLACE_OWN
+    assert np.array_equal(candidate.mask, np.asarray(propose_masks("scratches", 300, 150, 3, statistics=stats)[0]) > 0)
 
 
 def elongation(mask: Image.Image) -> list[float]:
