@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.adapters import read_adapter
 from engine.config import GenerationConfig
 from engine.data import list_images
+from engine.generation.generate import AUTO_PLACE_OWN
 from tests.support import voc_xml
 from webapp.studio import MASKED_LOSS_BACKGROUND_WEIGHT, StudioService
 
@@ -108,3 +110,9 @@ def test_the_training_snapshot_carries_each_image_defect_mask(service: StudioSer
     assert np.array_equal(np.asarray(Image.open(sample_mask)) > 0, np.asarray(drawn) > 0)
     # The masks sit beside the images without being taken for training images themselves.
     assert len(list_images(dataset)) == 2
+    # The class's own defects, in their images' pixels, size the masks auto-place draws with the new adapter.
+    placement = read_adapter(service.runs_dir / "run-0001").tokens["scratches"].placement
+    assert np.allclose(placement["classes"]["_own"]["boxes"], [[8, 32], [10, 20]], atol=1), "read at 128 px"
+    config = GenerationConfig("scratches", num_candidates=1, strength=1.0, steps=2, auto_place=True)
+    (auto_id,) = service.generate_candidates(source_id, config, "alice").sample_ids
+    assert service.sample_details(auto_id).params.masked.mask_source == AUTO_PLACE_OWN
