@@ -7,7 +7,9 @@ An adapter folder holds one `learned_embeds-<class>.safetensors` per class (text
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ TOKENS_FILE = "tokens.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # Tuned strengths a token can carry: for img2img of a whole window (tune-strength) and a masked repaint.
 STRENGTH_KEYS = ("default_strength", "masked_strength")
+# A defect colour against the steel smaller than this (log R/G and B/G together) is described as the steel's.
+MIN_DESCRIBED_TINT = 0.03
 # The strength proposed for a whole window when a token has no tuned one.
 DEFAULT_STRENGTH = GenerationConfig.strength
 
@@ -42,6 +46,47 @@ class TokenInfo:
     defect_structure: float | None = None
     # Auto-place statistics from the class's own defect masks (`placement.learnt_statistics`); None: the shipped ones.
     placement: dict | None = None
+
+    def learnt_summary(self) -> str:
+        """What the adapter learnt of the class beside its token and LoRA, in words: tuned strengths, its defects'
+        colour against their steel and where it lies, and auto-place from its own boxes."""
+        parts = []
+        tuned = [
+            f"{value:g} ({kind})"
+            for value, kind in ((self.default_strength, "whole window"), (self.masked_strength, "masked"))
+            if value
+        ]
+        if tuned:
+            parts.append("tuned strength " + ", ".join(tuned))
+        if self.defect_tint is not None and math.hypot(*self.defect_tint) >= MIN_DESCRIBED_TINT:
+            red, blue = self.defect_tint
+            place = (
+                f", {self.defect_structure:.0%} of it on the defect itself"
+                if self.defect_structure
+                else ", evenly over the defect"
+            )
+            shades = [
+                word
+                for value, word in ((red, "redder"), (-red, "less red"), (blue, "bluer"), (-blue, "less blue"))
+                if value >= MIN_DESCRIBED_TINT / 2
+            ]
+            parts.append(
+                f"defects {' and '.join(shades)} than their steel (log R/G {red:+.2f}, log B/G {blue:+.2f}){place}"
+            )
+        elif self.defect_tint is not None:
+            parts.append("defects the colour of their steel")
+        if self.placement:
+            own = next(iter(self.placement["classes"].values()))
+            images = sum(own["per_image"].values())
+            width, height = (round(statistics.median(side)) for side in zip(*own["boxes"], strict=True))
+            parts.append(
+                f"auto-place from its own {plural(len(own['boxes']), 'defect')} in {plural(images, 'image')} "
+                f"(median {width} × {height} px in {self.placement['reference_size']} px captures)"
+            )
+        if not parts:
+            return "Its token and LoRA (no masks to learn colour or placement from)."
+        summary = "; ".join(parts) + "."
+        return summary[0].upper() + summary[1:]
 
     def proposed_strength(self, masked: bool = False) -> float:
         """The tuned strength for a whole window (or a masked repaint), else the studio's default."""
@@ -120,3 +165,17 @@ def proposed_strength(adapter_dir: str | os.PathLike | None, class_name: str, ma
         if token is not None:
             return token.proposed_strength(masked)
     return DEFAULT_MASKED_STRENGTH if masked else DEFAULT_STRENGTH
+
+
+def learnt_summary(adapter_dir: str | os.PathLike, class_name: str) -> str:
+    """What an adapter folder learnt of a class, in words (`TokenInfo.learnt_summary`); "" where it cannot tell."""
+    try:
+        token = read_adapter(adapter_dir).tokens.get(class_name)
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return token.learnt_summary() if token else ""
+
+
+def plural(count: int, noun: str) -> str:
+    """`count` and `noun`, with an s unless one."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")

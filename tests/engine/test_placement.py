@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.adapters import TokenInfo
 from engine.batch import generate_to_folder
 from engine.boxes import from_mask, to_mask
 from engine.config import GenerationConfig
@@ -171,6 +172,21 @@ def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_th
     candidate = generate(load_pipeline(tiny_model, adapter=own_adapter), slab(300, 150), config).candidates[0]
     assert candidate.params.masked.mask_source == AUTO_PLACE_OWN
     assert np.array_equal(candidate.mask, np.asarray(propose_masks("scratches", 300, 150, 3, statistics=stats)[0]) > 0)
+
+
+def test_what_an_adapter_learnt_of_a_class_is_told_in_words():
+    stats = learnt_statistics([(np.pad(np.ones((6, 10), bool), ((4, 22), (2, 20))), (300, 150))])
+    rust = TokenInfo("rust", "<rust>", "", masked_strength=0.9, defect_tint=[0.26, -0.27], defect_structure=0.72)
+    rust.placement = stats
+    assert rust.learnt_summary() == (
+        "Tuned strength 0.9 (masked); defects redder and less blue than their steel (log R/G +0.26, log B/G -0.27), "
+        "72% of it on the defect itself; auto-place from its own 1 defect in 1 image (median 94 × 28 px in 300 px "
+        "captures)."
+    )
+    stain = TokenInfo("stain", "<stain>", "", defect_tint=[-0.14, 0.17])
+    assert "less red and bluer than their steel" in stain.learnt_summary() and "evenly" in stain.learnt_summary()
+    assert TokenInfo("grey", "<grey>", "", defect_tint=[0.01, 0.0]).learnt_summary().startswith("Defects the colour")
+    assert TokenInfo("plain", "<plain>", "").learnt_summary().startswith("Its token and LoRA")
 
 
 def elongation(mask: Image.Image) -> list[float]:

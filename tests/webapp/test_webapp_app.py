@@ -46,6 +46,11 @@ def test_upload_generate_accept_export_through_the_client(service: StudioService
         _, _, details = client.predict(first, api_name="/sample_details")
         assert details["parameters"]["seed"] == 0 and details["decisions"][0]["user"] == "local"
         assert client.predict(api_name="/finetune_status")[1] == "No fine-tune run yet."
+        (version,) = service.adapter_versions("scratches")
+        client.predict(None, api_name="/finetune_tab")  # as the browser does on opening the tab
+        client.predict("scratches", api_name="/adapter_versions")
+        learnt = client.predict("scratches", version.version, api_name="/adapter_learnt")
+        assert learnt == f"**{version.label}** — {version.learnt}" and version.learnt.endswith(".")
 
         summary, download = client.predict(api_name="/export")
         assert "1 images" in summary

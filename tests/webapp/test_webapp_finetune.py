@@ -116,3 +116,5 @@ def test_the_training_snapshot_carries_each_image_defect_mask(service: StudioSer
     config = GenerationConfig("scratches", num_candidates=1, strength=1.0, steps=2, auto_place=True)
     (auto_id,) = service.generate_candidates(source_id, config, "alice").sample_ids
     assert service.sample_details(auto_id).params.masked.mask_source == AUTO_PLACE_OWN
+    (version,) = [v for v in service.adapter_versions("scratches") if v.path.endswith("run-0001")]
+    assert version.learnt.startswith("Auto-place from its own 2 defects in 2 images (median")

@@ -6,7 +6,14 @@ import logging
 import re
 from pathlib import Path
 
-from engine.adapters import DEFAULT_STRENGTH, EMBEDDED_TOKENS, is_adapter, proposed_strength, read_adapter
+from engine.adapters import (
+    DEFAULT_STRENGTH,
+    EMBEDDED_TOKENS,
+    is_adapter,
+    learnt_summary,
+    proposed_strength,
+    read_adapter,
+)
 from storage import repository
 from webapp.studio.context import StudioContext
 from webapp.studio.results import AdapterVersionInfo, ClassInfo
@@ -121,7 +128,14 @@ class Classes:
         with self.database.session() as s:
             return [
                 AdapterVersionInfo(
-                    v.id, v.class_name, v.version, v.run_id, v.path, v.is_active, v.created_at.isoformat()
+                    v.id,
+                    v.class_name,
+                    v.version,
+                    v.run_id,
+                    v.path,
+                    v.is_active,
+                    v.created_at.isoformat(),
+                    learnt_summary(v.path, class_name),
                 )
                 for v in repository.list_adapter_versions(s, class_name)
             ]

@@ -267,6 +267,8 @@ class AdapterVersionInfo:
     path: str
     is_active: bool
     created_at: str
+    # What the adapter learnt of the class beside its token and LoRA, in words (`TokenInfo.learnt_summary`).
+    learnt: str = ""
 
     @property
     def label(self) -> str:

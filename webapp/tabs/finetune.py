@@ -131,6 +131,12 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
         active = next((v.version for v in versions if v.is_active), None)
         return gr.update(choices=[(v.label, v.version) for v in versions], value=active)
 
+    def show_learnt(class_name: str | None, chosen: int | None):
+        """What the chosen version learnt of the class beside its token and LoRA."""
+        versions = service.adapter_versions(class_name) if class_name else []
+        picked = next((v for v in versions if v.version == chosen), None)
+        return f"**{picked.label}** — {picked.learnt}" if picked and picked.learnt else ""
+
     @errors_shown_in(0, 2)
     def activate(class_name: str | None, chosen: int | None):
         if not class_name or chosen is None:
@@ -140,6 +146,7 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
 
     classes.change(show_counts, classes, counts, api_name="finetune_counts")
     version_class.change(show_versions, version_class, version, api_name="adapter_versions")
+    version.change(show_learnt, [version_class, version], version_message, api_name="adapter_learnt")
     activate_button.click(activate, [version_class, version], [version_message, version], api_name="adapter_activate")
     shown = [run_id, bar, status, previews]
     start_button.click(start, [classes, preset, steps, masked_loss], shown, api_name="finetune_start", **MODEL)
