@@ -18,7 +18,7 @@ from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config, seco
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.class_stats import class_exposures, class_turn_share, pool_exposure
-from engine.generation.generate import Candidate, defect_colour_of, generate, resolve_token
+from engine.generation.generate import Candidate, defect_colour_of, generate, resolve_token, token_info
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
 from engine.generation.variation import capture_variation as vary_capture
@@ -172,6 +172,14 @@ def generate_to_folder(
             class_name,
             *tint,
             100 * (structure or 0.0),
+        )
+    if auto_place and (info := token_info(pipe, class_name)) and info.placement and state.is_main_process:
+        own = next(iter(info.placement["classes"].values()))
+        logger.info(
+            "Auto-placing the defects of %s sized and counted like its own %d (from the images its adapter was "
+            "fine-tuned on), not NEU's.",
+            class_name,
+            len(own["boxes"]),
         )
     # A masked repaint at a lower strength paints less of the defect, which the gate would flag more, not less.
     strength_floor = None if masked else strength_floor

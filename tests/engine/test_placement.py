@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import shutil
 
 import cv2
@@ -140,7 +141,9 @@ def test_auto_place_gives_each_candidate_its_own_mask_with_boxes(pipe):
     assert np.array_equal(np.asarray(first.image)[outside], np.asarray(slab(64, 64))[outside])
 
 
-def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_them(tiny_model, tiny_adapter, tmp_path):
+def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_them(
+    tiny_model, tiny_adapter, tmp_path, caplog
+):
     # Two 300 × 150 px captures (masks at 32 px, as fine-tuning reads them): one defect 90 × 30 px, then two.
     first, second = np.zeros((32, 32), dtype=bool), np.zeros((32, 32), dtype=bool)
     first[4:10, 2:12] = True
@@ -172,6 +175,20 @@ def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_th
     candidate = generate(load_pipeline(tiny_model, adapter=own_adapter), slab(300, 150), config).candidates[0]
     assert candidate.params.masked.mask_source == AUTO_PLACE_OWN
     assert np.array_equal(candidate.mask, np.asarray(propose_masks("scratches", 300, 150, 3, statistics=stats)[0]) > 0)
+    slab(300, 150).save(tmp_path / "slab.png")
+    with caplog.at_level(logging.INFO, logger="engine.batch"):
+        generate_to_folder(
+            str(tiny_model),
+            own_adapter,
+            "scratches",
+            tmp_path / "slab.png",
+            1,
+            tmp_path / "out",
+            steps=2,
+            auto_place=True,
+            realism_threshold=None,
+        )
+    assert "Auto-placing the defects of scratches sized and counted like its own 3" in caplog.text
 
 
 def test_what_an_adapter_learnt_of_a_class_is_told_in_words():
