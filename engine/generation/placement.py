@@ -40,6 +40,9 @@ REFERENCE_SIZE = 200
 SIZE_JITTER = 0.15
 # The least spread (σ of log size) with which a class's own few boxes are drawn: about SIZE_JITTER's.
 MIN_LOG_SIZE_SPREAD = 0.09
+# A class's own defects that fill less than this share of their boxes (median) are lines, such as strokes corner to
+# corner; a blob fills about 0.6–0.8 of its box, a box mask all of it.
+LINE_FILL = 0.35
 LINE_WIDTH_PX = (2, 5)
 PLACEMENT_TRIES = 20
 # A class without statistics gets the boxes of every class pooled, drawn as blobs.
@@ -74,14 +77,16 @@ def learnt_statistics(masks: list[tuple[np.ndarray, tuple[int, int]]]) -> dict |
     """A class's auto-place statistics from its own images' defect masks ((bool mask at any resolution, the image's
     own (width, height)) pairs): each mask's connected components as boxes in the image's own pixels, how many each
     image has, and the images' median longer side as the reference size, in the shipped file's form (one class,
-    `_own`); None without a defect in any mask."""
-    sizes, counts, sides = [], Counter(), []
+    `_own`); None without a defect in any mask. Defects that fill little of their boxes (painted strokes, not boxes
+    or blobs) are drawn as lines."""
+    sizes, counts, sides, fills = [], Counter(), [], []
     for mask, (width, height) in masks:
         boxes = from_mask(mask, min_area=1)
         if not boxes:
             continue
         scale_x, scale_y = width / mask.shape[1], height / mask.shape[0]
         sizes += [[round(b.width * scale_x), round(b.height * scale_y)] for b in boxes]
+        fills += [float(mask[b.ymin : b.ymax, b.xmin : b.xmax].mean()) for b in boxes]
         counts[len(boxes)] += 1
         sides.append(max(width, height))
     if not sizes:
@@ -94,6 +99,8 @@ def learnt_statistics(masks: list[tuple[np.ndarray, tuple[int, int]]]) -> dict |
         "per_image": {str(k): v for k, v in sorted(counts.items())},
         "log_size_spread": round(max(spread, MIN_LOG_SIZE_SPREAD), 4),
     }
+    if np.median(fills) < LINE_FILL:
+        entry["shape"] = "line"
     return {"reference_size": int(np.median(sides)), "classes": {OWN: entry}}
 
 
@@ -169,7 +176,7 @@ def propose_masks(
         raise ValueError(f"The image is too small ({width}×{height}) to place a defect on.")
     stats = statistics or load_statistics()
     key, entry = _class_entry(class_name, stats["classes"])
-    shape = SHAPES.get(key, DEFAULT_SHAPE)
+    shape = entry.get("shape") or SHAPES.get(key, DEFAULT_SHAPE)
     sizes = np.asarray(entry["boxes"], dtype=np.float64)
     spread = entry.get("log_size_spread")
     count_values = np.array([int(k) for k in entry["per_image"]])

@@ -165,6 +165,18 @@ def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_th
     assert not np.allclose(np.median(shipped, axis=0), [94, 28], rtol=0.2), "not NEU's pooled boxes"
     fill = {name: np.mean(propose_masks(name, 300, 150, seed=0, n=6, statistics=stats)) for name in ("scratches", "x")}
     assert fill["scratches"] < 0.5 * fill["x"], "a class known as scratches draws its own boxes as lines, not blobs"
+    assert "shape" not in own, "box masks tell no shape"
+    strokes = []
+    for offset in (0, 4, 8):
+        stroke = np.zeros((32, 32), dtype=np.uint8)
+        cv2.line(stroke, (2, 2 + offset), (28, 20 + offset // 2), 1, 1)
+        strokes.append((stroke > 0, (300, 150)))
+    drawn = learnt_statistics(strokes)
+    assert drawn["classes"]["_own"]["shape"] == "line", "strokes that fill little of their boxes"
+    shapeless = {k: v for k, v in drawn["classes"]["_own"].items() if k != "shape"}
+    assert np.mean(propose_masks("mill type 1", 300, 150, seed=0, n=6, statistics=drawn)) < 0.5 * np.mean(
+        propose_masks("mill type 1", 300, 150, seed=0, n=6, statistics={**drawn, "classes": {"_own": shapeless}})
+    ), "a new class whose own defects are strokes is drawn in strokes, not blobs"
 
     own_adapter = tmp_path / "own"
     shutil.copytree(tiny_adapter, own_adapter)
