@@ -30,7 +30,7 @@ from PIL import Image
 
 from engine.boxes import to_mask
 from engine.data import MASK_SUFFIX, list_images, load_rgb, parse_voc
-from engine.generation.variation import structure_weights
+from engine.generation.variation import steel_level, structure_weights
 
 TINTS = ((1.10, 1.00, 0.85), (1.05, 1.00, 0.95), (1.12, 0.98, 0.80), (1.00, 1.00, 1.05), (1.08, 1.00, 0.90))
 TINTS += ((1.02, 1.00, 1.00),)
@@ -92,8 +92,7 @@ def make_colour_mill(
                     inside = cv2.GaussianBlur(np.asarray(mask, dtype=np.float32) / 255, (0, 0), DEFECT_EDGE_SIGMA)
                     if defect_colours == "structure":
                         box = np.asarray(mask) > 0
-                        steel = grey[~box] if not box.all() else grey
-                        inside = inside * structure_weights(grey, float(np.median(steel)), box.astype(np.float32))
+                        inside = inside * structure_weights(grey, steel_level(grey, box), box.astype(np.float32))
                     defect = np.asarray(DEFECT_TINTS[number % len(DEFECT_TINTS)])
                     gains = gains * defect ** inside[..., None]
                 pixels = np.clip(grey[..., None] * gains + 0.5, 0, 255).astype(np.uint8)

@@ -64,7 +64,7 @@ def draw(mill: Path, work: Path, seed: int, k: int, per_class: int) -> dict[str,
     result = {}
     for number, folder in enumerate(sorted(p for p in (mill / "val").iterdir() if p.is_dir())):
         masks, (width, height) = class_masks(folder)
-        real, _ = defects(masks)
+        real, real_count = defects(masks)
         own = []
         for path in list_images(shots / folder.name):
             with Image.open(path) as image:
@@ -83,7 +83,7 @@ def draw(mill: Path, work: Path, seed: int, k: int, per_class: int) -> dict[str,
             placed = propose_masks(name, width, height, seed, per_class, statistics=stats)
             sizes, count = defects([np.asarray(mask) > 0 for mask in placed])
             result[folder.name][arm] = (energy_distance(real, sizes), count)
-        result[folder.name]["real"] = (0.0, defects(masks)[1])
+        result[folder.name]["real"] = (0.0, real_count)
     return result
 
 

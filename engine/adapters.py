@@ -47,6 +47,11 @@ class TokenInfo:
     # Auto-place statistics from the class's own defect masks (`placement.learnt_statistics`); None: the shipped ones.
     placement: dict | None = None
 
+    @property
+    def own_defects(self) -> dict | None:
+        """The one class entry of `placement` (its boxes, defects per image), or None."""
+        return next(iter(self.placement["classes"].values())) if self.placement else None
+
     def learnt_summary(self) -> str:
         """What the adapter learnt of the class beside its token and LoRA, in words: tuned strengths, its defects'
         colour against their steel and where it lies, and auto-place from its own boxes."""
@@ -75,8 +80,7 @@ class TokenInfo:
             )
         elif self.defect_tint is not None:
             parts.append("defects the colour of their steel")
-        if self.placement:
-            own = next(iter(self.placement["classes"].values()))
+        if (own := self.own_defects) is not None:
             images = sum(own["per_image"].values())
             width, height = (round(statistics.median(side)) for side in zip(*own["boxes"], strict=True))
             parts.append(
@@ -157,23 +161,26 @@ def proposed_strength(adapter_dir: str | os.PathLike | None, class_name: str, ma
     """The strength to propose for a class: its token's tuned one in the adapter, else the studio's default.
 
     An unreadable or foreign index falls back to the default (it is a proposal, not a requirement)."""
-    if adapter_dir is not None:
-        try:
-            token = read_adapter(adapter_dir).tokens.get(class_name)
-        except (OSError, ValueError, KeyError, TypeError):
-            token = None
-        if token is not None:
-            return token.proposed_strength(masked)
+    token = _readable_token(adapter_dir, class_name)
+    if token is not None:
+        return token.proposed_strength(masked)
     return DEFAULT_MASKED_STRENGTH if masked else DEFAULT_STRENGTH
 
 
 def learnt_summary(adapter_dir: str | os.PathLike, class_name: str) -> str:
     """What an adapter folder learnt of a class, in words (`TokenInfo.learnt_summary`); "" where it cannot tell."""
-    try:
-        token = read_adapter(adapter_dir).tokens.get(class_name)
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+    token = _readable_token(adapter_dir, class_name)
     return token.learnt_summary() if token else ""
+
+
+def _readable_token(adapter_dir: str | os.PathLike | None, class_name: str) -> TokenInfo | None:
+    """A class's token in an adapter folder; None without a folder, or where its index is unreadable or foreign."""
+    if adapter_dir is None:
+        return None
+    try:
+        return read_adapter(adapter_dir).tokens.get(class_name)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def plural(count: int, noun: str) -> str:

@@ -173,8 +173,8 @@ def generate_to_folder(
             *tint,
             100 * (structure or 0.0),
         )
-    if auto_place and (info := token_info(pipe, class_name)) and info.placement and state.is_main_process:
-        own = next(iter(info.placement["classes"].values()))
+    own = info.own_defects if (info := token_info(pipe, class_name)) else None
+    if auto_place and own is not None and state.is_main_process:
         logger.info(
             "Auto-placing the defects of %s sized and counted like its own %d (from the images its adapter was "
             "fine-tuned on), not NEU's.",

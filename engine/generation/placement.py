@@ -116,10 +116,11 @@ def load_statistics(path: Path = STATS_FILE) -> dict:
 def _class_entry(class_name: str, classes: dict) -> tuple[str, dict]:
     """The statistics of a class (its own, else matched ignoring case, '-' and ' ') and the name its shape goes by,
     else every class pooled."""
+    wanted = class_name.lower().replace("-", "_").replace(" ", "_")
     if OWN in classes:
-        return class_name.lower().replace("-", "_").replace(" ", "_"), classes[OWN]
+        return wanted, classes[OWN]
     folded = {name.lower().replace("-", "_"): name for name in classes}
-    key = folded.get(class_name.lower().replace("-", "_").replace(" ", "_"))
+    key = folded.get(wanted)
     if key is not None:
         return key, classes[key]
     per_image: Counter = Counter()

@@ -277,6 +277,12 @@ def defect_tint(images: list[tuple[np.ndarray, np.ndarray | None]]) -> list[floa
     return [round(float(value), 4) for value in np.mean(offsets, axis=0)]
 
 
+def steel_level(grey: np.ndarray, mask: np.ndarray) -> float:
+    """The steel's grey level beside a defect mask (bool H×W): the median luminance outside it (of the whole image
+    where the mask covers all of it)."""
+    return float(np.median(grey[~mask] if not mask.all() else grey))
+
+
 def structure_weights(grey: np.ndarray, steel_level: float, weights: np.ndarray) -> np.ndarray:
     """Where a defect is in its mask: each pixel's departure of its luminance (H×W, blurred over STRUCTURE_SIGMA) from
     the steel's grey level, as a multiple of its mean over the mask (`weights`, H×W in [0, 1]; capped at about
@@ -310,7 +316,7 @@ def defect_colour_structure(images: list[tuple[np.ndarray, np.ndarray | None]]) 
         blurred = np.log(cv2.GaussianBlur(channels, (0, 0), STRUCTURE_SIGMA) + 1.0)
         ratios = np.stack([blurred[..., 0] - blurred[..., 1], blurred[..., 2] - blurred[..., 1]], axis=-1)
         steel = log_tint(channels[~mask].astype(np.float64))
-        weights.append(structure_weights(grey, float(np.median(grey[~mask])), mask.astype(np.float32))[mask])
+        weights.append(structure_weights(grey, steel_level(grey, mask), mask.astype(np.float32))[mask])
         colours.append(ratios[mask] - steel)
     if not weights:
         return None
