@@ -88,23 +88,34 @@ def distance_to_shots(net: SteelFeatureNet, images: list[Image.Image], shots: li
     return float(nearest_shot_distance(embed(net, images), embed(net, shots)).mean())
 
 
-def diversity(shots_dir: Path, synthetic_dir: Path, per_class: int, seed: int) -> dict[str, float]:
-    """Distance to the nearest real shot, over all classes: of our samples, of as many classic augmentations, and
-    of the geometric part of classic augmentation alone (crop, rotation, mirrors: its layouts without the exposure,
-    blur and noise), the reference for samples made with `--capture-variation 0`."""
+DIVERSITY_SIDES = ("ours", "classic", "classic_geometric")
+"""What `diversity` measures against the shots: our samples, classic augmentations and their geometric part."""
+PER_CLASS = "per_class"
+"""A draw's diversity key for each side's distance per class (draws recorded before it have none)."""
+
+
+def diversity(shots_dir: Path, synthetic_dir: Path, per_class: int, seed: int) -> dict:
+    """Distance to the nearest real shot, mean over the classes and per class (`PER_CLASS`): of our samples, of as
+    many classic augmentations, and of the geometric part of classic augmentation alone (crop, rotation, mirrors:
+    its layouts without the exposure, blur and noise), the reference for samples made with `--capture-variation 0`.
+    Per class shows where a mean comes from: pixel noise moves a smooth class's features far."""
     net = load_feature_net()
     rng, geometric_rng = random.Random(seed), random.Random(f"{seed}:geometric")
-    ours, classic, geometric = [], [], []
+    by_class = {}
     for class_dir in sorted(p for p in shots_dir.iterdir() if p.is_dir()):
         shots = [load_rgb(p) for p in list_images(class_dir)]
         samples = [load_rgb(p) for p in list_images(synthetic_dir / class_dir.name)]
         augmented = [classic_augment(shots[i % len(shots)], rng) for i in range(per_class)]
         variants = [geometric_variant(shots[i % len(shots)], geometric_rng)[0] for i in range(per_class)]
-        ours.append(distance_to_shots(net, samples, shots))
-        classic.append(distance_to_shots(net, augmented, shots))
-        geometric.append(distance_to_shots(net, variants, shots))
-    sides = {"ours": ours, "classic": classic, "classic_geometric": geometric}
-    return {side: round(float(np.mean(values)), 4) for side, values in sides.items()}
+        distances = [distance_to_shots(net, images, shots) for images in (samples, augmented, variants)]
+        by_class[class_dir.name] = dict(zip(DIVERSITY_SIDES, distances, strict=True))
+    spread: dict = {
+        side: round(float(np.mean([values[side] for values in by_class.values()])), 4) for side in DIVERSITY_SIDES
+    }
+    spread[PER_CLASS] = {
+        side: {name: round(values[side], 4) for name, values in by_class.items()} for side in DIVERSITY_SIDES
+    }
+    return spread
 
 
 def ungated_tree(synthetic: Path, out: Path, per_class: int) -> Path | None:
@@ -207,9 +218,13 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
         summary[name] = mean_and_std(values)
         partial = f" ({len(values)} of {len(draws)} draws)" if len(values) < len(draws) else ""
         lines.append(f"  {name:<{width}}{summary[name]['mean']:.3f} ± {summary[name]['std']:.3f}{partial}")
-    for side in ("ours", "classic", "classic_geometric"):
+    for side in DIVERSITY_SIDES:
         summary[f"diversity_{side}"] = spread = mean_and_std([draw["diversity"][side] for draw in draws.values()])
         lines.append(f"  distance to nearest shot, {side:<18}{spread['mean']:.4f} ± {spread['std']:.4f}")
+    diversity_summary, diversity_lines = summarize_diversity_per_class(draws)
+    if diversity_summary:
+        summary[f"diversity_{PER_CLASS}"] = diversity_summary
+        lines += diversity_lines
     for name, (arm, baseline, bar) in PAIRED_GAINS.items():
         gains = [draw[arm] - draw[baseline] for draw in draws.values()]
         summary[name] = gain = mean_and_std(gains)
@@ -227,6 +242,21 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
         summary[RECALL] = recall_summary
         lines += recall_lines
     return summary, lines
+
+
+def summarize_diversity_per_class(draws: dict[str, dict]) -> tuple[dict, list[str]]:
+    """Each side's distance to the nearest shot per class, mean over the draws that recorded it."""
+    recorded = [draw["diversity"][PER_CLASS] for draw in draws.values() if PER_CLASS in draw["diversity"]]
+    if not recorded:
+        return {}, []
+    classes = list(recorded[0]["ours"])
+    summary = {
+        side: {c: round(float(np.mean([draw[side][c] for draw in recorded])), 4) for c in classes}
+        for side in DIVERSITY_SIDES
+    }
+    table = per_class_table([(side, summary[side], ".4f") for side in DIVERSITY_SIDES], classes, 20)
+    heading = f"  distance to nearest shot per class ({len(recorded)} of {len(draws)} draws):"
+    return summary, [heading, *(f"  {line}" for line in table)]
 
 
 def summarize_recall(draws: dict[str, dict]) -> tuple[dict, list[str]]:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from bench.fewshot_yardstick import (
     DRAW_RESULT,
+    PER_CLASS,
     RECALL,
     STEPPED,
     STOPPED,
@@ -39,10 +40,16 @@ def test_diversity_measures_copies_as_zero_and_reports_the_geometric_part_of_cla
             image = Image.fromarray(make_steel_like(rng, 64, kind))
             image.save(tmp_path / "shots" / kind / f"{i}.png")
             image.save(tmp_path / "synthetic" / kind / f"copy_{i}.png")
+    (tmp_path / "synthetic" / "inclusion" / "copy_0.png").unlink()
+    Image.fromarray(make_steel_like(rng, 64, "scratches")).save(tmp_path / "synthetic" / "inclusion" / "other.png")
     spread = diversity(tmp_path / "shots", tmp_path / "synthetic", per_class=6, seed=0)
-    assert set(spread) == {"ours", "classic", "classic_geometric"}
-    assert abs(spread["ours"]) < 1e-4
+    assert set(spread) == {"ours", "classic", "classic_geometric", PER_CLASS}
+    per_class = spread[PER_CLASS]
+    # The copies are at no distance; the one scratch among the inclusion samples is all of that class's distance.
+    assert per_class["ours"]["scratches"] < 1e-4 < per_class["ours"]["inclusion"]
+    assert spread["ours"] == pytest.approx(np.mean(list(per_class["ours"].values())), abs=1e-4)
     assert spread["classic"] > 1e-3 and spread["classic_geometric"] > 1e-3
+    assert set(per_class["classic"]) == {"scratches", "inclusion"}
     assert spread == diversity(tmp_path / "shots", tmp_path / "synthetic", per_class=6, seed=0)
 
 
@@ -69,6 +76,23 @@ def test_summary_gives_the_bars_as_paired_gains_per_draw():
     assert "real+synthetic (gate off)  0.720 ± 0.000 (1 of 2 draws)" in "\n".join(summarize(draws)[1])
     _, lines = summarize({"0": draw(0.80, 0.84, 0.85, 0.86)})
     assert "bar ≥ +3: not met" in "\n".join(lines) and "bar ≥ +0: not met" in "\n".join(lines)
+
+
+def test_summary_gives_the_distance_to_the_shots_per_class_over_the_draws_that_recorded_it():
+    draws = {"0": draw(0.80, 0.86, 0.85, 0.89), "1": draw(0.70, 0.74, 0.75, 0.77), "2": draw(0.7, 0.7, 0.7, 0.7)}
+    for seed, ours in (("0", 0.02), ("1", 0.04)):
+        draws[seed]["diversity"][PER_CLASS] = {
+            "ours": {"pits": ours, "seams": 0.1},
+            "classic": {"pits": 0.01, "seams": 0.2},
+            "classic_geometric": {"pits": 0.005, "seams": 0.01},
+        }
+    summary, lines = summarize(draws)
+    assert summary[f"diversity_{PER_CLASS}"]["ours"] == {"pits": 0.03, "seams": 0.1}
+    assert summary[f"diversity_{PER_CLASS}"]["classic"] == {"pits": 0.01, "seams": 0.2}
+    text = "\n".join(lines)
+    assert "distance to nearest shot per class (2 of 3 draws):" in text
+    assert next(line for line in lines if line.strip().startswith("classic ")).split()[1:] == ["0.0100", "0.2000"]
+    assert f"diversity_{PER_CLASS}" not in summarize({"0": draw(0.80, 0.86, 0.85, 0.89)})[0]
 
 
 def test_summary_gives_each_arms_recall_per_class_and_what_ours_adds_to_classic_per_class():
