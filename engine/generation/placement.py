@@ -43,6 +43,9 @@ MIN_LOG_SIZE_SPREAD = 0.09
 # A class's own defects that fill less than this share of their boxes (median) are lines, such as strokes corner to
 # corner; a blob fills about 0.6–0.8 of its box, a box mask all of it.
 LINE_FILL = 0.35
+# A class's own defects whose boxes are this many times as long as they are wide (median) are lines too: a box mask
+# tells no shape, but a scratch's box is long and thin (NEU's scratches a median 6.6, its other classes 1.4–2.6).
+LINE_ASPECT = 4.0
 LINE_WIDTH_PX = (2, 5)
 PLACEMENT_TRIES = 20
 # A class without statistics gets the boxes of every class pooled, drawn as blobs.
@@ -78,7 +81,7 @@ def learnt_statistics(masks: list[tuple[np.ndarray, tuple[int, int]]]) -> dict |
     own (width, height)) pairs): each mask's connected components as boxes in the image's own pixels, how many each
     image has, and the images' median longer side as the reference size, in the shipped file's form (one class,
     `_own`); None without a defect in any mask. Defects that fill little of their boxes (painted strokes, not boxes
-    or blobs) are drawn as lines."""
+    or blobs) or whose boxes are long and thin (a scratch's box) are drawn as lines."""
     sizes, counts, sides, fills = [], Counter(), [], []
     for mask, (width, height) in masks:
         boxes = from_mask(mask, min_area=1)
@@ -99,7 +102,8 @@ def learnt_statistics(masks: list[tuple[np.ndarray, tuple[int, int]]]) -> dict |
         "per_image": {str(k): v for k, v in sorted(counts.items())},
         "log_size_spread": round(max(spread, MIN_LOG_SIZE_SPREAD), 4),
     }
-    if np.median(fills) < LINE_FILL:
+    aspects = [max(width, height) / max(min(width, height), 1) for width, height in sizes]
+    if np.median(fills) < LINE_FILL or np.median(aspects) >= LINE_ASPECT:
         entry["shape"] = "line"
     return {"reference_size": int(np.median(sides)), "classes": {OWN: entry}}
 

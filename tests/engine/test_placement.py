@@ -173,6 +173,9 @@ def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_th
         strokes.append((stroke > 0, (300, 150)))
     drawn = learnt_statistics(strokes)
     assert drawn["classes"]["_own"]["shape"] == "line", "strokes that fill little of their boxes"
+    thin = np.zeros((32, 32), dtype=bool)
+    thin[1:31, 10:12] = True
+    assert learnt_statistics([(thin, (300, 150))])["classes"]["_own"]["shape"] == "line", "a scratch's long thin box"
     shapeless = {k: v for k, v in drawn["classes"]["_own"].items() if k != "shape"}
     assert np.mean(propose_masks("mill type 1", 300, 150, seed=0, n=6, statistics=drawn)) < 0.5 * np.mean(
         propose_masks("mill type 1", 300, 150, seed=0, n=6, statistics={**drawn, "classes": {"_own": shapeless}})
