@@ -6,8 +6,8 @@ from real pixels with a strength, as in StableSDG:
 - geometric: a crop rescaled to full size, a small rotation and mirrors of one real image, with a mild
   brightness/contrast jitter (classic augmentation's transforms, before the prior redraws the image);
 - mosaic: two or four real images of the class, each a geometric variant, cut into halves or quadrants at a
-  random split, brought to one grey level and contrast and joined with feathered seams, so one init carries
-  defects of several images in new places (jittered like a geometric variant);
+  random split, brought to one grey level, contrast and white balance and joined with feathered seams, so one
+  init carries defects of several images in new places (jittered like a geometric variant);
 - warp: a geometric variant bent by a smooth random displacement field (an elastic warp), so a scratch curves,
   a patch changes its outline and a crazing network stretches: layouts no rigid transform reaches;
 - overlay: geometric variants of two real images laid over each other, each pixel taken mostly from the one that
@@ -387,15 +387,25 @@ def _variants_at_one_level(
     images: list[Image.Image], chosen: list[int], rng: random.Random, min_scale: float, axis: tuple | None = None
 ) -> list[np.ndarray]:
     """Geometric variants of the `chosen` images at the first's size and mode, as float arrays brought to the
-    first's grey level and contrast, so a seam or an overlay joins textures, not two exposures. `axis`: the axes
-    the level and contrast are taken over (None: every pixel and channel together; (0, 1): each channel)."""
+    first's grey level, contrast and white balance, so a seam or an overlay joins textures, not two captures (one
+    capture has one exposure and one white balance). `axis`: the axes the level and contrast are taken over (None:
+    every pixel and channel together, then each colour channel scaled to the first's mean, as a white balance
+    scales it; (0, 1): each channel)."""
     base = images[chosen[0]]
     variants = []
     for index in chosen:
         variant, _ = geometric_variant(images[index].convert(base.mode).resize(base.size), rng, min_scale, sharp=True)
         variants.append(np.asarray(variant, dtype=np.float32))
     mean, std = variants[0].mean(axis=axis), variants[0].std(axis=axis)
-    return [mean + (v - v.mean(axis=axis)) * (std / np.maximum(v.std(axis=axis), 1e-3)) for v in variants]
+    levelled = [mean + (v - v.mean(axis=axis)) * (std / np.maximum(v.std(axis=axis), 1e-3)) for v in variants]
+    if levelled[0].ndim == 2:
+        return levelled
+    channel_means = levelled[0].mean(axis=(0, 1))
+    gains = [
+        np.clip(channel_means / np.maximum(v.mean(axis=(0, 1)), 1e-3), 1 / MAX_CHROMA_GAIN, MAX_CHROMA_GAIN)
+        for v in levelled
+    ]
+    return [v * gain for v, gain in zip(levelled, gains, strict=True)]
 
 
 def mosaic(

@@ -20,6 +20,7 @@ from engine.generation.variation import (
     elastic_warp,
     geometric_variant,
     grain_range,
+    log_tint,
     mosaic,
     overlay,
     parse_init_mix,
@@ -108,6 +109,29 @@ def test_mosaic_joins_different_sources_at_one_grey_level():
         assert abs(pixels.mean() - base_mean) < 6
     with pytest.raises(ValueError, match="at least two"):
         mosaic(images[:1], random.Random(0))
+
+
+def test_a_colour_mosaic_has_one_white_balance():
+    # One texture under four white balances (captures of one camera): a mosaic of them is one capture, so every
+    # tile comes out with the first tile's tint, not a pink half beside a green one.
+    grey = np.random.default_rng(1).normal(120, 15, (64, 64, 1))
+    balances = [(1.25, 1.0, 0.8), (0.8, 1.0, 1.25), (1.1, 1.0, 1.1), (0.9, 1.0, 0.85)]
+    images = [Image.fromarray((grey * np.array(b)).clip(0, 255).astype(np.uint8)) for b in balances]
+    for seed in range(6):
+        image, sources, details = mosaic(images, random.Random(seed))
+        pixels = np.asarray(image, dtype=np.float64)
+        split = details["split"]
+        if details["layout"] == "left-right":
+            tiles = [pixels[:, : int(split) - 6], pixels[:, int(split) + 6 :]]
+        elif details["layout"] == "top-bottom":
+            tiles = [pixels[: int(split) - 6], pixels[int(split) + 6 :]]
+        else:
+            x, y = (int(v) for v in split)
+            rows, columns = (slice(None, y - 6), slice(y + 6, None)), (slice(None, x - 6), slice(x + 6, None))
+            tiles = [pixels[r, c] for r in rows for c in columns]
+        tints = np.array([log_tint(tile.reshape(-1, 3)) for tile in tiles])
+        first = log_tint(np.asarray(images[sources[0]], dtype=np.float64).reshape(-1, 3))
+        assert np.abs(tints - first).max() < 0.03, (details, tints, first)
 
 
 def test_varied_init_mixes_kinds_and_records_lineage():
