@@ -102,7 +102,7 @@ def learnt_statistics(masks: list[tuple[np.ndarray, tuple[int, int]]]) -> dict |
         "per_image": {str(k): v for k, v in sorted(counts.items())},
         "log_size_spread": round(max(spread, MIN_LOG_SIZE_SPREAD), 4),
     }
-    aspects = [max(width, height) / max(min(width, height), 1) for width, height in sizes]
+    aspects = [max(size) / max(min(size), 1) for size in sizes]
     if np.median(fills) < LINE_FILL or np.median(aspects) >= LINE_ASPECT:
         entry["shape"] = "line"
     return {"reference_size": int(np.median(sides)), "classes": {OWN: entry}}
