@@ -85,7 +85,8 @@ class TokenInfo:
             width, height = (round(statistics.median(side)) for side in zip(*own["boxes"], strict=True))
             parts.append(
                 f"auto-place from its own {plural(len(own['boxes']), 'defect')} in {plural(images, 'image')} "
-                f"(median {width} × {height} px in {self.placement['reference_size']} px captures)"
+                f"(median {width} × {height} px in {self.placement['reference_size']} px captures"
+                f"{', drawn as lines' if own.get('shape') == 'line' else ''})"
             )
         if not parts:
             return "Its token and LoRA (no masks to learn colour or placement from)."

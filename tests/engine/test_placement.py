@@ -215,6 +215,10 @@ def test_what_an_adapter_learnt_of_a_class_is_told_in_words():
         "72% of it on the defect itself; auto-place from its own 1 defect in 1 image (median 94 × 28 px in 300 px "
         "captures)."
     )
+    thin = np.zeros((32, 32), dtype=bool)
+    thin[1:31, 10:12] = True
+    scratch = TokenInfo("scratch", "<scratch>", "", placement=learnt_statistics([(thin, (200, 200))]))
+    assert scratch.learnt_summary().endswith("(median 12 × 188 px in 200 px captures, drawn as lines).")
     stain = TokenInfo("stain", "<stain>", "", defect_tint=[-0.14, 0.17])
     assert "less red and bluer than their steel" in stain.learnt_summary() and "evenly" in stain.learnt_summary()
     assert TokenInfo("grey", "<grey>", "", defect_tint=[0.01, 0.0]).learnt_summary().startswith("Defects the colour")
