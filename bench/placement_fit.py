@@ -2,12 +2,13 @@
 
 A class the studio does not know by name gets NEU's boxes of every class pooled (`placement.GENERIC`); one fine-tuned
 on images with defect masks or boxes beside them now has its own (`placement.learnt_statistics`, as the fine-tune
-reads them: masks at the model's resolution, sizes in the images' own pixels). For each draw of K shots a class
-(`fewshot_yardstick.draw_shots`), the validation images' defects (the connected components of their masks) are
-compared with `--per-class` auto-placed masks on a slab of the validation images' size, drawn with the class's own
-statistics, with the pooled ones (what a new class got before), and with the shipped statistics of the NEU class the
-mill's class was made from (the sorted order; a bound: 200 images' boxes): the energy distance between the boxes'
-(log width, log height) and the mean defects per image. Prints a table per class, means over the draws.
+reads them: `loop.images_from_folder` and `loop.class_placement`, masks at the model's resolution, sizes in the
+images' own pixels). For each draw of K shots a class (`fewshot_yardstick.draw_shots`), the validation images' defects
+(the connected components of their masks) are compared with `--per-class` auto-placed masks on a slab of the
+validation images' size, drawn with the class's own statistics, with the pooled ones (what a new class got before),
+and with the shipped statistics of the NEU class the mill's class was made from (the sorted order; a bound: 200
+images' boxes): the energy distance between the boxes' (log width, log height) and the mean defects per image.
+Prints a table per class, means over the draws.
 
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours
     python -m bench.placement_fit --mill /tmp/rust-mill --work /tmp/placement-fit --seeds 0 1 2 3 4
@@ -24,7 +25,8 @@ from PIL import Image
 from bench.fewshot_yardstick import draw_shots
 from engine.boxes import from_mask
 from engine.data import list_images, read_mask_beside
-from engine.generation.placement import learnt_statistics, load_statistics, propose_masks
+from engine.generation.placement import load_statistics, propose_masks
+from engine.training.loop import class_placement, images_from_folder
 
 # Masks at the embedded prior's resolution, as its fine-tune reads them.
 FINETUNE_RESOLUTION = 128
@@ -59,21 +61,16 @@ def class_masks(folder: Path) -> tuple[list[np.ndarray], tuple[int, int]]:
 def draw(mill: Path, work: Path, seed: int, k: int, per_class: int) -> dict[str, dict[str, tuple[float, float]]]:
     """Per class and arm: (energy distance to the validation defects, mean defects per auto-placed mask)."""
     shots = draw_shots(mill / "pool", k, seed, work / f"seed{seed}" / "shots", with_masks=True)
+    shot_images = images_from_folder(shots, None, FINETUNE_RESOLUTION)
     shipped = load_statistics()
     neu_names = sorted(shipped["classes"])
     result = {}
     for number, folder in enumerate(sorted(p for p in (mill / "val").iterdir() if p.is_dir())):
         masks, (width, height) = class_masks(folder)
         real, real_count = defects(masks)
-        own = []
-        for path in list_images(shots / folder.name):
-            with Image.open(path) as image:
-                size = image.size
-            if (mask := read_mask_beside(path, FINETUNE_RESOLUTION)) is not None:
-                own.append((mask, size))
         neu = neu_names[number % len(neu_names)]
         statistics = {
-            "own": learnt_statistics(own),
+            "own": class_placement(shot_images, folder.name),
             "pooled": shipped,
             "NEU class": {**shipped, "classes": {neu: shipped["classes"][neu]}},
         }

@@ -398,7 +398,7 @@ def _variants_at_one_level(
         variants.append(np.asarray(variant, dtype=np.float32))
     mean, std = variants[0].mean(axis=axis), variants[0].std(axis=axis)
     levelled = [mean + (v - v.mean(axis=axis)) * (std / np.maximum(v.std(axis=axis), 1e-3)) for v in variants]
-    if levelled[0].ndim == 2:
+    if levelled[0].ndim == 2 or axis is not None:
         return levelled
     channel_means = levelled[0].mean(axis=(0, 1))
     gains = [

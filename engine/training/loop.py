@@ -635,8 +635,7 @@ def _save_adapter(
         if (tint := defect_tint(masked)) is not None:
             tokens[class_name]["defect_tint"] = tint
             tokens[class_name]["defect_structure"] = defect_colour_structure(masked)
-        own = [(im.mask, im.size) for im in images if im.class_name == class_name and im.mask is not None and im.size]
-        if (placement := learnt_statistics(own)) is not None:
+        if (placement := class_placement(images, class_name)) is not None:
             tokens[class_name]["placement"] = placement
     lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionImg2ImgPipeline.save_lora_weights(str(out), unet_lora_layers=lora, weight_name=LORA_FILE)
@@ -689,6 +688,13 @@ def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, noise_s
     )
     target = Path(config.save_dir) if config.save_dir else Path(config.output_dir) / "model"
     pipe.to(torch.float16 if config.save_half else torch.float32).save_pretrained(str(target))
+
+
+def class_placement(images: list[TrainingImage], class_name: str) -> dict | None:
+    """A class's own auto-place statistics from the defect masks of its fine-tuning images, as the adapter records
+    them (`placement.learnt_statistics`); None without a defect."""
+    own = [(im.mask, im.size) for im in images if im.class_name == class_name and im.mask is not None and im.size]
+    return learnt_statistics(own)
 
 
 def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int) -> list[TrainingImage]:
