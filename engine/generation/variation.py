@@ -4,7 +4,8 @@ img2img at a moderate strength keeps its init's layout, so samples made from fiv
 with new noise. Varying the init first gives the prior new layouts to render, and every sample still starts
 from real pixels with a strength, as in StableSDG:
 - geometric: a crop rescaled to full size, a small rotation and mirrors of one real image, with a mild
-  brightness/contrast jitter (classic augmentation's transforms, before the prior redraws the image);
+  brightness/contrast jitter of the luminance (classic augmentation's transforms, before the prior redraws the
+  image; a colour init keeps its source's white balance);
 - mosaic: two or four real images of the class, each a geometric variant, cut into halves or quadrants at a
   random split, brought to one grey level, contrast and white balance and joined with feathered seams, so one
   init carries defects of several images in new places (jittered like a geometric variant);
@@ -153,6 +154,14 @@ def photometric_jitter(image: Image.Image, rng: random.Random, amount: float = 0
     return image, {"brightness": round(brightness, 3), "contrast": round(contrast, 3)}
 
 
+def exposure_jitter(image: Image.Image, rng: random.Random, amount: float = 0.15) -> tuple[Image.Image, dict]:
+    """`photometric_jitter` on the luminance, as another exposure by one camera: a colour image keeps each pixel's
+    colour (`with_grey_levels`), where PIL's contrast on the channels would blend them with grey and move the white
+    balance; a grey image comes out as `photometric_jitter` gives it."""
+    grey, details = photometric_jitter(image.convert("L"), rng, amount)
+    return with_grey_levels(image, np.asarray(grey, dtype=np.float32)), details
+
+
 def with_grey_levels(image: Image.Image, grey: np.ndarray) -> Image.Image:
     """`image` with its luminance set to `grey` (H×W floats), in its own mode. A colour pixel keeps its colour: its
     channels' departures from its luminance scale with the luminance (by at most MAX_CHROMA_GAIN), as a camera's
@@ -202,8 +211,7 @@ def capture_variation(
         raise ValueError(f"The capture variation must not be negative, got {amount}.")
     if amount == 0:
         return image, {}
-    grey, details = photometric_jitter(image.convert("L"), rng, 0.25 * amount)
-    image = with_grey_levels(image, np.asarray(grey, dtype=np.float32))
+    image, details = exposure_jitter(image, rng, 0.25 * amount)
     target = rng.uniform(*grain)
     sigma = math.sqrt(max(target**2 - pixel_grain(image) ** 2, 0.0))
     details["grain"] = round(target, 2)
@@ -525,7 +533,7 @@ def varied_init(
         sources = [rng.randrange(len(images))]
         image, details = images[sources[0]].copy(), {}
     if kind != "source":
-        image, jitter = photometric_jitter(image, rng)
+        image, jitter = exposure_jitter(image, rng)
         details = {**details, **jitter}
     if turn_share > 0 and rng.random() < turn_share:
         image, turn = quarter_turn(image, rng)

@@ -18,12 +18,14 @@ from engine.generation.variation import (
     defect_colour_structure,
     defect_tint,
     elastic_warp,
+    exposure_jitter,
     geometric_variant,
     grain_range,
     log_tint,
     mosaic,
     overlay,
     parse_init_mix,
+    photometric_jitter,
     pixel_grain,
     quarter_turn,
     structure_weights,
@@ -132,6 +134,27 @@ def test_a_colour_mosaic_has_one_white_balance():
         tints = np.array([log_tint(tile.reshape(-1, 3)) for tile in tiles])
         first = log_tint(np.asarray(images[sources[0]], dtype=np.float64).reshape(-1, 3))
         assert np.abs(tints - first).max() < 0.03, (details, tints, first)
+
+
+def test_a_varied_init_keeps_its_sources_white_balance():
+    # An init's brightness and contrast jitter is another exposure by the same camera: its tint stays its source's,
+    # where PIL's contrast on the channels blends them with grey and moves it (a class told by its tint blurs).
+    grey = cv2.GaussianBlur(np.random.default_rng(2).integers(40, 220, (64, 64)).astype(np.float32), (0, 0), 1.5)
+    image = Image.fromarray((grey[..., None] * np.array([1.2, 1.0, 0.75])).clip(0, 255).astype(np.uint8))
+    source = log_tint(np.asarray(image, dtype=np.float64).reshape(-1, 3))
+    moved = []
+    for seed in range(8):
+        init = varied_init([image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)], random.Random(seed))
+        tint = log_tint(np.asarray(init.image, dtype=np.float64).reshape(-1, 3))
+        assert np.abs(tint - source).max() < 0.01, (init.kind, init.details, tint, source)
+        channels, _ = photometric_jitter(image, random.Random(seed))
+        moved.append(np.abs(log_tint(np.asarray(channels, dtype=np.float64).reshape(-1, 3)) - source).max())
+    assert max(moved) > 0.02, "the contrast of PIL's channels would have moved the tint"
+    grey_image = Image.fromarray(grey.astype(np.uint8))
+    for seed in range(4):
+        kept, details = exposure_jitter(grey_image, random.Random(seed))
+        plain, plain_details = photometric_jitter(grey_image, random.Random(seed))
+        assert details == plain_details and np.array_equal(np.asarray(kept), np.asarray(plain)), "grey as before"
 
 
 def test_varied_init_mixes_kinds_and_records_lineage():
