@@ -21,14 +21,13 @@ the steel.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bench.fewshot_yardstick import draw_shots
+from bench.fewshot_yardstick import draw_shots, mill_draw_parser
 from engine.adapters import is_adapter
 from engine.batch import default_strength, finetune_folder
 from engine.boxes import from_mask
@@ -165,12 +164,8 @@ def table(real: dict, draws: dict[int, dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mill", type=Path, required=True, help="A mill with pool/ and val/ and masks beside.")
-    parser.add_argument("--work", type=Path, required=True)
+    parser = mill_draw_parser(__doc__, seeds=[0, 1, 2])
     parser.add_argument("--model", default=None, help="Base model (default: the embedded prior).")
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--per-class", type=int, default=6, help="Repaints per class and draw.")
     parser.add_argument("--finetune-steps", type=int, default=None, help="Default: the CPU preset's.")
     args = parser.parse_args()

@@ -72,6 +72,17 @@ def draw_shots(pool: Path, k: int, seed: int, out: Path, with_masks: bool = Fals
     return out
 
 
+def mill_draw_parser(description: str | None, seeds: list[int]) -> argparse.ArgumentParser:
+    """The command line of a bench that draws K shots a class from a mill (`--mill` with pool/ and val/, masks beside)
+    for each of `--seeds` and works under `--work`; each bench adds its own options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mill", type=Path, required=True, help="A mill with pool/ and val/ and masks beside.")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    return parser
+
+
 @torch.no_grad()
 def embed(net: SteelFeatureNet, images: list[Image.Image]) -> torch.Tensor:
     """Unit-length steel features of the images."""

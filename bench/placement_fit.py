@@ -16,13 +16,12 @@ Prints a table per class, means over the draws.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bench.fewshot_yardstick import draw_shots
+from bench.fewshot_yardstick import draw_shots, mill_draw_parser
 from engine.boxes import from_mask
 from engine.data import list_images, read_mask_beside
 from engine.generation.placement import load_statistics, propose_masks
@@ -101,11 +100,7 @@ def table(draws: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mill", type=Path, required=True, help="A mill with pool/ and val/ and masks beside.")
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = mill_draw_parser(__doc__, seeds=[0, 1, 2, 3, 4])
     parser.add_argument("--per-class", type=int, default=40, help="Auto-placed masks per class and draw.")
     args = parser.parse_args()
     draws = [draw(args.mill, args.work, seed, args.k, args.per_class) for seed in args.seeds]
