@@ -7,6 +7,8 @@ tint: one camera over the whole line, so colour tells no class from another and 
 varies (what a real mill's colour captures are like when its defects have no colour of their own). The names sort as
 the source's do, so a yardstick draw picks the same shots from both. `--size N` resizes every image to N × N first
 (Lanczos): a camera of another resolution over the same field, such as a mill whose captures are 128 px JPEGs.
+`--aspect A` keeps a horizontal band A times wider than high of each image (after `--size`; its height at a random
+offset, the masks cut alike): a line camera's wide strips of the same steel.
 `--defect-colours` also colours each class's defects inside their boxes (`box`: over the box; `structure`: on what
 departs from the steel). Nothing is written inside the repository unless `--out` points there; never commit the
 output (it is made of the source images).
@@ -17,6 +19,7 @@ output (it is made of the source images).
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours   # bench.defect_colour
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/pit-rust-mill --defect-colours structure
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/camera-mill --one-camera
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/strip-mill --aspect 2
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ def make_colour_mill(
     size: int | None = None,
     defect_colours: str | None = None,
     one_camera: bool = False,
+    aspect: float | None = None,
 ) -> dict[str, int]:
     """Write the colour mill of `split` (`pool/` and `val/`, one folder per class) to `out`, each image resized to
     `size` × `size` when given; returns images per folder (`"pool/colour type 1"`: count).
@@ -61,11 +65,13 @@ def make_colour_mill(
     With `defect_colours` ("box" or "structure", DEFECT_COLOUR_PLACES), an image with Pascal VOC boxes beside it
     (`<stem>.xml`, as in a NEU split) also gets its class's DEFECT_TINTS inside them, over the boxes or on the
     defects' structure, and its boxes as `<name>_mask.png` beside it (what fine-tuning reads). With `one_camera`,
-    every class takes the first tint."""
+    every class takes the first tint. With `aspect`, each image is cut to a band `aspect` times wider than high."""
     if defect_colours not in (None, *DEFECT_COLOUR_PLACES):
         raise ValueError(f"Defect colours go on one of {DEFECT_COLOUR_PLACES}, not {defect_colours!r}.")
     if size is not None and size < 8:
         raise ValueError(f"The image size must be at least 8 px, got {size}.")
+    if aspect is not None and aspect < 1:
+        raise ValueError(f"A band is at least as wide as high: the aspect must be at least 1, got {aspect}.")
     rng = np.random.default_rng(seed)
     classes = sorted(p.name for p in (Path(split) / SPLITS[0]).iterdir() if p.is_dir())
     written = {}
@@ -84,6 +90,12 @@ def make_colour_mill(
                 if size is not None:
                     image = image.resize((size, size), Image.Resampling.LANCZOS)
                     mask = mask.resize((size, size), Image.Resampling.BOX) if mask else None
+                if aspect is not None:
+                    height = max(1, round(image.width / aspect))
+                    top = int(rng.integers(0, image.height - height + 1))
+                    band = (0, top, image.width, top + height)
+                    image = image.crop(band)
+                    mask = mask.crop(band) if mask else None
                 grey = np.asarray(image, dtype=np.float32)
                 gains = tint * np.exp(rng.normal(0.0, jitter, 3))
                 if mask is not None:
@@ -117,6 +129,7 @@ def main() -> None:
     parser.add_argument(
         "--one-camera", action="store_true", help="Every class the same tint: only each capture's white balance varies."
     )
+    parser.add_argument("--aspect", type=float, default=None, help="Keep a band ASPECT times wider than high.")
     args = parser.parse_args()
     made = make_colour_mill(
         args.split,
@@ -125,6 +138,7 @@ def main() -> None:
         size=args.size,
         defect_colours=args.defect_colours,
         one_camera=args.one_camera,
+        aspect=args.aspect,
     )
     for folder, count in made.items():
         print(f"{folder}: {count} images")

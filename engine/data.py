@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ MASK_SUFFIX = "_mask.png"
 NEU_CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 # Every sixth image of each class (by NEU index) is held out: 40 per class, never trained on.
 VALIDATION_EVERY = 6
+# An image whose long side exceeds its short side by less than this share is seen whole as one square view.
+SQUARE_TOLERANCE = 0.05
 
 
 @dataclass
@@ -106,24 +109,31 @@ def split_neu(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[Lab
     return pool, val
 
 
-def read_mask_beside(image_path: Path, resolution: int) -> np.ndarray | None:
-    """An image's defect mask at resolution × resolution (bool), from `<name>_mask.png` or `<name>.xml` beside it.
-
-    The PNG (white = defect) wins over the Pascal VOC boxes; None when neither is there.
-    """
+def read_mask_image_beside(image_path: Path) -> Image.Image | None:
+    """An image's defect mask at the image's own size (8-bit, white = defect), from `<name>_mask.png` or the
+    Pascal VOC boxes of `<name>.xml` beside it; the PNG wins, and None when neither is there."""
     image_path = Path(image_path)
     mask_path = image_path.with_name(image_path.stem + MASK_SUFFIX)
     xml_path = image_path.with_suffix(".xml")
     if mask_path.is_file():
         with Image.open(mask_path) as opened:
-            mask = opened.convert("L")
-    elif xml_path.is_file():
+            return opened.convert("L")
+    if xml_path.is_file():
         with Image.open(image_path) as opened:
             width, height = opened.size
-        mask = Image.fromarray(to_mask(parse_voc(xml_path), width, height, clamp=True))
-    else:
-        return None
-    return np.asarray(mask.convert("L").resize((resolution, resolution), Image.Resampling.BOX)) >= 128
+        return Image.fromarray(to_mask(parse_voc(xml_path), width, height, clamp=True)).convert("L")
+    return None
+
+
+def mask_at(mask: Image.Image, resolution: int) -> np.ndarray:
+    """A mask image resized to resolution × resolution (bool: a cell at least half defect)."""
+    return np.asarray(mask.resize((resolution, resolution), Image.Resampling.BOX)) >= 128
+
+
+def read_mask_beside(image_path: Path, resolution: int) -> np.ndarray | None:
+    """An image's defect mask at resolution × resolution (bool; `read_mask_image_beside`), or None."""
+    mask = read_mask_image_beside(image_path)
+    return None if mask is None else mask_at(mask, resolution)
 
 
 def is_grayscale(image: Image.Image) -> bool:
@@ -154,6 +164,20 @@ def load_rgb(path: Path) -> Image.Image:
 def to_square_pixels(image: Image.Image, resolution: int) -> np.ndarray:
     """uint8 H×W×3 pixels of an image resized to resolution × resolution."""
     return np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.LANCZOS))
+
+
+def square_views(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1) of the squares of an image's short side that cover its long side, evenly spaced: how a
+    model that draws squares sees a wide image at the image's own scale (a 3:1 strip is three squares, not one
+    squashed to a third of its width). An image within SQUARE_TOLERANCE of square is one view of itself, whole."""
+    short, long = min(width, height), max(width, height)
+    count = math.ceil(long / short - SQUARE_TOLERANCE)
+    if count <= 1:
+        return [(0, 0, width, height)]
+    starts = np.linspace(0, long - short, count).round().astype(int).tolist()
+    if width >= height:
+        return [(start, 0, start + short, short) for start in starts]
+    return [(0, start, short, start + short) for start in starts]
 
 
 def clean_regions(width: int, height: int, boxes: list[Box], min_size: int = 64) -> list[tuple[int, int, int, int]]:

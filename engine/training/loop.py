@@ -35,6 +35,7 @@ from diffusers.training_utils import EMAModel, compute_snr
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -73,7 +74,8 @@ class TrainingImage:
     """One training image at the model's resolution (uint8 H×W×3) with its class ('' in pretraining) and caption.
 
     `mask` (bool H×W, True = defect) marks where the defect is, for the masked loss; None: unknown or everywhere.
-    `size` is the image's own (width, height) before the resize, where known.
+    `size` is the (width, height) of the image, or of its square view (`data.square_views`), before the resize,
+    where known.
     """
 
     pixels: np.ndarray
@@ -698,12 +700,14 @@ def class_placement(images: list[TrainingImage], class_name: str) -> dict | None
 
 
 def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int) -> list[TrainingImage]:
-    """Fine-tuning images from an ImageFolder tree, resized to the model's resolution.
+    """Fine-tuning images from an ImageFolder tree, resized to the model's resolution: a square image whole, a wide
+    one as the squares of its short side that cover it (`data.square_views`), each at the scale generation redraws
+    a window of it.
 
     An image's defect mask, for the masked loss, is `<name>_mask.png` beside it (white = defect) or, failing
     that, the boxes of a Pascal VOC `<name>.xml` beside it.
     """
-    from engine.data import load_rgb, read_image_folder, read_mask_beside, to_square_pixels
+    from engine.data import load_rgb, mask_at, read_image_folder, read_mask_image_beside, square_views, to_square_pixels
 
     items = read_image_folder(dataset)
     if classes:
@@ -714,6 +718,12 @@ def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int
     images = []
     for it in items:
         image = load_rgb(it.path)
-        mask = read_mask_beside(it.path, resolution)
-        images.append(TrainingImage(to_square_pixels(image, resolution), it.class_name, mask=mask, size=image.size))
+        mask = read_mask_image_beside(it.path)
+        if mask is not None and mask.size != image.size:
+            mask = mask.resize(image.size, Image.Resampling.NEAREST)
+        for box in square_views(*image.size):
+            view = image.crop(box)
+            view_mask = None if mask is None else mask_at(mask.crop(box), resolution)
+            pixels = to_square_pixels(view, resolution)
+            images.append(TrainingImage(pixels, it.class_name, mask=view_mask, size=view.size))
     return images

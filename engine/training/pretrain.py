@@ -39,6 +39,7 @@ from engine.data import (
     read_image_folder,
     read_neu,
     split_neu,
+    square_views,
     to_square_pixels,
 )
 from engine.evaluation.features import load_feature_net
@@ -75,9 +76,9 @@ class PretrainSample:
 def collect_pretrain_samples(
     data: Path, resolution: int, seed: int = 0, captions: str = "generic"
 ) -> list[PretrainSample]:
-    """Training images with captions that never name a class: defect images, plus clean crops outside the NEU-DET
-    boxes. `captions="appearance"` follows each generic caption with the image's measured appearance words
-    (`engine.training.attributes`).
+    """Training images with captions that never name a class: defect images (a wide one as its square views,
+    `data.square_views`), plus clean crops outside the NEU-DET boxes. `captions="appearance"` follows each generic
+    caption with the image's measured appearance words (`engine.training.attributes`).
 
     A NEU folder (with manifest.csv) keeps its validation split out; any other folder is read as
     an ImageFolder tree or a flat folder of images, all used.
@@ -97,7 +98,8 @@ def collect_pretrain_samples(
     samples = []
     for item in items:
         image = load_rgb(item.path)
-        samples.append(PretrainSample(to_square_pixels(image, resolution), rng.choice(DEFECT_CAPTIONS)))
+        for view in square_views(image.width, image.height):
+            samples.append(PretrainSample(to_square_pixels(image.crop(view), resolution), rng.choice(DEFECT_CAPTIONS)))
         for x0, y0, x1, y1 in clean_regions(image.width, image.height, item.boxes, MIN_CLEAN_CROP):
             side = min(x1 - x0, y1 - y0)
             cx = rng.randint(x0, x1 - side)

@@ -13,7 +13,7 @@ from PIL import Image
 from engine.adapters import read_adapter
 from engine.batch import finetune_folder
 from engine.config import TrainConfig, finetune_config
-from engine.data import find_annotation, parse_voc, read_mask_beside
+from engine.data import find_annotation, parse_voc, read_mask_beside, square_views, to_square_pixels
 from engine.generation.placement import MIN_LOG_SIZE_SPREAD
 from engine.training.loop import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
 from tests.support import make_steel_like, voc_xml
@@ -35,6 +35,36 @@ def test_neu_images_find_their_neu_det_annotation_and_exact_stems_win(tmp_path):
     assert find_annotation(tmp_path, tmp_path / "Cr_12.bmp") is None
     (tmp_path / "Cr_12.xml").write_text(voc_xml(("crazing", 1, 1, 5, 5)))
     assert find_annotation(tmp_path, tmp_path / "Cr_12.bmp", "crazing") == tmp_path / "Cr_12.xml"
+
+
+def test_a_wide_image_is_seen_as_the_squares_of_its_short_side_that_cover_it():
+    assert square_views(300, 100) == [(0, 0, 100, 100), (100, 0, 200, 100), (200, 0, 300, 100)]
+    assert square_views(100, 250) == [(0, 0, 100, 100), (0, 75, 100, 175), (0, 150, 100, 250)], "evenly spaced"
+    assert square_views(120, 120) == [(0, 0, 120, 120)]
+    assert square_views(104, 100) == [(0, 0, 104, 100)], "nearly square: seen whole"
+
+
+def test_a_fine_tune_sees_a_wide_image_as_square_views_with_their_part_of_the_mask(tmp_path):
+    folder = tmp_path / "dataset" / "edge crack"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    strip = Image.fromarray(np.concatenate([make_steel_like(rng, 40, "scratches") for _ in range(3)], axis=1))
+    strip.save(folder / "strip.png")
+    (folder / "strip.xml").write_text(voc_xml(("edge crack", 91, 1, 120, 40)))
+    square = Image.fromarray(make_steel_like(rng, 40, "inclusion"))
+    square.save(folder / "square.png")
+    (folder / "square.xml").write_text(voc_xml(("edge crack", 1, 1, 20, 40)))
+
+    images = images_from_folder(tmp_path / "dataset", None, 16)
+
+    assert len(images) == 4 and all(im.size == (40, 40) for im in images)
+    whole, *views = images
+    assert np.array_equal(whole.pixels, to_square_pixels(square, 16)), "a square image as before: whole"
+    assert np.array_equal(whole.mask, read_mask_beside(folder / "square.png", 16))
+    for view, x in zip(views, (0, 40, 80), strict=True):
+        assert np.array_equal(view.pixels, to_square_pixels(strip.crop((x, 0, x + 40, 40)), 16)), "not squashed"
+    assert not views[0].mask.any() and not views[1].mask.any(), "the defect lies in the last third"
+    assert views[2].mask[:, 4:].all() and not views[2].mask[:, :2].any()
 
 
 def test_a_mask_png_beside_an_image_wins_over_its_voc_boxes(tmp_path):
