@@ -36,6 +36,8 @@ class ConfigMixin:
 
 # A whole-window generation repaints at most this many slab pixels a side unless a window size is chosen.
 MAX_DEFAULT_WINDOW = 256
+# A window much longer than wide is generated at a non-square size; beyond this the UNet leaves its training regime.
+MAX_WINDOW_ASPECT = 4.0
 
 
 # Classifier-free guidance: image-oriented samples (and masked repaints) were tuned at 3; from pure noise the token is
@@ -88,6 +90,20 @@ class GenerationConfig(ConfigMixin):
         x = (width - side) // 2 if self.window_x is None else self.window_x
         y = (height - side) // 2 if self.window_y is None else self.window_y
         return x, y, side
+
+    def repainted_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(x, y, w, h) of the rectangle repainted in a width×height slab: with no window chosen, a slab whose short
+        side fits the default window is repainted along its length, centred, up to MAX_WINDOW_ASPECT times its short
+        side (a line camera's strip redrawn whole on a canvas of its shape, not only its centred square); otherwise
+        the square of `window_box`."""
+        x, y, side = self.window_box(width, height)
+        chosen = (self.window_x, self.window_y, self.window_size) != (None, None, None)
+        if chosen or min(width, height) > MAX_DEFAULT_WINDOW or width == height:
+            return x, y, side, side
+        length = min(max(width, height), int(MAX_WINDOW_ASPECT * side))
+        if width > height:
+            return (width - length) // 2, 0, length, side
+        return 0, (height - length) // 2, side, length
 
     def guidance(self, masked: bool = False) -> float:
         """The guidance scale a sample is made with: the chosen one, else PURE_NOISE_GUIDANCE at strength 1.0

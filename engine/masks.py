@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from engine.boxes import Box
+from engine.config import MAX_WINDOW_ASPECT
 
 # Masks are grown a little before repainting so the defect's rim is generated too, then feathered over the
 # grown ring: pixels farther than GROW from the drawn mask are never touched.
@@ -23,8 +24,6 @@ MASK_MARGIN_PX = 32
 # prior learnt NEU's 200 px images at 128 px. A slab too small for such a window is extended by mirroring it, so a
 # thin strip is not magnified (which would paint its defect at several times the scale the model learnt).
 MASK_WINDOW_SCALE = 200 / 128
-# A window much longer than wide is generated at a non-square size; beyond this the UNet leaves its training regime.
-MAX_WINDOW_ASPECT = 4.0
 # More components than this are repainted in one window instead of being grouped (grouping is quadratic).
 MAX_GROUPED_COMPONENTS = 64
 
@@ -126,7 +125,7 @@ def _window_around(box: Box, width: int, height: int, base: int, margin: int) ->
     return x, y, w, h
 
 
-def _model_size(w: int, h: int, resolution: int, multiple: int) -> tuple[int, int]:
+def model_canvas(w: int, h: int, resolution: int, multiple: int) -> tuple[int, int]:
     """The canvas a window is generated on: short side at the model's resolution, sides a multiple of `multiple`."""
     if max(w, h) / min(w, h) > MAX_WINDOW_ASPECT:
         raise ValueError(
@@ -150,7 +149,7 @@ def plan_windows(
             box = box.union(bboxes[index])
         x, y, w, h = _window_around(box, width, height, base, margin)
         region = np.isin(labels[y : y + h, x : x + w], [index + 1 for index in members])
-        windows.append(MaskWindow(x, y, w, h, *_model_size(w, h, resolution, multiple), region))
+        windows.append(MaskWindow(x, y, w, h, *model_canvas(w, h, resolution, multiple), region))
     return windows
 
 

@@ -108,18 +108,18 @@ def _save_atomically(image: Image.Image, target: Path) -> None:
 def window_view(
     path: Path,
     cache_dir: Path,
-    window: tuple[int, int, int],
+    window: tuple[int, int, int, int],
     max_side: int = VIEW_MAX_SIDE,
     boxes: list[dict[str, Any]] | None = None,
 ) -> Image.Image:
-    """A downscaled slab with the square window (x, y, side) to repaint outlined, for choosing it by clicking, and
-    typed defect boxes (slab pixels) drawn in another colour."""
+    """A downscaled slab with the window (x, y, w, h) to repaint outlined, for choosing it by clicking, and typed
+    defect boxes (slab pixels) drawn in another colour."""
     with Image.open(thumbnail(path, cache_dir, max_side)) as preview, Image.open(path) as full:
         scale = preview.width / full.width
         view = preview.convert("RGB")
     draw = ImageDraw.Draw(view)
-    x, y, side = (round(v * scale) for v in window)
-    draw.rectangle((x, y, x + side - 1, y + side - 1), outline=(255, 64, 0), width=2)
+    x, y, w, h = (round(v * scale) for v in window)
+    draw.rectangle((x, y, x + w - 1, y + h - 1), outline=(255, 64, 0), width=2)
     for box in boxes or []:
         x0, y0, x1, y1 = (round(box[k] * scale) for k in ("xmin", "ymin", "xmax", "ymax"))
         draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=(0, 200, 255), width=2)

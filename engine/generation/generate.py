@@ -34,6 +34,7 @@ from engine.masks import (
     mask_png,
     mask_sha256,
     mirror_pad,
+    model_canvas,
     plan_windows,
 )
 from engine.progress import ProgressFn
@@ -89,31 +90,35 @@ def resolve_token(loaded: LoadedPipeline, class_name: str) -> str:
     raise ValueError(f"Unknown defect token {class_name!r}; known tokens: {known}.")
 
 
-def choose_window(width: int, height: int, config: GenerationConfig) -> tuple[int, int, int]:
-    """(x, y, size) of the square the model repaints: the user's choice, else centred, at most 256 px."""
-    x, y, size = config.window_box(width, height)
-    if size < 16:
+def choose_window(width: int, height: int, config: GenerationConfig) -> tuple[int, int, int, int]:
+    """(x, y, w, h) of the rectangle the model repaints (`GenerationConfig.repainted_box`): the user's square, else
+    centred, at most 256 px high, a strip along its length."""
+    x, y, w, h = config.repainted_box(width, height)
+    if min(w, h) < 16:
         raise ValueError(f"The image is too small ({width}×{height}); it needs at least 16 px on each side.")
-    if not (0 <= x <= width - size and 0 <= y <= height - size):
-        raise ValueError(f"The window ({x}, {y}, {size} px) does not fit inside the {width}×{height} image.")
-    return x, y, size
+    if not (0 <= x <= width - w and 0 <= y <= height - h):
+        raise ValueError(f"The window ({x}, {y}, {w}×{h} px) does not fit inside the {width}×{height} image.")
+    return x, y, w, h
 
 
-def feather_mask(size: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-    """Weights for pasting a window back: 1 inside, ramping to 0 at borders that lie inside the image."""
-    ramp = np.minimum(np.arange(size) + 1, FEATHER_PX) / FEATHER_PX
+def _feather_ramp(length: int, start: int, extent: int) -> np.ndarray:
+    """Paste weights along one side of a window at `start` of `length` in an image `extent` long: a ramp to 0 at
+    ends inside the image, 1 at its borders."""
+    steps = np.arange(length)
+    ramp = np.minimum(steps + 1, FEATHER_PX) / FEATHER_PX
     ramp = np.minimum(ramp, ramp[::-1])
-    along_x = np.where(
-        (np.arange(size) < FEATHER_PX) & (x == 0) | (np.arange(size) >= size - FEATHER_PX) & (x + size == width),
-        1.0,
-        ramp,
-    )
-    along_y = np.where(
-        (np.arange(size) < FEATHER_PX) & (y == 0) | (np.arange(size) >= size - FEATHER_PX) & (y + size == height),
-        1.0,
-        ramp,
-    )
-    return np.outer(along_y, along_x)[..., None]
+    at_border = (steps < FEATHER_PX) & (start == 0) | (steps >= length - FEATHER_PX) & (start + length == extent)
+    return np.where(at_border, 1.0, ramp)
+
+
+def canvas_multiple(pipe: StableDiffusionImg2ImgPipeline) -> int:
+    """The pixels a model canvas's sides are a multiple of: the autoencoder's factor times the UNet's downsampling."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+def feather_mask(w: int, h: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+    """Weights (h × w × 1) for pasting a window back: 1 inside, ramping to 0 at borders that lie inside the image."""
+    return np.outer(_feather_ramp(h, y, height), _feather_ramp(w, x, width))[..., None]
 
 
 def generate(
@@ -137,12 +142,12 @@ def generate(
     token = resolve_token(loaded, config.class_name)
     source = init_image.convert("RGB")
     gray = is_grayscale(init_image)
-    x, y, size = choose_window(source.width, source.height, config)
-    resolution = loaded.resolution
+    x, y, w, h = choose_window(source.width, source.height, config)
+    model_width, model_height = model_canvas(w, h, loaded.resolution, canvas_multiple(pipe))
 
-    # 2. Window at the model's resolution
-    crop = source.crop((x, y, x + size, y + size))
-    window = crop.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    # 2. Window at the model's resolution (a strip's on a canvas of its shape)
+    crop = source.crop((x, y, x + w, y + h))
+    window = crop.resize((model_width, model_height), Image.Resampling.LANCZOS)
     prompt = config.prompt_template.format(token=token)
     seeds = [config.seed + i for i in range(config.num_candidates)]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -159,7 +164,7 @@ def generate(
     if config.strength < 1.0:
         denoiser, start = pipe, {"image": window, "strength": config.strength}
     else:
-        denoiser, start = loaded.text_to_image, {"height": resolution, "width": resolution}
+        denoiser, start = loaded.text_to_image, {"height": model_height, "width": model_width}
     with torch.inference_mode():
         outputs = denoiser(
             prompt=prompt,
@@ -177,20 +182,20 @@ def generate(
     outputs = carry_colour(crops, restore_detail(pipe, crops, outputs, config), config)
 
     # 4. Paste each window back with a feathered border and record its parameters
-    weights = feather_mask(size, x, y, source.width, source.height)
+    weights = feather_mask(w, h, x, y, source.width, source.height)
     base = np.asarray(source, dtype=np.float32)
     source_hash = image_sha256(init_image)
     candidates = []
     for seed, output in zip(seeds, outputs, strict=True):
         patch = np.asarray(output, dtype=np.float32)
         merged = base.copy()
-        region = merged[y : y + size, x : x + size]
-        merged[y : y + size, x : x + size] = region * (1 - weights) + patch * weights
+        region = merged[y : y + h, x : x + w]
+        merged[y : y + h, x : x + w] = region * (1 - weights) + patch * weights
         image = Image.fromarray(np.clip(merged + 0.5, 0, 255).astype(np.uint8))
         if gray:
             image = image.convert("L")
         params = _candidate_params(loaded, config, token, prompt, seed, source_hash, image)
-        params.window = Window(x, y, size)
+        params.window = Window(x, y, w, None if w == h else h)
         candidates.append(Candidate(image, seed, params))
     return GenerationResult(candidates, time.time() - started)
 
@@ -352,7 +357,7 @@ def _generate_masked(
 
     # 2. Mirror-extend a slab smaller than the window; grow each mask and plan its windows on that canvas
     resolution = loaded.resolution
-    multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    multiple = canvas_multiple(pipe)
     base = config.window_size or round(resolution * MASK_WINDOW_SCALE)
     pad_x, pad_y = max(0, base - width), max(0, base - height)
     canvas = Image.fromarray(mirror_pad(np.asarray(source), pad_x, pad_y))

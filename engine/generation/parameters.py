@@ -20,18 +20,20 @@ from engine.boxes import Box, union
 
 @dataclass(frozen=True)
 class Window:
-    """The square of the source a window img2img repainted."""
+    """The rectangle of the source a window img2img repainted: `size` wide and `height` high (None: a square)."""
 
     x: int
     y: int
     size: int
+    height: int | None = None
 
     def as_dict(self) -> dict[str, int]:
-        return {"x": self.x, "y": self.y, "size": self.size}
+        extent = {} if self.height is None else {"height": self.height}
+        return {"x": self.x, "y": self.y, "size": self.size, **extent}
 
     @property
     def box(self) -> Box:
-        return Box(self.x, self.y, self.x + self.size, self.y + self.size)
+        return Box(self.x, self.y, self.x + self.size, self.y + (self.size if self.height is None else self.height))
 
 
 @dataclass(frozen=True)

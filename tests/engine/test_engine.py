@@ -97,6 +97,33 @@ def test_large_slab_is_processed_in_a_window_and_pasted_back(tiny_model, tiny_ad
     assert np.abs(out[:, 110:154] - original[:, 110:154]).mean() > 1
 
 
+def test_the_default_window_of_a_strip_is_the_strip_up_to_four_times_its_height():
+    config = GenerationConfig("scratches")
+    assert config.repainted_box(200, 100) == (0, 0, 200, 100)
+    assert config.repainted_box(100, 300) == (0, 0, 100, 300)
+    assert config.repainted_box(1600, 256) == (288, 0, 1024, 256), "at most 4:1, centred"
+    assert config.repainted_box(200, 200) == (0, 0, 200, 200)
+    assert config.repainted_box(400, 400) == (72, 72, 256, 256), "a large slab: the centred square as before"
+    assert config.repainted_box(600, 300) == (172, 22, 256, 256)
+    assert GenerationConfig("scratches", window_x=0).repainted_box(200, 100) == (0, 0, 100, 100), "a chosen square"
+
+
+def test_a_strip_is_redrawn_whole_on_a_canvas_of_its_shape(tiny_model, tiny_adapter):
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    source = slab(96, 32, seed=4)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
+    candidate = generate(pipe, source, config).candidates[0]
+    out, original = (np.asarray(image, dtype=np.int16) for image in (candidate.image, source))
+    assert out.shape == original.shape
+    assert min(np.abs(out[:, part] - original[:, part]).mean() for part in (slice(0, 32), slice(64, 96))) > 1
+    assert candidate.params.window.as_dict() == {"x": 0, "y": 0, "size": 96, "height": 32}
+    assert read_png_parameters(candidate.png_bytes()).window == candidate.params.window
+
+    longer = slab(160, 32, seed=4)
+    out = np.asarray(generate(pipe, longer, config).candidates[0].image, dtype=np.int16)
+    assert np.array_equal(out[:, :16], np.asarray(longer, dtype=np.int16)[:, :16]), "beyond 4:1 the ends are kept"
+
+
 def _tinted(grey: np.ndarray, gains: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(grey[..., None] * gains + 0.5, 0, 255).astype(np.uint8))
 

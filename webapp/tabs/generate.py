@@ -74,7 +74,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 )
                 with gr.Accordion("Window on a large slab (click to choose where it goes) and typed boxes", open=False):
                     window_picker = gr.Image(
-                        label="Whole-window generation repaints the outlined square; click to centre it elsewhere",
+                        label="Whole-window generation repaints the outlined window; click to centre a square there",
                         interactive=False,
                         height=200,
                     )
@@ -190,7 +190,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             boxes = parse_box_text(box_text) if (box_text or "").strip() else []
         except ValueError:
             boxes = []
-        return window_view(slab.path, service.previews_dir, config.window_box(slab.width, slab.height), boxes=boxes)
+        return window_view(slab.path, service.previews_dir, config.repainted_box(slab.width, slab.height), boxes=boxes)
 
     def show_boxes(source_id: int | None, box_text: str | None, centre: tuple[float, float] | None = None):
         """The window picker with the typed boxes drawn on the slab."""
