@@ -510,7 +510,9 @@ def varied_init(
 ) -> VariedInit:
     """One init drawn from `images` (a class's real images): the source as is, a geometric variant, a mosaic or a
     warped geometric variant or an overlay, in the shares of `mix` (default `DEFAULT_INIT_MIX`); then, with
-    probability `turn_share`, turned a quarter (recorded as `turn`; with 0 the draws are those made without it)."""
+    probability `turn_share`, turned a quarter (recorded as `turn`; with 0 the draws are those made without it). A
+    non-square init is not turned: its shape is the camera's (a line camera's strip), and turned it would be an image
+    the line never delivers."""
     if not images:
         raise ValueError("Varied inits need at least one image.")
     mix = dict(check_init_mix(mix or DEFAULT_INIT_MIX))
@@ -535,7 +537,7 @@ def varied_init(
     if kind != "source":
         image, jitter = exposure_jitter(image, rng)
         details = {**details, **jitter}
-    if turn_share > 0 and rng.random() < turn_share:
+    if turn_share > 0 and rng.random() < turn_share and image.width == image.height:
         image, turn = quarter_turn(image, rng)
         details = {**details, **turn}
     return VariedInit(image, kind, sources, details)

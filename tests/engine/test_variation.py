@@ -196,6 +196,13 @@ def test_varied_init_turns_its_share_of_inits_after_the_same_draws_as_without_tu
         varied_init(images, random.Random(0), turn_share=1.5)
 
 
+def test_a_strip_is_never_turned_a_quarter_so_every_init_keeps_the_cameras_shape():
+    rng = np.random.default_rng(3)
+    strips = [Image.fromarray(rng.integers(60, 200, (32, 96), dtype=np.uint8)) for _ in range(3)]
+    inits = [varied_init(strips, random.Random(seed), turn_share=1.0) for seed in range(30)]
+    assert all(init.image.size == (96, 32) and "turn" not in init.details for init in inits)
+
+
 def test_elastic_warp_bends_a_straight_line_and_keeps_grey_grey():
     pixels = np.full((80, 80), 40, dtype=np.uint8)
     pixels[38:42] = 220  # a horizontal scratch
