@@ -1,6 +1,6 @@
 """Benchmarks of the studio on this machine: preview, fine-tune, app start; wall time and peak memory.
 
-    python bench/bench_studio.py [--model M] [--adapter RUN] [--finetune-data DIR] [--skip-finetune]
+    python bench/bench_studio.py [--model M] [--adapter RUN] [--finetune-data DIR] [--skip-finetune] [--slab 800x200]
 
 Each case runs in its own subprocess so that peak memory (ru_maxrss) is its own.
 """
@@ -31,7 +31,8 @@ t0 = time.perf_counter()
 pipe = load_pipeline(sys.argv[1] or None, adapter=sys.argv[2] or None)
 load_s = time.perf_counter() - t0
 rng = np.random.default_rng(0)
-slab = Image.fromarray(rng.normal(128, 14, (200, 200)).clip(0, 255).astype(np.uint8))
+width, height = (int(side) for side in sys.argv[3].split("x"))
+slab = Image.fromarray(rng.normal(128, 14, (height, width)).clip(0, 255).astype(np.uint8))
 name = sorted(pipe.tokens)[0]
 config = GenerationConfig(class_name=name, num_candidates=4, steps=DEFAULT_STEPS)
 generate(pipe, slab, config)
@@ -107,13 +108,14 @@ def main() -> None:
     parser.add_argument("--adapter", default="", help="Run folder for the preview's tokens (default: the model's own).")
     parser.add_argument("--finetune-data", type=Path, default=None, help="ImageFolder with one class of ~20 images.")
     parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--slab", default="200x200", help="The preview slab's WIDTHxHEIGHT (a strip: 800x200).")
     args = parser.parse_args()
     rows = []
-    preview = run_case(PREVIEW, args.model, args.adapter)
+    preview = run_case(PREVIEW, args.model, args.adapter, args.slab)
     rows.append(("pipeline load", f"{preview['load_s']:.2f} s", ""))
     rows.append(
         (
-            f"preview, 4 candidates, 20 steps x {preview['strength']}",
+            f"preview, 4 candidates, 20 steps x {preview['strength']}, {args.slab} slab",
             f"{preview['preview4_s']:.2f} s (median {preview['preview4_median_s']:.2f})",
             f"{preview['peak_mb']:.0f} MB",
         )
