@@ -125,15 +125,15 @@ def read_mask_image_beside(image_path: Path) -> Image.Image | None:
     return None
 
 
-def mask_at(mask: Image.Image, resolution: int) -> np.ndarray:
-    """A mask image resized to resolution × resolution (bool: a cell at least half defect)."""
-    return np.asarray(mask.resize((resolution, resolution), Image.Resampling.BOX)) >= 128
+def mask_at(mask: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """A mask image resized to `size` (width, height) (bool: a cell at least half defect)."""
+    return np.asarray(mask.resize(size, Image.Resampling.BOX)) >= 128
 
 
 def read_mask_beside(image_path: Path, resolution: int) -> np.ndarray | None:
     """An image's defect mask at resolution × resolution (bool; `read_mask_image_beside`), or None."""
     mask = read_mask_image_beside(image_path)
-    return None if mask is None else mask_at(mask, resolution)
+    return None if mask is None else mask_at(mask, (resolution, resolution))
 
 
 def is_grayscale(image: Image.Image) -> bool:

@@ -74,14 +74,16 @@ class TrainingImage:
     """One training image at the model's resolution (uint8 H×W×3) with its class ('' in pretraining) and caption.
 
     `mask` (bool H×W, True = defect) marks where the defect is, for the masked loss; None: unknown or everywhere.
-    `size` is the (width, height) of the image, or of its square view (`data.square_views`), before the resize,
-    where known.
+    A wide image trains as several square views (`data.square_views`); its first carries `image_mask`, the whole
+    image's defect mask at the views' scale, and `size`, the image's own (width, height): what the class's
+    auto-place statistics count, per image and in its own pixels (a view would cut a defect or count it twice).
     """
 
     pixels: np.ndarray
     class_name: str = ""
     caption: str = ""
     mask: np.ndarray | None = None
+    image_mask: np.ndarray | None = None
     size: tuple[int, int] | None = None
 
 
@@ -695,7 +697,7 @@ def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, noise_s
 def class_placement(images: list[TrainingImage], class_name: str) -> dict | None:
     """A class's own auto-place statistics from the defect masks of its fine-tuning images, as the adapter records
     them (`placement.learnt_statistics`); None without a defect."""
-    own = [(im.mask, im.size) for im in images if im.class_name == class_name and im.mask is not None and im.size]
+    own = [(im.image_mask, im.size) for im in images if im.class_name == class_name and im.image_mask is not None]
     return learnt_statistics(own)
 
 
@@ -721,9 +723,15 @@ def images_from_folder(dataset: Path, classes: list[str] | None, resolution: int
         mask = read_mask_image_beside(it.path)
         if mask is not None and mask.size != image.size:
             mask = mask.resize(image.size, Image.Resampling.NEAREST)
-        for box in square_views(*image.size):
-            view = image.crop(box)
-            view_mask = None if mask is None else mask_at(mask.crop(box), resolution)
-            pixels = to_square_pixels(view, resolution)
-            images.append(TrainingImage(pixels, it.class_name, mask=view_mask, size=view.size))
+        views = square_views(*image.size)
+        scale = resolution / min(image.size)
+        for number, box in enumerate(views):
+            pixels = to_square_pixels(image.crop(box), resolution)
+            view_mask = None if mask is None else mask_at(mask.crop(box), (resolution, resolution))
+            image_mask = None
+            if number == 0 and mask is not None:
+                whole = (round(image.width * scale), round(image.height * scale))
+                image_mask = view_mask if len(views) == 1 else mask_at(mask, whole)
+            size = image.size if number == 0 else None
+            images.append(TrainingImage(pixels, it.class_name, mask=view_mask, image_mask=image_mask, size=size))
     return images

@@ -15,7 +15,7 @@ from engine.batch import finetune_folder
 from engine.config import TrainConfig, finetune_config
 from engine.data import find_annotation, parse_voc, read_mask_beside, square_views, to_square_pixels
 from engine.generation.placement import MIN_LOG_SIZE_SPREAD
-from engine.training.loop import TrainingImage, _diffusion_loss, _loss_weights, images_from_folder
+from engine.training.loop import TrainingImage, _diffusion_loss, _loss_weights, class_placement, images_from_folder
 from tests.support import make_steel_like, voc_xml
 
 
@@ -57,7 +57,7 @@ def test_a_fine_tune_sees_a_wide_image_as_square_views_with_their_part_of_the_ma
 
     images = images_from_folder(tmp_path / "dataset", None, 16)
 
-    assert len(images) == 4 and all(im.size == (40, 40) for im in images)
+    assert len(images) == 4
     whole, *views = images
     assert np.array_equal(whole.pixels, to_square_pixels(square, 16)), "a square image as before: whole"
     assert np.array_equal(whole.mask, read_mask_beside(folder / "square.png", 16))
@@ -65,6 +65,11 @@ def test_a_fine_tune_sees_a_wide_image_as_square_views_with_their_part_of_the_ma
         assert np.array_equal(view.pixels, to_square_pixels(strip.crop((x, 0, x + 40, 40)), 16)), "not squashed"
     assert not views[0].mask.any() and not views[1].mask.any(), "the defect lies in the last third"
     assert views[2].mask[:, 4:].all() and not views[2].mask[:, :2].any()
+    # The class's auto-place statistics count the strip's defect once, whole, in its own pixels.
+    assert (views[0].size, views[1].size, views[2].size) == ((120, 40), None, None)
+    assert views[0].image_mask.shape == (16, 48) and views[1].image_mask is None
+    own = class_placement(images, "edge crack")["classes"]["_own"]
+    assert own["boxes"] == [[20, 40], [30, 40]] and own["per_image"] == {"1": 2}
 
 
 def test_a_mask_png_beside_an_image_wins_over_its_voc_boxes(tmp_path):
