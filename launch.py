@@ -29,6 +29,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 DEFAULT_DATA_DIR = Path("studio-data")
+SPLIT_HELP = (
+    "The NEU folder (manifest.csv, annotations/), or a split folder with pool/ and val/, each <class>/<images> with"
+    " <name>_mask.png or <name>.xml beside an image (a mill's own)."
+)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -428,9 +432,10 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     class_stats.add_argument("--out", type=Path, default=None, help="Default: the shipped class-stats.json.")
 
     masked = ev_sub.add_parser(
-        "masked", help="Masked samples auto-placed on clean NEU regions, judged on the masked crop (KID, realism)."
+        "masked",
+        help="Masked samples auto-placed on clean regions of validation images, judged on the masked crops.",
     )
-    masked.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
+    masked.add_argument("--neu", "--split", dest="neu", required=True, type=Path, help=SPLIT_HELP)
     masked.add_argument("--model", default=None, help="Diffusers model folder or hub id (default: embedded prior).")
     masked.add_argument("--adapter", type=Path, default=None, help="Adapter folder (default: the shipped tokens).")
     masked.add_argument("--classes", nargs="*", default=None)
@@ -442,7 +447,12 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     masked.add_argument("--seed", type=int, default=0)
     masked.add_argument("--guidance", type=float, default=None)
     masked.add_argument("--detail-restore", type=float, default=None, help="0-1 (default 1).")
-    masked.add_argument("--window-size", type=int, default=None, help="Slab px per masked window (default 200).")
+    masked.add_argument(
+        "--window-size",
+        type=int,
+        default=None,
+        help="Slab px per masked window (default 200, or the short side of the class's fine-tune images if smaller).",
+    )
     masked.add_argument("--save-dir", type=Path, default=None, help="Write samples, masks and crops here to look at.")
 
     tune_masked = sub.add_parser(
@@ -450,7 +460,7 @@ def add_evaluate_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="Choose each token's masked-repaint strength by the masked report's crop KID; store it in the adapter.",
     )
     tune_masked.add_argument("--adapter", required=True, type=Path, help="Adapter run folder (tokens.json is updated).")
-    tune_masked.add_argument("--neu", required=True, type=Path, help="The NEU folder (manifest.csv, annotations/).")
+    tune_masked.add_argument("--neu", "--split", dest="neu", required=True, type=Path, help=SPLIT_HELP)
     tune_masked.add_argument(
         "--model", default=None, help="Diffusers model folder or hub id (default: embedded prior)."
     )
@@ -801,7 +811,7 @@ def cmd_tune_masked_strength(args: argparse.Namespace) -> None:
 
     report = tune_masked_strength(
         adapter=args.adapter,
-        neu_root=args.neu,
+        data_root=args.neu,
         strengths=args.strengths,
         model=args.model,
         classes=args.classes,

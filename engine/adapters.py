@@ -46,6 +46,9 @@ class TokenInfo:
     defect_structure: float | None = None
     # Auto-place statistics from the class's own defect masks (`placement.learnt_statistics`); None: the shipped ones.
     placement: dict | None = None
+    # The median short side (px) of the class's fine-tuning images: the slab pixels its token and LoRA learnt per
+    # model resolution (a square view of that side is resized to it). None: not recorded (older adapters).
+    view_side: float | None = None
 
     @property
     def own_defects(self) -> dict | None:

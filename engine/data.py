@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from engine.boxes import Box, to_mask
+from engine.boxes import Box, from_mask, to_mask
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -70,14 +70,18 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
-def read_image_folder(root: Path) -> list[LabelledImage]:
-    """Read an ImageFolder tree `<class>/<images>`; raises if it holds no class folder with images."""
+def read_image_folder(root: Path, with_boxes: bool = False) -> list[LabelledImage]:
+    """Read an ImageFolder tree `<class>/<images>`; raises if it holds no class folder with images. With
+    `with_boxes`, each image's defect boxes come from the mask beside it (`read_mask_image_beside`), labelled with
+    its class."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Dataset folder not found: {root}")
     items = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        items += [LabelledImage(path, class_dir.name) for path in list_images(class_dir)]
+        for index, path in enumerate(list_images(class_dir)):
+            boxes = boxes_beside(path, class_dir.name) if with_boxes else []
+            items.append(LabelledImage(path, class_dir.name, boxes, index))
     if not items:
         raise ValueError(f"No images in class subfolders of {root} (expected <class>/<image files>).")
     return items
@@ -107,6 +111,24 @@ def split_neu(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[Lab
         for position, item in enumerate(members):
             (val if position % VALIDATION_EVERY == 0 else pool).append(item)
     return pool, val
+
+
+def read_split(root: Path | str) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(training pool, validation) of a folder with labelled defects: the NEU folder (its manifest, split by
+    `split_neu`), or a split folder with `pool/` and `val/`, each `<class>/<images>` with `<name>_mask.png` or
+    `<name>.xml` beside an image (what `evaluate neu-split` and a mill of one's own look like)."""
+    root = Path(root)
+    if (root / "manifest.csv").is_file():
+        return split_neu(read_neu(root))
+    if not ((root / "pool").is_dir() and (root / "val").is_dir()):
+        raise FileNotFoundError(f"{root} is neither the NEU folder (manifest.csv) nor a split with pool/ and val/.")
+    return read_image_folder(root / "pool", with_boxes=True), read_image_folder(root / "val", with_boxes=True)
+
+
+def boxes_beside(image_path: Path, label: str) -> list[Box]:
+    """One box per defect of the mask beside an image (`read_mask_image_beside`), labelled; [] without one."""
+    mask = read_mask_image_beside(image_path)
+    return [] if mask is None else from_mask(np.asarray(mask) >= 128, label)
 
 
 def read_mask_image_beside(image_path: Path) -> Image.Image | None:

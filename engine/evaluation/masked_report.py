@@ -2,8 +2,9 @@
 
 A small placed defect barely moves a whole-image score, so each sample is judged where it was painted:
 
-1. Clean slabs are the box-free regions (at least MIN_CLEAN_SIDE a side) of the NEU validation images of
-   *every* class, interleaved by class, so no class's grain dominates.
+1. Clean slabs are the box-free regions (at least MIN_CLEAN_SIDE a side) of the validation images of *every*
+   class, interleaved by class, so no class's grain dominates. The images are NEU's split or a mill's own split
+   folder (`data.read_split`: `pool/` and `val/`, masks or boxes beside the images).
 2. Each class in turn paints `per_class` of them with an auto-placed mask (the studio's own `generate`).
 3. The masked crop is the mask's bounding box grown by CROP_MARGIN; the same crop of the untouched slab is the
    no-defect control. Real crops are cut alike around the union of each image's boxes of its class:
@@ -24,7 +25,7 @@ from PIL import Image
 from engine.batch import default_strength
 from engine.boxes import CROP_MARGIN, bounding_box, union
 from engine.config import DEFAULT_STEPS, GenerationConfig
-from engine.data import LabelledImage, clean_regions, load_rgb, read_neu, split_neu
+from engine.data import LabelledImage, clean_regions, load_rgb, read_split
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
 from engine.evaluation.fidelity import SetDistance, formatted, recognition_rate, rounded, set_distance
 from engine.evaluation.realism import RealismScorer
@@ -132,7 +133,7 @@ class MaskedReport:
 
 @dataclass
 class _ReportData:
-    """What every run of the report on one NEU folder shares: clean slabs, real defect crops, the scorer."""
+    """What every run of the report on one split shares: clean slabs, real defect crops, the scorer."""
 
     classes: list[str]
     slabs: list[Image.Image]
@@ -146,16 +147,16 @@ class _ReportData:
 
 def _load_report_data(
     pipe: LoadedPipeline,
-    neu_root: Path | str,
+    data_root: Path | str,
     classes: list[str] | None,
     per_class: int,
     feature_net: SteelFeatureNet | None,
 ) -> _ReportData:
-    """Read the NEU split once: clean slabs from validation images, defect crops of validation and pool."""
-    pool, val = split_neu(read_neu(Path(neu_root)))
+    """Read the split once (`read_split`): clean slabs from validation images, defect crops of validation and pool."""
+    pool, val = read_split(data_root)
     classes = classes or [c for c in sorted({it.class_name for it in val}) if c in pipe.tokens]
     if not classes:
-        raise ValueError("The pipeline has no token for any class of the NEU folder.")
+        raise ValueError(f"The pipeline has no token for any class of {data_root}.")
     slabs = clean_slabs(val)
     if not slabs:
         raise ValueError(f"No clean region of at least {MIN_CLEAN_SIDE} px in the validation images.")
@@ -170,7 +171,7 @@ def _load_report_data(
 
 def masked_sample_report(
     pipe: LoadedPipeline,
-    neu_root: Path | str,
+    data_root: Path | str,
     classes: list[str] | None = None,
     per_class: int = 40,
     strength: float | None = None,
@@ -189,10 +190,10 @@ def masked_sample_report(
 
     `save_dir` (outside the repository) receives each sample, its mask and its crop, for a look by eye.
     """
-    data = _load_report_data(pipe, neu_root, classes, per_class, feature_net)
+    data = _load_report_data(pipe, data_root, classes, per_class, feature_net)
     options = {"guidance_scale": guidance_scale, "detail_restore": detail_restore, "window_size": window_size}
     report = _paint_and_score(pipe, data, per_class, strength, steps, seed, options, save_dir, progress)
-    report.settings["neu_root"] = str(neu_root)
+    report.settings["data_root"] = str(data_root)
     return report
 
 
@@ -324,7 +325,7 @@ class MaskedStrengthReport:
 
 def tune_masked_strength(
     adapter: Path | str,
-    neu_root: Path | str,
+    data_root: Path | str,
     strengths: list[float],
     model: str | None = None,
     classes: list[str] | None = None,
@@ -347,7 +348,7 @@ def tune_masked_strength(
     if not strengths or any(not 0 < s <= 1 for s in strengths):
         raise ValueError(f"Strengths must lie in (0, 1], got {strengths}.")
     pipe = load_pipeline(model, adapter)
-    data = _load_report_data(pipe, neu_root, classes, per_class, feature_net)
+    data = _load_report_data(pipe, data_root, classes, per_class, feature_net)
     kid_by_class: dict[str, dict[str, float | None]] = {}
     clean_kid: dict[str, float | None] = {}
     for strength in sorted(strengths):

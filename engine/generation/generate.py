@@ -268,6 +268,16 @@ def token_info(loaded: LoadedPipeline, class_name: str) -> TokenInfo | None:
     return loaded.adapter.tokens.get(class_name) if loaded.adapter else None
 
 
+def masked_window_base(loaded: LoadedPipeline, class_name: str) -> int:
+    """Slab pixels a masked repaint's window holds per model resolution: the prior's scale (MASK_WINDOW_SCALE), or
+    the class's own where its adapter learnt it from smaller captures (`TokenInfo.view_side`). A mill whose captures
+    are 128 px is then repainted at 128 px a window, as its fine-tune saw them and its whole windows are redrawn,
+    not mirror-extended to 200 px and painted at 0.64 of the scale its token learnt."""
+    prior = round(loaded.resolution * MASK_WINDOW_SCALE)
+    token = token_info(loaded, class_name)
+    return min(prior, round(token.view_side)) if token and token.view_side else prior
+
+
 def defect_colour_of(loaded: LoadedPipeline, class_name: str) -> tuple[list[float] | None, float | None]:
     """The colour its adapter learnt for the class's defects against their steel (`variation.defect_tint`) and how
     far it lies on their structure (`variation.defect_colour_structure`); (None, None) without one."""
@@ -358,7 +368,7 @@ def _generate_masked(
     # 2. Mirror-extend a slab smaller than the window; grow each mask and plan its windows on that canvas
     resolution = loaded.resolution
     multiple = canvas_multiple(pipe)
-    base = config.window_size or round(resolution * MASK_WINDOW_SCALE)
+    base = config.window_size or masked_window_base(loaded, config.class_name)
     pad_x, pad_y = max(0, base - width), max(0, base - height)
     canvas = Image.fromarray(mirror_pad(np.asarray(source), pad_x, pad_y))
     planned: dict[int, tuple[np.ndarray, list[MaskWindow]]] = {}

@@ -15,6 +15,7 @@ import math
 import random
 import re
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -624,7 +625,8 @@ def _save_adapter(
     """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete, with each class's
     defect colour against its steel where its colour images have defect masks (`variation.defect_tint`), how far
     it lies on the defects' structure (`variation.defect_colour_structure`) and, from the same masks, the sizes and
-    counts of its defects for auto-place (`placement.learnt_statistics`)."""
+    counts of its defects for auto-place (`placement.learnt_statistics`), and the median short side of its images
+    (the scale it learnt)."""
     weight = text_encoder.get_input_embeddings().weight.detach().cpu()
     tokens = {}
     for class_name, token_id in new_token_ids.items():
@@ -641,6 +643,8 @@ def _save_adapter(
             tokens[class_name]["defect_structure"] = defect_colour_structure(masked)
         if (placement := class_placement(images, class_name)) is not None:
             tokens[class_name]["placement"] = placement
+        if sides := [min(im.size) for im in images if im.class_name == class_name and im.size]:
+            tokens[class_name]["view_side"] = float(statistics.median(sides))
     lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionImg2ImgPipeline.save_lora_weights(str(out), unet_lora_layers=lora, weight_name=LORA_FILE)
     index = {

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from engine.boxes import Box, bounding_box
-from engine.data import LabelledImage
+from engine.data import LabelledImage, read_split
 from engine.evaluation.masked_report import clean_slabs, defect_crop
 from tests.support import voc_xml
 
@@ -37,6 +37,41 @@ def tiny_neu(tmp_path_factory) -> Path:
             rows.append(f"images/{cls}/X_{index}.bmp,{cls},{index},annotations/{cls}_{index}.xml")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory) -> Path:
+    """A mill's own split folder like `tiny_neu`: pool/ (5 a class, VOC boxes beside) and val/ (2 a class, masks
+    beside), with names holding spaces and no NEU manifest."""
+    root = tmp_path_factory.mktemp("tiny-split")
+    rng = np.random.default_rng(1)
+    for cls in CLASSES:
+        for part, count in (("pool", 5), ("val", 2)):
+            folder = root / part / f"mill {cls}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.normal(128, 12, (IMAGE_SIDE, IMAGE_SIDE)).clip(0, 255).astype(np.uint8)
+                pixels[:BOX_END, :BOX_END] = 40 if cls == "scratches" else 220
+                Image.fromarray(np.stack([pixels] * 3, axis=-1)).save(folder / f"capture {index}.jpg", quality=95)
+                if part == "pool":
+                    (folder / f"capture {index}.xml").write_text(voc_xml((cls, 1, 1, BOX_END, BOX_END)))
+                else:
+                    mask = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+                    mask[:BOX_END, :BOX_END] = 255
+                    Image.fromarray(mask).save(folder / f"capture {index}_mask.png")
+    return root
+
+
+def test_a_split_folder_reads_its_boxes_from_the_masks_and_annotations_beside_its_images(tiny_split, tiny_neu):
+    pool, val = read_split(tiny_split)
+    assert (len(pool), len(val)) == (10, 4)
+    assert {it.class_name for it in val} == {f"mill {cls}" for cls in CLASSES}
+    for item in pool + val:
+        assert item.boxes == [Box(0, 0, BOX_END, BOX_END, item.class_name)], "from the VOC boxes or the mask"
+    neu_pool, neu_val = read_split(tiny_neu)
+    assert (len(neu_pool), len(neu_val)) == (10, 4), "the NEU folder splits by its manifest"
+    with pytest.raises(FileNotFoundError, match="pool/ and val/"):
+        read_split(tiny_split / "pool")
 
 
 def test_grown_box_adds_a_margin_keeps_a_minimum_side_and_stays_inside():
@@ -100,6 +135,22 @@ def test_masked_report_paints_clean_regions_and_scores_the_crops(tiny_neu, tiny_
             crop = Image.open(mask_path.with_name(mask_path.name.replace("_mask", "_crop")))
             x0, y0, x1, y1 = bounding_box(mask).grown(mask.shape[1], mask.shape[0]).corners
             assert crop.size == (x1 - x0, y1 - y0)
+
+
+@pytest.mark.slow
+def test_masked_report_runs_on_a_mills_own_split_folder(tiny_split, tiny_model, tmp_path, capsys):
+    from engine.batch import finetune_folder
+    from launch import main
+
+    adapter = tmp_path / "adapter"
+    result = finetune_folder(tiny_split / "pool", adapter, model=str(tiny_model), steps=2, batch_size=4)
+    assert result.status == "completed"
+    args = ["evaluate", "masked", "--split", str(tiny_split), "--model", str(tiny_model), "--adapter", str(adapter)]
+    assert main([*args, "--per-class", "2", "--strength", "1.0", "--steps", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_slabs"] == 8 and report["settings"]["data_root"] == str(tiny_split)
+    assert [row["class_name"] for row in report["rows"]] == [f"mill {cls}" for cls in CLASSES]
+    assert all((row["generated"]["n_a"], row["generated"]["n_b"]) == (2, 2) for row in report["rows"])
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from engine.batch import generate_to_folder
 from engine.boxes import from_mask, to_mask
 from engine.config import GenerationConfig
 from engine.data import list_images
-from engine.generation.generate import AUTO_PLACE_OWN, generate, read_png_parameters
+from engine.generation.generate import AUTO_PLACE_OWN, generate, masked_window_base, read_png_parameters
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
 from engine.generation.placement import (
     MIN_LOG_SIZE_SPREAD,
@@ -373,19 +373,42 @@ def test_masked_repaint_works_for_a_unet_with_more_than_four_latent_channels(tmp
     assert np.abs(out[mask] - original[mask]).mean() > 1
 
 
-def test_a_thin_strip_is_mirror_extended_so_its_defect_is_painted_at_the_model_scale(pipe):
+def test_a_thin_strip_is_mirror_extended_so_its_defect_is_painted_at_the_scale_its_class_learnt(pipe):
     source = slab(120, 20, seed=3)
     mask = rectangle_mask(120, 20, 50, 6, 60, 12)
     config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
     candidate = generate(pipe, source, config, mask=mask_image(mask)).candidates[0]
-    # Without the mirror the 20 px strip would be magnified to the model's 32 px (0.6 source px per model px).
-    assert candidate.params.masked.window_scale >= MASK_WINDOW_SCALE
+    # The class learnt from 48 px images at the model's 32 px; without the mirror the 20 px strip would be magnified
+    # to 32 px (0.6 source px per model px).
+    assert pipe.adapter.tokens["scratches"].view_side == 48 and masked_window_base(pipe, "scratches") == 48
+    assert candidate.params.masked.window_scale >= 48 / 32
     (window,) = candidate.params.masked.windows
     assert window.y == 0 and window.height == 20 and window.x <= 46 and window.x + window.width >= 64
     out, original = np.asarray(candidate.image, dtype=np.int16), np.asarray(source, dtype=np.int16)
     assert candidate.image.size == (120, 20)
     assert np.array_equal(out[~grow(mask)], original[~grow(mask)])
     assert np.abs(out[mask] - original[mask]).mean() > 1
+
+
+def test_a_class_learnt_from_small_captures_is_repainted_at_their_scale_not_mirror_extended(
+    pipe, tiny_model, tiny_adapter
+):
+    small = shutil.copytree(tiny_adapter, tiny_adapter.parent / "small-captures", dirs_exist_ok=True)
+    index = json.loads((small / "tokens.json").read_text())
+    index["tokens"]["scratches"]["view_side"] = 24.0
+    index["tokens"]["inclusion"]["view_side"] = 400.0
+    (small / "tokens.json").write_text(json.dumps(index))
+    loaded = load_pipeline(tiny_model, adapter=small)
+    assert masked_window_base(loaded, "scratches") == 24, "a 24 px capture's scale"
+    assert masked_window_base(loaded, "inclusion") == round(32 * MASK_WINDOW_SCALE), "never coarser than the prior's"
+
+    source, mask = slab(40, 40, seed=4), rectangle_mask(40, 40, 16, 16, 24, 24)
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=1.0, steps=2)
+    (window,) = generate(loaded, source, config, mask=mask_image(mask)).candidates[0].params.masked.windows
+    assert (window.x, window.y, window.width, window.height) == (0, 0, 40, 40), "the slab itself, no mirrored border"
+    assert generate(loaded, source, config, mask=mask_image(mask)).candidates[0].params.masked.window_scale == 40 / 32
+    learnt_at_48 = generate(pipe, source, config, mask=mask_image(mask)).candidates[0]
+    assert learnt_at_48.params.masked.window_scale > 40 / 32, "mirror-extended towards its class's 48 px"
 
 
 def test_mirror_pad_reflects_beyond_the_image_size():
