@@ -20,9 +20,10 @@ MASK_GROW_PX = 4
 MASK_FEATHER_PX = 4
 # Context the model sees around the mask's bounding box (diffusers' padding_mask_crop), in source pixels.
 MASK_MARGIN_PX = 32
-# Source pixels per model pixel of a masked repaint's canvas, unless the request sets a window size: the embedded
-# prior learnt NEU's 200 px images at 128 px. A slab too small for such a window is extended by mirroring it, so a
-# thin strip is not magnified (which would paint its defect at several times the scale the model learnt).
+# Source pixels per model pixel of a masked repaint's canvas, unless the request sets a window size or the class
+# learnt from smaller captures (`generate.masked_window_base`): the embedded prior learnt NEU's 200 px images at
+# 128 px. A slab too small for such a window is extended by mirroring it, so a thin strip is not magnified (which
+# would paint its defect at several times the scale the model learnt).
 MASK_WINDOW_SCALE = 200 / 128
 # More components than this are repainted in one window instead of being grouped (grouping is quadratic).
 MAX_GROUPED_COMPONENTS = 64
