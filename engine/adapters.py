@@ -57,7 +57,8 @@ class TokenInfo:
 
     def learnt_summary(self) -> str:
         """What the adapter learnt of the class beside its token and LoRA, in words: tuned strengths, its defects'
-        colour against their steel and where it lies, and auto-place from its own boxes."""
+        colour against their steel and where it lies, auto-place from its own boxes, and its captures' size (the
+        scale a masked repaint paints it at, where smaller than the prior's)."""
         parts = []
         tuned = [
             f"{value:g} ({kind})"
@@ -91,10 +92,11 @@ class TokenInfo:
                 f"(median {width} × {height} px in {self.placement['reference_size']} px captures"
                 f"{', drawn as lines' if own.get('shape') == 'line' else ''})"
             )
+        scale = f" Learnt from captures {self.view_side:g} px on their short side." if self.view_side else ""
         if not parts:
-            return "Its token and LoRA (no masks to learn colour or placement from)."
+            return "Its token and LoRA (no masks to learn colour or placement from)." + scale
         summary = "; ".join(parts) + "."
-        return summary[0].upper() + summary[1:]
+        return summary[0].upper() + summary[1:] + scale
 
     def proposed_strength(self, masked: bool = False) -> float:
         """The tuned strength for a whole window (or a masked repaint), else the studio's default."""

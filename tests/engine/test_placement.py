@@ -223,6 +223,8 @@ def test_what_an_adapter_learnt_of_a_class_is_told_in_words():
     assert "less red and bluer than their steel" in stain.learnt_summary() and "evenly" in stain.learnt_summary()
     assert TokenInfo("grey", "<grey>", "", defect_tint=[0.01, 0.0]).learnt_summary().startswith("Defects the colour")
     assert TokenInfo("plain", "<plain>", "").learnt_summary().startswith("Its token and LoRA")
+    small = TokenInfo("small", "<small>", "", view_side=128.0).learnt_summary()
+    assert small.startswith("Its token and LoRA") and small.endswith("Learnt from captures 128 px on their short side.")
 
 
 def elongation(mask: Image.Image) -> list[float]:
