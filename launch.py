@@ -539,11 +539,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from engine.batch import FLAGGED_FOLDER, generate_to_folder, init_images
     from engine.generation.variation import parse_init_mix
     from engine.training.loop import shared_value
+    from webapp.studio.generation import new_batch_folder
 
     # The batch says which share of its inits it turns a quarter, and why.
     logging.getLogger("engine.batch").setLevel(logging.INFO)
     store = args.out is None
-    out = args.out or Path(shared_value(lambda: str(_new_batch_folder(args.data_dir, args.token))))
+    out = args.out or Path(shared_value(lambda: str(new_batch_folder(args.data_dir, args.token))))
     written = generate_to_folder(
         model=args.model,
         adapter=args.adapter,
@@ -585,14 +586,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
         finally:
             service.close()
         print(stored.summary + "; review them with `launch.py review list`.")
-
-
-def _new_batch_folder(data_dir: Path, class_name: str) -> Path:
-    """A new folder for a stored batch's PNGs under the data directory."""
-    from datetime import UTC, datetime
-
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    return Path(data_dir) / "batches" / f"{class_name.replace(' ', '_')}-{stamp}"
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
 from engine.adapters import proposed_strength
-from engine.config import DEFAULT_STEPS, GenerationConfig, finetune_config, seconds_of
+from engine.config import DEFAULT_REALISM_THRESHOLD, DEFAULT_STEPS, GenerationConfig, finetune_config, seconds_of
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.class_stats import class_exposures, class_turn_share, pool_exposure
@@ -37,9 +37,6 @@ logger = logging.getLogger(__name__)
 
 # Varied inits: candidates per init (2 keeps a batch's model call efficient and its layouts many).
 DEFAULT_PER_INIT = 2
-# Realism gate of batch generation (realism score 0-1, see engine.evaluation.realism.RealismScorer): flagged,
-# not dropped.
-DEFAULT_REALISM_THRESHOLD = 0.3
 # When the gate has flagged a whole batch's worth at one strength, the rest is made this much lower (less of the
 # init redrawn, so closer to the real images), down to the floor; a floor at or above the strength stops instead.
 GATE_STRENGTH_STEP = 0.1
@@ -110,8 +107,10 @@ def generate_to_folder(
     init_mix: dict[str, float] | None = None,
     strength_floor: float | None = DEFAULT_STRENGTH_FLOOR,
     turn_share: float | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[Path]:
-    """Write `num` PNGs to `out` from the init image(s); returns their paths.
+    """Write `num` PNGs to `out` from the init image(s); returns their paths. `progress` hears how many are kept
+    after every varied init (every `batch` candidates without variation).
 
     With `vary` (the default, not with `mask`), every `per_init` candidates start from a new varied init made
     from all the init images (the image as is, a geometric variant, a mosaic, a warped variant or an overlay, in
@@ -244,6 +243,9 @@ def generate_to_folder(
             low = _write_part(candidate, parts, slot, realism_threshold, capture, seed)
             attempts.append((slot, low))
         outcome = _assign_names(sorted(_gather(state, attempts)), class_name, num, phase_start)
+        if progress is not None:
+            flagged = f", {outcome.flagged} below the realism threshold" if outcome.flagged else ""
+            progress(outcome.kept, num, f"{outcome.kept}/{num} samples kept{flagged}")
         if outcome.exhausted_at is None:
             if outcome.kept >= num:
                 break

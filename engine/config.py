@@ -47,6 +47,9 @@ PURE_NOISE_GUIDANCE = 12.0
 # Sampler steps of every generation: DPM-Solver++ gives a usable sample in 20 (12 denoising steps at strength 0.6);
 # twice as many stayed inside the few-shot yardstick's spread (`docs/results.md`, "Measured and not adopted").
 DEFAULT_STEPS = 20
+# Realism gate of batch generation (realism score 0-1, see engine.evaluation.realism.RealismScorer): flagged,
+# not dropped.
+DEFAULT_REALISM_THRESHOLD = 0.3
 
 
 @dataclass

@@ -214,3 +214,32 @@ def test_the_review_queue_across_batches_reloads_and_tabs_and_a_wide_slab_up_clo
         )
         sizes = page.evaluate("() => [...document.images].map(i => [i.naturalWidth, i.naturalHeight])")
         assert [256, 256] in sizes and not any(w >= 1600 for w, _ in sizes), sizes
+
+
+def test_a_batch_from_the_class_real_images_in_chromium(studio_url: tuple[StudioService, str], tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    service, url = studio_url
+    rng = np.random.default_rng(2)
+    reals = []
+    for index in range(2):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.normal(128, 12, (24, 32)).clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+        reals.append((f"scratch {index}.png", buffer.getvalue()))
+    real_ids = {info.id for info in service.upload_images(reals, "defect", "scratches", "setup").sources}
+
+    with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1000}) as (page,):
+        page.get_by_role("tab", name="Generate & review").click()
+        batch_class = page.get_by_role("combobox", name="Class (its real images and active adapter)")
+        expect(batch_class).to_have_value("scratches")
+        page.get_by_label("Samples", exact=True).fill("2")
+        # The tiny untrained model's samples would all be flagged; with the gate off the batch keeps them.
+        page.get_by_label("Realism gate (0: off)").fill("0")
+        page.get_by_role("button", name="Generate batch").click()
+        page.get_by_text(re.compile(r"^Stored 2 pending samples")).wait_for()
+        expect(page.get_by_label("Batch seed")).to_have_value("1")
+
+    rows = service.review_queue()
+    assert len(rows) == 2 and {service.sample_details(r.id).source_image_id for r in rows} <= real_ids
+    (batch,) = [b for b in service.batches() if "from 2 real images" in b.name]
+    assert (batch.pending, batch.total) == (2, 2)

@@ -11,7 +11,7 @@ from PIL import Image
 from engine.adapters import read_adapter
 from engine.config import GenerationConfig
 from engine.data import list_images
-from engine.generation.generate import AUTO_PLACE_OWN
+from engine.generation.generate import AUTO_PLACE_OWN, read_png_parameters
 from tests.support import voc_xml
 from webapp.studio import MASKED_LOSS_BACKGROUND_WEIGHT, StudioService
 
@@ -35,6 +35,10 @@ def test_a_finished_run_becomes_the_active_adapter_with_previews(service: Studio
     assert status.status == "completed", status.message
     assert (status.step, status.total) == (2, 2)
     assert len(status.previews) == 3 and all(p.is_file() for p in status.previews)
+    # The previews are what a batch from the class's own images makes: at their size, from their pixels.
+    for preview in status.previews:
+        params = read_png_parameters(preview.read_bytes())
+        assert Image.open(preview).size == (32, 32) and params.init["sources"][0].startswith("source-")
     classes = {c.name: c for c in service.list_classes()}
     assert classes["scratches"].adapter_version == 2
     assert classes["scratches"].adapter_path.endswith("run-0001")

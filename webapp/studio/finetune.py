@@ -9,10 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from engine.adapters import DEFAULT_STRENGTH, is_adapter
-from engine.config import PRESETS, GenerationConfig, finetune_config
+from engine.config import PRESETS, finetune_config
 from engine.progress import TrainingStep
 from storage import repository
 from storage.tables import utc_now
@@ -27,7 +25,7 @@ logger = logging.getLogger(__name__)
 # The masked loss's weight off the defect: 0.2 gave the lower masked-crop KID in 11 of 12 class × seed pairs on NEU.
 MASKED_LOSS_BACKGROUND_WEIGHT = 0.2
 # Previews after a fine-tune: the same seeds every time, so versions can be compared by eye.
-PREVIEW_SEEDS = (0, 1, 2)
+PREVIEW_SAMPLES = 3
 PREVIEW_STEPS = 20
 RUN_FOLDER_FORMAT = "run-{:04d}"
 
@@ -294,43 +292,28 @@ class FineTuneRuns:
         return dataset_dir
 
     def _write_previews(self, out_dir: Path, classes: list[str]) -> list[Path]:
-        """A few fixed-seed candidates per class from the reloaded adapter, on a slab of the class: the source of its
-        newest sample, else the first clean slab, else one of its training images."""
-        from engine.generation.generate import generate
+        """A few samples per class from the reloaded adapter, made as a batch from the class's training images makes
+        them (varied inits, the token's strength, capture variation; no realism gate): what its batches will show."""
+        from engine.batch import generate_to_folder
 
-        clean = self.sources.list_sources(role="clean")
-        preview_dir = out_dir / "previews"
-        preview_dir.mkdir(parents=True, exist_ok=True)
-        written = []
+        strengths = {c.name: c.default_strength for c in self.classes.list_classes()}
+        written: list[Path] = []
         for class_name in classes:
-            base = self._slab_of_class(class_name) or (
-                clean[0].path if clean else next((out_dir / "dataset" / class_name).glob("*.png"))
-            )
-            with Image.open(base) as opened:
-                init_image = opened.copy()
-            strength = next(
-                (c.default_strength for c in self.classes.list_classes() if c.name == class_name), DEFAULT_STRENGTH
-            )
-            steps = max(self.preview_steps, int(1 / strength) + 1)
-            config = GenerationConfig(
-                class_name, num_candidates=len(PREVIEW_SEEDS), strength=strength, steps=steps, seed=PREVIEW_SEEDS[0]
-            )
+            strength = strengths.get(class_name) or DEFAULT_STRENGTH
             with self.ctx.model_lock:
-                result = generate(self.ctx.pipeline(str(out_dir.resolve())), init_image, config)
-            for candidate in result.candidates:
-                path = preview_dir / f"{class_name}-seed{candidate.seed}.png"
-                path.write_bytes(candidate.png_bytes())
-                written.append(path)
+                written += generate_to_folder(
+                    None,
+                    None,
+                    class_name,
+                    out_dir / "dataset" / class_name,
+                    PREVIEW_SAMPLES,
+                    out_dir / "previews" / class_name,
+                    strength=strength,
+                    steps=max(self.preview_steps, int(1 / strength) + 1),
+                    pipe=self.ctx.pipeline(str(out_dir.resolve())),
+                    realism_threshold=None,
+                )
         return written
-
-    def _slab_of_class(self, class_name: str) -> Path | None:
-        """The clean slab the class's newest sample was generated on, if any."""
-        with self.database.session() as s:
-            for sample in repository.list_samples(s, class_name, limit=20):
-                source = sample.source_image
-                if source.role == "clean":
-                    return self.files.path(source.sha256)
-        return None
 
 
 def _finished_message(status: str, metrics: dict[str, Any]) -> str:

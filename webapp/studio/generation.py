@@ -1,19 +1,22 @@
-"""Generation: candidates on a clean slab in the studio, and batches generated from the command line, stored
-as pending samples with their lineage."""
+"""Generation: candidates on a clean slab in the studio, batches from a class's real images (in the studio or from
+the command line), stored as pending samples with their lineage."""
 
 from __future__ import annotations
 
 import io
 import logging
 import secrets
+import shutil
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_REALISM_THRESHOLD, GenerationConfig
 from engine.generation.parameters import CandidateParameters, repainted_region
 from engine.generation.parameters import Realism as RealismRecord
 from engine.progress import ProgressFn
@@ -23,7 +26,7 @@ from storage.tables import utc_now
 from webapp.studio.classes import check_class_name
 from webapp.studio.context import StudioContext, require_source
 from webapp.studio.realism import Realism, check_realism_threshold
-from webapp.studio.results import CandidateInfo, GenerationOutcome, StoredBatch
+from webapp.studio.results import CandidateInfo, GenerationOutcome, SourceInfo, StoredBatch
 from webapp.studio.sources import Sources
 
 if TYPE_CHECKING:
@@ -142,6 +145,59 @@ class Generation:
         mask_sha256 = self.files.put(mask_png, ".png") if mask_png is not None else None
         return self.files.put(candidate.png_bytes(), ".png"), mask_sha256
 
+    def generate_batch(
+        self,
+        class_name: str,
+        num: int,
+        seed: int,
+        user: str,
+        progress: ProgressFn | None = None,
+        realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
+    ) -> StoredBatch:
+        """`num` samples from the class's uploaded real defect images, made as `launch.py generate --init` makes them
+        (varied inits, the token's strength, the realism gate at `realism_threshold` (None: off), capture variation:
+        `engine.batch.generate_to_folder`) with the class's active adapter, stored as one pending batch (flagged
+        candidates too, pre-rejected). A batch the gate ends is stored as far as it got, with the gate's reason."""
+        from engine.batch import RealismGateError, generate_to_folder
+
+        threshold = check_realism_threshold(realism_threshold)
+
+        class_name = check_class_name(class_name)
+        with self.database.session() as s:
+            adapter = repository.active_adapter(s, class_name)
+            adapter_path = adapter.path if adapter is not None else None
+        if adapter_path is None:
+            raise ValueError(f"Class {class_name!r} has no trained adapter yet; fine-tune it first.")
+        reals = self.sources.list_sources(role="defect", class_name=class_name)
+        if not reals:
+            raise ValueError(f"Class {class_name!r} has no uploaded real defect images to start from.")
+        folder = new_batch_folder(self.ctx.data_dir, class_name)
+        with tempfile.TemporaryDirectory(dir=self.ctx.data_dir) as inits_dir:
+            # The stored files under names that say which upload each is (a sample's lineage names its init).
+            source_of = {f"{info.id}-{Path(info.name).stem}{info.path.suffix}": info for info in reals}
+            for name, info in source_of.items():
+                shutil.copyfile(info.path, Path(inits_dir) / name)
+            stopped = None
+            with self.ctx.model_lock:
+                try:
+                    generate_to_folder(
+                        None,
+                        None,
+                        class_name,
+                        Path(inits_dir),
+                        num,
+                        folder,
+                        seed=seed,
+                        pipe=self.ctx.pipeline(adapter_path),
+                        realism_threshold=threshold,
+                        progress=progress,
+                    )
+                except RealismGateError as error:
+                    logger.warning("%s Storing the samples it made.", error)
+                    stopped = str(error)
+        label = f"{folder.name} from {len(reals)} real images"
+        return replace(self._store_batch(folder, class_name, source_of, label, user), gate_stopped=stopped)
+
     def store_generated(
         self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str
     ) -> StoredBatch:
@@ -151,20 +207,32 @@ class Generation:
         already stored; each sample's source is the first init image its PNG's metadata names. A PNG identical
         (same sha256) to a stored sample is skipped and named in `duplicates`. All rows land in one transaction.
         """
+        class_name = check_class_name(class_name)
+        sources = self.sources.ensure_sources(inits, init_role, class_name if init_role == "defect" else None, user)
+        source_of = {path.name: source for path, source in zip(inits, sources, strict=True)}
+        return self._store_batch(folder, class_name, source_of, f"command line {Path(folder).name}", user)
+
+    def _store_batch(
+        self, folder: Path, class_name: str, source_of: dict[str, SourceInfo], label: str, user: str
+    ) -> StoredBatch:
+        """Store the PNGs in `folder` as the pending samples of the batch `label`, each linked to the source its
+        metadata's first init names (`source_of`, by file name)."""
         from engine.data import MASK_SUFFIX
         from engine.generation.generate import read_png_parameters
 
-        class_name = check_class_name(class_name)
         folder = Path(folder)
-        outputs = sorted(p for p in folder.rglob("*.png") if not p.name.endswith(MASK_SUFFIX))
+        # The kept samples first, then the flagged ones (in a subfolder): the review queue meets them in that order.
+        outputs = sorted(
+            (p for p in folder.rglob("*.png") if not p.name.endswith(MASK_SUFFIX)),
+            key=lambda p: (p.parent != folder, str(p)),
+        )
         if not outputs:
             raise ValueError(f"No generated images in {folder}.")
-        sources = self.sources.ensure_sources(inits, init_role, class_name if init_role == "defect" else None, user)
-        source_of = {path.name: source for path, source in zip(inits, sources, strict=True)}
+        sources = list(dict.fromkeys(source_of.values()))
         with self.database.session() as s:
             source_sha256_of = {info.id: repository.get_source_image(s, info.id).sha256 for info in sources}
         batch_folder = str(folder.resolve())
-        sample_ids, duplicates = [], []
+        sample_ids, duplicates, pre_rejected = [], [], []
         with self.database.transaction() as s:
             if repository.get_defect_class(s, class_name) is None:
                 repository.ensure_defect_class(s, class_name, f"<{class_name}>", class_name)
@@ -190,11 +258,19 @@ class Generation:
                     adapter_version=params.adapter_version if isinstance(params.adapter_version, int) else None,
                     mask_sha256=mask_sha256,
                     params_json=params.as_dict(),
-                    batch=f"command line {folder.name}",
+                    batch=label,
                     created_by=user,
                 )
                 sample_ids.append(sample.id)
-        return StoredBatch(sample_ids, duplicates, sources)
+                if params.pre_rejected:
+                    pre_rejected.append(sample.id)
+        return StoredBatch(sample_ids, duplicates, sources, pre_rejected)
+
+
+def new_batch_folder(data_dir: Path, class_name: str) -> Path:
+    """A new folder for a stored batch's PNGs under the data directory."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+    return Path(data_dir) / "batches" / f"{class_name.replace(' ', '_')}-{stamp}"
 
 
 @dataclass(frozen=True)

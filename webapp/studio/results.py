@@ -145,16 +145,23 @@ class DecisionResult:
 
 @dataclass(frozen=True)
 class StoredBatch:
-    """A batch generated from the command line, stored as pending samples."""
+    """A batch (from the command line or the studio's batch from real images) stored as pending samples."""
 
     sample_ids: list[int]
     duplicates: list[str]
     sources: list[SourceInfo]
+    # The samples the realism gate flagged (stored pending, marked pre-rejected).
+    pre_rejected: list[int] = field(default_factory=list)
+    # Why the realism gate ended the batch before it had its samples (None: it did not).
+    gate_stopped: str | None = None
 
     @property
     def summary(self) -> str:
+        flagged = f", {len(self.pre_rejected)} of them pre-rejected by the realism gate" if self.pre_rejected else ""
         skipped = f"; {len(self.duplicates)} identical to stored samples skipped" if self.duplicates else ""
-        return f"Stored {len(self.sample_ids)} pending samples (ids {id_ranges(self.sample_ids)}){skipped}"
+        stopped = f". The realism gate ended the batch: {self.gate_stopped}" if self.gate_stopped else ""
+        stored = f"Stored {len(self.sample_ids)} pending samples (ids {id_ranges(self.sample_ids)})"
+        return f"{stored}{flagged}{skipped}{stopped}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from engine.config import GenerationConfig
+from engine.config import DEFAULT_REALISM_THRESHOLD, GenerationConfig
 from engine.progress import ProgressFn
 from storage.db import Database
 from storage.export import SplitPlan
@@ -199,6 +199,19 @@ class StudioService:
     ) -> list[DecisionResult]:
         """Reject, in one transaction, the pending samples among `sample_ids` that the realism threshold flags."""
         return self.review.reject_flagged(sample_ids, user, realism_threshold)
+
+    def generate_batch(
+        self,
+        class_name: str,
+        num: int,
+        seed: int,
+        user: str,
+        progress: ProgressFn | None = None,
+        realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
+    ) -> StoredBatch:
+        """`num` samples from the class's uploaded real defect images at the batch defaults, stored as one pending
+        batch to review (the way `launch.py generate --init` makes training samples); None turns the gate off."""
+        return self.generation.generate_batch(class_name, num, seed, user, progress, realism_threshold)
 
     def store_generated(
         self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str

@@ -1,4 +1,5 @@
-"""The "Generate & review" tab: candidates on a clean slab (window, painted mask, typed boxes or auto-place)."""
+"""The "Generate & review" tab: a batch from a class's real images, and candidates on a clean slab (window, painted
+mask, typed boxes or auto-place)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageChops
 
-from engine.config import DEFAULT_STEPS, GenerationConfig
+from engine.config import DEFAULT_REALISM_THRESHOLD, DEFAULT_STEPS, GenerationConfig
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
 from webapp.previews import VIEW_MAX_SIDE, window_view
 from webapp.studio import (
@@ -27,6 +28,11 @@ REALISM_HELP = (
     "was not trained on). Read it against the untouched slab's score on the same "
     "region, reported after each batch: a candidate scoring no higher than its slab has added nothing of the class."
 )
+
+
+# A batch from real images: its default size (about a minute on two CPU cores) and the samples shown after it.
+DEFAULT_BATCH_SAMPLES = 40
+BATCH_GALLERY_SIZE = 8
 
 
 def painted_mask(value: dict | None, size: tuple[int, int]) -> Image.Image | None:
@@ -59,6 +65,23 @@ def candidate_caption(details: SampleDetails, threshold: float | None) -> str:
 def create_generate_tab(service: StudioService) -> TabLoad:
     """Generate & review tab: candidates on a slab with a token, then accept, reject or undo."""
     with gr.Tab("Generate & review") as tab:
+        with gr.Accordion("A batch from a class's real defect images (the studio's training samples)", open=True):
+            gr.Markdown(
+                "Makes samples the way `launch.py generate --init` does, which the few-shot yardstick measures: each "
+                "starts from a varied init of the class's uploaded real images (as they are, a crop, turn or "
+                "mosaic), is redrawn at the token's strength, passes the realism gate (flagged ones are kept, "
+                "pre-rejected) and gets another exposure and grain. Review them in **Dataset and review queue**."
+            )
+            with gr.Row():
+                batch_class = gr.Dropdown(label="Class (its real images and active adapter)", scale=2)
+                batch_size = gr.Number(value=DEFAULT_BATCH_SAMPLES, precision=0, minimum=1, label="Samples", scale=1)
+                batch_seed = gr.Number(value=0, precision=0, minimum=0, label="Batch seed", scale=1)
+                batch_gate = gr.Number(
+                    value=DEFAULT_REALISM_THRESHOLD, minimum=0, maximum=1, label="Realism gate (0: off)", scale=1
+                )
+                batch_button = gr.Button("Generate batch", variant="primary", scale=1)
+            batch_message = gr.Markdown()
+            batch_gallery = gr.Gallery(label="The batch's first samples", columns=8, height=140)
         with gr.Row():
             with gr.Column(scale=1):
                 source = gr.Dropdown(label="Clean slab")
@@ -153,14 +176,22 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 return sample_id
         return after
 
-    def refresh(source_id: int | None = None, class_name: str | None = None):
-        """Fresh slab and token lists, keeping the current picks (else the newest slab and the first token)."""
+    def refresh(source_id: int | None = None, class_name: str | None = None, batch_name: str | None = None):
+        """Fresh slab and token lists, keeping the current picks (else the newest slab and the first token), and the
+        classes a batch can start from (those with real images)."""
         sources = [(f"#{s.id} {s.name} ({s.width}×{s.height})", s.id) for s in service.list_sources(role="clean")]
         classes = [(f"{c.name} {c.token} · adapter v{c.adapter_version}", c.name) for c in service.list_classes()]
         source_ids, class_names = [value for _, value in sources], [value for _, value in classes]
         source_id = source_id if source_id in source_ids else (source_ids[-1] if source_ids else None)
         class_name = class_name if class_name in class_names else (class_names[0] if class_names else None)
-        return gr.update(choices=sources, value=source_id), gr.update(choices=classes, value=class_name)
+        with_reals = {counts.class_name for counts in service.class_counts() if counts.real}
+        batch_names = [name for name in class_names if name in with_reals]
+        batch_name = batch_name if batch_name in batch_names else (batch_names[0] if batch_names else None)
+        return (
+            gr.update(choices=sources, value=source_id),
+            gr.update(choices=classes, value=class_name),
+            gr.update(choices=batch_names, value=batch_name),
+        )
 
     def clean_slab(source_id: int | None) -> SourceInfo | None:
         return next((s for s in service.list_sources(role="clean") if s.id == source_id), None)
@@ -282,6 +313,35 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             message += f" {len(outcome.flagged_ids)} pre-rejected below realism {threshold:.2f}."
         return gallery_update, choices_update, ids, message
 
+    @errors_shown_in(0, 3)
+    def generate_batch(
+        class_name: str | None,
+        num: int | None,
+        seed: int | None,
+        gate: float | None = DEFAULT_REALISM_THRESHOLD,
+        request: gr.Request = None,
+        progress=gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
+    ):
+        if not class_name:
+            raise gr.Error("Upload real defect images of a class and fine-tune it first.")
+        if not num or int(num) < 1:
+            raise gr.Error("Ask for at least one sample.")
+        progress(0, desc="Loading the model")
+        stored = service.generate_batch(
+            class_name,
+            int(num),
+            int(seed or 0),
+            user_of(request),
+            lambda done, total, message: progress((done, total), desc=message),
+            realism_threshold=gate or None,
+        )
+        if not stored.sample_ids:
+            raise gr.Error(f"{stored.summary}; change the batch seed.")
+        shown = [service.sample_details(i) for i in stored.sample_ids[:BATCH_GALLERY_SIZE]]
+        gallery = [(str(service.preview(d.path)), candidate_caption(d, gate or None)) for d in shown]
+        message = f"{stored.summary}. Review them in **Dataset and review queue** (its batch filter lists this batch)."
+        return message, gallery, int(seed or 0) + 1
+
     def next_seed(seed: int | None, num_candidates: int | None) -> int:
         """The first seed after this batch's, so clicking Generate again gives new candidates, not copies."""
         return int(seed or 0) + int(num_candidates or 1)
@@ -341,7 +401,14 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         return *candidates_view(ids, next_pending(ids, selected), threshold), message
 
     judged = [gallery, candidate, last_decided, decision, reason]
-    picks = [source, class_name]
+    picks = [source, class_name, batch_class]
+    batch_button.click(
+        generate_batch,
+        [batch_class, batch_size, batch_seed, batch_gate],
+        [batch_message, batch_gallery, batch_seed],
+        api_name="generate_batch",
+        **MODEL,
+    )
     refresh_button.click(refresh, picks, picks, api_name="generate_refresh")
     tab.select(refresh, picks, picks, api_name="generate_tab")
     source.change(show_source, source, [source_preview, window_picker, window_centre], api_name="show_source")

@@ -1,0 +1,55 @@
+"""A batch from a class's real images in the studio: the command line's batch path, stored as one pending batch."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from webapp.studio import StudioService
+
+
+def test_a_batch_starts_from_the_class_real_images_and_is_stored_pending_with_its_lineage(
+    service: StudioService, slab_png
+) -> None:
+    reals = service.upload_images(
+        [(f"scratch {i}.png", slab_png(32, 24, 200 + i)) for i in range(3)], "defect", "scratches", "alice"
+    ).sources
+    service.upload_images([("slab.png", slab_png(48, 40, 0))], "clean", None, "alice")
+    service.upload_images([("other.png", slab_png(40, 40, 300))], "defect", "inclusion", "alice")
+    heard: list[tuple[int, int]] = []
+
+    stored = service.generate_batch(
+        "scratches", 4, 0, "bob", lambda done, total, _: heard.append((done, total)), realism_threshold=None
+    )
+
+    assert len(stored.sample_ids) == 4 and not stored.pre_rejected and stored.gate_stopped is None
+    assert heard[-1] == (4, 4) and [done for done, _ in heard] == sorted(done for done, _ in heard)
+    real_ids = {info.id: info for info in reals}
+    for sample_id in stored.sample_ids:
+        details = service.sample_details(sample_id)
+        assert (details.class_name, details.status) == ("scratches", "pending")
+        # Each sample starts from the class's own uploads (never the clean slab or another class's image), at
+        # their size, and names the upload it started from.
+        assert details.source_image_id in real_ids
+        assert details.params.init["sources"][0].startswith(f"{details.source_image_id}-")
+        with Image.open(details.path) as image:
+            assert image.size == (32, 24)
+    (batch,) = [b for b in service.batches() if "from 3 real images" in b.name]
+    assert (batch.pending, batch.total) == (len(stored.sample_ids), len(stored.sample_ids))
+    assert "pending samples" in stored.summary
+
+    # At the default gate the tiny untrained model's noise is flagged at every strength down to the floor: the
+    # batch ends, and what it made is stored pre-rejected for a person to judge, with the gate's reason.
+    gated = service.generate_batch("scratches", 2, 1, "bob")
+    assert gated.sample_ids and gated.pre_rejected == gated.sample_ids
+    assert not set(gated.sample_ids) & set(stored.sample_ids)
+    assert "The realism gate ended the batch" in gated.summary and "0 kept" in gated.summary
+    assert {service.sample_details(i).status for i in gated.sample_ids} == {"pending"}
+
+
+def test_a_batch_needs_the_class_real_images_and_an_adapter(service: StudioService, slab_png) -> None:
+    with pytest.raises(ValueError, match="no uploaded real defect images"):
+        service.generate_batch("inclusion", 2, 0, "bob")
+    service.upload_images([("new.png", slab_png(32, 32, 1))], "defect", "rust inclusion", "alice")
+    with pytest.raises(ValueError, match="no trained adapter yet"):
+        service.generate_batch("rust inclusion", 2, 0, "bob")
