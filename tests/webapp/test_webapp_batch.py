@@ -31,6 +31,7 @@ def test_a_batch_starts_from_the_class_real_images_and_is_stored_pending_with_it
         # Each sample starts from the class's own uploads (never the clean slab or another class's image), at
         # their size, and names the upload it started from.
         assert details.source_image_id in real_ids
+        assert details.params.adapter_version == 1 and details.params.adapter_folder == "run"
         assert details.params.init["sources"][0].startswith(f"{details.source_image_id}-")
         with Image.open(details.path) as image:
             assert image.size == (32, 24)

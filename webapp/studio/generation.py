@@ -161,11 +161,10 @@ class Generation:
         from engine.batch import RealismGateError, generate_to_folder
 
         threshold = check_realism_threshold(realism_threshold)
-
         class_name = check_class_name(class_name)
         with self.database.session() as s:
             adapter = repository.active_adapter(s, class_name)
-            adapter_path = adapter.path if adapter is not None else None
+            adapter_path, adapter_version = (adapter.path, adapter.version) if adapter is not None else (None, None)
         if adapter_path is None:
             raise ValueError(f"Class {class_name!r} has no trained adapter yet; fine-tune it first.")
         reals = self.sources.list_sources(role="defect", class_name=class_name)
@@ -196,7 +195,8 @@ class Generation:
                     logger.warning("%s Storing the samples it made.", error)
                     stopped = str(error)
         label = f"{folder.name} from {len(reals)} real images"
-        return replace(self._store_batch(folder, class_name, source_of, label, user), gate_stopped=stopped)
+        stored = self._store_batch(folder, class_name, source_of, label, user, adapter_version)
+        return replace(stored, gate_stopped=stopped)
 
     def store_generated(
         self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str
@@ -213,10 +213,17 @@ class Generation:
         return self._store_batch(folder, class_name, source_of, f"command line {Path(folder).name}", user)
 
     def _store_batch(
-        self, folder: Path, class_name: str, source_of: dict[str, SourceInfo], label: str, user: str
+        self,
+        folder: Path,
+        class_name: str,
+        source_of: dict[str, SourceInfo],
+        label: str,
+        user: str,
+        adapter_version: int | None = None,
     ) -> StoredBatch:
         """Store the PNGs in `folder` as the pending samples of the batch `label`, each linked to the source its
-        metadata's first init names (`source_of`, by file name)."""
+        metadata's first init names (`source_of`, by file name) and to the studio's `adapter_version` that made
+        them (None: the version its metadata names, if it is the studio's)."""
         from engine.data import MASK_SUFFIX
         from engine.generation.generate import read_png_parameters
 
@@ -246,6 +253,9 @@ class Generation:
                 source = source_of.get(params.init["sources"][0]) if params.init else sources[0]
                 params.source_image_id, params.source_sha256 = source.id, source_sha256_of[source.id]
                 params.batch_folder = batch_folder
+                if adapter_version is not None:
+                    # One version everywhere (row, params, manifest): the studio's, as for candidates on a slab.
+                    params.adapter_version, params.adapter_folder = adapter_version, Path(params.adapter_path).name
                 mask_path = path.with_name(path.stem + MASK_SUFFIX)
                 mask_sha256 = self.files.put(mask_path.read_bytes(), ".png") if mask_path.exists() else None
                 sample = repository.add_sample(
