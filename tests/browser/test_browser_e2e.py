@@ -230,13 +230,16 @@ def test_a_batch_from_the_class_real_images_in_chromium(studio_url: tuple[Studio
 
     with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1000}) as (page,):
         page.get_by_role("tab", name="Generate & review").click()
-        batch_class = page.get_by_role("combobox", name="Class (its real images and active adapter)")
-        expect(batch_class).to_have_value("scratches")
-        page.get_by_label("Samples", exact=True).fill("2")
+        # The classes with real images are chosen: scratches (inclusion has an adapter but no uploads).
+        page.get_by_text("A batch from a class's real defect images").first.wait_for()
+        chosen = page.locator(".token").filter(has_text="scratches")
+        expect(chosen).to_have_count(1)
+        expect(page.locator(".token").filter(has_text="inclusion")).to_have_count(0)
+        page.get_by_label("Samples per class", exact=True).fill("2")
         # The tiny untrained model's samples would all be flagged; with the gate off the batch keeps them.
         page.get_by_label("Realism gate (0: off)").fill("0")
         page.get_by_role("button", name="Generate batch").click()
-        page.get_by_text(re.compile(r"^Stored 2 pending samples")).wait_for()
+        page.get_by_text(re.compile(r"Stored 2 pending samples")).first.wait_for()
         expect(page.get_by_label("Batch seed")).to_have_value("1")
 
     rows = service.review_queue()

@@ -73,8 +73,12 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 "pre-rejected) and gets another exposure and grain. Review them in **Dataset and review queue**."
             )
             with gr.Row():
-                batch_class = gr.Dropdown(label="Class (its real images and active adapter)", scale=2)
-                batch_size = gr.Number(value=DEFAULT_BATCH_SAMPLES, precision=0, minimum=1, label="Samples", scale=1)
+                batch_class = gr.Dropdown(
+                    label="Classes (their real images and active adapters)", multiselect=True, scale=2
+                )
+                batch_size = gr.Number(
+                    value=DEFAULT_BATCH_SAMPLES, precision=0, minimum=1, label="Samples per class", scale=1
+                )
                 batch_seed = gr.Number(value=0, precision=0, minimum=0, label="Batch seed", scale=1)
                 batch_gate = gr.Number(
                     value=DEFAULT_REALISM_THRESHOLD, minimum=0, maximum=1, label="Realism gate (0: off)", scale=1
@@ -176,21 +180,21 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 return sample_id
         return after
 
-    def refresh(source_id: int | None = None, class_name: str | None = None, batch_name: str | None = None):
+    def refresh(source_id: int | None = None, class_name: str | None = None, batch_names: list[str] | None = None):
         """Fresh slab and token lists, keeping the current picks (else the newest slab and the first token), and the
-        classes a batch can start from (those with real images)."""
+        classes a batch can start from (those with real images; the chosen ones kept, else all of them)."""
         sources = [(f"#{s.id} {s.name} ({s.width}×{s.height})", s.id) for s in service.list_sources(role="clean")]
         classes = [(f"{c.name} {c.token} · adapter v{c.adapter_version}", c.name) for c in service.list_classes()]
         source_ids, class_names = [value for _, value in sources], [value for _, value in classes]
         source_id = source_id if source_id in source_ids else (source_ids[-1] if source_ids else None)
         class_name = class_name if class_name in class_names else (class_names[0] if class_names else None)
         with_reals = {counts.class_name for counts in service.class_counts() if counts.real}
-        batch_names = [name for name in class_names if name in with_reals]
-        batch_name = batch_name if batch_name in batch_names else (batch_names[0] if batch_names else None)
+        startable = [name for name in class_names if name in with_reals]
+        kept = [name for name in batch_names or [] if name in startable]
         return (
             gr.update(choices=sources, value=source_id),
             gr.update(choices=classes, value=class_name),
-            gr.update(choices=batch_names, value=batch_name),
+            gr.update(choices=startable, value=kept or startable),
         )
 
     def clean_slab(source_id: int | None) -> SourceInfo | None:
@@ -314,33 +318,37 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         return gallery_update, choices_update, ids, message
 
     @errors_shown_in(0, 3)
+    @errors_shown_in(0, 3)
     def generate_batch(
-        class_name: str | None,
+        class_names: list[str] | str | None,
         num: int | None,
         seed: int | None,
         gate: float | None = DEFAULT_REALISM_THRESHOLD,
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
     ):
-        if not class_name:
-            raise gr.Error("Upload real defect images of a class and fine-tune it first.")
+        chosen = [class_names] if isinstance(class_names, str) else list(class_names or [])
+        if not chosen:
+            raise gr.Error("Upload real defect images of a class and fine-tune it first, then choose it here.")
         if not num or int(num) < 1:
             raise gr.Error("Ask for at least one sample.")
-        progress(0, desc="Loading the model")
-        stored = service.generate_batch(
-            class_name,
-            int(num),
-            int(seed or 0),
-            user_of(request),
-            lambda done, total, message: progress((done, total), desc=message),
-            realism_threshold=gate or None,
-        )
-        if not stored.sample_ids:
-            raise gr.Error(f"{stored.summary}; change the batch seed.")
-        shown = [service.sample_details(i) for i in stored.sample_ids[:BATCH_GALLERY_SIZE]]
+        lines, shown = [], []
+        per_class = -(-BATCH_GALLERY_SIZE // len(chosen))
+        for class_name in chosen:
+            progress(0, desc=f"{class_name}: loading the model")
+            stored = service.generate_batch(
+                class_name,
+                int(num),
+                int(seed or 0),
+                user_of(request),
+                lambda done, total, message, name=class_name: progress((done, total), desc=f"{name}: {message}"),
+                realism_threshold=gate or None,
+            )
+            lines.append(f"- **{class_name}**: {stored.summary}.")
+            shown += [service.sample_details(i) for i in stored.sample_ids[:per_class]]
         gallery = [(str(service.preview(d.path)), candidate_caption(d, gate or None)) for d in shown]
-        message = f"{stored.summary}. Review them in **Dataset and review queue** (its batch filter lists this batch)."
-        return message, gallery, int(seed or 0) + 1
+        review = "Review them in **Dataset and review queue** (its batch filter lists each batch)."
+        return "\n".join([*lines, review]), gallery, int(seed or 0) + 1
 
     def next_seed(seed: int | None, num_candidates: int | None) -> int:
         """The first seed after this batch's, so clicking Generate again gives new candidates, not copies."""
