@@ -313,6 +313,14 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             message += f" Seed(s) {seeds} made images identical to stored samples: skipped, change the seed."
         if outcome.baseline_realism is not None:
             message += f" The untouched slab scores {outcome.baseline_realism:.2f} on the same region (baseline)."
+            scores = [service.sample_details(i).realism_score for i in ids]
+            whole_window = mask is None and not config.auto_place and config.strength < 1.0
+            if whole_window and all(score is not None and score <= outcome.baseline_realism for score in scores):
+                message += (
+                    " None scores above it: a whole window at this strength re-textures the clean steel. To paint a "
+                    "defect of the class, tick auto-place (or paint a mask, or type boxes); or make a batch from the "
+                    "class's real images above."
+                )
         if outcome.flagged_ids:
             message += f" {len(outcome.flagged_ids)} pre-rejected below realism {threshold:.2f}."
         return gallery_update, choices_update, ids, message
