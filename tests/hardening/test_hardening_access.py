@@ -24,7 +24,7 @@ from webapp.auth import add_user, password_checker
 from webapp.cli import queue_app
 from webapp.studio import StudioService
 
-MODEL_HANDLERS = {"generate", "finetune_start", "finetune_resume"}
+MODEL_HANDLERS = {"generate", "generate_batch", "finetune_start", "finetune_resume"}
 
 
 def users_file(folder: Path) -> Path:
