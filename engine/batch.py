@@ -108,9 +108,11 @@ def generate_to_folder(
     strength_floor: float | None = DEFAULT_STRENGTH_FLOOR,
     turn_share: float | None = None,
     progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
 ) -> list[Path]:
     """Write `num` PNGs to `out` from the init image(s); returns their paths. `progress` hears how many are kept
-    after every varied init (every `batch` candidates without variation).
+    after every varied init (every `batch` candidates without variation); `should_stop` (one process: the studio's
+    stop button) is asked then too, and a stopped batch files what it made and returns the kept ones.
 
     With `vary` (the default, not with `mask`), every `per_init` candidates start from a new varied init made
     from all the init images (the image as is, a geometric variant, a mosaic, a warped variant or an overlay, in
@@ -213,6 +215,7 @@ def generate_to_folder(
     strengths = [strength]
     phase_start = 0  # the first slot made at the current strength
     first_attempt = 0  # the first attempt of the current round
+    stopped = False
     while True:
         attempt = first_attempt + state.process_index
         image, lineage = _attempt_init(images, names, attempt, seed, vary, init_mix, turn_share)
@@ -246,6 +249,9 @@ def generate_to_folder(
         if progress is not None:
             flagged = f", {outcome.flagged} below the realism threshold" if outcome.flagged else ""
             progress(outcome.kept, num, f"{outcome.kept}/{num} samples kept{flagged}")
+        if outcome.kept < num and should_stop is not None and should_stop():
+            stopped = True
+            break
         if outcome.exhausted_at is None:
             if outcome.kept >= num:
                 break
@@ -274,14 +280,14 @@ def generate_to_folder(
     state.wait_for_everyone()
     if state.is_main_process:
         shutil.rmtree(parts, ignore_errors=True)
-    if outcome.kept < num:
+    if outcome.kept < num and not stopped:
         tried = ", ".join(f"{value:.2f}" for value in strengths)
         raise RealismGateError(
             f"{outcome.flagged} candidates fell below the realism threshold {realism_threshold} for "
             f"{outcome.kept} kept (strength {tried}); lower --realism-threshold or --strength-floor, or check the "
             "adapter."
         )
-    return [out / f"{class_name}_{i:05d}.png" for i in range(num)]
+    return [out / f"{class_name}_{i:05d}.png" for i in range(min(outcome.kept, num))]
 
 
 def _matched_turn_share(class_name: str, images: list[Image.Image], log: bool) -> float:

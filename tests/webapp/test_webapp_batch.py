@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from PIL import Image
 
+from tests.support import served_client
 from webapp.studio import StudioService
 
 
@@ -22,7 +25,7 @@ def test_a_batch_starts_from_the_class_real_images_and_is_stored_pending_with_it
         "scratches", 4, 0, "bob", lambda done, total, _: heard.append((done, total)), realism_threshold=None
     )
 
-    assert len(stored.sample_ids) == 4 and not stored.pre_rejected and stored.gate_stopped is None
+    assert len(stored.sample_ids) == 4 and not stored.pre_rejected and stored.ended_early is None
     assert heard[-1] == (4, 4) and [done for done, _ in heard] == sorted(done for done, _ in heard)
     real_ids = {info.id: info for info in reals}
     for sample_id in stored.sample_ids:
@@ -47,6 +50,14 @@ def test_a_batch_starts_from_the_class_real_images_and_is_stored_pending_with_it
     assert "The realism gate ended the batch" in gated.summary and "0 kept" in gated.summary
     assert {service.sample_details(i).status for i in gated.sample_ids} == {"pending"}
 
+    # A stop after the first init keeps what that init made and says so.
+    asked: list[int] = []
+    stopped = service.generate_batch(
+        "scratches", 6, 20, "bob", realism_threshold=None, should_stop=lambda: asked.append(1) or True
+    )
+    assert len(stopped.sample_ids) == 2 and len(asked) == 1
+    assert "Stopped with 2 of 6 kept" in stopped.summary
+
 
 def test_a_batch_needs_the_class_real_images_and_an_adapter(service: StudioService, slab_png) -> None:
     with pytest.raises(ValueError, match="no uploaded real defect images"):
@@ -54,3 +65,23 @@ def test_a_batch_needs_the_class_real_images_and_an_adapter(service: StudioServi
     service.upload_images([("new.png", slab_png(32, 32, 1))], "defect", "rust inclusion", "alice")
     with pytest.raises(ValueError, match="no trained adapter yet"):
         service.generate_batch("rust inclusion", 2, 0, "bob")
+
+
+def test_the_stop_button_ends_a_running_batch_keeping_what_it_made(service: StudioService, slab_png) -> None:
+    service.upload_images(
+        [(f"scratch {i}.png", slab_png(32, 24, 200 + i)) for i in range(3)], "defect", "scratches", "alice"
+    )
+    with served_client(service) as client:
+        client.predict(None, None, None, api_name="/generate_refresh")  # as the browser does on opening the tab
+        job = client.submit(["scratches"], 400, 0, 0, api_name="/generate_batch")
+        # Stop once the batch has made its first samples (written under the data folder's batches/ as it goes).
+        deadline = time.monotonic() + 120
+        while not any((service.ctx.data_dir / "batches").rglob("*.png")) and time.monotonic() < deadline:
+            assert not job.done(), job.result()
+            time.sleep(0.2)
+        said = client.predict(api_name="/stop_batch")
+        message, _, next_seed = job.result(timeout=120)
+
+    stored = service.review_queue(limit=500)
+    assert said.startswith("Stopping") and next_seed == 1
+    assert "Stopped with" in message and 0 < len(stored) < 400

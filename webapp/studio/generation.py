@@ -19,7 +19,7 @@ from PIL import Image
 from engine.config import DEFAULT_REALISM_THRESHOLD, GenerationConfig
 from engine.generation.parameters import CandidateParameters, repainted_region
 from engine.generation.parameters import Realism as RealismRecord
-from engine.progress import ProgressFn
+from engine.progress import ProgressFn, StopFn
 from storage import repository
 from storage.files import sha256_hex
 from storage.tables import utc_now
@@ -153,11 +153,13 @@ class Generation:
         user: str,
         progress: ProgressFn | None = None,
         realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
+        should_stop: StopFn | None = None,
     ) -> StoredBatch:
         """`num` samples from the class's uploaded real defect images, made as `launch.py generate --init` makes them
         (varied inits, the token's strength, the realism gate at `realism_threshold` (None: off), capture variation:
         `engine.batch.generate_to_folder`) with the class's active adapter, stored as one pending batch (flagged
-        candidates too, pre-rejected). A batch the gate ends is stored as far as it got, with the gate's reason."""
+        candidates too, pre-rejected). A batch the gate ends, or `should_stop` stops (asked after every init), is
+        stored as far as it got, with the reason."""
         from engine.batch import RealismGateError, generate_to_folder
 
         threshold = check_realism_threshold(realism_threshold)
@@ -176,10 +178,10 @@ class Generation:
             source_of = {f"{info.id}-{Path(info.name).stem}{info.path.suffix}": info for info in reals}
             for name, info in source_of.items():
                 shutil.copyfile(info.path, Path(inits_dir) / name)
-            stopped = None
+            ended = None
             with self.ctx.model_lock:
                 try:
-                    generate_to_folder(
+                    kept = generate_to_folder(
                         None,
                         None,
                         class_name,
@@ -190,13 +192,16 @@ class Generation:
                         pipe=self.ctx.pipeline(adapter_path),
                         realism_threshold=threshold,
                         progress=progress,
+                        should_stop=should_stop,
                     )
+                    if len(kept) < num:
+                        ended = f"Stopped with {len(kept)} of {num} kept."
                 except RealismGateError as error:
                     logger.warning("%s Storing the samples it made.", error)
-                    stopped = str(error)
+                    ended = f"The realism gate ended the batch: {error}"
         label = f"{folder.name} from {len(reals)} real images"
         stored = self._store_batch(folder, class_name, source_of, label, user, adapter_version)
-        return replace(stored, gate_stopped=stopped)
+        return replace(stored, ended_early=ended)
 
     def store_generated(
         self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str

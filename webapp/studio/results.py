@@ -152,14 +152,14 @@ class StoredBatch:
     sources: list[SourceInfo]
     # The samples the realism gate flagged (stored pending, marked pre-rejected).
     pre_rejected: list[int] = field(default_factory=list)
-    # Why the realism gate ended the batch before it had its samples (None: it did not).
-    gate_stopped: str | None = None
+    # Why the batch ended before it had its samples: the realism gate's reason, or a stop (None: it did not).
+    ended_early: str | None = None
 
     @property
     def summary(self) -> str:
         flagged = f", {len(self.pre_rejected)} of them pre-rejected by the realism gate" if self.pre_rejected else ""
         skipped = f"; {len(self.duplicates)} identical to stored samples skipped" if self.duplicates else ""
-        stopped = f". The realism gate ended the batch: {self.gate_stopped}" if self.gate_stopped else ""
+        stopped = f". {self.ended_early}" if self.ended_early else ""
         stored = f"Stored {len(self.sample_ids)} pending samples (ids {id_ranges(self.sample_ids)})"
         return f"{stored}{flagged}{skipped}{stopped}"
 

@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from engine.config import DEFAULT_REALISM_THRESHOLD, GenerationConfig
-from engine.progress import ProgressFn
+from engine.progress import ProgressFn, StopFn
 from storage.db import Database
 from storage.export import SplitPlan
 from storage.files import FileStore
@@ -208,10 +208,12 @@ class StudioService:
         user: str,
         progress: ProgressFn | None = None,
         realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
+        should_stop: StopFn | None = None,
     ) -> StoredBatch:
         """`num` samples from the class's uploaded real defect images at the batch defaults, stored as one pending
-        batch to review (the way `launch.py generate --init` makes training samples); None turns the gate off."""
-        return self.generation.generate_batch(class_name, num, seed, user, progress, realism_threshold)
+        batch to review (the way `launch.py generate --init` makes training samples); None turns the gate off;
+        `should_stop` ends it early, keeping what it made."""
+        return self.generation.generate_batch(class_name, num, seed, user, progress, realism_threshold, should_stop)
 
     def store_generated(
         self, folder: Path, class_name: str, inits: Sequence[Path], init_role: str, user: str

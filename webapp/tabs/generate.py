@@ -56,6 +56,11 @@ def is_flagged(details: SampleDetails, threshold: float | None) -> bool:
     return details.status == "pending" and bool(threshold) and scored and details.realism_score < threshold
 
 
+def session_of(request: gr.Request | None) -> str:
+    """The browser session a request comes from (one tab), or "local" outside a browser."""
+    return getattr(request, "session_hash", None) or "local"
+
+
 def candidate_caption(details: SampleDetails, threshold: float | None) -> str:
     """'#id seed s · status · realism r', with '· pre-rejected' when the threshold flags it."""
     caption = f"#{details.id} seed {details.params.seed} · {details.status} · {realism_text(details.realism_score)}"
@@ -83,7 +88,9 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 batch_gate = gr.Number(
                     value=DEFAULT_REALISM_THRESHOLD, minimum=0, maximum=1, label="Realism gate (0: off)", scale=1
                 )
-                batch_button = gr.Button("Generate batch", variant="primary", scale=1)
+                with gr.Column(scale=1, min_width=160):
+                    batch_button = gr.Button("Generate batch", variant="primary")
+                    stop_batch_button = gr.Button("Stop batch", variant="stop", size="sm")
             batch_message = gr.Markdown()
             batch_gallery = gr.Gallery(label="The batch's first samples", columns=8, height=140)
         with gr.Row():
@@ -325,7 +332,9 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             message += f" {len(outcome.flagged_ids)} pre-rejected below realism {threshold:.2f}."
         return gallery_update, choices_update, ids, message
 
-    @errors_shown_in(0, 3)
+    # Browser sessions whose running batch was asked to stop (the batch asks after every init).
+    stop_requests: set[str] = set()
+
     @errors_shown_in(0, 3)
     def generate_batch(
         class_names: list[str] | str | None,
@@ -335,6 +344,8 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
     ):
+        session = session_of(request)
+        stop_requests.discard(session)
         chosen = [class_names] if isinstance(class_names, str) else list(class_names or [])
         if not chosen:
             raise gr.Error("Upload real defect images of a class and fine-tune it first, then choose it here.")
@@ -351,12 +362,19 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                 user_of(request),
                 lambda done, total, message, name=class_name: progress((done, total), desc=f"{name}: {message}"),
                 realism_threshold=gate or None,
+                should_stop=lambda: session in stop_requests,
             )
             lines.append(f"- **{class_name}**: {stored.summary}.")
             shown += [service.sample_details(i) for i in stored.sample_ids[:per_class]]
+            if session in stop_requests:
+                break
         gallery = [(str(service.preview(d.path)), candidate_caption(d, gate or None)) for d in shown]
         review = "Review them in **Dataset and review queue** (its batch filter lists each batch)."
         return "\n".join([*lines, review]), gallery, int(seed or 0) + 1
+
+    def stop_batch(request: gr.Request = None) -> str:
+        stop_requests.add(session_of(request))
+        return "Stopping after the current init; what the batch made so far is kept."
 
     def next_seed(seed: int | None, num_candidates: int | None) -> int:
         """The first seed after this batch's, so clicking Generate again gives new candidates, not copies."""
@@ -425,6 +443,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         api_name="generate_batch",
         **MODEL,
     )
+    stop_batch_button.click(stop_batch, None, batch_message, api_name="stop_batch")
     refresh_button.click(refresh, picks, picks, api_name="generate_refresh")
     tab.select(refresh, picks, picks, api_name="generate_tab")
     source.change(show_source, source, [source_preview, window_picker, window_centre], api_name="show_source")
