@@ -18,7 +18,6 @@ from webapp.studio.classes import Classes, check_class_name
 from webapp.studio.context import PAGE_SIZE, StudioContext
 from webapp.studio.results import RUNS_STILL_OPEN, FineTuneStatus
 from webapp.studio.review import Review
-from webapp.studio.sources import Sources
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +53,10 @@ class _RunProgress:
 class FineTuneRuns:
     """Start, resume, stop and follow fine-tune runs; one trains at a time in this process."""
 
-    def __init__(self, ctx: StudioContext, sources: Sources, classes: Classes, review: Review) -> None:
+    def __init__(self, ctx: StudioContext, classes: Classes, review: Review) -> None:
         self.ctx = ctx
         self.database, self.files = ctx.database, ctx.files
-        self.sources, self.classes, self.review = sources, classes, review
+        self.classes, self.review = classes, review
         self.preview_steps = PREVIEW_STEPS
         self._runs: dict[int, _RunProgress] = {}
         self._runs_lock = threading.Lock()

@@ -55,7 +55,7 @@ class StudioService:
         self.realism = Realism(self.ctx)
         self.generation = Generation(self.ctx, self.sources, self.realism)
         self.review = Review(self.ctx, self.sources)
-        self.runs = FineTuneRuns(self.ctx, self.sources, self.classes, self.review)
+        self.runs = FineTuneRuns(self.ctx, self.classes, self.review)
         self.exports = Exports(self.ctx)
         self.classes.register_shipped_adapter()
         self.classes.sync_default_strengths()

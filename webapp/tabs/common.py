@@ -33,6 +33,11 @@ def user_of(request: gr.Request | None) -> str:
     return getattr(request, "username", None) or "local"
 
 
+def session_of(request: gr.Request | None) -> str:
+    """The browser session a request comes from (one tab), or "local" outside a browser."""
+    return getattr(request, "session_hash", None) or "local"
+
+
 def errors_shown_in(position: int, outputs: int) -> Callable[[Callable], Callable]:
     """Show a refused request's reason in words in output `position` (the message next to the control that caused
     it) and leave the handler's other `outputs` as they are: no red error badges on unrelated panels, and no

@@ -18,7 +18,7 @@ from webapp.studio import (
     parse_box_text,
     realism_sort_key,
 )
-from webapp.tabs.common import MODEL, TabLoad, comparison, errors_shown_in, overlay, user_of
+from webapp.tabs.common import MODEL, TabLoad, comparison, errors_shown_in, overlay, session_of, user_of
 
 REALISM_HELP = (
     "**Realism** (0–1) judges the repainted region only: the geometric mean of the steel feature network's "
@@ -54,11 +54,6 @@ def is_flagged(details: SampleDetails, threshold: float | None) -> bool:
     """A pending candidate the slider's threshold (0: off) pre-rejects: the user still decides."""
     scored = details.realism_score is not None
     return details.status == "pending" and bool(threshold) and scored and details.realism_score < threshold
-
-
-def session_of(request: gr.Request | None) -> str:
-    """The browser session a request comes from (one tab), or "local" outside a browser."""
-    return getattr(request, "session_hash", None) or "local"
 
 
 def candidate_caption(details: SampleDetails, threshold: float | None) -> str:
@@ -320,7 +315,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             message += f" Seed(s) {seeds} made images identical to stored samples: skipped, change the seed."
         if outcome.baseline_realism is not None:
             message += f" The untouched slab scores {outcome.baseline_realism:.2f} on the same region (baseline)."
-            scores = [service.sample_details(i).realism_score for i in ids]
+            scores = [c.realism_score for c in outcome.candidates]
             whole_window = mask is None and not config.auto_place and config.strength < 1.0
             if whole_window and all(score is not None and score <= outcome.baseline_realism for score in scores):
                 message += (
