@@ -17,6 +17,13 @@ the steel.
     python -m bench.defect_colour --mill /tmp/rust-mill --work /tmp/defect-colour --seeds 0 1 2
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/pit-mill --defect-colours structure
     python -m bench.defect_colour --mill /tmp/pit-mill --work /tmp/defect-structure --seeds 0 1 2
+
+With `--estimated-masks` the shots come without their masks, as a user's captures do: the fine-tune learns the
+colour from masks it estimates from the images (`masks.estimate_defect_mask`), and "before" is what such a class
+painted until it did (the slab's colour).
+
+    python -m bench.defect_colour --mill /tmp/rust-mill --work /tmp/defect-colour-estimated --seeds 0 1 2 \
+        --estimated-masks
 """
 
 from __future__ import annotations
@@ -81,12 +88,19 @@ def painted_colours(pipe: LoadedPipeline, class_name: str, slabs: list[Image.Ima
 
 
 def draw(
-    mill: Path, work: Path, seed: int, k: int, per_class: int, model: str | None, finetune_steps: int | None = None
+    mill: Path,
+    work: Path,
+    seed: int,
+    k: int,
+    per_class: int,
+    model: str | None,
+    finetune_steps: int | None = None,
+    estimated_masks: bool = False,
 ) -> dict:
-    """One draw: shots with masks, their fine-tune, and each class painted in its learnt colour where it learnt it
-    lies, in it laid evenly, and without it."""
+    """One draw: shots with masks (without them: `estimated_masks`), their fine-tune, and each class painted in its
+    learnt colour where it learnt it lies, in it laid evenly, and without it."""
     folder = work / f"seed{seed}"
-    shots = draw_shots(mill / "pool", k, seed, folder / "shots", with_masks=True)
+    shots = draw_shots(mill / "pool", k, seed, folder / "shots", with_masks=not estimated_masks)
     adapter = folder / "adapter"
     if not is_adapter(adapter):
         finetune_folder(shots, adapter, model=model, steps=finetune_steps, seed=seed, resume=adapter.exists())
@@ -168,12 +182,17 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="Base model (default: the embedded prior).")
     parser.add_argument("--per-class", type=int, default=6, help="Repaints per class and draw.")
     parser.add_argument("--finetune-steps", type=int, default=None, help="Default: the CPU preset's.")
+    parser.add_argument(
+        "--estimated-masks", action="store_true", help="Shots without their masks: the fine-tune estimates them."
+    )
     args = parser.parse_args()
     quiet_libraries()
     real = real_colours(args.mill / "val")
     draws = {}
     for seed in args.seeds:
-        draws[seed] = draw(args.mill, args.work, seed, args.k, args.per_class, args.model, args.finetune_steps)
+        draws[seed] = draw(
+            args.mill, args.work, seed, args.k, args.per_class, args.model, args.finetune_steps, args.estimated_masks
+        )
         write_atomically(args.work / f"seed{seed}" / "colours.json", json.dumps(draws[seed], indent=2).encode())
     print("\n".join(table(real, draws)))
 

@@ -22,6 +22,8 @@ TOKENS_FILE = "tokens.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 # Tuned strengths a token can carry: for img2img of a whole window (tune-strength) and a masked repaint.
 STRENGTH_KEYS = ("default_strength", "masked_strength")
+# `TokenInfo.defect_masks` of a class whose defect colour was learnt from masks estimated from its images.
+ESTIMATED_MASKS = "estimated"
 # A defect colour against the steel smaller than this (log R/G and B/G together) is described as the steel's.
 MIN_DESCRIBED_TINT = 0.03
 # The strength proposed for a whole window when a token has no tuned one.
@@ -44,6 +46,9 @@ class TokenInfo:
     # How far that colour lies on the defect's structure rather than filling its mask, 0–1
     # (`variation.defect_colour_structure`); None: evenly.
     defect_structure: float | None = None
+    # Where that colour was read: None, the masks that came with the images; ESTIMATED_MASKS, masks estimated from
+    # the images themselves (`masks.estimate_defect_mask`), as for a class fine-tuned on bare captures.
+    defect_masks: str | None = None
     # Auto-place statistics from the class's own defect masks (`placement.learnt_statistics`); None: the shipped ones.
     placement: dict | None = None
     # The median short side (px) of the class's fine-tuning images: the slab pixels its token and LoRA learnt per
@@ -79,8 +84,11 @@ class TokenInfo:
                 for value, word in ((red, "redder"), (-red, "less red"), (blue, "bluer"), (-blue, "less blue"))
                 if value >= MIN_DESCRIBED_TINT / 2
             ]
+            estimated = self.defect_masks == ESTIMATED_MASKS
+            source = " (estimated from its images: none came with a mask)" if estimated else ""
             parts.append(
                 f"defects {' and '.join(shades)} than their steel (log R/G {red:+.2f}, log B/G {blue:+.2f}){place}"
+                f"{source}"
             )
         elif self.defect_tint is not None:
             parts.append("defects the colour of their steel")

@@ -166,3 +166,66 @@ def latent_mask(region: np.ndarray, model_width: int, model_height: int, factor:
     scaled = cv2.resize(region.astype(np.float32), (model_width, model_height), interpolation=cv2.INTER_AREA) > 0
     cells = scaled.reshape(model_height // factor, factor, model_width // factor, factor)
     return cells.any(axis=(1, 3)).astype(np.float32)
+
+
+# Estimating where a capture's defect is, for a class fine-tuned without masks (`estimate_defect_mask`). Scales are
+# shares of the image's short side, so a 128 px capture and a 200 px one are read alike.
+ESTIMATE_BACKGROUND = 0.15  # the median filter the local steel level is taken over
+ESTIMATE_DETAIL = 0.006  # the blur that keeps a defect's stroke and drops the pixel grain
+ESTIMATE_REGION = 0.02  # the blur over which a region's level, grain and colour are compared with the image's
+ESTIMATE_SMOOTH = 0.012  # the blur of the combined score before the threshold
+# A pixel is a defect where it departs from the image's steel by this many robust deviations (1.4826 × MAD).
+ESTIMATE_THRESHOLD = 3.0
+# Colour departs less than luminance; its score is divided by this.
+ESTIMATE_COLOUR_DAMPING = 1.5
+# Components smaller than this share of the image are grain, not a defect.
+ESTIMATE_MIN_AREA = 0.002
+
+
+def _robust_scores(values: np.ndarray, one_sided: bool = False) -> np.ndarray:
+    """How many robust deviations (1.4826 × the median absolute deviation) each value lies from the median."""
+    centre = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - centre))) + 1e-3
+    departure = values - centre
+    return (departure if one_sided else np.abs(departure)) / spread
+
+
+def estimate_defect_mask(pixels: np.ndarray) -> np.ndarray:
+    """Where a capture (H×W×3 uint8) departs from its own steel, as a bool H×W mask: the pixels whose luminance
+    departs from the local steel level (a stroke, a spot), whose region is darker or brighter than the image's or
+    coarser in grain (a patch, a pitted area), or whose colour departs from the image's (rust, a temper colour),
+    each by ESTIMATE_THRESHOLD robust deviations, less components under ESTIMATE_MIN_AREA. Empty where nothing
+    departs.
+
+    An estimate, for a class whose images come without masks: it finds the odd part of an image, so a defect that
+    covers most of its image is missed (the steel around it is what departs). `bench/defect_estimate.py` measures it
+    against a mill's masks; `bench/defect_colour.py --estimated-masks` the colour a repaint then paints.
+    """
+    height, width = pixels.shape[:2]
+    side = min(height, width)
+    grey = cv2.cvtColor(np.ascontiguousarray(pixels[..., :3]), cv2.COLOR_RGB2GRAY)
+    level = cv2.medianBlur(grey, max(3, int(side * ESTIMATE_BACKGROUND) | 1)).astype(np.float32)
+    grey = grey.astype(np.float32)
+    detail = cv2.GaussianBlur(grey, (0, 0), max(1.0, side * ESTIMATE_DETAIL)) - level
+    region_sigma = side * ESTIMATE_REGION
+    grain = np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 2.0))
+    scores = np.maximum.reduce(
+        [
+            _robust_scores(detail),
+            _robust_scores(cv2.GaussianBlur(grey, (0, 0), region_sigma)),
+            _robust_scores(cv2.GaussianBlur(grain, (0, 0), region_sigma), one_sided=True),
+        ]
+    )
+    channels = pixels[..., :3].astype(np.float32) + 1.0
+    if np.abs(channels - channels[..., 1:2]).max() > 2:  # not grey (`data.is_grayscale`)
+        logs = np.log(cv2.GaussianBlur(channels, (0, 0), max(1.0, side * ESTIMATE_REGION / 2)))
+        ratios = np.stack([logs[..., 0] - logs[..., 1], logs[..., 2] - logs[..., 1]], axis=-1)
+        distance = np.linalg.norm(ratios - np.median(ratios.reshape(-1, 2), axis=0), axis=-1)
+        spread = 1.4826 * float(np.median(distance)) + 1e-4
+        scores = np.maximum(scores, distance / spread / ESTIMATE_COLOUR_DAMPING)
+    scores = cv2.GaussianBlur(scores, (0, 0), max(1.0, side * ESTIMATE_SMOOTH))
+    opening = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
+    marked = cv2.morphologyEx((scores > ESTIMATE_THRESHOLD).astype(np.uint8), cv2.MORPH_OPEN, opening)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(marked, connectivity=8)
+    large = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= ESTIMATE_MIN_AREA * height * width)
+    return np.isin(labels, large[large > 0])

@@ -40,11 +40,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from engine.adapters import LORA_FILE, write_adapter_index
+from engine.adapters import ESTIMATED_MASKS, LORA_FILE, write_adapter_index
 from engine.config import TrainConfig
 from engine.generation.pipeline import model_hash, resolve_model
 from engine.generation.placement import learnt_statistics
 from engine.generation.variation import defect_colour_structure, defect_tint
+from engine.masks import estimate_defect_mask
 from engine.progress import ProgressFn, StepFn, StopFn, TrainingStep, append_log
 from engine.training.attributes import shared_words
 from engine.training.pretrain import encode_pixels
@@ -623,7 +624,8 @@ def _save_adapter(
     config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str, images: list[TrainingImage]
 ) -> None:
     """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete, with each class's
-    defect colour against its steel where its colour images have defect masks (`variation.defect_tint`), how far
+    defect colour against its steel from its colour images' defect masks, or masks estimated from the images where
+    none came with one (`class_defect_masks`, `variation.defect_tint`), how far
     it lies on the defects' structure (`variation.defect_colour_structure`) and, from the same masks, the sizes and
     counts of its defects for auto-place (`placement.learnt_statistics`), and the median short side of its images
     (the scale it learnt)."""
@@ -637,10 +639,12 @@ def _save_adapter(
             "embedding_file": file,
             "init_word": config.init_words.get(class_name, ""),
         }
-        masked = [(im.pixels, im.mask) for im in images if im.class_name == class_name]
+        masked, estimated = class_defect_masks(images, class_name)
         if (tint := defect_tint(masked)) is not None:
             tokens[class_name]["defect_tint"] = tint
             tokens[class_name]["defect_structure"] = defect_colour_structure(masked)
+            if estimated:
+                tokens[class_name]["defect_masks"] = ESTIMATED_MASKS
         if (placement := class_placement(images, class_name)) is not None:
             tokens[class_name]["placement"] = placement
         if sides := [min(im.size) for im in images if im.class_name == class_name and im.size]:
@@ -696,6 +700,18 @@ def _save_prior(config: TrainConfig, vae, text_encoder, tokenizer, unet, noise_s
     )
     target = Path(config.save_dir) if config.save_dir else Path(config.output_dir) / "model"
     pipe.to(torch.float16 if config.save_half else torch.float32).save_pretrained(str(target))
+
+
+def class_defect_masks(
+    images: list[TrainingImage], class_name: str
+) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], bool]:
+    """(pixels, defect mask) of a class's fine-tuning images, and whether the masks are estimated: where none of its
+    images came with a mask, each image's is estimated from the image itself (`masks.estimate_defect_mask`), so a
+    class fine-tuned on bare captures still learns its defects' colour against their steel."""
+    pairs = [(im.pixels, im.mask) for im in images if im.class_name == class_name]
+    if any(mask is not None for _, mask in pairs):
+        return pairs, False
+    return [(pixels, estimate_defect_mask(pixels)) for pixels, _ in pairs], True
 
 
 def class_placement(images: list[TrainingImage], class_name: str) -> dict | None:

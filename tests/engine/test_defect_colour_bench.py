@@ -45,3 +45,10 @@ def test_the_bench_paints_each_class_in_its_learnt_colour_where_it_lies_and_meas
             assert np.hypot(*before) < 0.05, "without the learnt colour the defect is the slab's"
     lines = table(real, {0: result})
     assert len(lines) == 9 and lines[2].startswith("| colour type 1 |") and lines[7].startswith("| colour type 1 |")
+
+    # Without their masks the shots' colour is learnt from estimated masks: the pits in their colour are found.
+    estimated = draw(mill, tmp_path / "estimated", 0, 2, 1, str(tiny_model), finetune_steps=2, estimated_masks=True)
+    assert not list((tmp_path / "estimated" / "seed0" / "shots").rglob("*_mask.png")), "the shots come bare"
+    for name in ("colour type 1", "colour type 2"):
+        learnt, reference = np.asarray(estimated[name]["learnt"]), np.asarray(real[name]["colour"])
+        assert learnt @ reference / np.hypot(*learnt) / np.hypot(*reference) > 0.9, "the defects' colour, estimated"

@@ -154,6 +154,7 @@ def test_a_fine_tune_with_masks_beside_its_images_trains_with_the_masked_loss_an
     assert red == pytest.approx(np.log(1.35 / 0.95 / 1.1), abs=0.05), "its defects are redder than its steel"
     assert blue == pytest.approx(np.log(0.7 / 0.95 / 0.9), abs=0.05)
     assert tokens["scratches"].defect_structure == pytest.approx(0.0, abs=0.15), "a stain over the whole box"
+    assert tokens["scratches"].defect_masks is None, "learnt from the masks that came with the images"
     assert tokens["inclusion"].defect_tint == pytest.approx([0.0, 0.0], abs=0.02), "same colour as its steel"
     assert tokens["inclusion"].defect_structure is None, "no colour, so nowhere it lies"
     placement = tokens["scratches"].placement

@@ -1,0 +1,99 @@
+"""How well a capture's defect is found without its mask (`masks.estimate_defect_mask`), against a mill's own masks.
+
+A class fine-tuned on images without masks learns its defects' colour from estimated masks. For each class of a
+folder of images with their masks beside them (`<name>_mask.png`, or NEU-DET's Pascal VOC boxes): the share of the
+image marked, the share boxed, precision (the marked pixels inside a defect's mask) and recall (a mask's pixels
+marked); then the class's defect colour against its steel (`variation.defect_tint`, log R/G and log B/G) from its
+masks and from the estimates, over all its images and over draws of `--k` images (as a fine-tune of K shots reads
+it): the mean estimate and its distance from the masks' colour.
+
+    python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours
+    python -m bench.defect_estimate --images /tmp/rust-mill/pool
+    python -m bench.defect_estimate --images /tmp/neu-split/pool
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+import numpy as np
+
+from engine.data import list_images, load_rgb, mask_at, read_mask_image_beside
+from engine.generation.variation import defect_tint
+from engine.masks import estimate_defect_mask
+
+
+def class_pairs(folder: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(pixels, mask, estimate) of up to `limit` images of a class folder that have a mask beside them."""
+    triples = []
+    for path in list_images(folder)[:limit]:
+        mask_image = read_mask_image_beside(path)
+        if mask_image is None:
+            continue
+        pixels = np.asarray(load_rgb(path))
+        mask = mask_at(mask_image, (pixels.shape[1], pixels.shape[0]))
+        triples.append((pixels, mask, estimate_defect_mask(pixels)))
+    return triples
+
+
+def overlap(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Mean per image: share marked, share masked, precision and recall of the marks against the mask."""
+    rows = [
+        (est.mean(), mask.mean(), (est & mask).sum() / max(est.sum(), 1), (est & mask).sum() / max(mask.sum(), 1))
+        for _, mask, est in triples
+    ]
+    return dict(zip(("marked", "masked", "precision", "recall"), np.mean(rows, axis=0).tolist(), strict=True))
+
+
+def colours(triples: list, k: int, draws: int, seed: int) -> dict:
+    """The class's defect colour from its masks and from the estimates, over all images and over `draws` of k."""
+    rng = random.Random(seed)
+    drawn = [rng.sample(triples, min(k, len(triples))) for _ in range(draws)]
+    estimated = [defect_tint([(p, e) for p, _, e in group]) for group in drawn]
+    return {
+        "masks": defect_tint([(p, m) for p, m, _ in triples]),
+        "estimated": defect_tint([(p, e) for p, _, e in triples]),
+        "k_shots": [c for c in estimated if c is not None],
+    }
+
+
+def shown(colour) -> str:
+    return "–" if colour is None else f"{colour[0]:+.3f} / {colour[1]:+.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, required=True, help="Class folders of images with masks beside them.")
+    parser.add_argument("--per-class", type=int, default=60, help="Images read per class.")
+    parser.add_argument("--k", type=int, default=5, help="Shots per draw for the colour a fine-tune would learn.")
+    parser.add_argument("--draws", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    lines = [
+        "| class | images | marked | masked | precision | recall | colour from masks | from estimates | "
+        f"K = {args.k} estimates (mean ± std of distance to masks') |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for folder in sorted(p for p in args.images.iterdir() if p.is_dir()):
+        triples = class_pairs(folder, args.per_class)
+        if not triples:
+            continue
+        found = overlap(triples)
+        tint = colours(triples, args.k, args.draws, args.seed)
+        spread = "–"
+        if tint["k_shots"] and tint["masks"] is not None:
+            gaps = [float(np.hypot(*np.subtract(c, tint["masks"]))) for c in tint["k_shots"]]
+            mean = [round(float(v), 3) for v in np.mean(tint["k_shots"], axis=0)]
+            spread = f"{shown(mean)} ({np.mean(gaps):.3f} ± {np.std(gaps):.3f})"
+        lines.append(
+            f"| {folder.name} | {len(triples)} | {found['marked']:.2f} | {found['masked']:.2f} | "
+            f"{found['precision']:.2f} | {found['recall']:.2f} | {shown(tint['masks'])} | {shown(tint['estimated'])} | "
+            f"{spread} |"
+        )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
