@@ -68,9 +68,7 @@ def rust_captures(folder, rng: np.random.Generator, count: int = 3, size: int = 
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"rust_{number}.png")
 
 
-def test_a_class_fine_tuned_on_bare_colour_captures_learns_its_defect_colour_from_estimated_masks(
-    tiny_model, tmp_path
-):
+def test_a_class_fine_tuned_on_bare_colour_captures_learns_its_defect_colour_from_estimated_masks(tiny_model, tmp_path):
     rust_captures(tmp_path / "dataset" / "rust", np.random.default_rng(2))
     result = finetune_folder(tmp_path / "dataset", tmp_path / "run", model=str(tiny_model), steps=2, batch_size=2)
     assert result.status == "completed"
@@ -80,4 +78,3 @@ def test_a_class_fine_tuned_on_bare_colour_captures_learns_its_defect_colour_fro
     assert red < np.log(1.35) + 0.05 and blue > np.log(0.7) - 0.05, "no more than the stain's own colour"
     assert token.defect_masks == ESTIMATED_MASKS
     assert "(estimated from its images: none came with a mask)" in token.learnt_summary()
-
