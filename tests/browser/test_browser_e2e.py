@@ -123,9 +123,18 @@ def test_upload_generate_accept_and_download_the_export_in_chromium(
             box = page.get_by_label(f"number input for {label}", exact=True)
             box.fill(value)
             box.press("Enter")
+        # On a clean slab auto-place is on by default: a whole window would re-texture the steel, not add a defect.
+        expect(page.get_by_role("checkbox", name=re.compile("^Auto-place"))).to_be_checked()
         page.get_by_role("button", name="Generate candidates").click()
         page.get_by_text(re.compile(r"^2 candidates in [0-9.]+ s; judge each one\.")).wait_for()
         first, second = sorted(row.id for row in service.dataset_view().rows)
+        assert all(row.mask_change is not None for row in service.dataset_view().rows), "masked repaints"
+        # Choosing a window to redraw means a whole window: it unticks auto-place.
+        page.get_by_text("Window on a large slab (click to choose where it goes) and typed boxes").click()
+        picker_label = page.get_by_text("Whole-window generation repaints the outlined window; click to centre a")
+        picker = page.locator(".block", has=picker_label).last
+        picker.locator(".image-frame img").click()
+        expect(page.get_by_role("checkbox", name=re.compile("^Auto-place"))).not_to_be_checked()
 
         # 3. Accept the selected (first) candidate
         candidate = page.get_by_role("combobox", name="Candidate to judge (click an image or pick here)")

@@ -109,8 +109,11 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                     )
                 window_centre = gr.State(None)
                 auto_place = gr.Checkbox(
+                    value=True,
                     label="Auto-place: masks shaped and sized like real defects of the class (mask and boxes come "
-                    "with each sample)"
+                    "with each sample)",
+                    info="Untick to redraw a whole window instead (choosing one above unticks it): on clean steel a "
+                    "whole window is re-textured, with no defect painted in.",
                 )
                 with gr.Accordion("Type boxes instead", open=False):
                     box_text = gr.Textbox(label="Boxes x0,y0,x1,y1 in slab pixels (one per line)", lines=2)
@@ -237,11 +240,11 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     def pick_window(source_id: int | None, box_text: str | None, event: gr.SelectData):
         slab = clean_slab(source_id)
         if slab is None or event.index is None:
-            return gr.update(), None
+            return gr.update(), None, gr.update()
         with Image.open(service.preview(slab.path, VIEW_MAX_SIDE)) as shown:
             scale = slab.width / shown.width
         centre = (event.index[0] * scale, event.index[1] * scale)
-        return picker_view(slab, centre, box_text), centre
+        return picker_view(slab, centre, box_text), centre, False
 
     def class_strength(
         class_name: str | None, masked: bool | None = False, boxes: str | None = "", painted: dict | None = None
@@ -443,7 +446,9 @@ def create_generate_tab(service: StudioService) -> TabLoad:
     tab.select(refresh, picks, picks, api_name="generate_tab")
     source.change(show_source, source, [source_preview, window_picker, window_centre], api_name="show_source")
     source_preview.clear(restore_slab, source, source_preview, api_name="restore_slab")
-    window_picker.select(pick_window, [source, box_text], [window_picker, window_centre], api_name="pick_window")
+    window_picker.select(
+        pick_window, [source, box_text], [window_picker, window_centre, auto_place], api_name="pick_window"
+    )
     box_text.change(show_boxes, [source, box_text, window_centre], window_picker, api_name="show_boxes")
     strength_inputs = [class_name, auto_place, box_text, source_preview]
     class_name.change(class_strength, strength_inputs, strength, api_name="class_strength")
