@@ -624,11 +624,11 @@ def _save_adapter(
     config, out: Path, unet, text_encoder, new_token_ids: dict[str, int], model_ref: str, images: list[TrainingImage]
 ) -> None:
     """Write the TI embeddings, the LoRA and, last, `tokens.json` that marks the adapter complete, with each class's
-    defect colour against its steel from its colour images' defect masks, or masks estimated from the images where
-    none came with one (`class_defect_masks`, `variation.defect_tint`), how far
-    it lies on the defects' structure (`variation.defect_colour_structure`) and, from the same masks, the sizes and
-    counts of its defects for auto-place (`placement.learnt_statistics`), and the median short side of its images
-    (the scale it learnt)."""
+    defect colour against its steel (`variation.defect_tint`) and how far it lies on the defects' structure
+    (`variation.defect_colour_structure`), read inside its colour images' defect masks or, where none came with one,
+    masks estimated from the images (`class_defect_masks`); from the masks that came with them, the sizes and counts
+    of its defects for auto-place (`placement.learnt_statistics`); and the median short side of its images (the
+    scale it learnt)."""
     weight = text_encoder.get_input_embeddings().weight.detach().cpu()
     tokens = {}
     for class_name, token_id in new_token_ids.items():

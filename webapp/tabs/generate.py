@@ -238,6 +238,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         return picker_view(slab, centre, box_text) if slab is not None else gr.update()
 
     def pick_window(source_id: int | None, box_text: str | None, event: gr.SelectData):
+        """The window centred where the slab was clicked; a chosen window is redrawn whole, so auto-place is off."""
         slab = clean_slab(source_id)
         if slab is None or event.index is None:
             return gr.update(), None, gr.update()
