@@ -140,11 +140,15 @@ def model_canvas(w: int, h: int, resolution: int, multiple: int) -> tuple[int, i
 def plan_windows(
     grown: np.ndarray, base: int, resolution: int, multiple: int, margin: int = MASK_MARGIN_PX
 ) -> list[MaskWindow]:
-    """The windows that repaint a grown mask: nearby components share one, distant ones get their own."""
+    """The windows that repaint a grown mask: nearby components share one, distant ones get their own. On a canvas
+    no larger than a window every window would be the whole canvas, so all components share it (one pass, not one
+    per component)."""
     height, width = grown.shape
     labels, bboxes = _components(grown)
+    whole = width <= base and height <= base
+    groups = [list(range(len(bboxes)))] if whole and bboxes else _group_components(bboxes, base, margin)
     windows = []
-    for members in _group_components(bboxes, base, margin):
+    for members in groups:
         box = bboxes[members[0]]
         for index in members[1:]:
             box = box.union(bboxes[index])

@@ -101,6 +101,14 @@ def test_distant_components_get_their_own_windows_and_near_ones_share_one():
     assert (near.width, near.height, near.model_width, near.model_height) == (128, 100, 48, 32)
 
 
+def test_on_a_canvas_no_larger_than_a_window_distant_components_share_the_whole_canvas():
+    mask = rectangle_mask(128, 128, 4, 4, 14, 14) | rectangle_mask(128, 128, 110, 110, 124, 124)
+    (window,) = plan_windows(grow(mask), base=128, resolution=32, multiple=16)
+    assert (window.x, window.y, window.width, window.height) == (0, 0, 128, 128)
+    assert window.region.sum() == grow(mask).sum(), "both components repainted in the one pass"
+    assert len(plan_windows(grow(mask), base=100, resolution=32, multiple=16)) == 2, "a larger canvas: two windows"
+
+
 def test_long_masks_get_a_non_square_window_and_too_long_ones_are_refused():
     (window,) = plan_windows(rectangle_mask(400, 100, 50, 40, 250, 50), base=100, resolution=32, multiple=16)
     assert (window.width, window.height) == (264, 100) and window.model_height == 32
