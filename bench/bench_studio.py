@@ -35,20 +35,19 @@ rng = np.random.default_rng(0)
 width, height = (int(side) for side in sys.argv[3].split("x"))
 slab = Image.fromarray(rng.normal(128, 14, (height, width)).clip(0, 255).astype(np.uint8))
 name = sorted(pipe.tokens)[0]
-config = GenerationConfig(class_name=name, num_candidates=4, steps=DEFAULT_STEPS)
-generate(pipe, slab, config)
-times = []
-for seed in range(5):
-    config.seed = seed
-    t = time.perf_counter(); generate(pipe, slab, config); times.append(time.perf_counter() - t)
 from engine.batch import default_strength
+def timed(config):  # seconds of five previews after a warm-up, each from its own seed
+    generate(pipe, slab, config)
+    times = []
+    for seed in range(5):
+        config.seed = seed
+        t = time.perf_counter(); generate(pipe, slab, config); times.append(time.perf_counter() - t)
+    return times
+config = GenerationConfig(class_name=name, num_candidates=4, steps=DEFAULT_STEPS)
+times = timed(config)
 masked = GenerationConfig(class_name=name, num_candidates=4, steps=DEFAULT_STEPS, auto_place=True,
                           strength=default_strength(pipe, name, masked=True))
-generate(pipe, slab, masked)
-auto_times = []
-for seed in range(5):
-    masked.seed = seed
-    t = time.perf_counter(); generate(pipe, slab, masked); auto_times.append(time.perf_counter() - t)
+auto_times = timed(masked)
 print(json.dumps({"load_s": load_s, "strength": config.strength, "preview4_s": min(times),
                   "preview4_median_s": statistics.median(times),
                   "auto_place_strength": masked.strength, "auto_place4_s": min(auto_times),

@@ -136,6 +136,11 @@ def mean_structure(values: list) -> str:
     return f"{np.mean(measured):.2f}" if measured else "–"
 
 
+def shown(colour: list[float] | None) -> str:
+    """A colour (log R/G, log B/G) as a table cell."""
+    return "–" if colour is None else f"{colour[0]:+.3f} / {colour[1]:+.3f}"
+
+
 def table(real: dict, draws: dict[int, dict]) -> list[str]:
     """Per class: real, learnt (mean over draws) and painted colours, and each painted colour's distance from real;
     then where the colour lies in the masks: real, learnt, painted, and painted evenly (means over the draws)."""
@@ -143,9 +148,6 @@ def table(real: dict, draws: dict[int, dict]) -> list[str]:
         "| class | real | learnt | painted | slab's colour (before) | painted − real | before − real |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-
-    def shown(colour) -> str:
-        return "–" if colour is None else f"{colour[0]:+.3f} / {colour[1]:+.3f}"
 
     for class_name, measured in real.items():
         reference = measured["colour"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.defect_colour import shown
 from engine.data import list_images, load_rgb, mask_at, read_mask_image_beside
 from engine.generation.variation import defect_tint
 from engine.masks import estimate_defect_mask
@@ -57,10 +58,6 @@ def colours(triples: list, k: int, draws: int, seed: int) -> dict:
         "estimated": defect_tint([(p, e) for p, _, e in triples]),
         "k_shots": [c for c in estimated if c is not None],
     }
-
-
-def shown(colour) -> str:
-    return "–" if colour is None else f"{colour[0]:+.3f} / {colour[1]:+.3f}"
 
 
 def main() -> None:
