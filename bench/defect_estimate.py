@@ -5,7 +5,8 @@ folder of images with their masks beside them (`<name>_mask.png`, or NEU-DET's P
 image marked, the share boxed, precision (the marked pixels inside a defect's mask) and recall (a mask's pixels
 marked); then the class's defect colour against its steel (`variation.defect_tint`, log R/G and log B/G) from its
 masks and from the estimates, over all its images and over draws of `--k` images (as a fine-tune of K shots reads
-it): the mean estimate and its distance from the masks' colour.
+it): the mean estimate and its distance from the masks' colour; and the boxes the Upload tab suggests
+(`masks.estimate_defect_boxes`) against the masks' own (one per component), matched at an IoU of at least 0.3.
 
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours
     python -m bench.defect_estimate --images /tmp/rust-mill/pool
@@ -21,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.defect_colour import shown
+from engine.boxes import from_mask
 from engine.data import list_images, load_rgb, mask_at, read_mask_image_beside
 from engine.generation.variation import defect_tint
-from engine.masks import estimate_defect_mask
+from engine.masks import estimate_defect_boxes, estimate_defect_mask
 
 
 def class_pairs(folder: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -48,6 +50,27 @@ def overlap(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[st
     return dict(zip(("marked", "masked", "precision", "recall"), np.mean(rows, axis=0).tolist(), strict=True))
 
 
+# A suggested box matches a mask's box at this intersection over union (a box drawn over the same defect).
+MATCH_IOU = 0.3
+
+
+def box_matches(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The suggested boxes against the masks' components: boxes per image of each, the share of the masks' boxes
+    a suggestion matches (recall) and of the suggestions that match one (precision)."""
+    real_total = suggested_total = found = right = 0
+    for pixels, mask, _ in triples:
+        real, suggested = from_mask(mask), estimate_defect_boxes(pixels)
+        real_total, suggested_total = real_total + len(real), suggested_total + len(suggested)
+        found += sum(any(r.iou(b) >= MATCH_IOU for b in suggested) for r in real)
+        right += sum(any(b.iou(r) >= MATCH_IOU for r in real) for b in suggested)
+    return {
+        "real": real_total / len(triples),
+        "suggested": suggested_total / len(triples),
+        "recall": found / max(real_total, 1),
+        "precision": right / max(suggested_total, 1),
+    }
+
+
 def colours(triples: list, k: int, draws: int, seed: int) -> dict:
     """The class's defect colour from its masks and from the estimates, over all images and over `draws` of k."""
     rng = random.Random(seed)
@@ -70,14 +93,16 @@ def main() -> None:
     args = parser.parse_args()
     lines = [
         "| class | images | marked | masked | precision | recall | colour from masks | from estimates | "
-        f"K = {args.k} estimates (mean ± std of distance to masks') |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"K = {args.k} estimates (mean ± std of distance to masks') | boxes: masks' / suggested | box recall | "
+        "box precision |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for folder in sorted(p for p in args.images.iterdir() if p.is_dir()):
         triples = class_pairs(folder, args.per_class)
         if not triples:
             continue
         found = overlap(triples)
+        boxes = box_matches(triples)
         tint = colours(triples, args.k, args.draws, args.seed)
         spread = "–"
         if tint["k_shots"] and tint["masks"] is not None:
@@ -87,7 +112,8 @@ def main() -> None:
         lines.append(
             f"| {folder.name} | {len(triples)} | {found['marked']:.2f} | {found['masked']:.2f} | "
             f"{found['precision']:.2f} | {found['recall']:.2f} | {shown(tint['masks'])} | {shown(tint['estimated'])} | "
-            f"{spread} |"
+            f"{spread} | {boxes['real']:.1f} / {boxes['suggested']:.1f} | {boxes['recall']:.2f} | "
+            f"{boxes['precision']:.2f} |"
         )
     print("\n".join(lines))
 

@@ -81,6 +81,14 @@ class Box:
             self.label,
         )
 
+    def iou(self, other: Box) -> float:
+        """Intersection over union of the two boxes (0 when they do not overlap)."""
+        inter = max(0, min(self.xmax, other.xmax) - max(self.xmin, other.xmin)) * max(
+            0, min(self.ymax, other.ymax) - max(self.ymin, other.ymin)
+        )
+        total = self.width * self.height + other.width * other.height - inter
+        return inter / total if total > 0 else 0.0
+
     def clamped(self, width: int, height: int) -> Box | None:
         """The part inside a width × height image, or None when nothing of it is inside."""
         box = Box(max(self.xmin, 0), max(self.ymin, 0), min(self.xmax, width), min(self.ymax, height), self.label)

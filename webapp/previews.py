@@ -98,6 +98,32 @@ def review_views(
     return views
 
 
+def annotated_view(
+    path: Path,
+    cache_dir: Path,
+    boxes: list[dict[str, Any]],
+    mask: np.ndarray | None = None,
+    mask_label: str = "mask",
+    max_side: int = VIEW_MAX_SIDE,
+) -> tuple[str, list[tuple[Any, str]]]:
+    """An AnnotatedImage value for a stored image: its preview (at most `max_side` a side) with boxes (image pixels,
+    kept inside the image, each labelled with its `label`) and a bool mask of the image's size scaled onto it."""
+    view = thumbnail(path, cache_dir, max_side)
+    with Image.open(path) as full, Image.open(view) as small:
+        scale_x, scale_y = small.width / full.width, small.height / full.height
+        size = small.size
+    annotations: list[tuple[Any, str]] = []
+    if mask is not None:
+        scaled = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
+        annotations.append((np.asarray(scaled, dtype=np.float32) / 255, mask_label))
+    for box in boxes:
+        x0, x1 = (min(max(round(box[k] * scale_x), 0), size[0]) for k in ("xmin", "xmax"))
+        y0, y1 = (min(max(round(box[k] * scale_y), 0), size[1]) for k in ("ymin", "ymax"))
+        if x1 > x0 and y1 > y0:
+            annotations.append(((x0, y0, x1, y1), box.get("label") or "box"))
+    return str(view), annotations
+
+
 def _save_atomically(image: Image.Image, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.part")

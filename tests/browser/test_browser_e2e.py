@@ -255,3 +255,41 @@ def test_a_batch_from_the_class_real_images_in_chromium(studio_url: tuple[Studio
     assert len(rows) == 2 and {service.sample_details(r.id).source_image_id for r in rows} <= real_ids
     (batch,) = [b for b in service.batches() if "from 2 real images" in b.name]
     assert (batch.pending, batch.total) == (2, 2)
+
+
+def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
+    studio_url: tuple[StudioService, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service, url = studio_url
+    pixels = np.random.default_rng(5).normal(128, 10, (96, 120))
+    pixels[30:46, 70:90] -= 70
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    (source,) = service.upload_images([("spot.png", buffer.getvalue())], "defect", "rust spot", "setup").sources
+
+    with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1000}) as (page,):
+        page.get_by_role("button", name="Upload and store").wait_for()
+        page.get_by_role("tab", name="Upload").click()
+        gallery = page.locator(".block", has=page.get_by_text("Stored images (click one to edit it)")).last
+        gallery.locator("img").first.click()
+        expect(page.get_by_label("Image id")).to_have_value(str(source.id))
+        boxes = page.get_by_role("textbox", name=re.compile("^Defect boxes"))
+        expect(boxes).to_have_value("")
+        page.get_by_role("button", name="Suggest boxes from the image").click()
+        page.get_by_text(re.compile(r"^1 box\(es\) suggested")).wait_for()
+        expect(page.get_by_role("checkbox", name="Show where it departs from its steel")).to_be_checked()
+        view = page.locator(".block", has=page.get_by_text("The image with its boxes as typed")).last
+        expect(view.get_by_text("estimated defect")).to_be_visible()
+        expect(view.get_by_text("box 1", exact=True)).to_be_visible()
+        suggested = boxes.input_value()
+        assert re.fullmatch(r"\d+,\d+,\d+,\d+", suggested)
+        # The engineer adds a box the estimate did not find and saves both.
+        boxes.fill(suggested + "\n2,2,20,20")
+        page.get_by_role("button", name="Save class and boxes").click()
+        page.get_by_text(f"Image {source.id} saved (rust spot).").wait_for()
+
+    saved = service.source_boxes(source.id)
+    assert len(saved) == 2 and saved[1] == {"label": "rust spot", "xmin": 2, "ymin": 2, "xmax": 20, "ymax": 20}
+    assert saved[0]["xmin"] <= 70 and saved[0]["xmax"] >= 90, "the suggested box holds the spot"

@@ -36,3 +36,10 @@ def test_boxes_of_a_mask_round_trip() -> None:
     mask = to_mask([Box(5, 5, 15, 25), Box(40, 30, 70, 35)], 80, 60)
     assert np.array_equal(to_mask(from_mask(mask), 80, 60), mask)
     assert bounding_box(mask) == Box(5, 5, 70, 35)
+
+
+def test_iou_of_boxes() -> None:
+    box = Box(0, 0, 10, 10)
+    assert box.iou(box) == 1.0
+    assert box.iou(Box(5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box.iou(Box(10, 0, 20, 10)) == 0.0 and Box(3, 3, 3, 3).iou(Box(3, 3, 3, 3)) == 0.0

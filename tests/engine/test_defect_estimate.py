@@ -9,7 +9,8 @@ from PIL import Image
 
 from engine.adapters import ESTIMATED_MASKS, read_adapter
 from engine.batch import finetune_folder
-from engine.masks import estimate_defect_mask
+from engine.boxes import Box
+from engine.masks import estimate_defect_boxes, estimate_defect_mask
 
 
 def grain(rng: np.random.Generator, size: int = 128) -> np.ndarray:
@@ -55,6 +56,27 @@ def test_a_dark_spot_a_bright_scratch_and_a_rust_stain_are_marked_where_they_are
     marked = estimate_defect_mask(coloured.clip(0, 255).astype(np.uint8))
     precision, recall = precision_recall(marked, cv2.dilate(stain, np.ones((7, 7))) > 0)
     assert precision > 0.6 and recall > 0.6, "a stain of the steel's brightness is found by its colour"
+
+
+def test_suggested_boxes_join_a_broken_scratch_and_keep_distant_defects_apart():
+    steel = grain(np.random.default_rng(2), 160)
+    for top in range(20, 140, 24):  # a scratch in pieces 16 px apart: alone, each piece would be a box of its own
+        steel[top : top + 8, 118:121] += 70
+    spot = np.zeros((160, 160), np.uint8)
+    cv2.ellipse(spot, (40, 50), (12, 8), 0, 0, 360, 1, -1)
+    steel[spot > 0] -= 60
+    pixels = np.repeat(steel[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
+    boxes = estimate_defect_boxes(pixels, "scratches")
+    assert len(boxes) == 2 and all(box.label == "scratches" for box in boxes)
+    spot_box, scratch_box = sorted(boxes, key=lambda box: box.xmin)
+    spot_truth = Box(28, 42, 53, 59)
+    assert spot_box.union(spot_truth).corners == spot_box.corners, "the spot's box holds it"
+    assert spot_box.iou(spot_truth) > 0.35, "and closely"
+    scratch_truth = Box(118, 20, 121, 124)
+    assert scratch_box.union(scratch_truth).corners == scratch_box.corners, "one box holds the scratch's pieces"
+    assert scratch_box.height < 125 and scratch_box.width < 25, "a thin box along it"
+    plain = np.repeat(grain(np.random.default_rng(3), 160)[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
+    assert len(estimate_defect_boxes(plain)) <= 1
 
 
 def rust_captures(folder, rng: np.random.Generator, count: int = 3, size: int = 64) -> None:

@@ -201,3 +201,35 @@ def test_a_click_on_a_wide_slab_moves_the_window_there(service: StudioService, s
         assert params.window == Window(1344, 0, 256)
         views = service.review_views(service.sample_details(outcome.sample_ids[0]))
         assert views.region == (1344, 0, 1600, 256), "the close-up is the chosen window"
+
+
+def test_boxes_are_suggested_from_a_defect_image_and_shown_as_typed(service: StudioService, slab_png) -> None:
+    from tests.support import encode
+
+    rng = np.random.default_rng(4)
+    pixels = rng.normal(128, 10, (96, 120))
+    pixels[30:46, 70:90] -= 70
+    defect = encode(Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L"))
+    source_id = service.upload_images([("spot.png", defect)], "defect", "rust spot", "alice").sources[0].id
+    (box,) = service.suggest_boxes(source_id)
+    assert box["label"] == "rust spot"
+    assert box["xmin"] <= 70 and box["ymin"] <= 30 and box["xmax"] >= 90 and box["ymax"] >= 46, "it holds the spot"
+    assert (box["xmax"] - box["xmin"]) * (box["ymax"] - box["ymin"]) < 4 * 16 * 20, "and little else"
+
+    image, annotations = service.source_view(source_id, "10,10,30,30\n5,5,")
+    assert [label for _, label in annotations] == ["box 1"], "a line still being typed is left out"
+    assert annotations[0][0] == (10, 10, 30, 30)
+    with Image.open(image) as view:
+        assert view.size == (120, 96)
+    _, annotations = service.source_view(source_id, "", show_estimate=True)
+    ((mask, label),) = annotations
+    assert label == "estimated defect" and mask.shape == (96, 120) and mask[38, 80] == 1 and mask[80, 10] == 0
+
+    slab_id = upload_slab(service, slab_png)
+    with pytest.raises(ValueError, match="clean slab"):
+        service.suggest_boxes(slab_id)
+    with served_client(service) as client:
+        text, shown, message = client.predict(source_id, api_name="/source_suggest_boxes")
+        assert parse_box_text(text) == [{**box, "label": ""}] and shown is True and message.startswith("1 box(es)")
+        _, _, refused = client.predict(slab_id, api_name="/source_suggest_boxes")
+        assert refused.startswith("⚠️") and "clean slab" in refused

@@ -160,6 +160,16 @@ class StudioService:
         """Re-class a real defect and/or set its boxes from "x0,y0,x1,y1" lines (empty text: no boxes)."""
         return self.sources.update_source(source_id, class_name, box_text)
 
+    def suggest_boxes(self, source_id: int) -> list[dict[str, Any]]:
+        """Boxes around what departs from the steel in a real defect image: a suggestion to correct, then save."""
+        return self.sources.suggest_boxes(source_id)
+
+    def source_view(
+        self, source_id: int, box_text: str, show_estimate: bool = False
+    ) -> tuple[str, list[tuple[Any, str]]]:
+        """An AnnotatedImage value: the image with the typed boxes and, with `show_estimate`, its estimated defect."""
+        return self.sources.source_view(source_id, box_text, show_estimate)
+
     def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
         """Uploaded images, oldest first, optionally of one role and class."""
         return self.sources.list_sources(role, class_name)

@@ -7,12 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from engine.data import find_annotation, list_images, parse_voc
+from engine.boxes import Box
+from engine.data import find_annotation, list_images, load_rgb, parse_voc
+from engine.masks import estimate_defect_boxes, estimate_defect_mask
 from storage import repository
 from storage.files import sha256_hex
 from storage.tables import SOURCE_ROLES
+from webapp.previews import VIEW_MAX_SIDE, annotated_view
 from webapp.studio.classes import check_class_name
 from webapp.studio.context import PAGE_SIZE, StudioContext, all_pages, require_source
 from webapp.studio.results import SourceInfo, UploadResult
@@ -23,6 +27,10 @@ BOX_TEXT_PATTERN = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*"
 # bound that memory, well above any real camera folder yet far below what would exhaust the host.
 MAX_BATCH_FILES = 2000
 MAX_BATCH_BYTES = 1024**3
+# Defects are estimated on a copy of an image no larger than this a side (a 50-megapixel slab would take minutes);
+# the estimate's scales are shares of the image's side, so it finds the same defects.
+ESTIMATE_MAX_SIDE = VIEW_MAX_SIDE
+ESTIMATE_LABEL = "estimated defect"
 
 
 class Sources:
@@ -180,6 +188,45 @@ class Sources:
                 raise ValueError(str(error)) from error
             return self.ctx.source_info(row)
 
+    def suggest_boxes(self, source_id: int) -> list[dict[str, Any]]:
+        """Boxes around what departs from the steel in a real defect image (`masks.estimate_defect_boxes`), in its
+        pixels and labelled with its class: a suggestion for the engineer to correct before saving them."""
+        with self.database.session() as s:
+            source = require_source(s, source_id)
+            if source.role != "defect":
+                raise ValueError(f"Image {source_id} is a clean slab; boxes belong to real defect images.")
+            path, label = self.files.path(source.sha256), source.class_name or ""
+            width, height = source.width, source.height
+        pixels = _estimate_pixels(path)
+        scale_x, scale_y = width / pixels.shape[1], height / pixels.shape[0]
+        return [
+            Box(
+                round(box.xmin * scale_x),
+                round(box.ymin * scale_y),
+                min(round(box.xmax * scale_x), width),
+                min(round(box.ymax * scale_y), height),
+                label,
+            ).as_dict()
+            for box in estimate_defect_boxes(pixels)
+        ]
+
+    def source_view(
+        self, source_id: int, box_text: str, show_estimate: bool = False
+    ) -> tuple[str, list[tuple[Any, str]]]:
+        """An AnnotatedImage value: the image with the boxes of `box_text` ("box 1", … in the text's order; entries
+        that do not parse yet are left out: the text is being typed) and, with `show_estimate`, where it departs from
+        its steel."""
+        with self.database.session() as s:
+            source = require_source(s, source_id)
+            path, size = self.files.path(source.sha256), (source.width, source.height)
+        typed = parse_box_text(box_text, skip_invalid=True)
+        boxes = [{**box, "label": f"box {number}"} for number, box in enumerate(typed, start=1)]
+        mask = None
+        if show_estimate:
+            estimate = Image.fromarray(estimate_defect_mask(_estimate_pixels(path)))
+            mask = np.asarray(estimate.resize(size, Image.Resampling.NEAREST))
+        return annotated_view(path, self.ctx.previews_dir, boxes, mask, ESTIMATE_LABEL)
+
     def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
         """Uploaded images, oldest first, optionally of one role and class."""
         if role is not None and role not in SOURCE_ROLES:
@@ -200,15 +247,25 @@ class Sources:
         return mask_image(to_mask(boxes, width, height))
 
 
-def parse_box_text(text: str) -> list[dict[str, int]]:
-    """Boxes from "x0,y0,x1,y1" entries (pixels, x1/y1 exclusive), one per line or separated by ';'."""
+def _estimate_pixels(path: Path) -> np.ndarray:
+    """An image's pixels for the defect estimate: RGB, at most ESTIMATE_MAX_SIDE a side."""
+    image = load_rgb(path)
+    image.thumbnail((ESTIMATE_MAX_SIDE, ESTIMATE_MAX_SIDE), Image.Resampling.LANCZOS)
+    return np.asarray(image)
+
+
+def parse_box_text(text: str, skip_invalid: bool = False) -> list[dict[str, int]]:
+    """Boxes from "x0,y0,x1,y1" entries (pixels, x1/y1 exclusive), one per line or separated by ';'. With
+    `skip_invalid` an entry that does not parse is left out and no text gives no boxes, instead of an error."""
     boxes = []
     for part in filter(str.strip, re.split(r"[;\n]", text or "")):
         match = BOX_TEXT_PATTERN.fullmatch(part)
+        if match is None and skip_invalid:
+            continue
         if match is None:
             raise ValueError(f"Box {part.strip()!r} is not x0,y0,x1,y1 in whole pixels.")
         xmin, ymin, xmax, ymax = map(int, match.groups())
         boxes.append({"label": "", "xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax})
-    if not boxes:
+    if not boxes and not skip_invalid:
         raise ValueError("Give at least one box as x0,y0,x1,y1.")
     return boxes

@@ -33,13 +33,21 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                 result = gr.Markdown()
             with gr.Column(scale=2):
                 stored = gr.Gallery(label="Stored images (click one to edit it)", columns=6, height=420)
-                with gr.Accordion("Edit a stored image: class, boxes, delete", open=False):
+                with gr.Accordion("Edit a stored image: class, boxes, delete", open=False) as editor:
                     with gr.Row():
                         edit_id = gr.Number(label="Image id", precision=0)
                         edit_class = gr.Dropdown(label="Class (real defects)", allow_custom_value=True)
+                    edit_view = gr.AnnotatedImage(label="The image with its boxes as typed", height=320)
                     edit_boxes = gr.Textbox(
                         label="Defect boxes: x0,y0,x1,y1 in pixels, one per line (real defects; empty: none)", lines=2
                     )
+                    with gr.Row():
+                        suggest_button = gr.Button("Suggest boxes from the image", size="sm")
+                        show_estimate = gr.Checkbox(
+                            label="Show where it departs from its steel",
+                            value=False,
+                            info="The estimate the suggestion and a bare class's defect colour are read from.",
+                        )
                     with gr.Row():
                         save_button = gr.Button("Save class and boxes", size="sm")
                         with_samples = gr.Checkbox(label="Delete its accepted samples too", value=False)
@@ -60,10 +68,35 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     def pick_source(event: gr.SelectData):
         sources = listed_sources()
         if event.index is None or event.index >= len(sources):
-            return gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update()
         picked = sources[event.index]
-        boxes = "\n".join(f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}" for b in service.source_boxes(picked.id))
-        return picked.id, gr.update(value=picked.class_name, choices=class_choices()), boxes
+        boxes = box_text(service.source_boxes(picked.id))
+        return picked.id, gr.update(value=picked.class_name, choices=class_choices()), boxes, gr.update(open=True)
+
+    def source_view(source_id: int | None, text: str, estimate: bool):
+        if source_id is None:
+            return None
+        try:
+            return service.source_view(int(source_id), text or "", bool(estimate))
+        except ValueError:
+            return None
+
+    @errors_shown_in(2, 3)
+    def suggest_boxes(source_id: int | None):
+        if source_id is None:
+            raise gr.Error("Click a stored image (or type its id) first.")
+        boxes = service.suggest_boxes(int(source_id))
+        if not boxes:
+            message = (
+                "Nothing in this image departs from its steel enough to suggest a box: a texture over most of the "
+                "image (crazing, patches, a pitted surface) is not found this way. Type its boxes."
+            )
+            return gr.update(), True, message
+        message = (
+            f"{len(boxes)} box(es) suggested where the image departs from its steel (shown shaded). Check them: a box "
+            "should hold one whole defect. Correct, add or delete lines, then save."
+        )
+        return box_text(boxes), True, message
 
     @errors_shown_in(0, 2)
     def save_source(source_id: int | None, class_name: str | None, box_text: str):
@@ -87,6 +120,9 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         outcome = service.upload_images(files, role, class_name if role == "defect" else None, user_of(request))
         return outcome.summary, gallery_items(), gr.update(choices=class_choices()), None
 
+    def box_text(boxes: list[dict]) -> str:
+        return "\n".join(f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}" for b in boxes)
+
     def on_role(role: str):
         return gr.update(interactive=role == "defect", choices=class_choices())
 
@@ -94,7 +130,18 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         return gallery_items(), gr.update(choices=class_choices())
 
     upload_button.click(upload, [files, role, class_name], [result, stored, class_name, files], api_name="upload")
-    stored.select(pick_source, None, [edit_id, edit_class, edit_boxes], api_name="pick_source")
+    stored.select(pick_source, None, [edit_id, edit_class, edit_boxes, editor], api_name="pick_source")
+    gr.on(
+        [edit_id.change, edit_boxes.change, show_estimate.change],
+        source_view,
+        [edit_id, edit_boxes, show_estimate],
+        edit_view,
+        show_progress="hidden",
+        api_name="source_view",
+    )
+    suggest_button.click(
+        suggest_boxes, edit_id, [edit_boxes, show_estimate, edit_message], api_name="source_suggest_boxes"
+    )
     save_button.click(save_source, [edit_id, edit_class, edit_boxes], [edit_message, stored], api_name="source_save")
     delete_button.click(delete_source, [edit_id, with_samples], [edit_message, stored], api_name="source_delete")
     role.change(on_role, role, class_name, api_name="upload_role")
