@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,10 +110,13 @@ def generate_to_folder(
     turn_share: float | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
+    model_turn: AbstractContextManager | None = None,
 ) -> list[Path]:
     """Write `num` PNGs to `out` from the init image(s); returns their paths. `progress` hears how many are kept
     after every varied init (every `batch` candidates without variation); `should_stop` (one process: the studio's
-    stop button) is asked then too, and a stopped batch files what it made and returns the kept ones.
+    stop button) is asked then too, and a stopped batch files what it made and returns the kept ones. Each init's
+    denoising runs inside `model_turn` (a reusable context: the studio's model lock, so that a preview on the same
+    pipeline waits for one init, not for the whole batch).
 
     With `vary` (the default, not with `mask`), every `per_init` candidates start from a new varied init made
     from all the init images (the image as is, a geometric variant, a mosaic, a warped variant or an overlay, in
@@ -234,7 +238,8 @@ def generate_to_folder(
             auto_place=auto_place,
             **extra,
         )
-        candidates = generate(pipe, image, config, mask=mask_image).candidates
+        with model_turn or nullcontext():
+            candidates = generate(pipe, image, config, mask=mask_image).candidates
         crops = [repainted_region(c.image, c.params) for c in candidates]
         scores = scorer.score_many(crops, class_name) if scorer else [None] * len(candidates)
         for offset, (candidate, score) in enumerate(zip(candidates, scores, strict=True)):

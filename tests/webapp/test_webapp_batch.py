@@ -85,3 +85,30 @@ def test_the_stop_button_ends_a_running_batch_keeping_what_it_made(service: Stud
     stored = service.review_queue(limit=500)
     assert said.startswith("Stopping") and next_seed == 1
     assert "Stopped with" in message and 0 < len(stored) < 400
+
+
+def test_a_preview_takes_its_turn_between_a_batch_inits(service: StudioService, slab_png) -> None:
+    import threading
+
+    from engine.config import GenerationConfig
+
+    service.upload_images(
+        [(f"scratch {i}.png", slab_png(32, 24, 400 + i)) for i in range(2)], "defect", "scratches", "a"
+    )
+    slab = service.upload_images([("slab.png", slab_png(48, 40, 1))], "clean", None, "a").sources[0]
+    previewed = threading.Event()
+    waited: list[bool] = []
+
+    def preview() -> None:
+        service.generate_candidates(slab.id, GenerationConfig("scratches", 1, 1.0, 2), "b")
+        previewed.set()
+
+    def after_an_init(done: int, total: int, _: str) -> None:
+        if not waited:  # the batch is between its first init and its next: the model is free for a preview
+            threading.Thread(target=preview, daemon=True).start()
+            waited.append(previewed.wait(timeout=120))
+
+    stored = service.generate_batch("scratches", 6, 0, "a", after_an_init, realism_threshold=None)
+    assert waited == [True], "the preview ran while the batch was still going"
+    assert len(stored.sample_ids) == 6
+    assert len(service.dataset_view().rows) == 7

@@ -41,7 +41,8 @@ class StudioContext:
         self.runs_dir = self.data_dir / "runs"
         self.exports_dir = self.data_dir / "exports"
         self.previews_dir = self.data_dir / "previews"
-        # Held while a model runs: generation and fine-tune previews take turns on the cached pipelines.
+        # Held while a model runs: previews, each init of a batch and fine-tune previews take turns on the cached
+        # pipelines.
         self.model_lock = threading.RLock()
         self._pipelines: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
         self._model_ref: str | None = None

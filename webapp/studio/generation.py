@@ -179,26 +179,26 @@ class Generation:
             for name, info in source_of.items():
                 shutil.copyfile(info.path, Path(inits_dir) / name)
             ended = None
-            with self.ctx.model_lock:
-                try:
-                    kept = generate_to_folder(
-                        None,
-                        None,
-                        class_name,
-                        Path(inits_dir),
-                        num,
-                        folder,
-                        seed=seed,
-                        pipe=self.ctx.pipeline(adapter_path),
-                        realism_threshold=threshold,
-                        progress=progress,
-                        should_stop=should_stop,
-                    )
-                    if len(kept) < num:
-                        ended = f"Stopped with {len(kept)} of {num} kept."
-                except RealismGateError as error:
-                    logger.warning("%s Storing the samples it made.", error)
-                    ended = f"The realism gate ended the batch: {error}"
+            try:
+                kept = generate_to_folder(
+                    None,
+                    None,
+                    class_name,
+                    Path(inits_dir),
+                    num,
+                    folder,
+                    seed=seed,
+                    pipe=self.ctx.pipeline(adapter_path),
+                    realism_threshold=threshold,
+                    progress=progress,
+                    should_stop=should_stop,
+                    model_turn=self.ctx.model_lock,
+                )
+                if len(kept) < num:
+                    ended = f"Stopped with {len(kept)} of {num} kept."
+            except RealismGateError as error:
+                logger.warning("%s Storing the samples it made.", error)
+                ended = f"The realism gate ended the batch: {error}"
         label = f"{folder.name} from {len(reals)} real images"
         stored = self._store_batch(folder, class_name, source_of, label, user, adapter_version)
         return replace(stored, ended_early=ended)
