@@ -203,7 +203,11 @@ def test_a_click_on_a_wide_slab_moves_the_window_there(service: StudioService, s
         assert views.region == (1344, 0, 1600, 256), "the close-up is the chosen window"
 
 
-def test_boxes_are_suggested_from_a_defect_image_and_shown_as_typed(service: StudioService, slab_png) -> None:
+def test_boxes_are_suggested_from_a_defect_image_and_shown_as_typed(
+    service: StudioService, slab_png, tmp_path: Path
+) -> None:
+    from gradio_client import handle_file
+
     from tests.support import encode
 
     rng = np.random.default_rng(4)
@@ -233,3 +237,7 @@ def test_boxes_are_suggested_from_a_defect_image_and_shown_as_typed(service: Stu
         assert parse_box_text(text) == [{**box, "label": ""}] and shown is True and message.startswith("1 box(es)")
         _, _, refused = client.predict(slab_id, api_name="/source_suggest_boxes")
         assert refused.startswith("⚠️") and "clean slab" in refused
+        another = tmp_path / "another spot.png"
+        another.write_bytes(slab_png(40, 32, 9))
+        uploaded, *_ = client.predict([handle_file(str(another))], "defect", "rust spot", api_name="/upload")
+        assert uploaded.startswith("Stored 1 image(s)") and "Suggest boxes from the image" in uploaded

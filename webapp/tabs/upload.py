@@ -118,7 +118,13 @@ def create_upload_tab(service: StudioService) -> TabLoad:
             raise gr.Error("Choose one or more image files first.")
         files = [(Path(p).name, Path(p).read_bytes()) for p in paths]
         outcome = service.upload_images(files, role, class_name if role == "defect" else None, user_of(request))
-        return outcome.summary, gallery_items(), gr.update(choices=class_choices()), None
+        summary = outcome.summary
+        if role == "defect" and outcome.sources:
+            summary += (
+                " Give each its defect boxes (click it, then *Suggest boxes from the image* and correct them): a "
+                "class learns its defects' colour, size and count from them."
+            )
+        return summary, gallery_items(), gr.update(choices=class_choices()), None
 
     def box_text(boxes: list[dict]) -> str:
         return "\n".join(f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}" for b in boxes)
