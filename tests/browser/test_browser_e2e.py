@@ -273,6 +273,7 @@ def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
         page.get_by_role("button", name="Upload and store").wait_for()
         page.get_by_role("tab", name="Upload").click()
         gallery = page.locator(".block", has=page.get_by_text("Stored images (click one to edit it)")).last
+        expect(gallery.get_by_text("rust spot · spot.png · no boxes yet").first).to_be_visible()
         gallery.locator("img").first.click()
         expect(page.get_by_label("Image id")).to_have_value(str(source.id))
         boxes = page.get_by_role("textbox", name=re.compile("^Defect boxes"))
@@ -289,6 +290,7 @@ def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
         boxes.fill(suggested + "\n2,2,20,20")
         page.get_by_role("button", name="Save class and boxes").click()
         page.get_by_text(f"Image {source.id} saved (rust spot).").wait_for()
+        expect(gallery.get_by_text("rust spot · spot.png · 2 box(es)").first).to_be_visible()
 
     saved = service.source_boxes(source.id)
     assert len(saved) == 2 and saved[1] == {"label": "rust spot", "xmin": 2, "ymin": 2, "xmax": 20, "ymax": 20}

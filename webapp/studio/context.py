@@ -101,6 +101,7 @@ class StudioContext:
             row.height,
             self.files.path(row.sha256),
             row.uploaded_by,
+            len(row.boxes_json or []),
         )
 
     def close(self) -> None:

@@ -29,6 +29,8 @@ class SourceInfo:
     height: int
     path: Path
     uploaded_by: str
+    # Defect boxes stored with it (real defects).
+    box_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,14 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     def listed_sources():
         return list(reversed(service.list_sources()))
 
+    def caption(source) -> str:
+        if source.role != "defect":
+            return f"#{source.id} clean · {source.name}"
+        boxes = f"{source.box_count} box(es)" if source.box_count else "no boxes yet"
+        return f"#{source.id} {source.class_name} · {source.name} · {boxes}"
+
     def gallery_items() -> list[tuple[str, str]]:
-        return [
-            (str(service.preview(s.path)), f"#{s.id} {s.class_name or 'clean'} · {s.name}") for s in listed_sources()
-        ]
+        return [(str(service.preview(s.path)), caption(s)) for s in listed_sources()]
 
     def pick_source(event: gr.SelectData):
         sources = listed_sources()
