@@ -1,5 +1,6 @@
 """Benchmarks of the studio on this machine: preview (a whole window, and auto-place at the token's masked strength,
-the app's default on a clean slab), fine-tune, app start; wall time and peak memory.
+the app's default on a clean slab), a preview asked for while a batch runs (the studio's model lock), fine-tune, app
+start; wall time and peak memory.
 
     python bench/bench_studio.py [--model M] [--adapter RUN] [--finetune-data DIR] [--skip-finetune] [--slab 800x200]
 
@@ -53,6 +54,44 @@ print(json.dumps({"load_s": load_s, "strength": config.strength, "preview4_s": m
                   "auto_place_strength": masked.strength, "auto_place4_s": min(auto_times),
                   "auto_place4_median_s": statistics.median(auto_times),
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+PREVIEW_DURING_BATCH = """
+import io, json, tempfile, threading, time
+import numpy as np
+from PIL import Image
+from engine.quiet import quiet_libraries
+quiet_libraries()
+from engine.config import GenerationConfig
+from webapp.studio import StudioService
+def png(seed):
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).normal(128, 14, (200, 200)).clip(0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+with tempfile.TemporaryDirectory() as data_dir:
+    service = StudioService(data_dir)
+    name = sorted(info.name for info in service.list_classes() if info.adapter_path)[0]
+    service.upload_images([(f"real {i}.png", png(i)) for i in range(5)], "defect", name, "bench")
+    slab = service.upload_images([("slab.png", png(99))], "clean", None, "bench").sources[0]
+    def preview(seed):
+        t = time.perf_counter()
+        service.generate_candidates(slab.id, GenerationConfig(name, 4, 0.4, seed=seed), "bench")
+        return time.perf_counter() - t
+    preview(0)
+    alone = preview(1)
+    started, took = threading.Event(), {}
+    def batch():
+        t = time.perf_counter()
+        service.generate_batch(name, 24, 0, "bench", lambda *_: started.set(), realism_threshold=None)
+        took["batch"] = time.perf_counter() - t
+    worker = threading.Thread(target=batch)
+    worker.start()
+    started.wait()
+    during = preview(2)
+    worker.join()
+    service.close()
+print(json.dumps({"alone_s": alone, "during_s": during, "batch_s": took["batch"], "class": name}))
 """
 
 FINETUNE = """
@@ -134,6 +173,14 @@ def main() -> None:
         (
             f"preview, 4 candidates, auto-place, 20 steps x {preview['auto_place_strength']}, {args.slab} slab",
             f"{preview['auto_place4_s']:.2f} s (median {preview['auto_place4_median_s']:.2f})",
+            "",
+        )
+    )
+    during = run_case(PREVIEW_DURING_BATCH)
+    rows.append(
+        (
+            f"preview during a 24-sample batch ({during['class']})",
+            f"{during['during_s']:.2f} s (alone {during['alone_s']:.2f}; batch {during['batch_s']:.1f} s)",
             "",
         )
     )
