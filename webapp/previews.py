@@ -107,7 +107,8 @@ def annotated_view(
     max_side: int = VIEW_MAX_SIDE,
 ) -> tuple[str, list[tuple[Any, str]]]:
     """An AnnotatedImage value for a stored image: its preview (at most `max_side` a side) with boxes (image pixels,
-    kept inside the image, each labelled with its `label`) and a bool mask of the image's size scaled onto it."""
+    kept inside the image, each labelled with its `label`) and a bool mask over the whole image (at any resolution:
+    it is scaled onto the view)."""
     view = thumbnail(path, cache_dir, max_side)
     with Image.open(path) as full, Image.open(view) as small:
         scale_x, scale_y = small.width / full.width, small.height / full.height

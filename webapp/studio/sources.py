@@ -218,13 +218,10 @@ class Sources:
         its steel."""
         with self.database.session() as s:
             source = require_source(s, source_id)
-            path, size = self.files.path(source.sha256), (source.width, source.height)
+            path = self.files.path(source.sha256)
         typed = parse_box_text(box_text, skip_invalid=True)
         boxes = [{**box, "label": f"box {number}"} for number, box in enumerate(typed, start=1)]
-        mask = None
-        if show_estimate:
-            estimate = Image.fromarray(estimate_defect_mask(_estimate_pixels(path)))
-            mask = np.asarray(estimate.resize(size, Image.Resampling.NEAREST))
+        mask = estimate_defect_mask(_estimate_pixels(path)) if show_estimate else None
         return annotated_view(path, self.ctx.previews_dir, boxes, mask, ESTIMATE_LABEL)
 
     def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:

@@ -74,7 +74,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         if event.index is None or event.index >= len(sources):
             return gr.update(), gr.update(), gr.update(), gr.update()
         picked = sources[event.index]
-        boxes = box_text(service.source_boxes(picked.id))
+        boxes = box_lines(service.source_boxes(picked.id))
         return picked.id, gr.update(value=picked.class_name, choices=class_choices()), boxes, gr.update(open=True)
 
     def source_view(source_id: int | None, text: str, estimate: bool):
@@ -100,7 +100,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
             f"{len(boxes)} box(es) suggested where the image departs from its steel (shown shaded). Check them: a box "
             "should hold one whole defect. Correct, add or delete lines, then save."
         )
-        return box_text(boxes), True, message
+        return box_lines(boxes), True, message
 
     @errors_shown_in(0, 2)
     def save_source(source_id: int | None, class_name: str | None, box_text: str):
@@ -130,7 +130,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
             )
         return summary, gallery_items(), gr.update(choices=class_choices()), None
 
-    def box_text(boxes: list[dict]) -> str:
+    def box_lines(boxes: list[dict]) -> str:
         return "\n".join(f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}" for b in boxes)
 
     def on_role(role: str):
