@@ -150,7 +150,9 @@ def test_realism_gate_flags_low_scores_into_their_own_folder(pipe, shots, tmp_pa
 
 def _gated(pipe, shots, out, threshold, floor=0.3, num=1, per_init=1, **options):
     """`num` samples (default one), `per_init` candidates per init (default one), from strength 0.9 down to `floor`
-    (10 steps keep every strength apart)."""
+    (10 steps keep every strength apart), each init a shot as it is (the default mix of init kinds does not move
+    the scores these tests read)."""
+    options.setdefault("init_mix", {"source": 1.0})
     return generate_to_folder(
         None,
         None,
