@@ -6,7 +6,7 @@ image marked, the share boxed, precision (the marked pixels inside a defect's ma
 marked); then the class's defect colour against its steel (`variation.defect_tint`, log R/G and log B/G) from its
 masks and from the estimates, over all its images and over draws of `--k` images (as a fine-tune of K shots reads
 it): the mean estimate and its distance from the masks' colour; and the boxes the Upload tab suggests
-(`masks.estimate_defect_boxes`) against the masks' own (one per component), matched at an IoU of at least 0.3.
+(`masks.suggested_boxes`) against the masks' own (one per component), matched at an IoU of at least 0.3.
 
     python -m bench.colour_mill --split /tmp/neu-split --out /tmp/rust-mill --defect-colours
     python -m bench.defect_estimate --images /tmp/rust-mill/pool
@@ -25,7 +25,7 @@ from bench.defect_colour import shown
 from engine.boxes import from_mask
 from engine.data import list_images, load_rgb, mask_at, read_mask_image_beside
 from engine.generation.variation import defect_tint
-from engine.masks import estimate_defect_boxes, estimate_defect_mask
+from engine.masks import estimate_defect_mask, suggested_boxes
 
 
 def class_pairs(folder: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -58,8 +58,8 @@ def box_matches(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dic
     """The suggested boxes against the masks' components: boxes per image of each, the share of the masks' boxes
     a suggestion matches (recall) and of the suggestions that match one (precision)."""
     real_total = suggested_total = found = right = 0
-    for pixels, mask, _ in triples:
-        real, suggested = from_mask(mask), estimate_defect_boxes(pixels)
+    for _, mask, estimate in triples:
+        real, suggested = from_mask(mask), suggested_boxes(estimate)
         real_total, suggested_total = real_total + len(real), suggested_total + len(suggested)
         found += sum(any(r.iou(b) >= MATCH_IOU for b in suggested) for r in real)
         right += sum(any(b.iou(r) >= MATCH_IOU for r in real) for b in suggested)

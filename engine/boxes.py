@@ -81,6 +81,16 @@ class Box:
             self.label,
         )
 
+    def scaled(self, scale_x: float, scale_y: float) -> Box:
+        """The box in an image resized by (scale_x, scale_y), corners rounded to whole pixels."""
+        return Box(
+            round(self.xmin * scale_x),
+            round(self.ymin * scale_y),
+            round(self.xmax * scale_x),
+            round(self.ymax * scale_y),
+            self.label,
+        )
+
     def iou(self, other: Box) -> float:
         """Intersection over union of the two boxes (0 when they do not overlap)."""
         inter = max(0, min(self.xmax, other.xmax) - max(self.xmin, other.xmin)) * max(

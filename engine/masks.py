@@ -239,11 +239,10 @@ def estimate_defect_mask(pixels: np.ndarray) -> np.ndarray:
     return np.isin(labels, large[large > 0])
 
 
-def estimate_defect_boxes(pixels: np.ndarray, label: str = "") -> list[Box]:
-    """Boxes around the defects `estimate_defect_mask` finds in a capture (H×W×3 uint8), its pieces nearer than
-    SUGGEST_JOIN of the short side joined; each box is tight around the marked pixels it holds. A suggestion for an
-    engineer to check and correct, not a label: a texture that covers most of its image is not found."""
-    marked = estimate_defect_mask(pixels)
+def suggested_boxes(marked: np.ndarray, label: str = "") -> list[Box]:
+    """Boxes around the defects of an estimated mask (`estimate_defect_mask`), its pieces nearer than SUGGEST_JOIN
+    of the short side joined; each box is tight around the marked pixels it holds. A suggestion for an engineer to
+    check and correct, not a label: a texture that covers most of its image is not found."""
     reach = max(1, round(min(marked.shape) * SUGGEST_JOIN))
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
     joined = cv2.dilate(marked.astype(np.uint8), disc).astype(bool)

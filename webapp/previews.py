@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
+from engine.boxes import Box
 from engine.generation.parameters import CandidateParameters
 
 # Longest side of a view sent to the browser: a close-up of the repainted region, or a whole-slab preview.
@@ -117,11 +118,9 @@ def annotated_view(
     if mask is not None:
         scaled = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)
         annotations.append((np.asarray(scaled, dtype=np.float32) / 255, mask_label))
-    for box in boxes:
-        x0, x1 = (min(max(round(box[k] * scale_x), 0), size[0]) for k in ("xmin", "xmax"))
-        y0, y1 = (min(max(round(box[k] * scale_y), 0), size[1]) for k in ("ymin", "ymax"))
-        if x1 > x0 and y1 > y0:
-            annotations.append(((x0, y0, x1, y1), box.get("label") or "box"))
+    for box in map(Box.of, boxes):
+        if (inside := box.scaled(scale_x, scale_y).clamped(*size)) is not None:
+            annotations.append((inside.corners, box.label or "box"))
     return str(view), annotations
 
 

@@ -43,3 +43,7 @@ def test_iou_of_boxes() -> None:
     assert box.iou(box) == 1.0
     assert box.iou(Box(5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert box.iou(Box(10, 0, 20, 10)) == 0.0 and Box(3, 3, 3, 3).iou(Box(3, 3, 3, 3)) == 0.0
+
+
+def test_a_box_scaled_to_a_resized_image() -> None:
+    assert Box(10, 4, 31, 20, "pit").scaled(0.5, 2.0) == Box(5, 8, 16, 40, "pit")

@@ -10,7 +10,7 @@ from PIL import Image
 from engine.adapters import ESTIMATED_MASKS, read_adapter
 from engine.batch import finetune_folder
 from engine.boxes import Box
-from engine.masks import estimate_defect_boxes, estimate_defect_mask
+from engine.masks import estimate_defect_mask, suggested_boxes
 
 
 def grain(rng: np.random.Generator, size: int = 128) -> np.ndarray:
@@ -66,7 +66,7 @@ def test_suggested_boxes_join_a_broken_scratch_and_keep_distant_defects_apart():
     cv2.ellipse(spot, (40, 50), (12, 8), 0, 0, 360, 1, -1)
     steel[spot > 0] -= 60
     pixels = np.repeat(steel[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
-    boxes = estimate_defect_boxes(pixels, "scratches")
+    boxes = suggested_boxes(estimate_defect_mask(pixels), "scratches")
     assert len(boxes) == 2 and all(box.label == "scratches" for box in boxes)
     spot_box, scratch_box = sorted(boxes, key=lambda box: box.xmin)
     spot_truth = Box(28, 42, 53, 59)
@@ -76,7 +76,7 @@ def test_suggested_boxes_join_a_broken_scratch_and_keep_distant_defects_apart():
     assert scratch_box.union(scratch_truth).corners == scratch_box.corners, "one box holds the scratch's pieces"
     assert scratch_box.height < 125 and scratch_box.width < 25, "a thin box along it"
     plain = np.repeat(grain(np.random.default_rng(3), 160)[..., None], 3, axis=2).clip(0, 255).astype(np.uint8)
-    assert len(estimate_defect_boxes(plain)) <= 1
+    assert len(suggested_boxes(estimate_defect_mask(plain))) <= 1
 
 
 def rust_captures(folder, rng: np.random.Generator, count: int = 3, size: int = 64) -> None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from engine.boxes import Box
 from engine.data import find_annotation, list_images, load_rgb, parse_voc
-from engine.masks import estimate_defect_boxes, estimate_defect_mask
+from engine.masks import estimate_defect_mask, suggested_boxes
 from storage import repository
 from storage.files import sha256_hex
 from storage.tables import SOURCE_ROLES
@@ -189,7 +189,7 @@ class Sources:
             return self.ctx.source_info(row)
 
     def suggest_boxes(self, source_id: int) -> list[dict[str, Any]]:
-        """Boxes around what departs from the steel in a real defect image (`masks.estimate_defect_boxes`), in its
+        """Boxes around what departs from the steel in a real defect image (`masks.suggested_boxes`), in its
         pixels and labelled with its class: a suggestion for the engineer to correct before saving them."""
         with self.database.session() as s:
             source = require_source(s, source_id)
@@ -197,18 +197,10 @@ class Sources:
                 raise ValueError(f"Image {source_id} is a clean slab; boxes belong to real defect images.")
             path, label = self.files.path(source.sha256), source.class_name or ""
             width, height = source.width, source.height
-        pixels = _estimate_pixels(path)
-        scale_x, scale_y = width / pixels.shape[1], height / pixels.shape[0]
-        return [
-            Box(
-                round(box.xmin * scale_x),
-                round(box.ymin * scale_y),
-                min(round(box.xmax * scale_x), width),
-                min(round(box.ymax * scale_y), height),
-                label,
-            ).as_dict()
-            for box in estimate_defect_boxes(pixels)
-        ]
+        estimate = _estimated_defect(path)
+        scale_x, scale_y = width / estimate.shape[1], height / estimate.shape[0]
+        boxes = (box.scaled(scale_x, scale_y).clamped(width, height) for box in suggested_boxes(estimate, label))
+        return [box.as_dict() for box in boxes if box is not None]
 
     def source_view(
         self, source_id: int, box_text: str, show_estimate: bool = False
@@ -221,7 +213,7 @@ class Sources:
             path = self.files.path(source.sha256)
         typed = parse_box_text(box_text, skip_invalid=True)
         boxes = [{**box, "label": f"box {number}"} for number, box in enumerate(typed, start=1)]
-        mask = estimate_defect_mask(_estimate_pixels(path)) if show_estimate else None
+        mask = _estimated_defect(path) if show_estimate else None
         return annotated_view(path, self.ctx.previews_dir, boxes, mask, ESTIMATE_LABEL)
 
     def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
@@ -244,11 +236,14 @@ class Sources:
         return mask_image(to_mask(boxes, width, height))
 
 
-def _estimate_pixels(path: Path) -> np.ndarray:
-    """An image's pixels for the defect estimate: RGB, at most ESTIMATE_MAX_SIDE a side."""
+@lru_cache(maxsize=8)
+def _estimated_defect(path: Path) -> np.ndarray:
+    """A stored image's estimated defect mask (`masks.estimate_defect_mask`) on a copy at most ESTIMATE_MAX_SIDE a
+    side; cached, as a stored file never changes (its name is its hash) and a suggestion, the view redrawn for it
+    and every edit after read the same one."""
     image = load_rgb(path)
     image.thumbnail((ESTIMATE_MAX_SIDE, ESTIMATE_MAX_SIDE), Image.Resampling.LANCZOS)
-    return np.asarray(image)
+    return estimate_defect_mask(np.asarray(image))
 
 
 def parse_box_text(text: str, skip_invalid: bool = False) -> list[dict[str, int]]:
