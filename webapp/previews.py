@@ -3,6 +3,8 @@ its source and their difference. PIL and numpy only; a 50-megapixel slab never r
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,10 +127,18 @@ def annotated_view(
 
 
 def _save_atomically(image: Image.Image, target: Path) -> None:
+    """Write a PNG under a partial name of its own, then rename it: two requests making the same view at once (the
+    gallery and an editor) each write their own copy and the last rename wins, where a shared partial name made the
+    second rename fail."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.part")
-    image.save(partial, format="PNG")
-    partial.replace(target)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            image.save(out, format="PNG")
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def window_view(

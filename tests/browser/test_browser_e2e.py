@@ -295,3 +295,51 @@ def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
     saved = service.source_boxes(source.id)
     assert len(saved) == 2 and saved[1] == {"label": "rust spot", "xmin": 2, "ymin": 2, "xmax": 20, "ymax": 20}
     assert saved[0]["xmin"] <= 70 and saved[0]["xmax"] >= 90, "the suggested box holds the spot"
+
+
+def test_boxes_drawn_with_the_mouse_on_a_real_defect_are_saved_in_chromium(
+    studio_url: tuple[StudioService, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    service, url = studio_url
+    pixels = np.random.default_rng(6).normal(128, 10, (200, 300))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    (source,) = service.upload_images([("crazing.png", buffer.getvalue())], "defect", "craze", "setup").sources
+
+    with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1100}) as (page,):
+        page.get_by_role("button", name="Upload and store").wait_for()
+        page.get_by_role("tab", name="Upload").click()
+        gallery = page.locator(".block", has=page.get_by_text("Stored images (click one to edit it)")).last
+        gallery.locator("img").first.click()
+        expect(page.get_by_label("Image id")).to_have_value(str(source.id))
+        page.get_by_text("Draw boxes with the mouse").click()
+        pad = page.locator(".block", has=page.get_by_text("Paint over or round each defect")).last
+        canvas = pad.locator("canvas").first
+        canvas.wait_for()
+        area = canvas.bounding_box()
+        # An outline drawn round a third of the image, from its centre's left to right.
+        left, top = area["x"] + area["width"] * 0.3, area["y"] + area["height"] * 0.3
+        right, bottom = area["x"] + area["width"] * 0.7, area["y"] + area["height"] * 0.7
+        page.mouse.move(left, top)
+        page.mouse.down()
+        for x, y in ((right, top), (right, bottom), (left, bottom), (left, top)):
+            page.mouse.move(x, y, steps=8)
+        page.mouse.up()
+        page.get_by_role("button", name="Add the painted boxes").click()
+        page.get_by_text(re.compile(r"^1 painted box\(es\) added")).wait_for()
+        boxes = page.get_by_role("textbox", name=re.compile("^Defect boxes"))
+        drawn = boxes.input_value()
+        view = page.locator(".block", has=page.get_by_text("The image with its boxes as typed")).last
+        expect(view.get_by_text("box 1", exact=True)).to_be_visible()
+        page.get_by_role("button", name="Save class and boxes").click()
+        page.get_by_text(f"Image {source.id} saved (craze).").wait_for()
+
+    ((x0, y0, x1, y1),) = [tuple(map(int, line.split(","))) for line in drawn.splitlines()]
+    (saved,) = service.source_boxes(source.id)
+    assert saved == {"label": "craze", "xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
+    # The outline was drawn round the pad's centre, where the image is centred at the pad's zoom: its box lies round
+    # the image's centre, in the image's pixels, within the image.
+    assert abs((x0 + x1) / 2 - 150) <= 6 and abs((y0 + y1) / 2 - 100) <= 6, drawn
+    assert 0 <= x0 < 150 - 30 and 150 + 30 < x1 <= 300 and 0 <= y0 < 100 - 20 and 100 + 20 < y1 <= 200, drawn

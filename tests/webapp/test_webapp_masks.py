@@ -18,7 +18,7 @@ from engine.data import parse_voc
 from engine.generation.parameters import CandidateParameters, Window
 from tests.support import served_client, voc_xml
 from webapp.studio import StudioService, parse_box_text
-from webapp.tabs.generate import painted_mask
+from webapp.tabs.common import painted_mask
 
 FAST = {"strength": 1.0, "steps": 2}
 
@@ -241,3 +241,71 @@ def test_boxes_are_suggested_from_a_defect_image_and_shown_as_typed(
         another.write_bytes(slab_png(40, 32, 9))
         uploaded, *_ = client.predict([handle_file(str(another))], "defect", "rust spot", api_name="/upload")
         assert uploaded.startswith("Stored 1 image(s)") and "Suggest boxes from the image" in uploaded
+
+
+def test_strokes_painted_over_a_defect_image_become_its_boxes(service: StudioService, slab_png, tmp_path: Path) -> None:
+    from gradio_client import handle_file
+    from PIL import ImageDraw
+
+    defect = service.upload_images([("wide.png", slab_png(400, 200, 3))], "defect", "rust spot", "alice").sources[0]
+    # Painted over a half-size view: an outline drawn round one defect, a patch painted over another.
+    painted = Image.new("RGBA", (200, 100), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(painted)
+    draw.rectangle((10, 20, 49, 59), outline=(0, 200, 255, 255), width=3)
+    draw.rectangle((120, 30, 159, 69), fill=(0, 200, 255, 128))
+    assert service.painted_boxes(defect.id, painted.getchannel("A")) == [
+        {"label": "rust spot", "xmin": 20, "ymin": 40, "xmax": 100, "ymax": 120},
+        {"label": "rust spot", "xmin": 240, "ymin": 60, "xmax": 320, "ymax": 140},
+    ]
+    slab_id = upload_slab(service, slab_png)
+    with pytest.raises(ValueError, match="clean slab"):
+        service.painted_boxes(slab_id, painted.getchannel("A"))
+
+    # Through the served app: the pad shows the picked defect image (not a clean slab), and the painted boxes are
+    # added below the typed ones in the image's pixels; nothing painted is refused in words.
+    background, stroke, blank = tmp_path / "view.png", tmp_path / "stroke.png", tmp_path / "blank.png"
+    Image.new("RGB", (400, 200), (120, 120, 120)).save(background)
+    full_size = Image.new("RGBA", (400, 200), (0, 0, 0, 0))
+    ImageDraw.Draw(full_size).rectangle((300, 50, 339, 79), fill=(0, 200, 255, 255))
+    full_size.save(stroke)
+    Image.new("RGBA", (400, 200), (0, 0, 0, 0)).save(blank)
+
+    def editor(layer: Path) -> dict:
+        return {"background": handle_file(str(background)), "layers": [handle_file(str(layer))], "composite": None}
+
+    with served_client(service) as client:
+        pad = client.predict(defect.id, api_name="/source_draw_pad")
+        with Image.open(pad["background"]) as shown:
+            assert shown.size == (400, 200)
+        assert client.predict(slab_id, api_name="/source_draw_pad") is None
+        text, message, cleared = client.predict(
+            defect.id, "1,1,5,5", editor(stroke), api_name="/source_add_painted_boxes"
+        )
+        assert text == "1,1,5,5\n300,50,340,80" and message.startswith("1 painted box(es) added")
+        assert cleared["layers"] == [], "the pad is cleared for the next defect"
+        _, refused, _ = client.predict(defect.id, "", editor(blank), api_name="/source_add_painted_boxes")
+        assert refused.startswith("⚠️") and "Paint over or round a defect" in refused
+
+
+def test_one_view_made_by_many_requests_at_once(tmp_path: Path) -> None:
+    """The gallery and an editor ask for the same view at once: each request gets the whole view, none an error."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from webapp.previews import thumbnail
+
+    source = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1200), dtype=np.uint8)).save(source)
+    for attempt in range(3):
+        start = threading.Barrier(8)
+
+        def make(_: int, start: threading.Barrier = start, cache: Path = tmp_path / f"views{attempt}") -> Path:
+            start.wait()
+            return thumbnail(source, cache, 256)
+
+        with ThreadPoolExecutor(8) as pool:
+            views = set(pool.map(make, range(8)))
+        (view,) = views
+        with Image.open(view) as shown:
+            assert shown.size == (256, 192)
+        assert [p.name for p in view.parent.iterdir()] == [view.name], "no partial file is left behind"

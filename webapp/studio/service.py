@@ -164,11 +164,19 @@ class StudioService:
         """Boxes around what departs from the steel in a real defect image: a suggestion to correct, then save."""
         return self.sources.suggest_boxes(source_id)
 
+    def painted_boxes(self, source_id: int, painted: Image.Image) -> list[dict[str, Any]]:
+        """One box per stroke of a mask painted over a view of a real defect image (see `Sources.painted_boxes`)."""
+        return self.sources.painted_boxes(source_id, painted)
+
     def source_view(
         self, source_id: int, box_text: str, show_estimate: bool = False
     ) -> tuple[str, list[tuple[Any, str]]]:
         """An AnnotatedImage value: the image with the typed boxes and, with `show_estimate`, its estimated defect."""
         return self.sources.source_view(source_id, box_text, show_estimate)
+
+    def source_info(self, source_id: int) -> SourceInfo:
+        """One uploaded image's details (ValueError if there is none with that id)."""
+        return self.sources.source_info(source_id)
 
     def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
         """Uploaded images, oldest first, optionally of one role and class."""

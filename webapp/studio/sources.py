@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.boxes import Box, from_mask, to_mask
 from engine.data import find_annotation, list_images, load_rgb, parse_voc
-from engine.masks import estimate_defect_mask, suggested_boxes
+from engine.masks import estimate_defect_mask, mask_image, suggested_boxes
 from storage import repository
 from storage.files import sha256_hex
 from storage.tables import SOURCE_ROLES
@@ -191,16 +192,25 @@ class Sources:
     def suggest_boxes(self, source_id: int) -> list[dict[str, Any]]:
         """Boxes around what departs from the steel in a real defect image (`masks.suggested_boxes`), in its
         pixels and labelled with its class: a suggestion for the engineer to correct before saving them."""
+        path, label, size = self._defect_image(source_id)
+        estimate = _estimated_defect(path)
+        return _in_image_pixels(suggested_boxes(estimate, label), estimate.shape, size)
+
+    def painted_boxes(self, source_id: int, painted: Image.Image) -> list[dict[str, Any]]:
+        """One box around each stroke of a mask painted over a view of a real defect image (its nonzero pixels;
+        strokes that touch are one, and an outline drawn round a defect gives its box), in the image's pixels (the
+        view at any size) and labelled with its class."""
+        _, label, size = self._defect_image(source_id)
+        marked = np.asarray(painted.convert("L")) > 0
+        return _in_image_pixels(from_mask(marked, label), marked.shape, size)
+
+    def _defect_image(self, source_id: int) -> tuple[Path, str, tuple[int, int]]:
+        """A real defect image's file, class and size; a clean slab is refused (boxes belong to real defects)."""
         with self.database.session() as s:
             source = require_source(s, source_id)
             if source.role != "defect":
                 raise ValueError(f"Image {source_id} is a clean slab; boxes belong to real defect images.")
-            path, label = self.files.path(source.sha256), source.class_name or ""
-            width, height = source.width, source.height
-        estimate = _estimated_defect(path)
-        scale_x, scale_y = width / estimate.shape[1], height / estimate.shape[0]
-        boxes = (box.scaled(scale_x, scale_y).clamped(width, height) for box in suggested_boxes(estimate, label))
-        return [box.as_dict() for box in boxes if box is not None]
+            return self.files.path(source.sha256), source.class_name or "", (source.width, source.height)
 
     def source_view(
         self, source_id: int, box_text: str, show_estimate: bool = False
@@ -216,6 +226,11 @@ class Sources:
         mask = _estimated_defect(path) if show_estimate else None
         return annotated_view(path, self.ctx.previews_dir, boxes, mask, ESTIMATE_LABEL)
 
+    def source_info(self, source_id: int) -> SourceInfo:
+        """One uploaded image's details."""
+        with self.database.session() as s:
+            return self.ctx.source_info(require_source(s, source_id))
+
     def list_sources(self, role: str | None = None, class_name: str | None = None) -> list[SourceInfo]:
         """Uploaded images, oldest first, optionally of one role and class."""
         if role is not None and role not in SOURCE_ROLES:
@@ -226,14 +241,19 @@ class Sources:
 
     def box_mask(self, source_id: int, text: str) -> Image.Image:
         """A mask of the source's size with the boxes of `text` ("x0,y0,x1,y1", one per line or ';') filled."""
-        from engine.boxes import to_mask
-        from engine.masks import mask_image
-
         boxes = parse_box_text(text)
         with self.database.session() as s:
             source = require_source(s, source_id)
             width, height = source.width, source.height
         return mask_image(to_mask(boxes, width, height))
+
+
+def _in_image_pixels(boxes: list[Box], shape: tuple[int, ...], size: tuple[int, int]) -> list[dict[str, Any]]:
+    """Boxes found on a copy of an image (`shape`: its rows and columns) moved to the image's `size`, as dicts."""
+    width, height = size
+    scale_x, scale_y = width / shape[1], height / shape[0]
+    inside = (box.scaled(scale_x, scale_y).clamped(width, height) for box in boxes)
+    return [box.as_dict() for box in inside if box is not None]
 
 
 @lru_cache(maxsize=8)

@@ -10,12 +10,25 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image, ImageChops
 
 from webapp.previews import ReviewViews
 
 logger = logging.getLogger(__name__)
 
 MODEL = {"concurrency_id": "model", "concurrency_limit": 1}
+
+
+def painted_mask(value: dict | None, size: tuple[int, int] | None = None) -> Image.Image | None:
+    """The union of an image editor's painted layers (any opacity) as a mask of `size` (None: the layers' own), or
+    None if nothing is painted."""
+    mask = None
+    for layer in (value or {}).get("layers") or []:
+        alpha = layer.convert("RGBA").getchannel("A").point(lambda v: 255 if v > 0 else 0)
+        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
+    if mask is None or mask.getbbox() is None:
+        return None
+    return mask if size is None or mask.size == size else mask.resize(size, Image.Resampling.NEAREST)
 
 
 @dataclass

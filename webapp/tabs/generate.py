@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageChops
+from PIL import Image
 
 from engine.config import DEFAULT_REALISM_THRESHOLD, DEFAULT_STEPS, GenerationConfig
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
@@ -18,7 +18,16 @@ from webapp.studio import (
     parse_box_text,
     realism_sort_key,
 )
-from webapp.tabs.common import MODEL, TabLoad, comparison, errors_shown_in, overlay, session_of, user_of
+from webapp.tabs.common import (
+    MODEL,
+    TabLoad,
+    comparison,
+    errors_shown_in,
+    overlay,
+    painted_mask,
+    session_of,
+    user_of,
+)
 
 REALISM_HELP = (
     "**Realism** (0–1) judges the repainted region only: the geometric mean of the steel feature network's "
@@ -33,17 +42,6 @@ REALISM_HELP = (
 # A batch from real images: its default size (about a minute on two CPU cores) and the samples shown after it.
 DEFAULT_BATCH_SAMPLES = 40
 BATCH_GALLERY_SIZE = 8
-
-
-def painted_mask(value: dict | None, size: tuple[int, int]) -> Image.Image | None:
-    """The union of the image editor's painted layers (any opacity) as a mask of `size`, or None if none is painted."""
-    mask = None
-    for layer in (value or {}).get("layers") or []:
-        alpha = layer.convert("RGBA").getchannel("A").point(lambda v: 255 if v > 0 else 0)
-        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
-    if mask is None or mask.getbbox() is None:
-        return None
-    return mask if mask.size == size else mask.resize(size, Image.Resampling.NEAREST)
 
 
 def realism_text(score: float | None) -> str:

@@ -1,4 +1,5 @@
-"""Upload tab: store clean slabs and real defect images, re-class them, type boxes on real defects."""
+"""Upload tab: store clean slabs and real defect images, re-class them, give real defects their boxes (typed,
+suggested from the image or drawn with the mouse)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from webapp.previews import VIEW_MAX_SIDE
 from webapp.studio import StudioService
-from webapp.tabs.common import TabLoad, errors_shown_in, user_of
+from webapp.tabs.common import TabLoad, errors_shown_in, painted_mask, user_of
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
 
@@ -48,6 +50,18 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                             value=False,
                             info="The estimate the suggestion and a bare class's defect colour are read from.",
                         )
+                    with gr.Accordion("Draw boxes with the mouse", open=False):
+                        draw_pad = gr.ImageEditor(
+                            label="Paint over or round each defect: one stroke, one box",
+                            type="pil",
+                            format="png",
+                            sources=(),
+                            transforms=(),
+                            layers=False,
+                            brush=gr.Brush(colors=["#00c8ff"], color_mode="fixed", default_size=4),
+                            height=320,
+                        )
+                        add_painted_button = gr.Button("Add the painted boxes", size="sm")
                     with gr.Row():
                         save_button = gr.Button("Save class and boxes", size="sm")
                         with_samples = gr.Checkbox(label="Delete its accepted samples too", value=False)
@@ -85,6 +99,29 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         except ValueError:
             return None
 
+    def draw_pad_value(source_id: int | None):
+        """The drawing pad showing the picked image (downscaled for the browser) with nothing painted."""
+        try:
+            source = service.source_info(int(source_id)) if source_id is not None else None
+        except ValueError:
+            return None
+        if source is None or source.role != "defect":
+            return None
+        path = str(service.preview(source.path, VIEW_MAX_SIDE))
+        return {"background": path, "layers": [], "composite": path}
+
+    @errors_shown_in(1, 3)
+    def add_painted_boxes(source_id: int | None, box_text: str, painted: dict | None):
+        if source_id is None:
+            raise gr.Error("Click a stored image (or type its id) first.")
+        mask = painted_mask(painted)
+        if mask is None:
+            raise gr.Error("Paint over or round a defect on the image first.")
+        boxes = service.painted_boxes(int(source_id), mask)
+        lines = "\n".join(filter(None, [(box_text or "").strip(), box_lines(boxes)]))
+        message = f"{len(boxes)} painted box(es) added below the typed ones. Check them in the view, then save."
+        return lines, message, draw_pad_value(int(source_id))
+
     @errors_shown_in(2, 3)
     def suggest_boxes(source_id: int | None):
         if source_id is None:
@@ -93,7 +130,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         if not boxes:
             message = (
                 "Nothing in this image departs from its steel enough to suggest a box: a texture over most of the "
-                "image (crazing, patches, a pitted surface) is not found this way. Type its boxes."
+                "image (crazing, patches, a pitted surface) is not found this way. Draw or type its boxes."
             )
             return gr.update(), True, message
         message = (
@@ -148,6 +185,14 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         edit_view,
         show_progress="hidden",
         api_name="source_view",
+    )
+    edit_id.change(draw_pad_value, edit_id, draw_pad, show_progress="hidden", api_name="source_draw_pad")
+    draw_pad.clear(draw_pad_value, edit_id, draw_pad, api_visibility="private")
+    add_painted_button.click(
+        add_painted_boxes,
+        [edit_id, edit_boxes, draw_pad],
+        [edit_boxes, edit_message, draw_pad],
+        api_name="source_add_painted_boxes",
     )
     suggest_button.click(
         suggest_boxes, edit_id, [edit_boxes, show_estimate, edit_message], api_name="source_suggest_boxes"
