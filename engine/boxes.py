@@ -91,6 +91,10 @@ class Box:
             self.label,
         )
 
+    def moved(self, dx: int, dy: int) -> Box:
+        """The box shifted by (dx, dy) pixels: into a crop's pixels with the crop's corner negated."""
+        return Box(self.xmin + dx, self.ymin + dy, self.xmax + dx, self.ymax + dy, self.label)
+
     def iou(self, other: Box) -> float:
         """Intersection over union of the two boxes (0 when they do not overlap)."""
         inter = max(0, min(self.xmax, other.xmax) - max(self.xmin, other.xmin)) * max(

@@ -92,12 +92,9 @@ def review_views(
         with Image.open(mask_path) as opened:
             mask = opened.convert("L").crop(region.corners).resize(size, Image.Resampling.NEAREST)
         views.annotations.append((np.asarray(mask, dtype=np.float32) / 255, "mask"))
-    for box in boxes or []:
-        corners = [
-            round((box[k] - region.corners[i % 2]) * scale) for i, k in enumerate(("xmin", "ymin", "xmax", "ymax"))
-        ]
-        corners = [min(max(c, 0), size[i % 2]) for i, c in enumerate(corners)]
-        views.annotations.append((tuple(corners), f"{box.get('label') or label} box"))
+    for box in map(Box.of, boxes or []):
+        if (inside := box.moved(-region.xmin, -region.ymin).scaled(scale, scale).clamped(*size)) is not None:
+            views.annotations.append((inside.corners, f"{box.label or label} box"))
     return views
 
 
@@ -156,7 +153,7 @@ def window_view(
     draw = ImageDraw.Draw(view)
     x, y, w, h = (round(v * scale) for v in window)
     draw.rectangle((x, y, x + w - 1, y + h - 1), outline=(255, 64, 0), width=2)
-    for box in boxes or []:
-        x0, y0, x1, y1 = (round(box[k] * scale) for k in ("xmin", "ymin", "xmax", "ymax"))
+    for box in map(Box.of, boxes or []):
+        x0, y0, x1, y1 = box.scaled(scale, scale).corners
         draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=(0, 200, 255), width=2)
     return view

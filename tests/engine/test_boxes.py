@@ -47,3 +47,7 @@ def test_iou_of_boxes() -> None:
 
 def test_a_box_scaled_to_a_resized_image() -> None:
     assert Box(10, 4, 31, 20, "pit").scaled(0.5, 2.0) == Box(5, 8, 16, 40, "pit")
+
+
+def test_a_box_moved_into_a_crop() -> None:
+    assert Box(10, 4, 31, 20, "pit").moved(-8, -4) == Box(2, 0, 23, 16, "pit")

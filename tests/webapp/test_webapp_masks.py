@@ -160,10 +160,18 @@ def test_review_views_of_a_wide_slab_are_downscaled_close_ups(tmp_path: Path) ->
     Image.fromarray(source).save(tmp_path / "source.png")
     Image.fromarray(candidate).save(tmp_path / "candidate.png")
     params = CandidateParameters("scratches", "<scratches>", "", 0.6, 4, 3.0, 0, 1600, 256, window=Window(800, 0, 256))
+    boxes = [
+        {"label": "scratches", "xmin": 900, "ymin": 100, "xmax": 1000, "ymax": 140},
+        {"label": "", "xmin": 1000, "ymin": 200, "xmax": 1200, "ymax": 250},
+        {"label": "scratches", "xmin": 100, "ymin": 10, "xmax": 150, "ymax": 40},
+    ]
     views = review_views(
-        "s1", tmp_path / "candidate.png", tmp_path / "source.png", params, tmp_path / "views", max_side=128
+        "s1", tmp_path / "candidate.png", tmp_path / "source.png", params, tmp_path / "views", boxes=boxes, max_side=128
     )
     assert views.region == (800, 0, 1056, 256) and views.scale == 0.5
+    assert views.annotations == [((50, 50, 100, 70), "scratches box"), ((100, 100, 128, 125), "defect box")], (
+        "boxes in the close-up's pixels, cut at its edge; one outside the region is left out"
+    )
     with Image.open(views.candidate) as close_up, Image.open(views.difference) as difference:
         assert close_up.size == difference.size == (128, 128)
         changed = np.asarray(difference) > 0
