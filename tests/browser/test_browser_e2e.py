@@ -257,6 +257,25 @@ def test_a_batch_from_the_class_real_images_in_chromium(studio_url: tuple[Studio
     assert (batch.pending, batch.total) == (2, 2)
 
 
+def upload_real_defect(service: StudioService, pixels: np.ndarray, name: str, class_name: str):
+    """A grey real defect image stored as if uploaded; its SourceInfo."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return service.upload_images([(name, buffer.getvalue())], "defect", class_name, "setup").sources[0]
+
+
+def open_in_upload_editor(page, source_id: int):
+    """Click the newest stored image in the Upload tab's gallery (its editor opens); the gallery's block."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Upload and store").wait_for()
+    page.get_by_role("tab", name="Upload").click()
+    gallery = page.locator(".block", has=page.get_by_text("Stored images (click one to edit it)")).last
+    gallery.locator("img").first.click()
+    expect(page.get_by_label("Image id")).to_have_value(str(source_id))
+    return gallery
+
+
 def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
     studio_url: tuple[StudioService, str], tmp_path: Path
 ) -> None:
@@ -265,17 +284,11 @@ def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
     service, url = studio_url
     pixels = np.random.default_rng(5).normal(128, 10, (96, 120))
     pixels[30:46, 70:90] -= 70
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
-    (source,) = service.upload_images([("spot.png", buffer.getvalue())], "defect", "rust spot", "setup").sources
+    source = upload_real_defect(service, pixels, "spot.png", "rust spot")
 
     with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1000}) as (page,):
-        page.get_by_role("button", name="Upload and store").wait_for()
-        page.get_by_role("tab", name="Upload").click()
-        gallery = page.locator(".block", has=page.get_by_text("Stored images (click one to edit it)")).last
+        gallery = open_in_upload_editor(page, source.id)
         expect(gallery.get_by_text("rust spot · spot.png · no boxes yet").first).to_be_visible()
-        gallery.locator("img").first.click()
-        expect(page.get_by_label("Image id")).to_have_value(str(source.id))
         boxes = page.get_by_role("textbox", name=re.compile("^Defect boxes"))
         expect(boxes).to_have_value("")
         page.get_by_role("button", name="Suggest boxes from the image").click()
@@ -303,21 +316,14 @@ def test_boxes_drawn_with_the_mouse_on_a_real_defect_are_saved_in_chromium(
     from playwright.sync_api import expect
 
     service, url = studio_url
-    pixels = np.random.default_rng(6).normal(128, 10, (200, 300))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
-    (source,) = service.upload_images([("crazing.png", buffer.getvalue())], "defect", "craze", "setup").sources
+    source = upload_real_defect(service, np.random.default_rng(6).normal(128, 10, (200, 300)), "crazing.png", "craze")
 
     with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1100}) as (page,):
-        page.get_by_role("button", name="Upload and store").wait_for()
-        page.get_by_role("tab", name="Upload").click()
-        gallery = page.locator(".block", has=page.get_by_text("Stored images (click one to edit it)")).last
-        gallery.locator("img").first.click()
-        expect(page.get_by_label("Image id")).to_have_value(str(source.id))
+        open_in_upload_editor(page, source.id)
         page.get_by_text("Draw boxes with the mouse").click()
         pad = page.locator(".block", has=page.get_by_text("Paint over or round each defect")).last
         canvas = pad.locator("canvas").first
-        canvas.wait_for()
+        canvas.scroll_into_view_if_needed()
         area = canvas.bounding_box()
         # An outline drawn round a third of the image, from its centre's left to right.
         left, top = area["x"] + area["width"] * 0.3, area["y"] + area["height"] * 0.3

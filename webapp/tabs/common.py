@@ -19,6 +19,21 @@ logger = logging.getLogger(__name__)
 MODEL = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
+def paint_pad(label: str, colour: str, brush_size: int, height: int) -> gr.ImageEditor:
+    """An image editor for painting over a stored image the app puts in it: no upload, no transforms, one layer, one
+    brush colour (read back with `painted_mask`)."""
+    return gr.ImageEditor(
+        label=label,
+        type="pil",
+        format="png",
+        sources=(),
+        transforms=(),
+        layers=False,
+        brush=gr.Brush(colors=[colour], color_mode="fixed", default_size=brush_size),
+        height=height,
+    )
+
+
 def painted_mask(value: dict | None, size: tuple[int, int] | None = None) -> Image.Image | None:
     """The union of an image editor's painted layers (any opacity) as a mask of `size` (None: the layers' own), or
     None if nothing is painted."""

@@ -24,6 +24,7 @@ from webapp.tabs.common import (
     comparison,
     errors_shown_in,
     overlay,
+    paint_pad,
     painted_mask,
     session_of,
     user_of,
@@ -89,15 +90,8 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         with gr.Row():
             with gr.Column(scale=1):
                 source = gr.Dropdown(label="Clean slab")
-                source_preview = gr.ImageEditor(
-                    label="Slab: paint where the defect goes (optional; nothing painted repaints a window)",
-                    type="pil",
-                    format="png",
-                    sources=(),
-                    transforms=(),
-                    layers=False,
-                    brush=gr.Brush(colors=["#ff3030"], color_mode="fixed", default_size=8),
-                    height=260,
+                source_preview = paint_pad(
+                    "Slab: paint where the defect goes (optional; nothing painted repaints a window)", "#ff3030", 8, 260
                 )
                 with gr.Accordion("Window on a large slab (click to choose where it goes) and typed boxes", open=False):
                     window_picker = gr.Image(

@@ -9,7 +9,7 @@ import gradio as gr
 
 from webapp.previews import VIEW_MAX_SIDE
 from webapp.studio import StudioService
-from webapp.tabs.common import TabLoad, errors_shown_in, painted_mask, user_of
+from webapp.tabs.common import TabLoad, errors_shown_in, paint_pad, painted_mask, user_of
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
 
@@ -51,16 +51,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                             info="The estimate the suggestion and a bare class's defect colour are read from.",
                         )
                     with gr.Accordion("Draw boxes with the mouse", open=False):
-                        draw_pad = gr.ImageEditor(
-                            label="Paint over or round each defect: one stroke, one box",
-                            type="pil",
-                            format="png",
-                            sources=(),
-                            transforms=(),
-                            layers=False,
-                            brush=gr.Brush(colors=["#00c8ff"], color_mode="fixed", default_size=4),
-                            height=320,
-                        )
+                        draw_pad = paint_pad("Paint over or round each defect: one stroke, one box", "#00c8ff", 4, 320)
                         add_painted_button = gr.Button("Add the painted boxes", size="sm")
                     with gr.Row():
                         save_button = gr.Button("Save class and boxes", size="sm")
@@ -86,10 +77,11 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     def pick_source(event: gr.SelectData):
         sources = listed_sources()
         if event.index is None or event.index >= len(sources):
-            return gr.update(), gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         picked = sources[event.index]
         boxes = box_lines(service.source_boxes(picked.id))
-        return picked.id, gr.update(value=picked.class_name, choices=class_choices()), boxes, gr.update(open=True)
+        classes = gr.update(value=picked.class_name, choices=class_choices())
+        return picked.id, classes, boxes, gr.update(open=True), draw_pad_value(picked.id)
 
     def source_view(source_id: int | None, text: str, estimate: bool):
         if source_id is None:
@@ -177,7 +169,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         return gallery_items(), gr.update(choices=class_choices())
 
     upload_button.click(upload, [files, role, class_name], [result, stored, class_name, files], api_name="upload")
-    stored.select(pick_source, None, [edit_id, edit_class, edit_boxes, editor], api_name="pick_source")
+    stored.select(pick_source, None, [edit_id, edit_class, edit_boxes, editor, draw_pad], api_name="pick_source")
     gr.on(
         [edit_id.change, edit_boxes.change, show_estimate.change],
         source_view,
@@ -186,7 +178,9 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         show_progress="hidden",
         api_name="source_view",
     )
-    edit_id.change(draw_pad_value, edit_id, draw_pad, show_progress="hidden", api_name="source_draw_pad")
+    # The pad is filled with the pick itself, and on a typed id: a second fill after a pick could arrive after the
+    # first strokes and wipe them.
+    edit_id.input(draw_pad_value, edit_id, draw_pad, show_progress="hidden", api_name="source_draw_pad")
     draw_pad.clear(draw_pad_value, edit_id, draw_pad, api_visibility="private")
     add_painted_button.click(
         add_painted_boxes,
