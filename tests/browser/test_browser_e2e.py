@@ -310,12 +310,13 @@ def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
     assert saved[0]["xmin"] <= 70 and saved[0]["xmax"] >= 90, "the suggested box holds the spot"
 
 
-def test_boxes_drawn_with_the_mouse_on_a_real_defect_are_saved_in_chromium(
+def test_boxes_drawn_with_the_mouse_are_saved_and_the_next_bare_image_opens_in_chromium(
     studio_url: tuple[StudioService, str], tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
 
     service, url = studio_url
+    older = upload_real_defect(service, np.random.default_rng(7).normal(128, 10, (64, 64)), "older.png", "craze")
     source = upload_real_defect(service, np.random.default_rng(6).normal(128, 10, (200, 300)), "crazing.png", "craze")
 
     with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1100}) as (page,):
@@ -339,8 +340,13 @@ def test_boxes_drawn_with_the_mouse_on_a_real_defect_are_saved_in_chromium(
         drawn = boxes.input_value()
         view = page.locator(".block", has=page.get_by_text("The image with its boxes as typed")).last
         expect(view.get_by_text("box 1", exact=True)).to_be_visible()
-        page.get_by_role("button", name="Save class and boxes").click()
-        page.get_by_text(f"Image {source.id} saved (craze).").wait_for()
+        # Saved, the editor moves on to the next image still without boxes.
+        page.get_by_role("button", name="Save, then the next without boxes").click()
+        page.get_by_text(
+            f"Image {source.id} saved (craze). Next without boxes: image {older.id} (older.png)."
+        ).wait_for()
+        expect(page.get_by_label("Image id")).to_have_value(str(older.id))
+        expect(boxes).to_have_value("")
 
     ((x0, y0, x1, y1),) = [tuple(map(int, line.split(","))) for line in drawn.splitlines()]
     (saved,) = service.source_boxes(source.id)

@@ -317,3 +317,26 @@ def test_one_view_made_by_many_requests_at_once(tmp_path: Path) -> None:
         with Image.open(view) as shown:
             assert shown.size == (256, 192)
         assert [p.name for p in view.parent.iterdir()] == [view.name], "no partial file is left behind"
+
+
+def test_saving_boxes_opens_the_next_real_defect_without_boxes(service: StudioService, slab_png) -> None:
+    first, second, third = service.upload_images(
+        [(f"{name}.png", slab_png(40, 32, seed)) for seed, name in enumerate(("first", "second", "third"))],
+        "defect",
+        "rust spot",
+        "alice",
+    ).sources
+    upload_slab(service, slab_png)
+    service.update_source(first.id, None, "1,1,5,5")
+    with served_client(service) as client:
+        # The gallery shows the newest first: the slab, third, second, first.
+        message, _, next_id, _, boxes, pad = client.predict(
+            third.id, "rust spot", "2,2,9,9", api_name="/source_save_next"
+        )
+        assert message == f"Image {third.id} saved (rust spot). Next without boxes: image {second.id} (second.png)."
+        assert (next_id, boxes) == (second.id, "") and pad["layers"] == []
+        message, *_ = client.predict(second.id, "rust spot", "", api_name="/source_save_next")
+        assert message == f"Image {second.id} saved (rust spot). No other real defect image is without boxes."
+        refused, *_ = client.predict(None, "rust spot", "", api_name="/source_save_next")
+        assert refused.startswith("⚠️")
+    assert service.source_boxes(third.id) == [{"label": "rust spot", "xmin": 2, "ymin": 2, "xmax": 9, "ymax": 9}]

@@ -55,6 +55,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                         add_painted_button = gr.Button("Add the painted boxes", size="sm")
                     with gr.Row():
                         save_button = gr.Button("Save class and boxes", size="sm")
+                        save_next_button = gr.Button("Save, then the next without boxes", size="sm")
                         with_samples = gr.Checkbox(label="Delete its accepted samples too", value=False)
                         delete_button = gr.Button("Delete image", variant="stop", size="sm")
                     edit_message = gr.Markdown()
@@ -78,10 +79,21 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         sources = listed_sources()
         if event.index is None or event.index >= len(sources):
             return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
-        picked = sources[event.index]
-        boxes = box_lines(service.source_boxes(picked.id))
-        classes = gr.update(value=picked.class_name, choices=class_choices())
-        return picked.id, classes, boxes, gr.update(open=True), draw_pad_value(picked.id)
+        source_id, classes, boxes, pad = editor_fields(sources[event.index])
+        return source_id, classes, boxes, gr.update(open=True), pad
+
+    def editor_fields(source) -> tuple:
+        """The editor's image id, class, box text and drawing pad for a stored image."""
+        boxes = box_lines(service.source_boxes(source.id))
+        classes = gr.update(value=source.class_name, choices=class_choices())
+        return source.id, classes, boxes, draw_pad_value(source.id)
+
+    def next_unboxed(after_id: int):
+        """The real defect image without boxes that follows `after_id` in the gallery (round to the start), or None."""
+        sources = listed_sources()
+        position = next((i for i, s in enumerate(sources) if s.id == after_id), -1)
+        following = sources[position + 1 :] + sources[: position + 1]
+        return next((s for s in following if s.role == "defect" and not s.box_count and s.id != after_id), None)
 
     def source_view(source_id: int | None, text: str, estimate: bool):
         if source_id is None:
@@ -138,6 +150,18 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         info = service.update_source(int(source_id), class_name or None, box_text)
         return f"Image {info.id} saved ({info.class_name or 'clean'}).", gallery_items()
 
+    @errors_shown_in(0, 6)
+    def save_and_next(source_id: int | None, class_name: str | None, box_text: str):
+        if source_id is None:
+            raise gr.Error("Click a stored image (or type its id) first.")
+        info = service.update_source(int(source_id), class_name or None, box_text)
+        saved = f"Image {info.id} saved ({info.class_name or 'clean'})."
+        following = next_unboxed(info.id)
+        if following is None:
+            return f"{saved} No other real defect image is without boxes.", gallery_items(), *[gr.update()] * 4
+        opened = f"{saved} Next without boxes: image {following.id} ({following.name})."
+        return opened, gallery_items(), *editor_fields(following)
+
     @errors_shown_in(0, 2)
     def delete_source(source_id: int | None, together: bool):
         if source_id is None:
@@ -192,6 +216,12 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         suggest_boxes, edit_id, [edit_boxes, show_estimate, edit_message], api_name="source_suggest_boxes"
     )
     save_button.click(save_source, [edit_id, edit_class, edit_boxes], [edit_message, stored], api_name="source_save")
+    save_next_button.click(
+        save_and_next,
+        [edit_id, edit_class, edit_boxes],
+        [edit_message, stored, edit_id, edit_class, edit_boxes, draw_pad],
+        api_name="source_save_next",
+    )
     delete_button.click(delete_source, [edit_id, with_samples], [edit_message, stored], api_name="source_delete")
     role.change(on_role, role, class_name, api_name="upload_role")
     tab.select(refresh, None, [stored, class_name], api_name="upload_refresh")
