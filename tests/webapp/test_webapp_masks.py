@@ -340,3 +340,38 @@ def test_saving_boxes_opens_the_next_real_defect_without_boxes(service: StudioSe
         refused, *_ = client.predict(None, "rust spot", "", api_name="/source_save_next")
         assert refused.startswith("⚠️")
     assert service.source_boxes(third.id) == [{"label": "rust spot", "xmin": 2, "ymin": 2, "xmax": 9, "ymax": 9}]
+
+
+def test_the_upload_gallery_shows_what_is_asked_and_the_newest_first(
+    service: StudioService, slab_png, monkeypatch
+) -> None:
+    import webapp.tabs.upload
+
+    first, second, third = service.upload_images(
+        [(f"{name}.png", slab_png(40, 32, seed)) for seed, name in enumerate(("first", "second", "third"))],
+        "defect",
+        "rust spot",
+        "alice",
+    ).sources
+    upload_slab(service, slab_png)
+    service.update_source(second.id, None, "1,1,5,5")
+
+    def captions(gallery: dict) -> list[str]:
+        return [item["caption"] for item in gallery["value"]]
+
+    with served_client(service) as client:
+        unboxed = captions(client.predict("unboxed", api_name="/upload_show"))
+        assert unboxed == [
+            f"#{third.id} rust spot · third.png · no boxes yet",
+            f"#{first.id} rust spot · first.png · no boxes yet",
+        ]
+        assert [c.split(" ")[0] for c in captions(client.predict("all", api_name="/upload_show"))] == [
+            "#4",
+            f"#{third.id}",
+            f"#{second.id}",
+            f"#{first.id}",
+        ]
+        assert captions(client.predict("clean", api_name="/upload_show")) == ["#4 clean · slab.png"]
+        monkeypatch.setattr(webapp.tabs.upload, "GALLERY_LIMIT", 2)
+        capped = client.predict("defect", api_name="/upload_show")
+        assert len(capped["value"]) == 2 and capped["label"].endswith("the newest 2 of 3"), capped["label"]

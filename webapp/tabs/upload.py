@@ -12,6 +12,15 @@ from webapp.studio import StudioService
 from webapp.tabs.common import TabLoad, errors_shown_in, paint_pad, painted_mask, user_of
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
+# What the gallery shows (newest first), and how many at most: a mill's folder of thousands stays quick to page.
+SHOW_CHOICES = [
+    ("All", "all"),
+    ("Real defects without boxes", "unboxed"),
+    ("Real defects", "defect"),
+    ("Clean slabs", "clean"),
+]
+GALLERY_LIMIT = 200
+GALLERY_LABEL = "Stored images (click one to edit it)"
 
 
 def create_upload_tab(service: StudioService) -> TabLoad:
@@ -34,7 +43,8 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                 upload_button = gr.Button("Upload and store", variant="primary")
                 result = gr.Markdown()
             with gr.Column(scale=2):
-                stored = gr.Gallery(label="Stored images (click one to edit it)", columns=6, height=420)
+                show = gr.Radio(SHOW_CHOICES, value="all", label="Show", container=False)
+                stored = gr.Gallery(label=GALLERY_LABEL, columns=6, height=420)
                 with gr.Accordion("Edit a stored image: class, boxes, delete", open=False) as editor:
                     with gr.Row():
                         edit_id = gr.Number(label="Image id", precision=0)
@@ -63,8 +73,11 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     def class_choices() -> list[str]:
         return service.trainable_classes()
 
-    def listed_sources():
-        return list(reversed(service.list_sources()))
+    def listed_sources(show: str = "all") -> list:
+        """The stored images the gallery lists under `show`, newest first."""
+        role = {"unboxed": "defect"}.get(show, show if show in ("defect", "clean") else None)
+        sources = list(reversed(service.list_sources(role)))
+        return [s for s in sources if not s.box_count] if show == "unboxed" else sources
 
     def caption(source) -> str:
         if source.role != "defect":
@@ -72,11 +85,16 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         boxes = f"{source.box_count} box(es)" if source.box_count else "no boxes yet"
         return f"#{source.id} {source.class_name} · {source.name} · {boxes}"
 
-    def gallery_items() -> list[tuple[str, str]]:
-        return [(str(service.preview(s.path)), caption(s)) for s in listed_sources()]
+    def gallery_items(show: str = "all"):
+        """The gallery under `show`: the newest GALLERY_LIMIT, its label saying so when there are more."""
+        sources = listed_sources(show)
+        items = [(str(service.preview(s.path)), caption(s)) for s in sources[:GALLERY_LIMIT]]
+        more = len(sources) > GALLERY_LIMIT
+        label = f"{GALLERY_LABEL}: the newest {GALLERY_LIMIT} of {len(sources)}" if more else GALLERY_LABEL
+        return gr.update(value=items, label=label)
 
-    def pick_source(event: gr.SelectData):
-        sources = listed_sources()
+    def pick_source(show: str, event: gr.SelectData):
+        sources = listed_sources(show)
         if event.index is None or event.index >= len(sources):
             return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         source_id, classes, boxes, pad = editor_fields(sources[event.index])
@@ -144,33 +162,33 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         return box_lines(boxes), True, message
 
     @errors_shown_in(0, 2)
-    def save_source(source_id: int | None, class_name: str | None, box_text: str):
+    def save_source(source_id: int | None, class_name: str | None, box_text: str, show: str = "all"):
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
         info = service.update_source(int(source_id), class_name or None, box_text)
-        return f"Image {info.id} saved ({info.class_name or 'clean'}).", gallery_items()
+        return f"Image {info.id} saved ({info.class_name or 'clean'}).", gallery_items(show)
 
     @errors_shown_in(0, 6)
-    def save_and_next(source_id: int | None, class_name: str | None, box_text: str):
+    def save_and_next(source_id: int | None, class_name: str | None, box_text: str, show: str = "all"):
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
         info = service.update_source(int(source_id), class_name or None, box_text)
         saved = f"Image {info.id} saved ({info.class_name or 'clean'})."
         following = next_unboxed(info.id)
         if following is None:
-            return f"{saved} No other real defect image is without boxes.", gallery_items(), *[gr.update()] * 4
+            return f"{saved} No other real defect image is without boxes.", gallery_items(show), *[gr.update()] * 4
         opened = f"{saved} Next without boxes: image {following.id} ({following.name})."
-        return opened, gallery_items(), *editor_fields(following)
+        return opened, gallery_items(show), *editor_fields(following)
 
     @errors_shown_in(0, 2)
-    def delete_source(source_id: int | None, together: bool):
+    def delete_source(source_id: int | None, together: bool, show: str = "all"):
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
         removed = service.delete_source(int(source_id), with_samples=bool(together))
-        return f"Image {int(source_id)} deleted with {removed} sample(s).", gallery_items()
+        return f"Image {int(source_id)} deleted with {removed} sample(s).", gallery_items(show)
 
     @errors_shown_in(0, 4)
-    def upload(paths: list[str] | None, role: str, class_name: str | None, request: gr.Request):
+    def upload(paths: list[str] | None, role: str, class_name: str | None, show: str, request: gr.Request):
         if not paths:
             raise gr.Error("Choose one or more image files first.")
         files = [(Path(p).name, Path(p).read_bytes()) for p in paths]
@@ -181,7 +199,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                 " Give each its defect boxes (click it, then *Suggest boxes from the image* and correct them): a "
                 "class learns its defects' colour, size and count from them."
             )
-        return summary, gallery_items(), gr.update(choices=class_choices()), None
+        return summary, gallery_items(show), gr.update(choices=class_choices()), None
 
     def box_lines(boxes: list[dict]) -> str:
         return "\n".join(f"{b['xmin']},{b['ymin']},{b['xmax']},{b['ymax']}" for b in boxes)
@@ -189,11 +207,12 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     def on_role(role: str):
         return gr.update(interactive=role == "defect", choices=class_choices())
 
-    def refresh():
-        return gallery_items(), gr.update(choices=class_choices())
+    def refresh(show: str = "all"):
+        return gallery_items(show), gr.update(choices=class_choices())
 
-    upload_button.click(upload, [files, role, class_name], [result, stored, class_name, files], api_name="upload")
-    stored.select(pick_source, None, [edit_id, edit_class, edit_boxes, editor, draw_pad], api_name="pick_source")
+    upload_button.click(upload, [files, role, class_name, show], [result, stored, class_name, files], api_name="upload")
+    stored.select(pick_source, show, [edit_id, edit_class, edit_boxes, editor, draw_pad], api_name="pick_source")
+    show.change(gallery_items, show, stored, api_name="upload_show")
     gr.on(
         [edit_id.change, edit_boxes.change, show_estimate.change],
         source_view,
@@ -215,14 +234,16 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     suggest_button.click(
         suggest_boxes, edit_id, [edit_boxes, show_estimate, edit_message], api_name="source_suggest_boxes"
     )
-    save_button.click(save_source, [edit_id, edit_class, edit_boxes], [edit_message, stored], api_name="source_save")
+    save_button.click(
+        save_source, [edit_id, edit_class, edit_boxes, show], [edit_message, stored], api_name="source_save"
+    )
     save_next_button.click(
         save_and_next,
-        [edit_id, edit_class, edit_boxes],
+        [edit_id, edit_class, edit_boxes, show],
         [edit_message, stored, edit_id, edit_class, edit_boxes, draw_pad],
         api_name="source_save_next",
     )
-    delete_button.click(delete_source, [edit_id, with_samples], [edit_message, stored], api_name="source_delete")
+    delete_button.click(delete_source, [edit_id, with_samples, show], [edit_message, stored], api_name="source_delete")
     role.change(on_role, role, class_name, api_name="upload_role")
-    tab.select(refresh, None, [stored, class_name], api_name="upload_refresh")
-    return TabLoad(refresh, [stored, class_name], "upload_load")
+    tab.select(refresh, show, [stored, class_name], api_name="upload_refresh")
+    return TabLoad(refresh, [stored, class_name], "upload_load", [show])
