@@ -75,7 +75,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
 
     def listed_sources(show: str = "all") -> list:
         """The stored images the gallery lists under `show`, newest first."""
-        role = {"unboxed": "defect"}.get(show, show if show in ("defect", "clean") else None)
+        role = {"unboxed": "defect", "defect": "defect", "clean": "clean"}.get(show)
         sources = list(reversed(service.list_sources(role)))
         return [s for s in sources if not s.box_count] if show == "unboxed" else sources
 
@@ -161,19 +161,21 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         )
         return box_lines(boxes), True, message
 
-    @errors_shown_in(0, 2)
-    def save_source(source_id: int | None, class_name: str | None, box_text: str, show: str = "all"):
+    def save(source_id: int | None, class_name: str | None, box_text: str):
+        """Store an image's class and boxes; the image and the message saying so."""
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
         info = service.update_source(int(source_id), class_name or None, box_text)
-        return f"Image {info.id} saved ({info.class_name or 'clean'}).", gallery_items(show)
+        return info, f"Image {info.id} saved ({info.class_name or 'clean'})."
+
+    @errors_shown_in(0, 2)
+    def save_source(source_id: int | None, class_name: str | None, box_text: str, show: str = "all"):
+        _, saved = save(source_id, class_name, box_text)
+        return saved, gallery_items(show)
 
     @errors_shown_in(0, 6)
     def save_and_next(source_id: int | None, class_name: str | None, box_text: str, show: str = "all"):
-        if source_id is None:
-            raise gr.Error("Click a stored image (or type its id) first.")
-        info = service.update_source(int(source_id), class_name or None, box_text)
-        saved = f"Image {info.id} saved ({info.class_name or 'clean'})."
+        info, saved = save(source_id, class_name, box_text)
         following = next_unboxed(info.id)
         if following is None:
             return f"{saved} No other real defect image is without boxes.", gallery_items(show), *[gr.update()] * 4
