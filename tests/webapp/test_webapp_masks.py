@@ -319,14 +319,18 @@ def test_one_view_made_by_many_requests_at_once(tmp_path: Path) -> None:
         assert [p.name for p in view.parent.iterdir()] == [view.name], "no partial file is left behind"
 
 
-def test_saving_boxes_opens_the_next_real_defect_without_boxes(service: StudioService, slab_png) -> None:
-    first, second, third = service.upload_images(
-        [(f"{name}.png", slab_png(40, 32, seed)) for seed, name in enumerate(("first", "second", "third"))],
-        "defect",
-        "rust spot",
-        "alice",
-    ).sources
+def upload_three_defects_and_a_slab(service: StudioService, slab_png) -> list:
+    """Real defects first.png, second.png and third.png of class "rust spot", then a clean slab; the defects'
+    SourceInfos, oldest first."""
+    names = ("first", "second", "third")
+    files = [(f"{name}.png", slab_png(40, 32, seed)) for seed, name in enumerate(names)]
+    defects = service.upload_images(files, "defect", "rust spot", "alice").sources
     upload_slab(service, slab_png)
+    return defects
+
+
+def test_saving_boxes_opens_the_next_real_defect_without_boxes(service: StudioService, slab_png) -> None:
+    first, second, third = upload_three_defects_and_a_slab(service, slab_png)
     service.update_source(first.id, None, "1,1,5,5")
     with served_client(service) as client:
         # The gallery shows the newest first: the slab, third, second, first.
@@ -347,13 +351,7 @@ def test_the_upload_gallery_shows_what_is_asked_and_the_newest_first(
 ) -> None:
     import webapp.tabs.upload
 
-    first, second, third = service.upload_images(
-        [(f"{name}.png", slab_png(40, 32, seed)) for seed, name in enumerate(("first", "second", "third"))],
-        "defect",
-        "rust spot",
-        "alice",
-    ).sources
-    upload_slab(service, slab_png)
+    first, second, third = upload_three_defects_and_a_slab(service, slab_png)
     service.update_source(second.id, None, "1,1,5,5")
 
     def captions(gallery: dict) -> list[str]:
