@@ -34,6 +34,11 @@ def paint_pad(label: str, colour: str, brush_size: int, height: int) -> gr.Image
     )
 
 
+def blank_pad(background: Path | str) -> dict[str, Any]:
+    """A `paint_pad` value showing `background` (a view sent to the browser) with nothing painted."""
+    return {"background": str(background), "layers": [], "composite": str(background)}
+
+
 def painted_mask(value: dict | None, size: tuple[int, int] | None = None) -> Image.Image | None:
     """The union of an image editor's painted layers (any opacity) as a mask of `size` (None: the layers' own), or
     None if nothing is painted."""

@@ -21,6 +21,7 @@ from webapp.studio import (
 from webapp.tabs.common import (
     MODEL,
     TabLoad,
+    blank_pad,
     comparison,
     errors_shown_in,
     overlay,
@@ -199,8 +200,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
 
     def editor_value(slab: SourceInfo) -> dict[str, Any]:
         """The mask editor showing the slab, downscaled for the browser, with nothing painted."""
-        path = str(service.preview(slab.path, VIEW_MAX_SIDE))
-        return {"background": path, "layers": [], "composite": path}
+        return blank_pad(service.preview(slab.path, VIEW_MAX_SIDE))
 
     def show_source(source_id: int | None):
         """The slab in the mask editor and the window picker (window centred)."""

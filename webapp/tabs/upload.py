@@ -9,7 +9,7 @@ import gradio as gr
 
 from webapp.previews import VIEW_MAX_SIDE
 from webapp.studio import StudioService
-from webapp.tabs.common import TabLoad, errors_shown_in, paint_pad, painted_mask, user_of
+from webapp.tabs.common import TabLoad, blank_pad, errors_shown_in, paint_pad, painted_mask, user_of
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
 # What the gallery shows (newest first), and how many at most: a mill's folder of thousands stays quick to page.
@@ -104,7 +104,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         """The editor's image id, class, box text and drawing pad for a stored image."""
         boxes = box_lines(service.source_boxes(source.id))
         classes = gr.update(value=source.class_name, choices=class_choices())
-        return source.id, classes, boxes, draw_pad_value(source.id)
+        return source.id, classes, boxes, pad_for(source)
 
     def next_unboxed(after_id: int):
         """The real defect image without boxes that follows `after_id` in the gallery (round to the start), or None."""
@@ -122,15 +122,17 @@ def create_upload_tab(service: StudioService) -> TabLoad:
             return None
 
     def draw_pad_value(source_id: int | None):
-        """The drawing pad showing the picked image (downscaled for the browser) with nothing painted."""
+        """The drawing pad for the image with this id (typed, or after a clear or an add)."""
         try:
-            source = service.source_info(int(source_id)) if source_id is not None else None
+            return pad_for(service.source_info(int(source_id)) if source_id is not None else None)
         except ValueError:
             return None
+
+    def pad_for(source) -> dict | None:
+        """The drawing pad showing a real defect image (downscaled for the browser) with nothing painted."""
         if source is None or source.role != "defect":
             return None
-        path = str(service.preview(source.path, VIEW_MAX_SIDE))
-        return {"background": path, "layers": [], "composite": path}
+        return blank_pad(service.preview(source.path, VIEW_MAX_SIDE))
 
     @errors_shown_in(1, 3)
     def add_painted_boxes(source_id: int | None, box_text: str, painted: dict | None):
