@@ -17,13 +17,23 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from bench.defect_colour import shown
-from engine.boxes import from_mask
+from engine.box_suggestions import (
+    METHOD_LEARNT,
+    BoxedImage,
+    ClassSuggester,
+    cell_map,
+    class_suggester,
+    fit_cell_classifier,
+)
+from engine.boxes import from_mask, match_counts
 from engine.data import list_images, load_rgb, mask_at, read_mask_image_beside
+from engine.evaluation.features import SteelFeatureNet, load_feature_net
 from engine.generation.variation import defect_tint
 from engine.masks import estimate_defect_mask, suggested_boxes
 
@@ -50,25 +60,29 @@ def overlap(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[st
     return dict(zip(("marked", "masked", "precision", "recall"), np.mean(rows, axis=0).tolist(), strict=True))
 
 
-# A suggested box matches a mask's box at this intersection over union (a box drawn over the same defect).
-MATCH_IOU = 0.3
-
-
-def box_matches(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """The suggested boxes against the masks' components: boxes per image of each, the share of the masks' boxes
-    a suggestion matches (recall) and of the suggestions that match one (precision)."""
-    real_total = suggested_total = found = right = 0
-    for _, mask, estimate in triples:
-        real, suggested = from_mask(mask), suggested_boxes(estimate)
-        real_total, suggested_total = real_total + len(real), suggested_total + len(suggested)
-        found += sum(any(r.iou(b) >= MATCH_IOU for b in suggested) for r in real)
-        right += sum(any(b.iou(r) >= MATCH_IOU for r in real) for b in suggested)
+def box_matches(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], suggest: Callable) -> dict[str, float]:
+    """Suggested boxes (`suggest(pixels, estimate)`) against the masks' components: boxes per image of each, the
+    share of the masks' boxes a suggestion matches (recall) and of the suggestions that match one (precision)."""
+    counts = sum(match_counts(from_mask(mask), suggest(pixels, estimate)) for pixels, mask, estimate in triples)
     return {
-        "real": real_total / len(triples),
-        "suggested": suggested_total / len(triples),
-        "recall": found / max(real_total, 1),
-        "precision": right / max(suggested_total, 1),
+        "real": counts[0] / len(triples),
+        "suggested": counts[1] / len(triples),
+        "recall": counts[2] / max(counts[0], 1),
+        "precision": counts[3] / max(counts[1], 1),
     }
+
+
+def learnt_matches(triples: list, boxed: int, net: SteelFeatureNet) -> tuple[dict, dict, ClassSuggester]:
+    """The class's first `boxed` images taken as the engineer's boxes: on the others, the estimate's suggestions
+    and those of the cell classifier fitted on the boxed ones, with the suggester the Upload tab would use."""
+    learnt_from = [BoxedImage(pixels, mask, estimate) for pixels, mask, estimate in triples[:boxed]]
+    held_out = triples[boxed:]
+    chosen = class_suggester(learnt_from, net)
+    classifier = fit_cell_classifier([(cell_map(image.pixels, net), image.mask) for image in learnt_from])
+    learnt = box_matches(
+        held_out, lambda pixels, estimate: suggested_boxes(classifier.marked(cell_map(pixels, net), estimate))
+    )
+    return box_matches(held_out, lambda _, estimate: suggested_boxes(estimate)), learnt, chosen
 
 
 def colours(triples: list, k: int, draws: int, seed: int) -> dict:
@@ -90,7 +104,22 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5, help="Shots per draw for the colour a fine-tune would learn.")
     parser.add_argument("--draws", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--boxed",
+        type=int,
+        nargs="*",
+        default=[],
+        help="Also the suggestions learnt from a class's first K boxed images (`engine.box_suggestions`), on the "
+        "others, for each K given.",
+    )
     args = parser.parse_args()
+    net = load_feature_net() if args.boxed else None
+    learnt_lines = [
+        "| class | boxed | the Upload tab's choice (fold F1: learnt, estimate) | "
+        "boxes: masks' / estimate's / learnt's | estimate: recall, precision | learnt: recall, precision | "
+        "the choice: recall, precision |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     lines = [
         "| class | images | marked | masked | precision | recall | colour from masks | from estimates | "
         f"K = {args.k} estimates (mean ± std of distance to masks') | boxes: masks' / suggested | box recall | "
@@ -102,7 +131,9 @@ def main() -> None:
         if not triples:
             continue
         found = overlap(triples)
-        boxes = box_matches(triples)
+        boxes = box_matches(triples, lambda _, estimate: suggested_boxes(estimate))
+        for boxed in args.boxed:
+            learnt_lines.append(learnt_row(folder.name, triples, boxed, net))
         tint = colours(triples, args.k, args.draws, args.seed)
         spread = "–"
         if tint["k_shots"] and tint["masks"] is not None:
@@ -116,6 +147,21 @@ def main() -> None:
             f"{boxes['precision']:.2f} |"
         )
     print("\n".join(lines))
+    if args.boxed:
+        print("\nBoxes suggested on the images after the first K, learnt from those K:\n")
+        print("\n".join(learnt_lines))
+
+
+def learnt_row(name: str, triples: list, boxed: int, net: SteelFeatureNet) -> str:
+    """One class's row of the learnt suggestions' table."""
+    estimate, learnt, chosen = learnt_matches(triples, boxed, net)
+    picked = learnt if chosen.method == METHOD_LEARNT else estimate
+    scores = "" if chosen.learnt_f1 is None else f" ({chosen.learnt_f1:.2f}, {chosen.estimate_f1:.2f})"
+    return (
+        f"| {name} | {boxed} | {chosen.method}{scores} | {estimate['real']:.1f} / {estimate['suggested']:.1f} / "
+        f"{learnt['suggested']:.1f} | {estimate['recall']:.2f}, {estimate['precision']:.2f} | "
+        f"{learnt['recall']:.2f}, {learnt['precision']:.2f} | {picked['recall']:.2f}, {picked['precision']:.2f} |"
+    )
 
 
 if __name__ == "__main__":

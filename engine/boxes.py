@@ -147,3 +147,15 @@ def bounding_box(mask: np.ndarray) -> Box | None:
     if len(rows) == 0:
         return None
     return Box(int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+
+
+# A suggested box matches a drawn one at this intersection over union (a box drawn over the same defect).
+MATCH_IOU = 0.3
+
+
+def match_counts(drawn: Sequence[Box], suggested: Sequence[Box], iou: float = MATCH_IOU) -> np.ndarray:
+    """[drawn boxes, suggested boxes, drawn boxes a suggestion matches, suggestions that match a drawn box], a
+    match being an intersection over union of at least `iou`: summed over images, recall and precision."""
+    found = sum(any(d.iou(s) >= iou for s in suggested) for d in drawn)
+    right = sum(any(s.iou(d) >= iou for d in drawn) for s in suggested)
+    return np.array([len(drawn), len(suggested), found, right])

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import String, case, cast, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -113,6 +113,18 @@ def list_source_images(
         query = query.where(SourceImage.role == role)
     if class_name is not None:
         query = query.where(SourceImage.class_name == class_name)
+    return list(s.scalars(query))
+
+
+def list_boxed_source_images(s: Session, class_name: str, limit: int) -> list[SourceImage]:
+    """A class's real defect images that have boxes, newest first, at most `limit`."""
+    query = (
+        select(SourceImage)
+        .where(SourceImage.role == "defect", SourceImage.class_name == class_name)
+        .where(SourceImage.boxes_json.is_not(None), cast(SourceImage.boxes_json, String) != "[]")
+        .order_by(SourceImage.id.desc())
+        .limit(limit)
+    )
     return list(s.scalars(query))
 
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from engine.boxes import Box
+
 if TYPE_CHECKING:
     from webapp.studio import StudioService
 
@@ -98,3 +100,18 @@ def slab(width: int, height: int, seed: int = 0) -> Image.Image:
     """A grey noise slab of the given size."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.normal(128, 15, (height, width)).clip(0, 255).astype(np.uint8))
+
+
+def textured(seed: int, size: tuple[int, int] = (120, 160)) -> tuple[np.ndarray, Box]:
+    """A smooth steel with a coarse, bright-grained texture over most of it (as crazing or a pitted surface covers
+    its image), at a place of its own."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    pixels = rng.normal(120, 4, size)
+    box_width, box_height = int(width * rng.uniform(0.81, 0.91)), int(height * rng.uniform(0.77, 0.88))
+    x0, y0 = int(rng.integers(0, width - box_width)), int(rng.integers(0, height - box_height))
+    box = Box(x0, y0, x0 + box_width, y0 + box_height)
+    grain = rng.normal(0, 35, ((box.height + 2) // 3, (box.width + 2) // 3))
+    pixels[box.ymin : box.ymax, box.xmin : box.xmax] += np.kron(grain, np.ones((3, 3)))[: box.height, : box.width]
+    grey = pixels.clip(0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2), box

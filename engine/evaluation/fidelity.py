@@ -279,7 +279,8 @@ class TwoSampleReport:
 
 
 # Light L2: ~100 images per side in 128-d; a 10× stronger penalty took blurred NEU (σ 1.5) from 0.78 to 0.71.
-def _fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, iterations: int = 100) -> nn.Linear:
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, iterations: int = 100) -> nn.Linear:
+    """A logistic regression (one logit) of y (0/1) on x by L-BFGS, with an L2 penalty on the weights."""
     model = nn.Linear(x.shape[1], 1)
     optimizer = torch.optim.LBFGS(model.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
 
@@ -303,7 +304,7 @@ def _cv_accuracy(x: torch.Tensor, y: torch.Tensor, folds: int, rng: np.random.Ge
     for fold in range(folds):
         test = torch.from_numpy(fold_of == fold)
         mean, std = x[~test].mean(0), x[~test].std(0) + 1e-6
-        model = _fit_logistic((x[~test] - mean) / std, y[~test])
+        model = fit_logistic((x[~test] - mean) / std, y[~test])
         with torch.no_grad():
             predicted = model((x[test] - mean) / std).squeeze(1) > 0
         correct += int((predicted == (y[test] > 0.5)).sum())

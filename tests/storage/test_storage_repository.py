@@ -25,6 +25,7 @@ from storage.repository import (
     get_run,
     get_sample,
     list_adapter_versions,
+    list_boxed_source_images,
     list_decisions,
     list_defect_classes,
     list_exports,
@@ -108,6 +109,19 @@ def test_defect_classes(db: Database) -> None:
         classes = list_defect_classes(s)
     assert [c.name for c in classes] == ["crazing", "scratches"]
     assert classes[0].default_strength == pytest.approx(0.55)
+
+
+def test_a_classs_boxed_images_are_listed_newest_first(db: Database) -> None:
+    with db.transaction() as s:
+        first, second = add_defect_image(s, "boxed-1"), add_defect_image(s, "boxed-2")
+        add_defect_image(s, "other class", "scratches")
+        add_source_image(s, sha256_hex(b"bare"), "defect", "crazing", "bare.jpg", 200, 200, [], "bob")
+        add_clean_image(s)
+        third = add_defect_image(s, "boxed-3")
+    with db.session() as s:
+        assert [row.id for row in list_boxed_source_images(s, "crazing", 10)] == [third.id, second.id, first.id]
+        assert [row.id for row in list_boxed_source_images(s, "crazing", 2)] == [third.id, second.id]
+        assert list_boxed_source_images(s, "patches", 10) == []
 
 
 def test_add_sample_stores_every_field_as_pending(db: Database, sample_fields: SampleFields) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import launch
+from engine.boxes import Box
 from engine.config import GenerationConfig
 from engine.data import parse_voc
 from engine.generation.parameters import CandidateParameters, Window
@@ -223,7 +224,9 @@ def test_boxes_are_suggested_from_a_defect_image_and_shown_as_typed(
     pixels[30:46, 70:90] -= 70
     defect = encode(Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L"))
     source_id = service.upload_images([("spot.png", defect)], "defect", "rust spot", "alice").sources[0].id
-    (box,) = service.suggest_boxes(source_id)
+    suggestion = service.suggest_boxes(source_id)
+    assert suggestion.method == "estimate" and suggestion.boxed_images == 0 and not suggestion.compared
+    (box,) = suggestion.boxes
     assert box["label"] == "rust spot"
     assert box["xmin"] <= 70 and box["ymin"] <= 30 and box["xmax"] >= 90 and box["ymax"] >= 46, "it holds the spot"
     assert (box["xmax"] - box["xmin"]) * (box["ymax"] - box["ymin"]) < 4 * 16 * 20, "and little else"
@@ -249,6 +252,32 @@ def test_boxes_are_suggested_from_a_defect_image_and_shown_as_typed(
         another.write_bytes(slab_png(40, 32, 9))
         uploaded, *_ = client.predict([handle_file(str(another))], "defect", "rust spot", api_name="/upload")
         assert uploaded.startswith("Stored 1 image(s)") and "Suggest boxes from the image" in uploaded
+
+
+def test_suggestions_learn_a_texture_from_the_boxes_of_a_classs_images(service: StudioService) -> None:
+    from tests.support import encode, textured
+
+    images = [textured(seed) for seed in range(5)]
+    files = [(f"pitted {n}.png", encode(Image.fromarray(pixels))) for n, (pixels, _) in enumerate(images)]
+    stored = service.upload_images(files, "defect", "pitted surface", "alice").sources
+    first = service.suggest_boxes(stored[4].id)
+    assert first.method == "estimate" and not any(Box.of(b).iou(images[4][1]) >= 0.5 for b in first.boxes), (
+        "the texture covers the image: nothing departs from it"
+    )
+    for source, (_, box) in zip(stored[:3], images, strict=False):
+        service.update_source(source.id, None, ",".join(map(str, box.corners)))
+
+    learnt = service.suggest_boxes(stored[4].id)
+    assert (learnt.method, learnt.boxed_images, learnt.compared) == ("learnt", 3, True)
+    (box,) = learnt.boxes
+    assert box["label"] == "pitted surface" and Box.of(box).iou(images[4][1]) >= 0.7
+    with served_client(service) as client:
+        text, shaded, message = client.predict(stored[4].id, api_name="/source_suggest_boxes")
+        assert Box.of(parse_box_text(text)[0]).iou(images[4][1]) >= 0.7 and shaded is False
+        assert message.startswith("1 box(es) suggested, learnt from the boxes of 3 image(s) of this class")
+
+    service.update_source(stored[0].id, None, "")
+    assert service.suggest_boxes(stored[4].id).method == "estimate", "two boxed images are too few to learn from"
 
 
 def test_strokes_painted_over_a_defect_image_become_its_boxes(service: StudioService, slab_png, tmp_path: Path) -> None:

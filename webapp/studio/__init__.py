@@ -7,6 +7,7 @@ from webapp.studio.realism import REALISM_REJECT_REASON, check_realism_threshold
 from webapp.studio.results import (
     AdapterVersionInfo,
     BatchInfo,
+    BoxSuggestion,
     CandidateInfo,
     ClassCounts,
     ClassInfo,
@@ -31,6 +32,7 @@ __all__ = [
     "REALISM_REJECT_REASON",
     "AdapterVersionInfo",
     "BatchInfo",
+    "BoxSuggestion",
     "CandidateInfo",
     "ClassCounts",
     "ClassInfo",

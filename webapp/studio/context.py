@@ -7,6 +7,7 @@ commands (import, export, verify-export) start without loading torch.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ from storage.db import open_database
 from storage.files import FileStore
 from storage.tables import GeneratedSample, SourceImage
 from webapp.studio.results import SourceInfo
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from engine.generation.pipeline import LoadedPipeline
@@ -46,6 +49,8 @@ class StudioContext:
         self.model_lock = threading.RLock()
         self._pipelines: OrderedDict[tuple[str, str | None], Any] = OrderedDict()
         self._model_ref: str | None = None
+        self._feature_net: Any = None
+        self._feature_net_lock = threading.Lock()
 
     @property
     def model_ref(self) -> str:
@@ -55,6 +60,20 @@ class StudioContext:
 
             self._model_ref = resolve_model(self.model)
         return self._model_ref
+
+    def feature_net(self) -> Any:
+        """The shipped steel feature network, loaded once (realism scores, learnt box suggestions); None (logged)
+        if it is missing."""
+        with self._feature_net_lock:
+            if self._feature_net is None:
+                from engine.evaluation.features import load_feature_net
+
+                try:
+                    self._feature_net = load_feature_net()
+                except FileNotFoundError as error:
+                    logger.warning("Realism scores and learnt box suggestions are off: %s", error)
+                    self._feature_net = False
+            return self._feature_net or None
 
     def uses_embedded_model(self) -> bool:
         """Whether the studio runs the shipped steel prior."""

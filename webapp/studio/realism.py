@@ -38,7 +38,6 @@ class Realism:
         self.ctx = ctx
         self.database, self.files = ctx.database, ctx.files
         self._lock = threading.Lock()
-        self._feature_net: Any = None
         self._shipped_references: dict[str, Any] | None = None
         self._scorers: dict[str, tuple[tuple[str, ...], tuple[Any, str] | None]] = {}
 
@@ -59,7 +58,7 @@ class Realism:
             cached = self._scorers.get(class_name)
             if cached is not None and cached[0] == shas:
                 return cached[1]
-            net = self._load_feature_net()
+            net = self.ctx.feature_net()
             if net is None:
                 return None
             size = net.config.input_size
@@ -78,18 +77,6 @@ class Realism:
             return [None] * len(images)
         scorer, reference = found
         return [{**asdict(score), "reference": reference} for score in scorer.score_many(images, class_name)]
-
-    def _load_feature_net(self):
-        """The shipped steel feature network, loaded once; None (logged) if it is missing."""
-        if self._feature_net is None:
-            from engine.evaluation.features import load_feature_net
-
-            try:
-                self._feature_net = load_feature_net()
-            except FileNotFoundError as error:
-                logger.warning("Realism scores are off: %s", error)
-                self._feature_net = False
-        return self._feature_net or None
 
     def _load_shipped_references(self) -> dict[str, Any]:
         """The shipped NEU reference features by class, loaded once; empty (logged) if missing or stale."""

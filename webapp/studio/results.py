@@ -34,6 +34,20 @@ class SourceInfo:
 
 
 @dataclass(frozen=True)
+class BoxSuggestion:
+    """Boxes suggested for a real defect image (dicts in its pixels, labelled with its class) and how: "learnt"
+    from the class's `boxed_images` boxed images, or "estimate" (where the image departs from its own steel);
+    `compared` when both were tried on the boxed images and this one matched their boxes better; `learns_from` how
+    many boxed images of a class its suggestions start to learn from."""
+
+    boxes: list[dict[str, Any]]
+    method: str
+    boxed_images: int = 0
+    compared: bool = False
+    learns_from: int = 0
+
+
+@dataclass(frozen=True)
 class UploadResult:
     """The stored images (an image uploaded before is returned as its existing row) and what was changed."""
 

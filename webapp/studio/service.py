@@ -27,6 +27,7 @@ from webapp.studio.realism import Realism
 from webapp.studio.results import (
     AdapterVersionInfo,
     BatchInfo,
+    BoxSuggestion,
     ClassCounts,
     ClassInfo,
     DatasetView,
@@ -160,8 +161,9 @@ class StudioService:
         """Re-class a real defect and/or set its boxes from "x0,y0,x1,y1" lines (empty text: no boxes)."""
         return self.sources.update_source(source_id, class_name, box_text)
 
-    def suggest_boxes(self, source_id: int) -> list[dict[str, Any]]:
-        """Boxes around what departs from the steel in a real defect image: a suggestion to correct, then save."""
+    def suggest_boxes(self, source_id: int) -> BoxSuggestion:
+        """Boxes for a real defect image, learnt from its class's boxed images or around what departs from its
+        steel (see `Sources.suggest_boxes`): a suggestion to correct, then save."""
         return self.sources.suggest_boxes(source_id)
 
     def painted_boxes(self, source_id: int, painted: Image.Image) -> list[dict[str, Any]]:

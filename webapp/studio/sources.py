@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -20,8 +22,11 @@ from storage.tables import SOURCE_ROLES
 from webapp.previews import VIEW_MAX_SIDE, annotated_view
 from webapp.studio.classes import check_class_name
 from webapp.studio.context import PAGE_SIZE, StudioContext, all_pages, require_source
-from webapp.studio.results import SourceInfo, UploadResult
+from webapp.studio.results import BoxSuggestion, SourceInfo, UploadResult
 from webapp.validation import normalise_upload
+
+if TYPE_CHECKING:
+    from engine.box_suggestions import BoxedImage, ClassSuggester
 
 BOX_TEXT_PATTERN = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
 # One upload batch is validated in memory before anything is stored: 2000 files (NEU holds 1800) and 1 GB
@@ -40,6 +45,8 @@ class Sources:
     def __init__(self, ctx: StudioContext) -> None:
         self.ctx = ctx
         self.database, self.files = ctx.database, ctx.files
+        self._suggesters_lock = threading.Lock()
+        self._suggesters: dict[str, tuple[tuple[tuple[str, str], ...], ClassSuggester]] = {}
 
     def upload_images(
         self, files: Sequence[tuple[str, bytes]], role: str, class_name: str | None, user: str
@@ -189,12 +196,42 @@ class Sources:
                 raise ValueError(str(error)) from error
             return self.ctx.source_info(row)
 
-    def suggest_boxes(self, source_id: int) -> list[dict[str, Any]]:
-        """Boxes around what departs from the steel in a real defect image (`masks.suggested_boxes`), in its
-        pixels and labelled with its class: a suggestion for the engineer to correct before saving them."""
+    def suggest_boxes(self, source_id: int) -> BoxSuggestion:
+        """Boxes for a real defect image, in its pixels and labelled with its class, for the engineer to correct
+        before saving them: learnt from the class's boxed images where that matched their boxes better
+        (`engine.box_suggestions`), else around what departs from the image's steel (`masks.suggested_boxes`)."""
+        from engine.box_suggestions import METHOD_ESTIMATE, MIN_BOXED_IMAGES
+
         path, label, size = self._defect_image(source_id)
         estimate = _estimated_defect(path)
-        return _in_image_pixels(suggested_boxes(estimate, label), estimate.shape, size)
+        suggester = self._class_suggester(label)
+        if suggester.method == METHOD_ESTIMATE:
+            boxes = suggested_boxes(estimate, label)
+        else:
+            boxes = suggester.boxes(_estimate_copy(path), estimate, self.ctx.feature_net(), label)
+        in_pixels = _in_image_pixels(boxes, estimate.shape, size)
+        compared = suggester.learnt_f1 is not None
+        return BoxSuggestion(in_pixels, suggester.method, suggester.boxed_images, compared, MIN_BOXED_IMAGES)
+
+    def _class_suggester(self, class_name: str) -> ClassSuggester:
+        """The class's suggester (`box_suggestions.class_suggester`) from its newest boxed real defect images, kept
+        until their boxes change."""
+        from engine.box_suggestions import MAX_BOXED_IMAGES, METHOD_ESTIMATE, ClassSuggester, class_suggester
+
+        with self.database.session() as s:
+            rows = repository.list_boxed_source_images(s, class_name, MAX_BOXED_IMAGES)
+            boxed = tuple((row.sha256, json.dumps(row.boxes_json, sort_keys=True)) for row in rows)
+            kept = [(self.files.path(row.sha256), list(row.boxes_json), (row.width, row.height)) for row in rows]
+        with self._suggesters_lock:
+            cached = self._suggesters.get(class_name)
+            if cached is not None and cached[0] == boxed:
+                return cached[1]
+            net = self.ctx.feature_net()
+            if net is None:
+                return ClassSuggester(METHOD_ESTIMATE, len(kept))
+            suggester = class_suggester([_boxed_image(*row) for row in kept], net)
+            self._suggesters[class_name] = (boxed, suggester)
+            return suggester
 
     def painted_boxes(self, source_id: int, painted: Image.Image) -> list[dict[str, Any]]:
         """One box around each stroke of a mask painted over a view of a real defect image (its nonzero pixels;
@@ -257,13 +294,32 @@ def _in_image_pixels(boxes: list[Box], shape: tuple[int, ...], size: tuple[int, 
 
 
 @lru_cache(maxsize=8)
-def _estimated_defect(path: Path) -> np.ndarray:
-    """A stored image's estimated defect mask (`masks.estimate_defect_mask`) on a copy at most ESTIMATE_MAX_SIDE a
-    side; cached, as a stored file never changes (its name is its hash) and a suggestion, the view redrawn for it
-    and every edit after read the same one."""
+def _estimate_copy(path: Path) -> np.ndarray:
+    """A stored image's pixels (H×W×3 uint8) at most ESTIMATE_MAX_SIDE a side, where defects are estimated and
+    boxes suggested."""
     image = load_rgb(path)
     image.thumbnail((ESTIMATE_MAX_SIDE, ESTIMATE_MAX_SIDE), Image.Resampling.LANCZOS)
-    return estimate_defect_mask(np.asarray(image))
+    return np.asarray(image)
+
+
+@lru_cache(maxsize=64)
+def _estimated_defect(path: Path) -> np.ndarray:
+    """A stored image's estimated defect mask (`masks.estimate_defect_mask`) on its `_estimate_copy`; cached, as a
+    stored file never changes (its name is its hash) and a suggestion, the view redrawn for it, every edit after and
+    a class's suggester read the same one."""
+    return estimate_defect_mask(_estimate_copy(path))
+
+
+def _boxed_image(path: Path, boxes: list[dict[str, Any]], size: tuple[int, int]) -> BoxedImage:
+    """A boxed real defect image as a class's suggester learns from it: its `_estimate_copy`, its boxes' mask on
+    that copy and its estimated defect."""
+    from engine.box_suggestions import BoxedImage
+
+    pixels = _estimate_copy(path)
+    height, width = pixels.shape[:2]
+    scale_x, scale_y = width / size[0], height / size[1]
+    mask = to_mask([Box.of(box).scaled(scale_x, scale_y) for box in boxes], width, height, clamp=True)
+    return BoxedImage(pixels, mask, _estimated_defect(path))
 
 
 def parse_box_text(text: str, skip_invalid: bool = False) -> list[dict[str, int]]:

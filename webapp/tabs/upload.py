@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from webapp.previews import VIEW_MAX_SIDE
-from webapp.studio import StudioService
+from webapp.studio import BoxSuggestion, StudioService
 from webapp.tabs.common import TabLoad, blank_pad, errors_shown_in, paint_pad, painted_mask, user_of
 
 ROLE_CHOICES = [("Clean slab (background to generate on)", "clean"), ("Real defect (training data)", "defect")]
@@ -150,18 +150,10 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     def suggest_boxes(source_id: int | None):
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
-        boxes = service.suggest_boxes(int(source_id))
-        if not boxes:
-            message = (
-                "Nothing in this image departs from its steel enough to suggest a box: a texture over most of the "
-                "image (crazing, patches, a pitted surface) is not found this way. Draw or type its boxes."
-            )
-            return gr.update(), True, message
-        message = (
-            f"{len(boxes)} box(es) suggested where the image departs from its steel (shown shaded). Check them: a box "
-            "should hold one whole defect. Correct, add or delete lines, then save."
-        )
-        return box_lines(boxes), True, message
+        suggestion = service.suggest_boxes(int(source_id))
+        shaded = suggestion.method != "learnt"
+        lines = box_lines(suggestion.boxes) if suggestion.boxes else gr.update()
+        return lines, shaded, suggestion_message(suggestion)
 
     def save(source_id: int | None, class_name: str | None, box_text: str):
         """Store an image's class and boxes; the image and the message saying so."""
@@ -251,3 +243,26 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     role.change(on_role, role, class_name, api_name="upload_role")
     tab.select(refresh, show, [stored, class_name], api_name="upload_refresh")
     return TabLoad(refresh, [stored, class_name], "upload_load", [show])
+
+
+def suggestion_message(suggestion: BoxSuggestion) -> str:
+    """What the Upload tab says of suggested boxes: how many, how they were found, and what to do next."""
+    boxed = suggestion.boxed_images
+    if suggestion.method == "learnt":
+        how = f"learnt from the boxes of {boxed} image(s) of this class"
+    else:
+        how = "where the image departs from its steel (shown shaded)"
+        if suggestion.compared:
+            how += f"; on the {boxed} boxed image(s) of this class this matched their boxes better than learning"
+    if suggestion.boxes:
+        return (
+            f"{len(suggestion.boxes)} box(es) suggested, {how}. Check them: a box should hold one whole defect. "
+            "Correct, add or delete lines, then save."
+        )
+    if suggestion.method == "learnt" or suggestion.compared:
+        return f"No box suggested here ({how}). Draw or type its boxes."
+    return (
+        "Nothing in this image departs from its steel enough to suggest a box: a texture over most of the image "
+        "(crazing, patches, a pitted surface) is not found this way. Draw or type its boxes: once "
+        f"{suggestion.learns_from} images of a class are boxed, its suggestions learn from them."
+    )
