@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,17 +73,20 @@ def box_matches(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], sugges
     }
 
 
-def learnt_matches(triples: list, boxed: int, net: SteelFeatureNet) -> tuple[dict, dict, ClassSuggester]:
+def learnt_matches(triples: list, boxed: int, net: SteelFeatureNet) -> tuple[dict, dict, ClassSuggester, float]:
     """The class's first `boxed` images taken as the engineer's boxes: on the others, the estimate's suggestions
-    and those of the cell classifier fitted on the boxed ones, with the suggester the Upload tab would use."""
+    and those of the cell classifier fitted on the boxed ones, with the suggester the Upload tab would use and the
+    seconds it took to choose."""
     learnt_from = [BoxedImage(pixels, mask, estimate) for pixels, mask, estimate in triples[:boxed]]
     held_out = triples[boxed:]
+    started = time.perf_counter()
     chosen = class_suggester(learnt_from, net)
+    seconds = time.perf_counter() - started
     classifier = fit_cell_classifier([(cell_map(image.pixels, net), image.mask) for image in learnt_from])
     learnt = box_matches(
         held_out, lambda pixels, estimate: suggested_boxes(classifier.marked(cell_map(pixels, net), estimate))
     )
-    return box_matches(held_out, lambda _, estimate: suggested_boxes(estimate)), learnt, chosen
+    return box_matches(held_out, lambda _, estimate: suggested_boxes(estimate)), learnt, chosen, seconds
 
 
 def colours(triples: list, k: int, draws: int, seed: int) -> dict:
@@ -117,8 +121,8 @@ def main() -> None:
     learnt_lines = [
         "| class | boxed | the Upload tab's choice (fold F1: learnt, estimate) | "
         "boxes: masks' / estimate's / learnt's | estimate: recall, precision | learnt: recall, precision | "
-        "the choice: recall, precision |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "the choice: recall, precision | seconds to choose |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines = [
         "| class | images | marked | masked | precision | recall | colour from masks | from estimates | "
@@ -154,13 +158,14 @@ def main() -> None:
 
 def learnt_row(name: str, triples: list, boxed: int, net: SteelFeatureNet) -> str:
     """One class's row of the learnt suggestions' table."""
-    estimate, learnt, chosen = learnt_matches(triples, boxed, net)
+    estimate, learnt, chosen, seconds = learnt_matches(triples, boxed, net)
     picked = learnt if chosen.method == METHOD_LEARNT else estimate
     scores = "" if chosen.learnt_f1 is None else f" ({chosen.learnt_f1:.2f}, {chosen.estimate_f1:.2f})"
     return (
         f"| {name} | {boxed} | {chosen.method}{scores} | {estimate['real']:.1f} / {estimate['suggested']:.1f} / "
         f"{learnt['suggested']:.1f} | {estimate['recall']:.2f}, {estimate['precision']:.2f} | "
-        f"{learnt['recall']:.2f}, {learnt['precision']:.2f} | {picked['recall']:.2f}, {picked['precision']:.2f} |"
+        f"{learnt['recall']:.2f}, {learnt['precision']:.2f} | {picked['recall']:.2f}, {picked['precision']:.2f} | "
+        f"{seconds:.1f} |"
     )
 
 

@@ -25,10 +25,10 @@ from engine.masks import ESTIMATE_MIN_AREA, suggested_boxes
 # A class learns its suggestions from this many boxed images on (fewer leave no fold to choose the method by).
 MIN_BOXED_IMAGES = 3
 # The newest this many boxed images of a class are learnt from (`bench/defect_estimate.py --boxed`: ten give most of
-# what is learnt), and a fit takes at most MAX_FIT_CELLS of their cells, drawn at random: the choice's six fits take
-# a few seconds on a CPU.
+# what is learnt), and a fit takes at most MAX_FIT_CELLS of their cells, drawn at random (as good there as 8192 and
+# a third of the time): the choice's six fits take about a second on a CPU.
 MAX_BOXED_IMAGES = 20
-MAX_FIT_CELLS = 8192
+MAX_FIT_CELLS = 4096
 # Held-out folds of the boxed images on which the learnt suggestions and the estimate's are compared.
 SELECTION_FOLDS = 5
 # The feature maps are taken with the image's short side at this size (the feature network's input size), so a
