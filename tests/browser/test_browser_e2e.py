@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from storage.export import unsafe_path_problem, verify_export
-from tests.support import free_port
+from tests.support import free_port, textured
 from webapp.app import build_app, served_folders
 from webapp.cli import queue_app
 from webapp.studio import StudioService
@@ -308,6 +308,32 @@ def test_boxes_suggested_for_a_real_defect_are_corrected_and_saved_in_chromium(
     saved = service.source_boxes(source.id)
     assert len(saved) == 2 and saved[1] == {"label": "rust spot", "xmin": 2, "ymin": 2, "xmax": 20, "ymax": 20}
     assert saved[0]["xmin"] <= 70 and saved[0]["xmax"] >= 90, "the suggested box holds the spot"
+
+
+def test_a_texture_is_suggested_from_the_classs_boxed_images_in_chromium(
+    studio_url: tuple[StudioService, str], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from engine.boxes import Box
+
+    service, url = studio_url
+    images = [textured(seed) for seed in range(4)]
+    stored = [upload_real_defect(service, pixels, f"pitted {n}.png", "pitted") for n, (pixels, _) in enumerate(images)]
+    for source, (_, box) in zip(stored[:3], images, strict=False):
+        service.update_source(source.id, None, ",".join(map(str, box.corners)))
+
+    with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1000}) as (page,):
+        open_in_upload_editor(page, stored[3].id)
+        page.get_by_role("button", name="Suggest boxes from the image").click()
+        page.get_by_text(re.compile(r"^1 box\(es\) suggested, learnt from the boxes of 3 image\(s\)")).wait_for()
+        expect(page.get_by_role("checkbox", name="Show where it departs from its steel")).not_to_be_checked()
+        suggested = page.get_by_role("textbox", name=re.compile("^Defect boxes")).input_value()
+        page.get_by_role("button", name="Save class and boxes").click()
+        page.get_by_text(f"Image {stored[3].id} saved (pitted).").wait_for()
+
+    (saved,) = service.source_boxes(stored[3].id)
+    assert Box.of(saved).iou(images[3][1]) >= 0.7 and suggested == ",".join(map(str, Box.of(saved).corners))
 
 
 def test_boxes_drawn_with_the_mouse_are_saved_and_the_next_bare_image_opens_in_chromium(
