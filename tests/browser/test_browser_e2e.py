@@ -22,7 +22,7 @@ from storage.export import unsafe_path_problem, verify_export
 from tests.support import free_port, textured
 from webapp.app import build_app, served_folders
 from webapp.cli import queue_app
-from webapp.studio import StudioService
+from webapp.studio import StudioService, parse_box_text
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless on a machine with no network beyond loopback: no GPU, no background fetches, no first-run UI.
@@ -318,22 +318,29 @@ def test_a_texture_is_suggested_from_the_classs_boxed_images_in_chromium(
     from engine.boxes import Box
 
     service, url = studio_url
-    images = [textured(seed) for seed in range(4)]
+    images = [textured(seed) for seed in range(5)]
     stored = [upload_real_defect(service, pixels, f"pitted {n}.png", "pitted") for n, (pixels, _) in enumerate(images)]
     for source, (_, box) in zip(stored[:3], images, strict=False):
         service.update_source(source.id, None, ",".join(map(str, box.corners)))
 
     with chromium_pages(url, tmp_path, viewport={"width": 1280, "height": 1000}) as (page,):
-        open_in_upload_editor(page, stored[3].id)
+        open_in_upload_editor(page, stored[4].id)
         page.get_by_role("button", name="Suggest boxes from the image").click()
         page.get_by_text(re.compile(r"^1 box\(es\) suggested, learnt from the boxes of 3 image\(s\)")).wait_for()
         expect(page.get_by_role("checkbox", name="Show where it departs from its steel")).not_to_be_checked()
-        suggested = page.get_by_role("textbox", name=re.compile("^Defect boxes")).input_value()
-        page.get_by_role("button", name="Save class and boxes").click()
-        page.get_by_text(f"Image {stored[3].id} saved (pitted).").wait_for()
+        boxes = page.get_by_role("textbox", name=re.compile("^Defect boxes"))
+        suggested = boxes.input_value()
+        # Saved as suggested, the next bare image opens with its boxes learnt from the four boxed ones.
+        page.get_by_role("button", name="Save, then the next without boxes").click()
+        page.get_by_text(
+            re.compile(rf"Next without boxes: image {stored[3].id} .* learnt from the boxes of 4")
+        ).wait_for()
+        expect(page.get_by_label("Image id")).to_have_value(str(stored[3].id))
+        following = boxes.input_value()
 
-    (saved,) = service.source_boxes(stored[3].id)
-    assert Box.of(saved).iou(images[3][1]) >= 0.7 and suggested == ",".join(map(str, Box.of(saved).corners))
+    (saved,) = service.source_boxes(stored[4].id)
+    assert Box.of(saved).iou(images[4][1]) >= 0.7 and suggested == ",".join(map(str, Box.of(saved).corners))
+    assert Box.of(parse_box_text(following)[0]).iou(images[3][1]) >= 0.7
 
 
 def test_boxes_drawn_with_the_mouse_are_saved_and_the_next_bare_image_opens_in_chromium(
@@ -366,7 +373,8 @@ def test_boxes_drawn_with_the_mouse_are_saved_and_the_next_bare_image_opens_in_c
         drawn = boxes.input_value()
         view = page.locator(".block", has=page.get_by_text("The image with its boxes as typed")).last
         expect(view.get_by_text("box 1", exact=True)).to_be_visible()
-        # Saved, the editor moves on to the next image still without boxes.
+        # Saved, the editor moves on to the next image still without boxes (here without suggestions).
+        page.get_by_role("checkbox", name="Suggest boxes on the next").uncheck()
         page.get_by_role("button", name="Save, then the next without boxes").click()
         page.get_by_text(
             f"Image {source.id} saved (craze). Next without boxes: image {older.id} (older.png)."

@@ -275,8 +275,16 @@ def test_suggestions_learn_a_texture_from_the_boxes_of_a_classs_images(service: 
         text, shaded, message = client.predict(stored[4].id, api_name="/source_suggest_boxes")
         assert Box.of(parse_box_text(text)[0]).iou(images[4][1]) >= 0.7 and shaded is False
         assert message.startswith("1 box(es) suggested, learnt from the boxes of 3 image(s) of this class")
+        # Saved with its box, the next bare image opens with the boxes learnt from four.
+        message, _, next_id, _, text, _, shaded = client.predict(
+            stored[3].id, "pitted surface", ",".join(map(str, images[3][1].corners)), True, api_name="/source_save_next"
+        )
+        assert next_id == stored[4].id and shaded is False
+        assert "Next without boxes" in message and "learnt from the boxes of 4 image(s)" in message
+        assert Box.of(parse_box_text(text)[0]).iou(images[4][1]) >= 0.7
 
-    service.update_source(stored[0].id, None, "")
+    for source in stored[:2]:
+        service.update_source(source.id, None, "")
     assert service.suggest_boxes(stored[4].id).method == "estimate", "two boxed images are too few to learn from"
 
 
@@ -363,14 +371,14 @@ def test_saving_boxes_opens_the_next_real_defect_without_boxes(service: StudioSe
     service.update_source(first.id, None, "1,1,5,5")
     with served_client(service) as client:
         # The gallery shows the newest first: the slab, third, second, first.
-        message, _, next_id, _, boxes, pad = client.predict(
-            third.id, "rust spot", "2,2,9,9", api_name="/source_save_next"
+        message, _, next_id, _, boxes, pad, _ = client.predict(
+            third.id, "rust spot", "2,2,9,9", False, api_name="/source_save_next"
         )
         assert message == f"Image {third.id} saved (rust spot). Next without boxes: image {second.id} (second.png)."
         assert (next_id, boxes) == (second.id, "") and pad["layers"] == []
-        message, *_ = client.predict(second.id, "rust spot", "", api_name="/source_save_next")
+        message, *_ = client.predict(second.id, "rust spot", "", False, api_name="/source_save_next")
         assert message == f"Image {second.id} saved (rust spot). No other real defect image is without boxes."
-        refused, *_ = client.predict(None, "rust spot", "", api_name="/source_save_next")
+        refused, *_ = client.predict(None, "rust spot", "", False, api_name="/source_save_next")
         assert refused.startswith("⚠️")
     assert service.source_boxes(third.id) == [{"label": "rust spot", "xmin": 2, "ymin": 2, "xmax": 9, "ymax": 9}]
 

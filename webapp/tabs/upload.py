@@ -66,6 +66,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                     with gr.Row():
                         save_button = gr.Button("Save class and boxes", size="sm")
                         save_next_button = gr.Button("Save, then the next without boxes", size="sm")
+                        suggest_next = gr.Checkbox(label="Suggest boxes on the next", value=True)
                         with_samples = gr.Checkbox(label="Delete its accepted samples too", value=False)
                         delete_button = gr.Button("Delete image", variant="stop", size="sm")
                     edit_message = gr.Markdown()
@@ -167,14 +168,23 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         _, saved = save(source_id, class_name, box_text)
         return saved, gallery_items(show)
 
-    @errors_shown_in(0, 6)
-    def save_and_next(source_id: int | None, class_name: str | None, box_text: str, show: str = "all"):
+    @errors_shown_in(0, 7)
+    def save_and_next(
+        source_id: int | None, class_name: str | None, box_text: str, suggest: bool = True, show: str = "all"
+    ):
         info, saved = save(source_id, class_name, box_text)
         following = next_unboxed(info.id)
         if following is None:
-            return f"{saved} No other real defect image is without boxes.", gallery_items(show), *[gr.update()] * 4
+            return f"{saved} No other real defect image is without boxes.", gallery_items(show), *[gr.update()] * 5
         opened = f"{saved} Next without boxes: image {following.id} ({following.name})."
-        return opened, gallery_items(show), *editor_fields(following)
+        next_id, classes, boxes, pad = editor_fields(following)
+        shaded = gr.update()
+        if suggest:
+            suggestion = service.suggest_boxes(following.id)
+            if suggestion.boxes:
+                boxes, shaded = box_lines(suggestion.boxes), suggestion.method != "learnt"
+            opened += " " + suggestion_message(suggestion)
+        return opened, gallery_items(show), next_id, classes, boxes, pad, shaded
 
     @errors_shown_in(0, 2)
     def delete_source(source_id: int | None, together: bool, show: str = "all"):
@@ -235,8 +245,8 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     )
     save_next_button.click(
         save_and_next,
-        [edit_id, edit_class, edit_boxes, show],
-        [edit_message, stored, edit_id, edit_class, edit_boxes, draw_pad],
+        [edit_id, edit_class, edit_boxes, suggest_next, show],
+        [edit_message, stored, edit_id, edit_class, edit_boxes, draw_pad, show_estimate],
         api_name="source_save_next",
     )
     delete_button.click(delete_source, [edit_id, with_samples, show], [edit_message, stored], api_name="source_delete")
