@@ -39,7 +39,7 @@ CELL_THRESHOLD = 0.5
 # A piece of the image's estimate (`masks.estimate_defect_mask`) is kept too where the learnt probability over it
 # averages this: a thin scratch the coarse cells only half see.
 CONFIRM_ESTIMATE = 0.3
-# Ridge of the cell regression: 40 images give ~40 k cells in ~320 dimensions.
+# Ridge of the cell regression: MAX_FIT_CELLS cells in 323 dimensions (the maps of three blocks, tint and brightness).
 CELL_L2 = 1e-2
 METHOD_LEARNT = "learnt"
 METHOD_ESTIMATE = "estimate"
