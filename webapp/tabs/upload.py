@@ -67,6 +67,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                         save_button = gr.Button("Save class and boxes", size="sm")
                         save_next_button = gr.Button("Save, then the next without boxes", size="sm")
                         suggest_next = gr.Checkbox(label="Suggest boxes on the next", value=True)
+                    with gr.Row():
                         with_samples = gr.Checkbox(label="Delete its accepted samples too", value=False)
                         delete_button = gr.Button("Delete image", variant="stop", size="sm")
                     edit_message = gr.Markdown()
