@@ -136,12 +136,13 @@ def fit_cell_classifier(examples: list[tuple[CellMap, np.ndarray]]) -> CellClass
 
 @dataclass(frozen=True)
 class BoxedImage:
-    """A boxed real defect image as the suggester learns from it: pixels (H×W×3 uint8), its boxes' mask (H×W bool)
-    and its estimated defect mask (`masks.estimate_defect_mask`)."""
+    """A boxed real defect image as the suggester learns from it: pixels (H×W×3 uint8), its boxes' mask (H×W bool),
+    its estimated defect mask (`masks.estimate_defect_mask`) and, when already made, its `cell_map`."""
 
     pixels: np.ndarray
     mask: np.ndarray
     estimate: np.ndarray
+    cells: CellMap | None = None
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def class_suggester(boxed: list[BoxedImage], net: SteelFeatureNet) -> ClassSugge
     the held-out fold's boxes better (F1 over SELECTION_FOLDS folds) than the estimate does; else the estimate."""
     if len(boxed) < MIN_BOXED_IMAGES:
         return ClassSuggester(METHOD_ESTIMATE, len(boxed))
-    cells = [cell_map(image.pixels, net) for image in boxed]
+    cells = [image.cells or cell_map(image.pixels, net) for image in boxed]
     folds = min(SELECTION_FOLDS, len(boxed))
     learnt, estimated = np.zeros(4, dtype=int), np.zeros(4, dtype=int)
     for fold in range(folds):

@@ -26,7 +26,7 @@ from webapp.studio.results import BoxSuggestion, SourceInfo, UploadResult
 from webapp.validation import normalise_upload
 
 if TYPE_CHECKING:
-    from engine.box_suggestions import BoxedImage, ClassSuggester
+    from engine.box_suggestions import BoxedImage, CellMap, ClassSuggester
 
 BOX_TEXT_PATTERN = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
 # One upload batch is validated in memory before anything is stored: 2000 files (NEU holds 1800) and 1 GB
@@ -229,7 +229,7 @@ class Sources:
             net = self.ctx.feature_net()
             if net is None:
                 return ClassSuggester(METHOD_ESTIMATE, len(kept))
-            suggester = class_suggester([_boxed_image(*row) for row in kept], net)
+            suggester = class_suggester([_boxed_image(*row, net) for row in kept], net)
             self._suggesters[class_name] = (boxed, suggester)
             return suggester
 
@@ -310,16 +310,25 @@ def _estimated_defect(path: Path) -> np.ndarray:
     return estimate_defect_mask(_estimate_copy(path))
 
 
-def _boxed_image(path: Path, boxes: list[dict[str, Any]], size: tuple[int, int]) -> BoxedImage:
+def _boxed_image(path: Path, boxes: list[dict[str, Any]], size: tuple[int, int], net: Any) -> BoxedImage:
     """A boxed real defect image as a class's suggester learns from it: its `_estimate_copy`, its boxes' mask on
-    that copy and its estimated defect."""
+    that copy, its estimated defect and its cells."""
     from engine.box_suggestions import BoxedImage
 
     pixels = _estimate_copy(path)
     height, width = pixels.shape[:2]
     scale_x, scale_y = width / size[0], height / size[1]
     mask = to_mask([Box.of(box).scaled(scale_x, scale_y) for box in boxes], width, height, clamp=True)
-    return BoxedImage(pixels, mask, _estimated_defect(path))
+    return BoxedImage(pixels, mask, _estimated_defect(path), _cell_map(path, net))
+
+
+@lru_cache(maxsize=32)
+def _cell_map(path: Path, net: Any) -> CellMap:
+    """A stored image's cells (`box_suggestions.cell_map`) on its `_estimate_copy`; cached for the refit after each
+    save, when a class's boxed images but one are those it was fitted on."""
+    from engine.box_suggestions import cell_map
+
+    return cell_map(_estimate_copy(path), net)
 
 
 def parse_box_text(text: str, skip_invalid: bool = False) -> list[dict[str, int]]:
