@@ -116,25 +116,32 @@ def list_source_images(
     return list(s.scalars(query))
 
 
+def _has_boxes() -> Any:
+    """The condition that a source image has at least one box (its JSON list is not empty)."""
+    return SourceImage.boxes_json.is_not(None) & (cast(SourceImage.boxes_json, String) != "[]")
+
+
 def list_boxed_source_images(s: Session, class_name: str, limit: int) -> list[SourceImage]:
     """A class's real defect images that have boxes, newest first, at most `limit`."""
     query = (
         select(SourceImage)
-        .where(SourceImage.role == "defect", SourceImage.class_name == class_name)
-        .where(SourceImage.boxes_json.is_not(None), cast(SourceImage.boxes_json, String) != "[]")
+        .where(SourceImage.role == "defect", SourceImage.class_name == class_name, _has_boxes())
         .order_by(SourceImage.id.desc())
         .limit(limit)
     )
     return list(s.scalars(query))
 
 
-def source_counts_by_class(s: Session, role: str = "defect") -> dict[str, int]:
-    """Number of source images of a role per class (images without a class are left out)."""
+def source_counts_by_class(s: Session, role: str = "defect", boxed: bool = False) -> dict[str, int]:
+    """Number of source images of a role per class (images without a class are left out); with `boxed`, only the
+    images that have boxes."""
     query = (
         select(SourceImage.class_name, func.count())
         .where(SourceImage.role == role, SourceImage.class_name.is_not(None))
         .group_by(SourceImage.class_name)
     )
+    if boxed:
+        query = query.where(_has_boxes())
     return {class_name: count for class_name, count in s.execute(query)}
 
 

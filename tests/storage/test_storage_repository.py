@@ -122,6 +122,8 @@ def test_a_classs_boxed_images_are_listed_newest_first(db: Database) -> None:
         assert [row.id for row in list_boxed_source_images(s, "crazing", 10)] == [third.id, second.id, first.id]
         assert [row.id for row in list_boxed_source_images(s, "crazing", 2)] == [third.id, second.id]
         assert list_boxed_source_images(s, "patches", 10) == []
+        assert source_counts_by_class(s, "defect", boxed=True) == {"crazing": 3, "scratches": 1}
+        assert source_counts_by_class(s, "defect") == {"crazing": 4, "scratches": 1}
 
 
 def test_add_sample_stores_every_field_as_pending(db: Database, sample_fields: SampleFields) -> None:

@@ -14,6 +14,7 @@ from engine.data import list_images
 from engine.generation.generate import AUTO_PLACE_OWN, read_png_parameters
 from tests.support import voc_xml
 from webapp.studio import MASKED_LOSS_BACKGROUND_WEIGHT, StudioService
+from webapp.tabs.finetune import counts_message
 
 RUN_TIMEOUT_S = 240
 
@@ -48,8 +49,8 @@ def test_a_finished_run_becomes_the_active_adapter_with_previews(service: Studio
     assert service.sample_details(outcome.sample_ids[0]).params.adapter_version == 2
     assert status.elapsed_s > 0 and status.eta_s is None and status.fraction == 1.0
     assert service.training_counts(["scratches", "inclusion"]) == {
-        "scratches": {"real": 2, "accepted": 0},
-        "inclusion": {"real": 0, "accepted": 0},
+        "scratches": {"real": 2, "boxed": 0, "accepted": 0},
+        "inclusion": {"real": 0, "boxed": 0, "accepted": 0},
     }
 
     # Roll back to the shipped adapter, then forward again.
@@ -122,3 +123,17 @@ def test_the_training_snapshot_carries_each_image_defect_mask(service: StudioSer
     assert service.sample_details(auto_id).params.masked.mask_source == AUTO_PLACE_OWN
     (version,) = [v for v in service.adapter_versions("scratches") if v.path.endswith("run-0001")]
     assert version.learnt.startswith("Auto-place from its own 2 defects in 2 images (median")
+
+
+def test_the_counts_say_how_many_real_images_have_boxes(service: StudioService, slab_png) -> None:
+    upload_training_data(service, slab_png, "rust spot")
+    service.upload_images([(f"pitted{i}.png", slab_png(32, 32, 200 + i)) for i in range(2)], "defect", "pitted", "a")
+    first, _ = service.list_sources(role="defect", class_name="rust spot")
+    service.update_source(first.id, None, "2,2,20,20")
+    assert service.training_counts(["rust spot", "pitted"]) == {
+        "rust spot": {"real": 2, "boxed": 1, "accepted": 0},
+        "pitted": {"real": 2, "boxed": 0, "accepted": 0},
+    }
+    shown = counts_message(service.training_counts(["rust spot", "pitted"]))
+    assert "- **rust spot**: 2 real (1 with boxes), 0 accepted samples" in shown
+    assert "pitted: no real image has boxes" in shown and "rust spot: no real" not in shown

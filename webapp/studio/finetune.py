@@ -169,9 +169,19 @@ class FineTuneRuns:
         )
 
     def training_counts(self, classes: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Images a fine-tune of these classes would train on, per class: real defects and accepted samples."""
-        counts = {c.class_name: {"real": c.real, "accepted": c.accepted} for c in self.review.class_counts()}
-        return {name: counts.get(name, {"real": 0, "accepted": 0}) for name in classes}
+        """Images a fine-tune of these classes would train on, per class: real defects, those of them with boxes
+        (where the class learns its defects' colour, size and count) and accepted samples."""
+        counts = {c.class_name: (c.real, c.accepted) for c in self.review.class_counts()}
+        with self.database.session() as s:
+            boxed = repository.source_counts_by_class(s, "defect", boxed=True)
+        return {
+            name: {
+                "real": counts.get(name, (0, 0))[0],
+                "boxed": boxed.get(name, 0),
+                "accepted": counts.get(name, (0, 0))[1],
+            }
+            for name in classes
+        }
 
     def latest_run_id(self) -> int | None:
         """The newest fine-tune run, or None."""

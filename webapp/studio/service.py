@@ -314,7 +314,8 @@ class StudioService:
         return self.runs.status(run_id)
 
     def training_counts(self, classes: Sequence[str]) -> dict[str, dict[str, int]]:
-        """Images a fine-tune of these classes would train on, per class: real defects and accepted samples."""
+        """Images a fine-tune of these classes would train on, per class: real defects, those with boxes and accepted
+        samples."""
         return self.runs.training_counts(classes)
 
     def adapter_versions(self, class_name: str) -> list[AdapterVersionInfo]:

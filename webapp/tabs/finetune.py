@@ -120,11 +120,7 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
     def show_counts(chosen: list[str] | None):
         if not chosen:
             return "Choose classes to see how many images each trains on."
-        counts = service.training_counts(chosen)
-        lines = [f"- **{name}**: {c['real']} real, {c['accepted']} accepted samples" for name, c in counts.items()]
-        empty = [name for name, c in counts.items() if not c["real"] + c["accepted"]]
-        warning = f"\n\n{', '.join(empty)}: nothing to train on yet." if empty else ""
-        return "Trains on:\n" + "\n".join(lines) + warning
+        return counts_message(service.training_counts(chosen))
 
     def show_versions(class_name: str | None):
         versions = service.adapter_versions(class_name) if class_name else []
@@ -155,3 +151,21 @@ def create_finetune_tab(service: StudioService) -> TabLoad:
     timer.tick(status_view, run_id, shown, api_name="finetune_status", show_progress="hidden")
     tab.select(refresh, run_id, [classes, version_class, *shown], api_name="finetune_tab")
     return TabLoad(refresh, [classes, version_class, *shown], "finetune_load", inputs=[run_id])
+
+
+def counts_message(counts: dict[str, dict[str, int]]) -> str:
+    """What the Fine-tune tab says a run of the chosen classes trains on (`StudioService.training_counts`), with
+    the classes that have nothing yet and those whose real images have no boxes."""
+    lines = [
+        f"- **{name}**: {c['real']} real ({c['boxed']} with boxes), {c['accepted']} accepted samples"
+        for name, c in counts.items()
+    ]
+    empty = [name for name, c in counts.items() if not c["real"] + c["accepted"]]
+    warning = f"\n\n{', '.join(empty)}: nothing to train on yet." if empty else ""
+    bare = [name for name, c in counts.items() if c["real"] and not c["boxed"]]
+    if bare:
+        warning += (
+            f"\n\n{', '.join(bare)}: no real image has boxes, so the class learns its defects' colour from estimates "
+            "and auto-places them at NEU's sizes. Box a few in **Upload** (suggestions learn from them)."
+        )
+    return "Trains on:\n" + "\n".join(lines) + warning
