@@ -90,15 +90,19 @@ def cell_labels(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CellClassifier:
-    """A logistic regression over standardised cell features."""
+    """A logistic regression over standardised cell features; or, where every cell it learnt from was of one kind
+    (each image boxed whole, or none), that kind's probability (`constant`) everywhere."""
 
-    linear: torch.nn.Linear
-    mean: torch.Tensor
-    std: torch.Tensor
+    linear: torch.nn.Linear | None
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    constant: float = 0.0
 
     @torch.no_grad()
     def probability(self, cells: CellMap, shape: tuple[int, int]) -> np.ndarray:
         """The defect probability of each pixel of an image of `shape` (rows, columns), cells interpolated."""
+        if self.linear is None:
+            return np.full(shape, self.constant, dtype=np.float32)
         logits = self.linear((torch.from_numpy(cells.features) - self.mean) / self.std).squeeze(1)
         grid = torch.sigmoid(logits).reshape(cells.grid).numpy().astype(np.float32)
         return cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -120,15 +124,15 @@ class CellClassifier:
 
 
 def fit_cell_classifier(examples: list[tuple[CellMap, np.ndarray]]) -> CellClassifier:
-    """A cell classifier from (cells, boxes' mask) pairs; raises ValueError when the cells are all one kind."""
+    """A cell classifier from (cells, boxes' mask) pairs; a constant one where the cells are all one kind."""
     features = np.concatenate([cells.features for cells, _ in examples])
     labels = np.concatenate([cell_labels(mask, cells.grid) for cells, mask in examples])
     if len(labels) > MAX_FIT_CELLS:
         drawn = np.random.default_rng(0).choice(len(labels), MAX_FIT_CELLS, replace=False)
         features, labels = features[drawn], labels[drawn]
-    features = torch.from_numpy(features).float()
     if labels.all() or not labels.any():
-        raise ValueError("The boxed images need cells both inside and outside their boxes.")
+        return CellClassifier(None, constant=float(labels[0]))
+    features = torch.from_numpy(features).float()
     mean, std = features.mean(0), features.std(0) + 1e-6
     linear = fit_logistic((features - mean) / std, torch.from_numpy(labels.astype(np.float32)), l2=CELL_L2)
     return CellClassifier(linear.eval(), mean, std)
@@ -181,10 +185,7 @@ def class_suggester(boxed: list[BoxedImage], net: SteelFeatureNet) -> ClassSugge
     for fold in range(folds):
         held_out = [i for i in range(len(boxed)) if i % folds == fold]
         rest = [(cells[i], boxed[i].mask) for i in range(len(boxed)) if i % folds != fold]
-        try:
-            classifier = fit_cell_classifier(rest)
-        except ValueError:
-            return ClassSuggester(METHOD_ESTIMATE, len(boxed))
+        classifier = fit_cell_classifier(rest)
         for i in held_out:
             drawn = from_mask(boxed[i].mask)
             found = suggested_boxes(classifier.marked(cells[i], boxed[i].estimate))

@@ -50,6 +50,18 @@ def test_too_few_boxed_images_keep_the_estimate(net) -> None:
     assert suggester.boxes(pixels, estimate, net) == suggested_boxes(estimate)
 
 
+def test_a_class_boxed_whole_is_suggested_whole(net) -> None:
+    whole = []
+    for seed in range(4):
+        pixels, _ = textured(seed)
+        full = np.ones(pixels.shape[:2], dtype=bool)
+        whole.append(BoxedImage(pixels, full, estimate_defect_mask(pixels)))
+    suggester = class_suggester(whole, net)
+    assert suggester.method == METHOD_LEARNT and suggester.classifier.linear is None
+    pixels, _ = textured(9)
+    assert suggester.boxes(pixels, estimate_defect_mask(pixels), net) == [Box(0, 0, 160, 120)]
+
+
 def test_cells_cover_the_image_at_a_32nd_of_its_short_side(net) -> None:
     pixels, _ = textured(3, size=(100, 200))
     cells = cell_map(pixels, net)
