@@ -75,10 +75,14 @@ def create_upload_tab(service: StudioService) -> TabLoad:
     def class_choices() -> list[str]:
         return service.trainable_classes()
 
-    def listed_sources(show: str = "all") -> list:
-        """The stored images the gallery lists under `show`, newest first."""
+    def listed_sources(show: str = "all", stored: list | None = None) -> list:
+        """The stored images the gallery lists under `show`, newest first (from `stored`, every stored image newest
+        first, when the caller has it)."""
         role = {"unboxed": "defect", "defect": "defect", "clean": "clean"}.get(show)
-        sources = list(reversed(service.list_sources(role)))
+        if stored is None:
+            sources = list(reversed(service.list_sources(role)))
+        else:
+            sources = [s for s in stored if role is None or s.role == role]
         return [s for s in sources if not s.box_count] if show == "unboxed" else sources
 
     def caption(source) -> str:
@@ -87,9 +91,9 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         boxes = f"{source.box_count} box(es)" if source.box_count else "no boxes yet"
         return f"#{source.id} {source.class_name} · {source.name} · {boxes}"
 
-    def gallery_items(show: str = "all"):
+    def gallery_items(show: str = "all", stored: list | None = None):
         """The gallery under `show`: the newest GALLERY_LIMIT, its label saying so when there are more."""
-        sources = listed_sources(show)
+        sources = listed_sources(show, stored)
         items = [(str(service.preview(s.path)), caption(s)) for s in sources[:GALLERY_LIMIT]]
         more = len(sources) > GALLERY_LIMIT
         label = f"{GALLERY_LABEL}: the newest {GALLERY_LIMIT} of {len(sources)}" if more else GALLERY_LABEL
@@ -108,9 +112,9 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         classes = gr.update(value=source.class_name, choices=class_choices())
         return source.id, classes, boxes, pad_for(source)
 
-    def next_unboxed(after_id: int):
-        """The real defect image without boxes that follows `after_id` in the gallery (round to the start), or None."""
-        sources = listed_sources()
+    def next_unboxed(after_id: int, sources: list):
+        """The real defect image without boxes that follows `after_id` among `sources` (every stored image, newest
+        first, as the gallery shows them), round to the start, or None."""
         position = next((i for i, s in enumerate(sources) if s.id == after_id), -1)
         following = sources[position + 1 :] + sources[: position + 1]
         return next((s for s in following if s.role == "defect" and not s.box_count and s.id != after_id), None)
@@ -174,9 +178,11 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         source_id: int | None, class_name: str | None, box_text: str, suggest: bool = True, show: str = "all"
     ):
         info, saved = save(source_id, class_name, box_text)
-        following = next_unboxed(info.id)
+        stored = listed_sources()
+        following = next_unboxed(info.id, stored)
+        gallery = gallery_items(show, stored)
         if following is None:
-            return f"{saved} No other real defect image is without boxes.", gallery_items(show), *[gr.update()] * 5
+            return f"{saved} No other real defect image is without boxes.", gallery, *[gr.update()] * 5
         opened = f"{saved} Next without boxes: image {following.id} ({following.name})."
         next_id, classes, boxes, pad = editor_fields(following)
         shaded = gr.update()
@@ -185,7 +191,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
             if suggestion.boxes:
                 boxes, shaded = box_lines(suggestion.boxes), suggestion.method != "learnt"
             opened += " " + suggestion_message(suggestion)
-        return opened, gallery_items(show), next_id, classes, boxes, pad, shaded
+        return opened, gallery, next_id, classes, boxes, pad, shaded
 
     @errors_shown_in(0, 2)
     def delete_source(source_id: int | None, together: bool, show: str = "all"):
