@@ -58,7 +58,8 @@ def create_upload_tab(service: StudioService) -> TabLoad:
                         show_estimate = gr.Checkbox(
                             label="Show where it departs from its steel",
                             value=False,
-                            info="The estimate the suggestion and a bare class's defect colour are read from.",
+                            info="The estimate a bare class's defect colour is read from, and its suggestions until "
+                            "boxed images of the class teach better ones.",
                         )
                     with gr.Accordion("Draw boxes with the mouse", open=False):
                         draw_pad = paint_pad("Paint over or round each defect: one stroke, one box", "#00c8ff", 4, 320)
