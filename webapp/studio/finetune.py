@@ -16,7 +16,7 @@ from storage import repository
 from storage.tables import utc_now
 from webapp.studio.classes import Classes, check_class_name
 from webapp.studio.context import PAGE_SIZE, StudioContext
-from webapp.studio.results import RUNS_STILL_OPEN, FineTuneStatus
+from webapp.studio.results import RUNS_STILL_OPEN, ClassCounts, FineTuneStatus
 from webapp.studio.review import Review
 
 logger = logging.getLogger(__name__)
@@ -171,17 +171,14 @@ class FineTuneRuns:
     def training_counts(self, classes: Sequence[str]) -> dict[str, dict[str, int]]:
         """Images a fine-tune of these classes would train on, per class: real defects, those of them with boxes
         (where the class learns its defects' colour, size and count) and accepted samples."""
-        counts = {c.class_name: (c.real, c.accepted) for c in self.review.class_counts()}
+        rows = {c.class_name: c for c in self.review.class_counts()}
         with self.database.session() as s:
             boxed = repository.source_counts_by_class(s, "defect", boxed=True)
-        return {
-            name: {
-                "real": counts.get(name, (0, 0))[0],
-                "boxed": boxed.get(name, 0),
-                "accepted": counts.get(name, (0, 0))[1],
-            }
-            for name in classes
-        }
+        counts = {}
+        for name in classes:
+            row = rows.get(name, ClassCounts(name))
+            counts[name] = {"real": row.real, "boxed": boxed.get(name, 0), "accepted": row.accepted}
+        return counts
 
     def latest_run_id(self) -> int | None:
         """The newest fine-tune run, or None."""
