@@ -37,6 +37,9 @@ MAX_BATCH_BYTES = 1024**3
 # the estimate's scales are shares of the image's side, so it finds the same defects.
 ESTIMATE_MAX_SIDE = VIEW_MAX_SIDE
 ESTIMATE_LABEL = "estimated defect"
+# Images whose copy and cells are kept: a class's boxed images learnt from (`box_suggestions.MAX_BOXED_IMAGES`, 20)
+# and those being boxed beside them.
+SUGGESTER_CACHED_IMAGES = 32
 
 
 class Sources:
@@ -293,10 +296,10 @@ def _in_image_pixels(boxes: list[Box], shape: tuple[int, ...], size: tuple[int, 
     return [box.as_dict() for box in inside if box is not None]
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=SUGGESTER_CACHED_IMAGES)
 def _estimate_copy(path: Path) -> np.ndarray:
     """A stored image's pixels (H×W×3 uint8) at most ESTIMATE_MAX_SIDE a side, where defects are estimated and
-    boxes suggested."""
+    boxes suggested; cached, as a class's refit after each save reads all its boxed images again."""
     image = load_rgb(path)
     image.thumbnail((ESTIMATE_MAX_SIDE, ESTIMATE_MAX_SIDE), Image.Resampling.LANCZOS)
     return np.asarray(image)
@@ -322,7 +325,7 @@ def _boxed_image(path: Path, boxes: list[dict[str, Any]], size: tuple[int, int],
     return BoxedImage(pixels, mask, _estimated_defect(path), _cell_map(path, net))
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=SUGGESTER_CACHED_IMAGES)
 def _cell_map(path: Path, net: Any) -> CellMap:
     """A stored image's cells (`box_suggestions.cell_map`) on its `_estimate_copy`; cached for the refit after each
     save, when a class's boxed images but one are those it was fitted on."""
