@@ -46,6 +46,11 @@ class BoxSuggestion:
     compared: bool = False
     learns_from: int = 0
 
+    @property
+    def learnt(self) -> bool:
+        """Whether the boxes were learnt from the class's boxed images (else the estimate's, shown shaded)."""
+        return self.method == "learnt"
+
 
 @dataclass(frozen=True)
 class UploadResult:

@@ -158,7 +158,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         if source_id is None:
             raise gr.Error("Click a stored image (or type its id) first.")
         suggestion = service.suggest_boxes(int(source_id))
-        shaded = suggestion.method != "learnt"
+        shaded = not suggestion.learnt
         lines = box_lines(suggestion.boxes) if suggestion.boxes else gr.update()
         return lines, shaded, suggestion_message(suggestion)
 
@@ -190,7 +190,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
         if suggest:
             suggestion = service.suggest_boxes(following.id)
             if suggestion.boxes:
-                boxes, shaded = box_lines(suggestion.boxes), suggestion.method != "learnt"
+                boxes, shaded = box_lines(suggestion.boxes), not suggestion.learnt
             opened += " " + suggestion_message(suggestion)
         return opened, gallery, next_id, classes, boxes, pad, shaded
 
@@ -266,7 +266,7 @@ def create_upload_tab(service: StudioService) -> TabLoad:
 def suggestion_message(suggestion: BoxSuggestion) -> str:
     """What the Upload tab says of suggested boxes: how many, how they were found, and what to do next."""
     boxed = suggestion.boxed_images
-    if suggestion.method == "learnt":
+    if suggestion.learnt:
         how = f"learnt from the boxes of {boxed} image(s) of this class"
     else:
         how = "where the image departs from its steel (shown shaded)"
@@ -277,7 +277,7 @@ def suggestion_message(suggestion: BoxSuggestion) -> str:
             f"{len(suggestion.boxes)} box(es) suggested, {how}. Check them: a box should hold one whole defect. "
             "Correct, add or delete lines, then save."
         )
-    if suggestion.method == "learnt" or suggestion.compared:
+    if suggestion.learnt or suggestion.compared:
         return f"No box suggested here ({how}). Draw or type its boxes."
     return (
         "Nothing in this image departs from its steel enough to suggest a box: a texture over most of the image "
