@@ -132,6 +132,14 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         " 'off' keeps every candidate. Default 0.3.",
     )
     gen.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="The class's real defect images (a folder) the realism gate compares candidates with. Default: the"
+        " init images; with --mask or --auto-place, whose inits are clean slabs, the shipped NEU features for a NEU"
+        " class, else no gate.",
+    )
+    gen.add_argument(
         "--strength-floor",
         type=_strength_floor,
         default="default",
@@ -567,6 +575,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         init_mix=parse_init_mix(args.init_mix) if args.init_mix is not None else None,
         turn_share=None if args.quarter_turns == "auto" else args.quarter_turns,
         **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
+        realism_reference=args.reference,
         **({"strength_floor": args.strength_floor} if args.strength_floor != "default" else {}),
     )
     if not _is_main_process():

@@ -29,6 +29,7 @@ import json
 import random
 import time
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -46,8 +47,9 @@ from engine.batch import (
     generate_to_folder,
 )
 from engine.config import DEFAULT_STEPS
-from engine.data import MASK_SUFFIX, list_images, load_rgb
+from engine.data import MASK_SUFFIX, list_images, load_rgb, read_image_folder
 from engine.evaluation.features import SteelFeatureNet, images_to_tensor, load_feature_net
+from engine.evaluation.masked_report import clean_slabs
 from engine.evaluation.recognition import RECOGNITION_SIZE, classic_augment, per_class_table, recognition
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
@@ -178,8 +180,22 @@ PAIRED_GAINS = {
     "classic+ours - classic": ("real+classic+synth", "real+classic", 0.03),
 }
 """Issue 10's bars as paired differences between two arms of the same draw: (arm, baseline, the bar)."""
+MASKED_ARMS = {"real+synthetic": "real+masked", "real+classic+synth": "real+classic+masked"}
+"""The arms trained again with the masked repaints as the samples, and their names in a draw's result."""
+MIXED_ARM = "real+synthetic+masked"
+"""K real, the samples and the masked repaints: the two kinds of a class's batch together."""
+MASKED_GAINS = {
+    "masked - real": ("real+masked", "real"),
+    "classic+masked - classic": ("real+classic+masked", "real+classic"),
+    "ours+masked - ours": (MIXED_ARM, "real+synthetic"),
+}
+"""What the masked repaints add, as paired differences (no bar: issue 10's bars are the batch's)."""
+SLABS_PER_DRAW = 60
+"""Clean slabs a draw's masked repaints are painted on (box-free regions of pool images outside the shots)."""
 RECALL = "recall"
 """A draw's result key for each arm's recall per class (summed over its recognizer seeds)."""
+MASKED_ENDED = "masked_ended"
+"""A draw's result key for the classes whose masked repaints the realism gate ended: its message."""
 STEPPED = "stepped_down"
 """A draw's result key for the classes whose batch the realism gate stepped down: kept samples per strength."""
 
@@ -221,9 +237,9 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
     lines = [f"  {stopped_line(seed, why)}" for seed, why in stopped.items()]
     if not draws:
         return summary, lines
-    not_arms = ("diversity", RECALL, STEPPED)
+    not_arms = ("diversity", RECALL, STEPPED, MASKED_ENDED)
     arms = list(dict.fromkeys(name for draw in draws.values() for name in draw if name not in not_arms))
-    width = max(len(name) for name in [*arms, *PAIRED_GAINS]) + 2
+    width = max(len(name) for name in [*arms, *PAIRED_GAINS, *MASKED_GAINS]) + 2
     for name in arms:
         values = [draw[name] for draw in draws.values() if name in draw]
         summary[name] = mean_and_std(values)
@@ -247,6 +263,13 @@ def summarize(draws: dict[str, dict]) -> tuple[dict, list[str]]:
             f"  {name:<{width}}{100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} points (per draw {per_draw});"
             f" bar ≥ {100 * bar:+.0f}: {verdict}"
         )
+    for name, (arm, baseline) in MASKED_GAINS.items():
+        if all(arm in draw for draw in draws.values()):
+            gains = [draw[arm] - draw[baseline] for draw in draws.values()]
+            summary[name] = gain = mean_and_std(gains)
+            per_draw = ", ".join(f"{100 * g:+.1f}" for g in gains)
+            mean, std = 100 * gain["mean"], 100 * gain["std"]
+            lines.append(f"  {name:<{width}}{mean:+.1f} ± {std:.1f} points (per draw {per_draw})")
     lines += [f"  {stepped_line(seed, draw[STEPPED])}" for seed, draw in draws.items() if draw.get(STEPPED)]
     recall_summary, recall_lines = summarize_recall(draws)
     if recall_summary:
@@ -322,6 +345,87 @@ def generate_samples(
     return None
 
 
+def draw_slabs(pool: Path, shots: Path, out: Path, seed: int, count: int = SLABS_PER_DRAW) -> Path:
+    """Write `count` clean slabs for a draw into `out`: the box-free regions (`masked_report.clean_slabs`) of pool
+    images with boxes or masks beside them, the draw's shots left out, in an order the seed draws. What an
+    engineer uploads as clean steel, which a mill has plenty of; raises when the pool marks no defects."""
+    if out.is_dir() and len(list_images(out)) >= count:
+        return out
+    shot_names = {(p.parent.name, p.name) for p in shots.glob("*/*")}
+    items = [
+        item
+        for item in read_image_folder(pool, with_boxes=True)
+        if item.boxes and (item.class_name, item.path.name) not in shot_names
+    ]
+    random.Random(f"{seed}:slabs").shuffle(items)
+    items = [replace(item, index=position) for position, item in enumerate(items)]
+    slabs = clean_slabs(items)[:count]
+    if not slabs:
+        raise ValueError(f"No clean steel in {pool}: masked repaints need pool images with boxes or masks beside them.")
+    out.mkdir(parents=True, exist_ok=True)
+    for index, slab in enumerate(slabs):
+        slab.save(out / f"slab_{index:03d}.png")
+    return out
+
+
+def generate_masked(
+    pipe: LoadedPipeline, shots: Path, slabs: Path, masked: Path, per_class: int, steps: int, seed: int
+) -> dict[str, str]:
+    """Each class's masked repaints as `generate --init SLABS --auto-place --reference <the class's shots> --num N`
+    makes them (the product's defaults otherwise). A batch the realism gate ends keeps what it made; returns the
+    gate's message per class where it did."""
+    ended = {}
+    for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
+        out = masked / class_dir.name
+        if out.is_dir() and len(list_images(out)) >= per_class:
+            continue
+        try:
+            generate_to_folder(
+                None,
+                None,
+                class_dir.name,
+                slabs,
+                per_class,
+                out,
+                steps=steps,
+                seed=seed * 1000 + 500,
+                pipe=pipe,
+                auto_place=True,
+                realism_reference=class_dir,
+            )
+        except RealismGateError as error:
+            ended[class_dir.name] = str(error)
+    return ended
+
+
+def linked_union(trees: list[Path], out: Path) -> Path:
+    """One `<class>/<images>` tree of links to the images of several (each tree's folder name in each link's)."""
+    for tree in trees:
+        for class_dir in sorted(p for p in tree.iterdir() if p.is_dir()):
+            (out / class_dir.name).mkdir(parents=True, exist_ok=True)
+            for path in list_images(class_dir):
+                link = out / class_dir.name / f"{tree.name}-{path.name}"
+                if not link.exists():
+                    link.symlink_to(path.resolve())
+    return out
+
+
+def masked_arms(args: argparse.Namespace, pipe: LoadedPipeline, seed: int, recognize: partial) -> dict:
+    """The draw's masked repaints (`--masked-per-class` a class on clean slabs) and the arms trained with them:
+    K + masked, K + classic + masked, K + ours + masked; with their recall per class and the classes whose batch
+    the gate ended."""
+    draw = args.work / f"seed{seed}"
+    slabs = draw_slabs(args.pool, draw / "shots", draw / "slabs", seed)
+    masked = draw / "masked"
+    ended = generate_masked(pipe, draw / "shots", slabs, masked, args.masked_per_class, args.steps, seed)
+    report = recognize(masked, arms=list(MASKED_ARMS))
+    mixed = recognize(linked_union([draw / "synthetic", masked], draw / "mixed"), arms=["real+synthetic"])
+    record = {MASKED_ARMS[arm.name]: arm.mean for arm in report.arms} | {MIXED_ARM: mixed.arms[0].mean}
+    recall = {MASKED_ARMS[arm.name]: arm.recall(report.classes) for arm in report.arms}
+    recall[MIXED_ARM] = mixed.arms[0].recall(mixed.classes)
+    return {"arms": record, RECALL: recall, "ended": ended}
+
+
 def class_shares(text: str) -> dict[str, float]:
     """Parse "scratches=0.5,other class=0.3" into {class: share}."""
     shares = {}
@@ -365,6 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-target", action="store_true", help="Skip the K=20 real-only target.")
     parser.add_argument(
         "--skip-gate-off", action="store_true", help="Skip the arms trained on the first candidates, gate off."
+    )
+    parser.add_argument(
+        "--masked-per-class",
+        type=int,
+        default=0,
+        help="Also make this many masked repaints a class (`generate --auto-place` on clean slabs cut from pool images"
+        " outside the shots, the class's shots as the realism reference) and train K + masked, K + classic + masked"
+        " and K + ours + masked: what the clean-slab path adds to a recognizer (default 0: not run).",
     )
     ablation = parser.add_argument_group("ablations (default: the product's defaults)")
     ablation.add_argument("--strength", type=float, default=None)
@@ -451,6 +563,8 @@ def recorded_options(args: argparse.Namespace) -> dict:
         options["recognizer_size"] = args.recognizer_size
     if args.steps != DEFAULT_STEPS:
         options["sampler_steps"] = args.steps
+    if args.masked_per_class:
+        options["masked_per_class"] = args.masked_per_class
     return options
 
 
@@ -527,6 +641,13 @@ def main() -> None:
             if args.skip_gate_off
             else ungated_tree(synthetic, args.work / f"seed{seed}" / "ungated", args.per_class)
         )
+        if args.masked_per_class:
+            masked = masked_arms(args, pipe, seed, recognize)
+            record |= masked["arms"]
+            record[RECALL] |= masked[RECALL]
+            if masked["ended"]:
+                record[MASKED_ENDED] = masked["ended"]
+                print(f"seed {seed}: the realism gate ended the masked repaints of {', '.join(masked['ended'])}")
         if ungated is not None:
             gate_off = recognize(ungated, arms=GATE_OFF_ARMS)
             for arm in gate_off.arms:

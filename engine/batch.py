@@ -103,6 +103,7 @@ def generate_to_folder(
     vary: bool = True,
     per_init: int = DEFAULT_PER_INIT,
     realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
+    realism_reference: Path | None = None,
     detail_restore: float | None = None,
     capture_variation: float = DEFAULT_CAPTURE_VARIATION,
     init_mix: dict[str, float] | None = None,
@@ -127,13 +128,14 @@ def generate_to_folder(
     class (`engine.generation.class_stats.class_turn_share`, which also covers a class it does not know).
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
     repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
-    With a `realism_threshold` and a realism reference for the class (`class_realism_scorer`: its init images when
-    there are enough, else the shipped NEU features for a NEU class, else a few with their flips and rotations),
-    candidates scoring below it are flagged: written to `out/flagged/`, not counted in `num`, and replaced. Once
-    `num` are flagged at one strength, the rest of the batch is made `GATE_STRENGTH_STEP` lower (each PNG records
-    its strength), down to `strength_floor`; flagging `num` more at the floor (or at the first strength when the
-    floor is None or not below it, and in a masked repaint) ends the batch with `RealismGateError`, the kept
-    samples written.
+    With a `realism_threshold` and a realism reference for the class (`class_realism_scorer` of the class's real
+    defect images: the images in `realism_reference`, by default the init images when the batch repaints them whole;
+    a masked batch's inits are clean slabs, never its reference, so without `realism_reference` it has the shipped
+    NEU features for a NEU class and no gate for another), candidates scoring below it are flagged: written to
+    `out/flagged/`, not counted in `num`, and replaced. Once `num` are flagged at one strength, the rest of the
+    batch is made `GATE_STRENGTH_STEP` lower (each PNG records its strength), down to `strength_floor`; flagging
+    `num` more at the floor (or at the first strength when the floor is None or not below it, and in a masked
+    repaint) ends the batch with `RealismGateError`, the kept samples written.
     Then every candidate gets `capture_variation` (the exposure of another capture, and the pixel grain of the init
     images, recorded in its metadata; the realism score is the model's render's); in a varied batch, half of them
     then take the exposure of one of the class's pool images, or for a class the pool does not know one drawn about
@@ -188,18 +190,24 @@ def generate_to_folder(
         )
     # A masked repaint at a lower strength paints less of the defect, which the gate would flag more, not less.
     strength_floor = None if masked else strength_floor
+    if realism_reference is not None:
+        defect_images = [load_rgb(path) for path in init_images(realism_reference)]
+    else:
+        defect_images = [] if masked else images
     realism = (
-        class_realism_scorer(class_name, images, any_direction=turn_share > 0)
+        class_realism_scorer(class_name, defect_images, any_direction=turn_share > 0)
         if realism_threshold is not None
         else None
     )
     scorer, reference = realism or (None, None)
     if realism_threshold is not None and scorer is None and state.is_main_process:
+        slabs = " (a masked batch's inits are clean slabs: give the class's real defect images as its reference)"
         logger.warning(
-            "No realism reference for %r (%d init images; a class without NEU's shipped features needs %d): "
-            "the realism gate is off for this batch.",
+            "No realism reference for %r (%d real defect images%s; a class without NEU's shipped features needs "
+            "%d): the realism gate is off for this batch.",
             class_name,
-            len(images),
+            len(defect_images),
+            slabs if masked and realism_reference is None else "",
             MIN_FEW_SHOT_REFERENCES,
         )
     out = Path(out)

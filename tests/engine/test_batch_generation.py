@@ -11,7 +11,7 @@ from PIL import Image
 
 from engine.batch import FLAGGED_FOLDER, RealismGateError, finetune_folder, generate_to_folder
 from engine.data import list_images
-from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES
+from engine.evaluation.realism import MIN_FEW_SHOT_REFERENCES, MIN_OWN_REFERENCES, SHIPPED_REFERENCE
 from engine.generation.class_stats import class_exposures, load_class_statistics
 from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
@@ -203,6 +203,27 @@ def test_the_gate_steps_the_strength_down_before_it_ends_a_batch(pipe, shots, tm
     # So do a masked repaint's: at a lower strength it would paint less of the defect.
     with pytest.raises(RealismGateError, match=r"for 0 kept \(strength 0.90\)"):
         _gated(pipe, shots, tmp_path / "masked", threshold=1.0, auto_place=True)
+
+
+def test_a_masked_batch_judges_its_defects_by_the_class_not_by_its_clean_slabs(pipe, shots, tmp_path):
+    # Enough clean slabs to serve as the class's own reference, had the gate taken its inits for its defects.
+    slabs = tmp_path / "slabs"
+    slabs.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(MIN_OWN_REFERENCES):
+        Image.fromarray(make_steel_like(rng, 40, "flat")[..., 0]).save(slabs / f"slab_{i}.png")
+    defects = tmp_path / "defects"
+    shutil.copytree(shots, defects)
+    for i in range(MIN_OWN_REFERENCES - len(list_images(shots))):
+        Image.fromarray(make_steel_like(rng, 40, "scratches")[..., 0]).save(defects / f"more_{i}.png")
+
+    def reference_of(out, **options):
+        (written,) = _gated(pipe, slabs, out, threshold=0.0, auto_place=True, **options)
+        return read_png_parameters(written.read_bytes()).realism.reference
+
+    assert reference_of(tmp_path / "shipped") == SHIPPED_REFERENCE
+    own = reference_of(tmp_path / "own", realism_reference=defects)
+    assert own == f"{MIN_OWN_REFERENCES} of the class's own real images"
 
 
 def test_a_new_mill_with_colour_jpegs_and_class_names_with_spaces_trains_and_generates(tiny_model, tmp_path, caplog):

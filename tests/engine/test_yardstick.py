@@ -11,6 +11,7 @@ from PIL import Image
 
 from bench.fewshot_yardstick import (
     DRAW_RESULT,
+    MASKED_ENDED,
     PER_CLASS,
     RECALL,
     STEPPED,
@@ -18,15 +19,20 @@ from bench.fewshot_yardstick import (
     build_parser,
     diversity,
     draw_adapter,
+    draw_shots,
+    draw_slabs,
     draws_with_options,
+    generate_masked,
     generate_samples,
     recorded_options,
     stepped_down,
     summarize,
     write_json,
 )
-from engine.batch import generate_to_folder
-from engine.data import list_images
+from engine.batch import FLAGGED_FOLDER, generate_to_folder
+from engine.data import MASK_SUFFIX, list_images
+from engine.evaluation.realism import SHIPPED_REFERENCE
+from engine.generation.generate import read_png_parameters
 from engine.generation.pipeline import load_pipeline
 from tests.support import make_steel_like
 
@@ -206,3 +212,60 @@ def test_quarter_turns_are_given_per_class_and_recorded_only_when_set(tmp_path):
     for wrong in ("scratches=2", "=0.5", "scratches=half"):
         with pytest.raises(SystemExit):
             build_parser().parse_args([*base, "--quarter-turns", wrong])
+
+
+def test_masked_repaints_are_painted_on_clean_slabs_outside_the_shots_and_judged_by_the_class(
+    tiny_model, tiny_adapter, tmp_path
+):
+    rng = np.random.default_rng(5)
+    pool = tmp_path / "pool"
+    for kind in ("inclusion", "scratches"):
+        (pool / kind).mkdir(parents=True)
+        for i in range(3):
+            # The defect in the top 40 rows; the 88 rows below are clean steel.
+            Image.fromarray(make_steel_like(rng, 128, kind)[..., 0]).save(pool / kind / f"{i}.png")
+            mask = np.zeros((128, 128), dtype=np.uint8)
+            mask[:40] = 255
+            Image.fromarray(mask).save(pool / kind / f"{i}{MASK_SUFFIX}")
+        # An image without a mask tells no clean steel.
+        Image.fromarray(make_steel_like(rng, 128, kind)[..., 0]).save(pool / kind / "unmarked.png")
+    shots = draw_shots(pool, 1, 0, tmp_path / "shots")
+    slabs = draw_slabs(pool, shots, tmp_path / "slabs", 0, count=10)
+    shot_pixels = [np.asarray(Image.open(p))[40:] for p in shots.glob("*/*.png")]
+    slab_pixels = [np.asarray(Image.open(p).convert("L")) for p in list_images(slabs)]
+    marked_outside_shots = [p for p in pool.glob("*/[0-9].png") if not (shots / p.parent.name / p.name).exists()]
+    assert len(slab_pixels) == len(marked_outside_shots) >= 4 and all(s.shape == (88, 128) for s in slab_pixels)
+    assert not any(np.array_equal(s, shot) for s in slab_pixels for shot in shot_pixels)
+    assert draw_slabs(pool, shots, tmp_path / "other", 1, count=2) and len(list_images(tmp_path / "other")) == 2
+    with pytest.raises(ValueError, match="masked repaints need pool images with boxes or masks"):
+        draw_slabs(shots, tmp_path / "none", tmp_path / "empty", 0)
+
+    pipe = load_pipeline(tiny_model, adapter=tiny_adapter)
+    ended = generate_masked(pipe, shots, slabs, tmp_path / "masked", 2, 2, 0)
+    for kind in ("inclusion", "scratches"):
+        folder = tmp_path / "masked" / kind
+        made = list_images(folder) + (
+            list_images(folder / FLAGGED_FOLDER) if (folder / FLAGGED_FOLDER).is_dir() else []
+        )
+        assert made and (len(list_images(folder)) == 2) == (kind not in ended)
+        for path in made:
+            params = read_png_parameters(path.read_bytes())
+            assert path.with_name(path.stem + MASK_SUFFIX).is_file() and params.boxes
+            assert all(source.startswith("slab_") for source in params.init["sources"])
+            # One shot is too few of the class's own; the shipped NEU features judge it, never the clean slabs.
+            assert params.realism.reference == SHIPPED_REFERENCE
+
+
+def test_summary_gives_what_the_masked_repaints_add_where_every_draw_has_them():
+    draws = {"0": draw(0.80, 0.86, 0.85, 0.89), "1": draw(0.70, 0.74, 0.75, 0.77)}
+    assert not any("masked" in line for line in summarize(draws)[1])
+    draws["0"] |= {"real+masked": 0.78, "real+classic+masked": 0.86, "real+synthetic+masked": 0.87}
+    draws["1"] |= {"real+masked": 0.72, "real+classic+masked": 0.74, "real+synthetic+masked": 0.74}
+    draws["1"][MASKED_ENDED] = {"scratches": "12 candidates fell below the realism threshold"}
+    summary, lines = summarize(draws)
+    assert summary["masked - real"] == {"mean": 0.0, "std": 0.02}
+    assert summary["ours+masked - ours"] == {"mean": 0.005, "std": 0.005}
+    text = "\n".join(lines)
+    assert "masked - real             +0.0 ± 2.0 points (per draw -2.0, +2.0)" in text
+    assert "classic+masked - classic  +0.0 ± 1.0 points (per draw +1.0, -1.0)" in text
+    assert "scratches" not in text
