@@ -16,7 +16,10 @@ that ran with the same options. Give each process its share of the cores (`OMP_N
 processes of two threads each generated four times slower with the 4x-grid prior. A draw whose batch the realism gate
 ends (`RealismGateError`, at the strength floor: the product stops there too) is recorded as stopped, fails the bars,
 and the next draw runs; a class whose batch the gate stepped down to a lower strength is listed with its kept samples
-per strength.
+per strength. With `--masked-per-class N`, each draw also paints N masked repaints a class on clean slabs (box-free
+regions of pool images outside the shots, as an engineer uploads clean steel; `generate --auto-place --reference
+<the class's shots>`) and trains K + masked, K + classic + masked and K + ours + masked: what the clean-slab path
+adds to a recognizer of whole images.
 
     python -m bench.fewshot_yardstick --pool /tmp/neu-split/pool --val /tmp/neu-split/val --work /tmp/fewshot \
         --seeds 0 1 2 3 4
