@@ -91,9 +91,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="A yardstick work folder run with --masked-per-class.")
     parser.add_argument("--pool", type=Path, required=True, help="The pool the draws' shots came from.")
     parser.add_argument("--val", type=Path, required=True, help="The validation images, boxes or masks beside them.")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="The draws to read (default: every one).")
     args = parser.parse_args()
     net = load_feature_net()
-    draws = sorted(p for p in args.work.glob("seed*") if (p / "masked").is_dir() and (p / "shots").is_dir())
+    draws = sorted(
+        p
+        for p in args.work.glob("seed*")
+        if (p / "masked").is_dir()
+        and (p / "shots").is_dir()
+        and (args.seeds is None or int(p.name.removeprefix("seed")) in args.seeds)
+    )
     if not draws:
         raise SystemExit(f"No draw with masked repaints in {args.work}: run the yardstick with --masked-per-class.")
     val = {d.name: labelled(list_images(d), net) for d in sorted(p for p in args.val.iterdir() if p.is_dir())}
