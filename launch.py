@@ -544,7 +544,8 @@ def _strength_floor(text: str) -> float | str | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from engine.batch import FLAGGED_FOLDER, generate_to_folder, init_images
+    from engine.batch import FLAGGED_FOLDER, RealismGateError, generate_to_folder, init_images
+    from engine.data import list_images
     from engine.generation.variation import parse_init_mix
     from engine.training.loop import shared_value
     from webapp.studio.generation import new_batch_folder
@@ -553,35 +554,42 @@ def cmd_generate(args: argparse.Namespace) -> None:
     logging.getLogger("engine.batch").setLevel(logging.INFO)
     store = args.out is None
     out = args.out or Path(shared_value(lambda: str(new_batch_folder(args.data_dir, args.token))))
-    written = generate_to_folder(
-        model=args.model,
-        adapter=args.adapter,
-        class_name=args.token,
-        init=args.init,
-        num=args.num,
-        out=out,
-        strength=args.strength,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        batch=args.batch,
-        window_size=args.window_size,
-        mask=args.mask,
-        auto_place=args.auto_place,
-        vary=args.vary,
-        detail_restore=args.detail_restore,
-        **({"capture_variation": args.capture_variation} if args.capture_variation is not None else {}),
-        **({"per_init": args.per_init} if args.per_init is not None else {}),
-        init_mix=parse_init_mix(args.init_mix) if args.init_mix is not None else None,
-        turn_share=None if args.quarter_turns == "auto" else args.quarter_turns,
-        **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
-        realism_reference=args.reference,
-        **({"strength_floor": args.strength_floor} if args.strength_floor != "default" else {}),
-    )
+    ended = None
+    try:
+        written = generate_to_folder(
+            model=args.model,
+            adapter=args.adapter,
+            class_name=args.token,
+            init=args.init,
+            num=args.num,
+            out=out,
+            strength=args.strength,
+            steps=args.steps,
+            guidance=args.guidance,
+            seed=args.seed,
+            batch=args.batch,
+            window_size=args.window_size,
+            mask=args.mask,
+            auto_place=args.auto_place,
+            vary=args.vary,
+            detail_restore=args.detail_restore,
+            **({"capture_variation": args.capture_variation} if args.capture_variation is not None else {}),
+            **({"per_init": args.per_init} if args.per_init is not None else {}),
+            init_mix=parse_init_mix(args.init_mix) if args.init_mix is not None else None,
+            turn_share=None if args.quarter_turns == "auto" else args.quarter_turns,
+            **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
+            realism_reference=args.reference,
+            **({"strength_floor": args.strength_floor} if args.strength_floor != "default" else {}),
+        )
+    except RealismGateError as error:
+        # Into the studio, what the gate let through and what it flagged are stored all the same, as the app does.
+        if not store:
+            raise
+        ended, written = error, list_images(out)
     if not _is_main_process():
         return
     masks = " (each with its <name>_mask.png)" if args.mask or args.auto_place else ""
-    flagged = list((out / FLAGGED_FOLDER).glob("*.png")) if (out / FLAGGED_FOLDER).is_dir() else []
+    flagged = list_images(out / FLAGGED_FOLDER) if (out / FLAGGED_FOLDER).is_dir() else []
     flagged_text = f"; {len(flagged)} below the realism threshold in {out / FLAGGED_FOLDER}" if flagged else ""
     print(f"Wrote {len(written)} images{masks} to {out}{flagged_text}")
     if store:
@@ -595,6 +603,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         finally:
             service.close()
         print(stored.summary + "; review them with `launch.py review list`.")
+    if ended is not None:
+        raise ended
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

@@ -114,3 +114,20 @@ def test_the_review_queue_filters_by_batch_across_the_command_line_and_the_studi
         assert {row.batch for row in view.rows} == {studio_batch}
     finally:
         service.close()
+
+
+def test_a_batch_the_realism_gate_ends_is_stored_with_its_flagged_candidates(
+    tmp_path: Path, tiny_model: Path, tiny_adapter: Path, tiny_dataset: Path, capsys
+) -> None:
+    data = ["--data-dir", str(tmp_path / "data"), "--model", str(tiny_model)]
+    generate = generate_into_studio(data, tiny_adapter, tiny_dataset, 2)
+    gated = [*generate[:-2], "--realism-threshold", "1.0", "--strength-floor", "off"]
+    assert launch.main(gated) == 2
+    printed = capsys.readouterr()
+    assert "Wrote 0 images" in printed.out and "2 below the realism threshold" in printed.out
+    assert "error: 2 candidates fell below the realism threshold 1.0 for 0 kept" in printed.err
+    assert launch.main(["review", "list", *data, "--status", "all", "--json"]) == 0
+    stored = json.loads(capsys.readouterr().out)
+    # Flagged, not dropped: pending for a person to decide, their realism under the threshold.
+    assert [row["status"] for row in stored] == ["pending", "pending"]
+    assert all(row["realism_score"] < 1.0 for row in stored)
