@@ -376,11 +376,17 @@ def generate_masked(
 ) -> dict[str, str]:
     """Each class's masked repaints as `generate --init SLABS --auto-place --reference <the class's shots> --num N`
     makes them (the product's defaults otherwise). A batch the realism gate ends keeps what it made; returns the
-    gate's message per class where it did."""
+    gate's message per class where it did. A class already complete, or already ended by the gate (N flagged), is
+    kept as it is."""
     ended = {}
     for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
         out = masked / class_dir.name
-        if out.is_dir() and len(list_images(out)) >= per_class:
+        kept = len(list_images(out)) if out.is_dir() else 0
+        flagged = len(list_images(out / FLAGGED_FOLDER)) if (out / FLAGGED_FOLDER).is_dir() else 0
+        if kept >= per_class:
+            continue
+        if flagged >= per_class:
+            ended[class_dir.name] = f"ended by the realism gate in an earlier run: {kept} kept, {flagged} flagged"
             continue
         try:
             generate_to_folder(

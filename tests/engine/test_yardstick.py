@@ -254,6 +254,11 @@ def test_masked_repaints_are_painted_on_clean_slabs_outside_the_shots_and_judged
             assert all(source.startswith("slab_") for source in params.init["sources"])
             # One shot is too few of the class's own; the shipped NEU features judge it, never the clean slabs.
             assert params.realism.reference == SHIPPED_REFERENCE
+    # A rerun keeps what the first made, a class the gate ended included (the tiny model's repaints score far below
+    # the shipped features' threshold: the gate ends its batches).
+    made = {path: path.stat().st_mtime_ns for path in (tmp_path / "masked").rglob("*.png")}
+    again = generate_masked(pipe, shots, slabs, tmp_path / "masked", 2, 2, 0)
+    assert ended and set(again) == set(ended) and {p: p.stat().st_mtime_ns for p in made} == made
 
 
 def test_summary_gives_what_the_masked_repaints_add_where_every_draw_has_them():
