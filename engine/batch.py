@@ -190,10 +190,9 @@ def generate_to_folder(
         )
     # A masked repaint at a lower strength paints less of the defect, which the gate would flag more, not less.
     strength_floor = None if masked else strength_floor
-    if realism_reference is not None:
+    defect_images = [] if masked else images
+    if realism_reference is not None and realism_threshold is not None:
         defect_images = [load_rgb(path) for path in init_images(realism_reference)]
-    else:
-        defect_images = [] if masked else images
     realism = (
         class_realism_scorer(class_name, defect_images, any_direction=turn_share > 0)
         if realism_threshold is not None
