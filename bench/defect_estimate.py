@@ -41,8 +41,13 @@ from engine.masks import estimate_defect_mask, suggested_boxes
 
 def class_pairs(folder: Path, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(pixels, mask, estimate) of up to `limit` images of a class folder that have a mask beside them."""
+    return marked_images(list_images(folder)[:limit])
+
+
+def marked_images(paths: list[Path]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(pixels, mask, estimated defect mask) of each image with a mask or boxes beside it; the others left out."""
     triples = []
-    for path in list_images(folder)[:limit]:
+    for path in paths:
         mask_image = read_mask_image_beside(path)
         if mask_image is None:
             continue

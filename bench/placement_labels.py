@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.defect_estimate import marked_images
 from engine.batch import FLAGGED_FOLDER
 from engine.box_suggestions import CellMap, cell_map, f1_of, fit_cell_classifier
 from engine.boxes import from_mask, match_counts
-from engine.data import list_images, load_rgb, mask_at, read_mask_image_beside
+from engine.data import list_images
 from engine.evaluation.features import SteelFeatureNet, load_feature_net
-from engine.masks import estimate_defect_mask, suggested_boxes
+from engine.masks import suggested_boxes
 
 ARMS = ("shots", "shots + kept repaints", "shots + all repaints", "repaints only")
 """What each class's cell classifier is fitted on."""
@@ -38,15 +39,7 @@ ARMS = ("shots", "shots + kept repaints", "shots + all repaints", "repaints only
 def labelled(paths: list[Path], net: SteelFeatureNet) -> list[tuple[CellMap, np.ndarray, np.ndarray]]:
     """(cells, mask, estimated defect mask) of each image with a mask or boxes beside it; images without are left
     out."""
-    examples = []
-    for path in paths:
-        mask_image = read_mask_image_beside(path)
-        if mask_image is None:
-            continue
-        pixels = np.asarray(load_rgb(path))
-        mask = mask_at(mask_image, (pixels.shape[1], pixels.shape[0]))
-        examples.append((cell_map(pixels, net), mask, estimate_defect_mask(pixels)))
-    return examples
+    return [(cell_map(pixels, net), mask, estimate) for pixels, mask, estimate in marked_images(paths)]
 
 
 def class_counts(
