@@ -168,6 +168,14 @@ def add_generate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     placement.add_argument(
         "--auto-place", action="store_true", help="Repaint only masks placed like the class's real defects."
     )
+    gen.add_argument(
+        "--exemplars",
+        type=Path,
+        default=None,
+        help="With --auto-place: a folder of the class's real defect images with masks (NAME_mask.png) or Pascal VOC"
+        " boxes (NAME.xml) beside them; each candidate starts from its slab with those defects pasted (Poisson"
+        " blending, random flips) at the auto-placed places, and its mask is the pasted defects' boxes.",
+    )
 
 
 def add_training_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -579,6 +587,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             turn_share=None if args.quarter_turns == "auto" else args.quarter_turns,
             **({"realism_threshold": args.realism_threshold} if args.realism_threshold != "default" else {}),
             realism_reference=args.reference,
+            exemplars=args.exemplars,
             **({"strength_floor": args.strength_floor} if args.strength_floor != "default" else {}),
         )
     except RealismGateError as error:

@@ -62,15 +62,15 @@ from storage.files import write_atomically
 
 
 def draw_shots(pool: Path, k: int, seed: int, out: Path, with_masks: bool = False) -> Path:
-    """Link `k` images a class drawn from `pool` into `out/<class>/` (with their `_mask.png` beside them when
-    `with_masks`; the yardstick's user has images only)."""
+    """Link `k` images a class drawn from `pool` into `out/<class>/` (with their `_mask.png` or Pascal VOC `.xml`
+    beside them when `with_masks`; the yardstick's user has images only). The same seed draws the same images."""
     rng = random.Random(seed)
     for class_dir in sorted(p for p in pool.iterdir() if p.is_dir()):
         target = out / class_dir.name
         target.mkdir(parents=True, exist_ok=True)
         for path in rng.sample(list_images(class_dir), k):
-            mask = path.with_name(path.stem + MASK_SUFFIX)
-            for source in (path, mask) if with_masks and mask.is_file() else (path,):
+            marks = [path.with_name(path.stem + MASK_SUFFIX), path.with_suffix(".xml")]
+            for source in [path] + [mark for mark in marks if with_masks and mark.is_file()]:
                 link = target / source.name
                 if not link.exists():
                     link.symlink_to(source.resolve())
@@ -372,12 +372,20 @@ def draw_slabs(pool: Path, shots: Path, out: Path, seed: int, count: int = SLABS
 
 
 def generate_masked(
-    pipe: LoadedPipeline, shots: Path, slabs: Path, masked: Path, per_class: int, steps: int, seed: int
+    pipe: LoadedPipeline,
+    shots: Path,
+    slabs: Path,
+    masked: Path,
+    per_class: int,
+    steps: int,
+    seed: int,
+    marked_shots: Path | None = None,
 ) -> dict[str, str]:
     """Each class's masked repaints as `generate --init SLABS --auto-place --reference <the class's shots> --num N`
-    makes them (the product's defaults otherwise). A batch the realism gate ends keeps what it made; returns the
-    gate's message per class where it did. A class already complete, or already ended by the gate (N flagged), is
-    kept as it is."""
+    makes them (the product's defaults otherwise); with `marked_shots` (the shots with their boxes beside them), as
+    `… --exemplars <the class's marked shots>`: the shots' real defects pasted at the auto-placed places. A batch the
+    realism gate ends keeps what it made; returns the gate's message per class where it did. A class already
+    complete, or already ended by the gate (N flagged), is kept as it is."""
     ended = {}
     for class_dir in sorted(p for p in shots.iterdir() if p.is_dir()):
         out = masked / class_dir.name
@@ -401,6 +409,7 @@ def generate_masked(
                 pipe=pipe,
                 auto_place=True,
                 realism_reference=class_dir,
+                exemplars=marked_shots / class_dir.name if marked_shots else None,
             )
         except RealismGateError as error:
             ended[class_dir.name] = str(error)
@@ -426,7 +435,8 @@ def masked_arms(args: argparse.Namespace, pipe: LoadedPipeline, seed: int, recog
     draw = args.work / f"seed{seed}"
     slabs = draw_slabs(args.pool, draw / "shots", draw / "slabs", seed)
     masked = draw / "masked"
-    ended = generate_masked(pipe, draw / "shots", slabs, masked, args.masked_per_class, args.steps, seed)
+    marked = draw_shots(args.pool, args.k, seed, draw / "marked-shots", with_masks=True) if args.paste_shots else None
+    ended = generate_masked(pipe, draw / "shots", slabs, masked, args.masked_per_class, args.steps, seed, marked)
     report = recognize(masked, arms=list(MASKED_ARMS))
     mixed = recognize(linked_union([draw / "synthetic", masked], draw / "mixed"), arms=["real+synthetic"])
     record = {MASKED_ARMS[arm.name]: arm.mean for arm in report.arms} | {MIXED_ARM: mixed.arms[0].mean}
@@ -486,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Also make this many masked repaints a class (`generate --auto-place` on clean slabs cut from pool images"
         " outside the shots, the class's shots as the realism reference) and train K + masked, K + classic + masked"
         " and K + ours + masked: what the clean-slab path adds to a recognizer (default 0: not run).",
+    )
+    parser.add_argument(
+        "--paste-shots",
+        action="store_true",
+        help="Masked repaints start from the shots' real defects pasted at the auto-placed places (`generate"
+        " --exemplars`, the shots' boxes from the pool's masks or .xml beside them), as an engineer who boxed them.",
     )
     ablation = parser.add_argument_group("ablations (default: the product's defaults)")
     ablation.add_argument("--strength", type=float, default=None)
@@ -574,6 +590,8 @@ def recorded_options(args: argparse.Namespace) -> dict:
         options["sampler_steps"] = args.steps
     if args.masked_per_class:
         options["masked_per_class"] = args.masked_per_class
+    if args.paste_shots:
+        options["paste_shots"] = True
     return options
 
 

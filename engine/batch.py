@@ -19,6 +19,7 @@ from engine.config import DEFAULT_REALISM_THRESHOLD, DEFAULT_STEPS, GenerationCo
 from engine.data import MASK_SUFFIX, list_images, load_rgb
 from engine.evaluation.realism import class_realism_scorer
 from engine.generation.class_stats import class_exposures, class_turn_share, pool_exposure
+from engine.generation.exemplars import read_exemplars
 from engine.generation.generate import Candidate, defect_colour_of, generate, resolve_token, token_info
 from engine.generation.parameters import MIN_FEW_SHOT_REFERENCES, Realism, repainted_region
 from engine.generation.pipeline import LoadedPipeline, load_pipeline, resolve_model
@@ -104,6 +105,7 @@ def generate_to_folder(
     per_init: int = DEFAULT_PER_INIT,
     realism_threshold: float | None = DEFAULT_REALISM_THRESHOLD,
     realism_reference: Path | None = None,
+    exemplars: Path | None = None,
     detail_restore: float | None = None,
     capture_variation: float = DEFAULT_CAPTURE_VARIATION,
     init_mix: dict[str, float] | None = None,
@@ -127,7 +129,10 @@ def generate_to_folder(
     (the default) turns the share that brings the inits' directions to those the training pool knows for the
     class (`engine.generation.class_stats.class_turn_share`, which also covers a class it does not know).
     With `mask` (an image of the init images' size, white = repaint) or `auto_place`, only the masked region is
-    repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata.
+    repainted; each PNG then gets its mask beside it as `<name>_mask.png` and its boxes in the metadata. With
+    `exemplars` (auto-place only: a folder of the class's real defect images with masks or boxes beside them), each
+    candidate starts from its slab with those real defects pasted at the auto-placed places, and its mask and boxes
+    are the pasted defects' (`engine.generation.exemplars`; each paste in its metadata).
     With a `realism_threshold` and a realism reference for the class (`class_realism_scorer` of the class's real
     defect images: the images in `realism_reference`, by default the init images when the batch repaints them whole;
     a masked batch's inits are clean slabs, never its reference, so without `realism_reference` it has the shipped
@@ -155,6 +160,11 @@ def generate_to_folder(
     if mask is not None and auto_place:
         raise ValueError("Give --mask or --auto-place, not both.")
     mask_image = _read_mask(mask) if mask is not None else None
+    if exemplars is not None and not auto_place:
+        raise ValueError("Real defects (--exemplars) are pasted at auto-placed defects: add --auto-place.")
+    pasted = read_exemplars(init_images(exemplars)) if exemplars is not None else None
+    if exemplars is not None and not pasted:
+        raise ValueError(f"No image in {exemplars} has a defect mask or boxes beside it to paste from.")
     vary = vary and mask_image is None
     masked = mask_image is not None or auto_place
     # A varied batch that repaints whole images uses what the training pool knows of the class.
@@ -246,7 +256,7 @@ def generate_to_folder(
             **extra,
         )
         with model_turn or nullcontext():
-            candidates = generate(pipe, image, config, mask=mask_image).candidates
+            candidates = generate(pipe, image, config, mask=mask_image, exemplars=pasted).candidates
         crops = [repainted_region(c.image, c.params) for c in candidates]
         scores = scorer.score_many(crops, class_name) if scorer else [None] * len(candidates)
         for offset, (candidate, score) in enumerate(zip(candidates, scores, strict=True)):

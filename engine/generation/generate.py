@@ -18,6 +18,7 @@ from engine.adapters import TokenInfo
 from engine.boxes import from_mask
 from engine.config import GenerationConfig
 from engine.data import is_grayscale
+from engine.generation.exemplars import DefectExemplar, paste_exemplars
 from engine.generation.parameters import CandidateParameters, MaskedRepaint, SlabWindow, Window
 from engine.generation.pipeline import LoadedPipeline
 from engine.generation.placement import propose_masks
@@ -44,6 +45,8 @@ FEATHER_PX = 8
 SOFTWARE = "steel-defect-studio"
 # The mask source of an auto-placed repaint sized and counted by its class's own defects (`learnt_statistics`).
 AUTO_PLACE_OWN = "auto-place (own boxes)"
+# The mask source of an auto-placed repaint started from the class's real defects pasted in (`exemplars`).
+PASTED_DEFECTS = "auto-place (real defects pasted)"
 
 
 @dataclass
@@ -128,14 +131,19 @@ def generate(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     mask: Image.Image | np.ndarray | None = None,
+    exemplars: list[DefectExemplar] | None = None,
 ) -> GenerationResult:
     """N candidates from one source image: img2img on a window at the model's resolution, pasted back.
 
     With a `mask` (the source's size, white = repaint) or `config.auto_place`, only the masked region is
-    repainted and every pixel farther than MASK_GROW_PX from the mask keeps the source's value exactly.
+    repainted and every pixel farther than MASK_GROW_PX from the mask keeps the source's value exactly. With
+    `exemplars` (auto-place only), each candidate starts from the source with one of the class's real defects pasted
+    at each auto-placed defect (`engine.generation.exemplars`), and its mask is the pasted defects' boxes.
     """
+    if exemplars and not config.auto_place:
+        raise ValueError("Real defects are pasted at auto-placed defects: ask for auto-place with them.")
     if mask is not None or config.auto_place:
-        return _generate_masked(loaded, init_image, config, mask, progress, should_stop)
+        return _generate_masked(loaded, init_image, config, mask, progress, should_stop, exemplars)
     pipe = loaded.pipe
     started = time.time()
     # 1. Check inputs
@@ -341,6 +349,7 @@ def _generate_masked(
     mask: Image.Image | np.ndarray | None,
     progress: ProgressFn | None,
     should_stop: Callable[[], bool] | None,
+    exemplars: list[DefectExemplar] | None = None,
 ) -> GenerationResult:
     """Masked repaint (padding-mask-crop): each window around the mask is denoised at the model's resolution
     with the known latents blended back after every step, then pasted through the feathered grown mask."""
@@ -364,13 +373,17 @@ def _generate_masked(
             mask_array(propose_masks(config.class_name, width, height, seed, statistics=placement)[0], width, height)
             for seed in seeds
         ]
+    starts, pastes = [source] * len(seeds), [[] for _ in seeds]
+    if exemplars:
+        pasted = [paste_exemplars(source, exemplars, placed, seed) for placed, seed in zip(masks, seeds, strict=True)]
+        starts, masks, pastes = (list(part) for part in zip(*pasted, strict=True))
 
     # 2. Mirror-extend a slab smaller than the window; grow each mask and plan its windows on that canvas
     resolution = loaded.resolution
     multiple = canvas_multiple(pipe)
     base = config.window_size or masked_window_base(loaded, config.class_name)
     pad_x, pad_y = max(0, base - width), max(0, base - height)
-    canvas = Image.fromarray(mirror_pad(np.asarray(source), pad_x, pad_y))
+    canvases = [Image.fromarray(mirror_pad(np.asarray(start), pad_x, pad_y)) for start in starts]
     planned: dict[int, tuple[np.ndarray, list[MaskWindow]]] = {}
     jobs: list[_MaskJob] = []
     for index, (seed, drawn) in enumerate(zip(seeds, masks, strict=True)):
@@ -396,23 +409,25 @@ def _generate_masked(
             if should_stop is not None and should_stop():
                 pipeline._interrupt = True
 
-        images = _denoise_windows(pipe, canvas, [jobs[n] for n in numbers], prompt, config, on_step)
+        batch_jobs = [jobs[n] for n in numbers]
+        batch_canvases = [canvases[job.candidate] for job in batch_jobs]
+        images = _denoise_windows(pipe, batch_canvases, batch_jobs, prompt, config, on_step)
         if should_stop is not None and should_stop():
             raise InterruptedError("Generation was stopped.")
         outputs.update(zip(numbers, images, strict=True))
 
     # 4. Paste each window, in the class's defect colour, through its part of the feathered mask; measure and record
     gray = is_grayscale(init_image)
-    tint, structure = (None, None) if gray else defect_colour_of(loaded, config.class_name)
-    base_pixels = np.asarray(canvas, dtype=np.float32)
-    merged = [base_pixels.copy() for _ in seeds]
+    # Pasted real defects carry their own colour.
+    tint, structure = (None, None) if gray or exemplars else defect_colour_of(loaded, config.class_name)
+    merged = [np.asarray(canvas, dtype=np.float32) for canvas in canvases]
     for number, job in enumerate(jobs):
         w = job.window
         weights = planned[id(masks[job.candidate])][0][w.y : w.y + w.height, w.x : w.x + w.width]
         weights = (weights * w.region)[..., None]
         painted = outputs[number]
         if tint is not None:
-            slab_window = canvas.crop((w.x, w.y, w.x + w.width, w.y + w.height))
+            slab_window = canvases[job.candidate].crop((w.x, w.y, w.x + w.width, w.y + w.height))
             painted = with_white_balance(
                 painted, *defect_colour_gains(tint, structure, painted, slab_window, weights[..., 0])
             )
@@ -430,16 +445,24 @@ def _generate_masked(
         params.masked = MaskedRepaint(
             windows=[_on_slab(job.window, pad_x, pad_y, width, height) for job in jobs if job.candidate == index],
             window_scale=round(jobs[0].window.width / jobs[0].window.model_width, 4) if jobs else None,
-            mask_source="drawn" if mask is not None else AUTO_PLACE_OWN if placement else "auto-place",
+            mask_source=_mask_source(mask is not None, placement is not None, bool(exemplars)),
             mask_sha256=mask_sha256(drawn),
             mask_grow_px=MASK_GROW_PX,
             boxes=from_mask(drawn, config.class_name),
             defect_tint=tint,
             defect_structure=structure,
             quality=masked_quality(source, image, drawn),
+            pasted=pastes[index],
         )
         candidates.append(Candidate(image, seed, params, drawn))
     return GenerationResult(candidates, time.time() - started)
+
+
+def _mask_source(drawn: bool, own_statistics: bool, pasted: bool) -> str:
+    """How a masked repaint's mask came about, as its metadata records it."""
+    if drawn:
+        return "drawn"
+    return PASTED_DEFECTS if pasted else AUTO_PLACE_OWN if own_statistics else "auto-place"
 
 
 def _on_slab(window: MaskWindow, pad_x: int, pad_y: int, width: int, height: int) -> SlabWindow:
@@ -451,7 +474,7 @@ def _on_slab(window: MaskWindow, pad_x: int, pad_y: int, width: int, height: int
 
 def _denoise_windows(
     pipe,
-    source: Image.Image,
+    canvases: list[Image.Image],
     jobs: list[_MaskJob],
     prompt: str,
     config: GenerationConfig,
@@ -459,10 +482,12 @@ def _denoise_windows(
 ) -> list[Image.Image]:
     """img2img on same-sized windows; after every step the latents outside each window's mask are replaced by
     the window's own latents noised to the next timestep (diffusers' inpainting for a 4-channel UNet, as a step
-    callback so that it works for any number of latent channels). Returns each window's image at its size on the
-    canvas, its detail restored there."""
+    callback so that it works for any number of latent channels). `canvases`: each job's canvas. Returns each
+    window's image at its size on the canvas, its detail restored there."""
     windows = [job.window for job in jobs]
-    crops = [source.crop((w.x, w.y, w.x + w.width, w.y + w.height)) for w in windows]
+    crops = [
+        canvas.crop((w.x, w.y, w.x + w.width, w.y + w.height)) for canvas, w in zip(canvases, windows, strict=True)
+    ]
     images = [
         crop.resize((w.model_width, w.model_height), Image.Resampling.LANCZOS)
         for crop, w in zip(crops, windows, strict=True)

@@ -66,6 +66,9 @@ class MaskedRepaint:
     # How far that colour was laid on what the model drew rather than over the whole mask (0–1,
     # `variation.defect_colour_structure`); None: evenly.
     defect_structure: float | None = None
+    # The class's real defects pasted in before the repaint (`engine.generation.exemplars.paste_exemplars`): source
+    # file, box, flips and where each went; empty when the model drew the defect from the slab alone.
+    pasted: list[dict] = field(default_factory=list)
 
     def extent(self) -> Box | None:
         """The smallest box holding every window, or None without windows."""
@@ -212,6 +215,8 @@ class CandidateParameters:
                 data["defect_tint"] = self.masked.defect_tint
             if self.masked.defect_structure is not None:
                 data["defect_structure"] = self.masked.defect_structure
+            if self.masked.pasted:
+                data["pasted"] = self.masked.pasted
         optional = {
             "init": self.init,
             "capture": self.capture,
@@ -241,6 +246,7 @@ class CandidateParameters:
                 quality=data.pop("quality", None) or {},
                 defect_tint=data.pop("defect_tint", None),
                 defect_structure=data.pop("defect_structure", None),
+                pasted=data.pop("pasted", None) or [],
             )
         window = data.pop("window", None)
         realism = data.pop("realism", None)
