@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from engine.boxes import Box
 from engine.config import GenerationConfig
 from engine.data import parse_voc
 from engine.generation.parameters import CandidateParameters, Window
-from tests.support import served_client, voc_xml
+from tests.support import encode, served_client, voc_xml
 from webapp.studio import StudioService, parse_box_text
 from webapp.tabs.common import painted_mask
 
@@ -61,6 +62,32 @@ def test_auto_place_gives_every_sample_its_own_mask(service: StudioService, slab
     first, second = (service.sample_details(i) for i in service.generate_candidates(source_id, config, "a").sample_ids)
     assert first.params.masked.mask_source == "auto-place" and first.boxes and second.boxes
     assert first.mask_path != second.mask_path
+
+
+def test_auto_place_starts_from_the_class_s_boxed_real_defects_when_asked(service: StudioService, slab_png) -> None:
+    pixels = np.full((48, 64), 50, dtype=np.uint8)
+    pixels[20:28, 10:30] = 240
+    defect = service.upload_images([("bright.png", encode(Image.fromarray(pixels)))], "defect", "scratches", "a")
+    defect_id = defect.sources[0].id
+    source_id = upload_slab(service, slab_png, 96, 64)
+    config = GenerationConfig("scratches", num_candidates=2, auto_place=True, strength=0.5, steps=4)
+    unboxed = service.generate_candidates(source_id, config, "a", paste_real_defects=True)
+    assert unboxed.pasted_defects == 0, "no boxed image yet: the model paints alone"
+    service.update_source(defect_id, box_text="10,20,30,28")
+    outcome = service.generate_candidates(source_id, replace(config, seed=7), "a", paste_real_defects=True)
+    assert outcome.pasted_defects == 1
+    for sample_id in outcome.sample_ids:
+        details = service.sample_details(sample_id)
+        pasted = details.params.masked.pasted
+        assert {paste["source"] for paste in pasted} == {f"{defect_id}:bright.png"}
+        assert sorted(Box.of(b).corners for b in details.boxes) == sorted(Box.of(p["at"]).corners for p in pasted)
+        mask = np.asarray(Image.open(details.mask_path)) > 0
+        image = np.asarray(Image.open(details.path).convert("L"), dtype=float)
+        assert image[mask].mean() > image[~mask].mean() + 40, "the bright real defect is in the sample"
+    drawn_alone = service.generate_candidates(source_id, replace(config, seed=20), "a")
+    assert drawn_alone.pasted_defects == 0 and all(
+        not service.sample_details(i).params.masked.pasted for i in drawn_alone.sample_ids
+    )
 
 
 def test_box_text_is_parsed_and_checked(service: StudioService, slab_png) -> None:

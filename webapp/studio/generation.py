@@ -51,11 +51,14 @@ class Generation:
         progress: ProgressFn | None = None,
         mask: Image.Image | None = None,
         realism_threshold: float | None = None,
+        paste_real_defects: bool = False,
     ) -> GenerationOutcome:
         """Generate candidates on a clean slab with a class's active adapter and store them as pending samples.
 
         With a `mask` (the slab's size, white = repaint) or `config.auto_place`, only the masked region is
-        repainted; each sample then stores its mask (file store) and the boxes of the mask's components.
+        repainted; each sample then stores its mask (file store) and the boxes of the mask's components. With
+        `paste_real_defects` and auto-place, each candidate starts from the slab with the class's boxed real defects
+        pasted at the auto-placed places (`Sources.class_exemplars`; none boxed: the model paints them alone).
         Each candidate's repainted region gets a realism score (see `Realism.scorer`), stored in its row and,
         with the class probability and predicted class, in its params. Candidates scoring below
         `realism_threshold` are flagged "pre_rejected" but stay pending: the user decides.
@@ -65,10 +68,12 @@ class Generation:
         # 1. Check inputs
         threshold = check_realism_threshold(realism_threshold)
         slab = self._slab_and_adapter(source_id, config.class_name)
+        exemplars = self.sources.class_exemplars(config.class_name) if paste_real_defects and config.auto_place else []
 
         # 2. Generate
         with self.ctx.model_lock:
-            result = generate(self.ctx.pipeline(slab.adapter_path), slab.image, config, progress, mask=mask)
+            pipe = self.ctx.pipeline(slab.adapter_path)
+            result = generate(pipe, slab.image, config, progress, mask=mask, exemplars=exemplars or None)
 
         # 3. Score each candidate against the class's real images, and note what made it
         baseline = self._score_candidates(result.candidates, slab, config.class_name, threshold)
@@ -99,7 +104,7 @@ class Generation:
         if duplicate_seeds:
             logger.warning("Skipped %d candidate(s) identical to stored samples.", len(duplicate_seeds))
         return GenerationOutcome(
-            source_id, config.class_name, candidates, result.wall_time_s, duplicate_seeds, baseline
+            source_id, config.class_name, candidates, result.wall_time_s, duplicate_seeds, baseline, len(exemplars)
         )
 
     def _slab_and_adapter(self, source_id: int, class_name: str) -> _Slab:

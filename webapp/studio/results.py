@@ -124,6 +124,8 @@ class GenerationOutcome:
     duplicate_seeds: list[int] = field(default_factory=list)
     # The untouched slab's realism score on the repainted region (None: the class has no reference).
     baseline_realism: float | None = None
+    # How many of the class's boxed real defects the candidates were started from (0: the model painted alone).
+    pasted_defects: int = 0
 
     @property
     def sample_ids(self) -> list[int]:

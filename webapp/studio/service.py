@@ -196,9 +196,13 @@ class StudioService:
         progress: ProgressFn | None = None,
         mask: Image.Image | None = None,
         realism_threshold: float | None = None,
+        paste_real_defects: bool = False,
     ) -> GenerationOutcome:
-        """Generate candidates on a clean slab with a class's active adapter and store them as pending samples."""
-        return self.generation.generate_candidates(source_id, config, user, progress, mask, realism_threshold)
+        """Generate candidates on a clean slab with a class's active adapter and store them as pending samples
+        (with auto-place and `paste_real_defects`, started from the class's boxed real defects pasted in)."""
+        return self.generation.generate_candidates(
+            source_id, config, user, progress, mask, realism_threshold, paste_real_defects
+        )
 
     def realism_scorer(self, class_name: str) -> tuple[Any, str] | None:
         """The class's RealismScorer and a description of its reference, or None when it has no reference."""

@@ -27,6 +27,7 @@ from webapp.validation import normalise_upload
 
 if TYPE_CHECKING:
     from engine.box_suggestions import BoxedImage, CellMap, ClassSuggester
+    from engine.generation.exemplars import DefectExemplar
 
 BOX_TEXT_PATTERN = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*")
 # One upload batch is validated in memory before anything is stored: 2000 files (NEU holds 1800) and 1 GB
@@ -40,6 +41,8 @@ ESTIMATE_LABEL = "estimated defect"
 # Images whose copy and cells are kept: a class's boxed images learnt from (`box_suggestions.MAX_BOXED_IMAGES`, 20)
 # and those being boxed beside them.
 SUGGESTER_CACHED_IMAGES = 32
+# A clean-slab repaint pastes real defects from at most this many of the class's newest boxed images.
+MAX_EXEMPLAR_IMAGES = 50
 
 
 class Sources:
@@ -235,6 +238,19 @@ class Sources:
             suggester = class_suggester([_boxed_image(*row, net) for row in kept], net)
             self._suggesters[class_name] = (boxed, suggester)
             return suggester
+
+    def class_exemplars(self, class_name: str) -> list[DefectExemplar]:
+        """The boxed real defects of a class's newest boxed images (`MAX_EXEMPLAR_IMAGES`), each box with its
+        context (`engine.generation.exemplars`), named by the image's id and upload name for the lineage."""
+        from engine.generation.exemplars import exemplars_of
+
+        with self.database.session() as s:
+            rows = repository.list_boxed_source_images(s, class_name, MAX_EXEMPLAR_IMAGES)
+            boxed = [(f"{row.id}:{row.original_name}", row.sha256, list(row.boxes_json)) for row in rows]
+        found = []
+        for name, sha256, boxes in boxed:
+            found += exemplars_of(name, load_rgb(self.files.path(sha256)), [Box.of(box) for box in boxes])
+        return found
 
     def painted_boxes(self, source_id: int, painted: Image.Image) -> list[dict[str, Any]]:
         """One box around each stroke of a mask painted over a view of a real defect image (its nonzero pixels;

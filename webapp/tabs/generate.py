@@ -108,6 +108,13 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                     info="Untick to redraw a whole window instead (choosing one above unticks it): on clean steel a "
                     "whole window is re-textured, with no defect painted in.",
                 )
+                paste_defects = gr.Checkbox(
+                    value=True,
+                    label="With auto-place, start from the class's boxed real defects pasted in",
+                    info="Each candidate starts from the slab with one of the class's boxed real defects (Upload tab) "
+                    "blended in at each auto-placed defect, then repainted at the strength: a real defect's texture "
+                    "in a new place on new steel. A class without boxed images is painted by the model alone.",
+                )
                 with gr.Accordion("Type boxes instead", open=False):
                     box_text = gr.Textbox(label="Boxes x0,y0,x1,y1 in slab pixels (one per line)", lines=2)
                 class_name = gr.Dropdown(label="Defect token")
@@ -264,6 +271,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
         by_realism: bool | None = None,
         threshold: float | None = None,
         centre: tuple[float, float] | None = None,
+        paste: bool | None = None,
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 (Gradio injects progress through this default)
     ):
@@ -297,6 +305,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             lambda step, total, message: progress((step, total), desc=message),
             mask=mask,
             realism_threshold=threshold or None,
+            paste_real_defects=bool(paste),
         )
         ids = ordered(outcome.sample_ids, by_realism)
         if not ids:
@@ -306,6 +315,12 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             )
         gallery_update, choices_update = candidates_view(ids, ids[0], threshold)
         message = f"{len(ids)} candidates in {outcome.wall_time_s:.1f} s; judge each one."
+        if config.auto_place and paste:
+            message += (
+                f" Started from {outcome.pasted_defects} boxed real defects of {class_name} pasted in."
+                if outcome.pasted_defects
+                else f" {class_name} has no boxed real images (Upload tab): the model painted the defects alone."
+            )
         if outcome.duplicate_seeds:
             seeds = ", ".join(str(seed) for seed in outcome.duplicate_seeds)
             message += f" Seed(s) {seeds} made images identical to stored samples: skipped, change the seed."
@@ -462,6 +477,7 @@ def create_generate_tab(service: StudioService) -> TabLoad:
             sort_by_realism,
             threshold,
             window_centre,
+            paste_defects,
         ],
         [gallery, candidate, candidate_ids, decision],
         api_name="generate",
