@@ -259,6 +259,24 @@ def test_masked_repaints_are_painted_on_clean_slabs_outside_the_shots_and_judged
     made = {path: path.stat().st_mtime_ns for path in (tmp_path / "masked").rglob("*.png")}
     again = generate_masked(pipe, shots, slabs, tmp_path / "masked", 2, 2, 0)
     assert ended and set(again) == set(ended) and {p: p.stat().st_mtime_ns for p in made} == made
+    # With the shots' marks beside them (--paste-shots), the same draw's shots' real defects are pasted in (a draw
+    # whose shots are all marked: the unmarked image has no defect to paste).
+    seed = next(
+        draw
+        for draw in range(1, 30)
+        if "unmarked.png" not in {p.name for p in draw_shots(pool, 1, draw, tmp_path / f"d{draw}").rglob("*")}
+    )
+    shots = tmp_path / f"d{seed}"
+    marked = draw_shots(pool, 1, seed, tmp_path / "marked", with_masks=True)
+    assert sorted(p.name for p in marked.glob("*/*")) == sorted(
+        name for p in shots.glob("*/*") for name in (p.name, p.stem + MASK_SUFFIX)
+    ), "the same shots, their masks beside them"
+    generate_masked(pipe, shots, slabs, tmp_path / "pasted", 2, 2, 0, marked)
+    for kind in ("inclusion", "scratches"):
+        (shot,) = [p.name for p in list_images(shots / kind)]
+        for path in (tmp_path / "pasted" / kind).rglob("*.png"):
+            if not path.name.endswith(MASK_SUFFIX):
+                assert {paste["source"] for paste in read_png_parameters(path.read_bytes()).masked.pasted} == {shot}
 
 
 def test_summary_gives_what_the_masked_repaints_add_where_every_draw_has_them():
