@@ -53,6 +53,8 @@ class Sources:
         self.database, self.files = ctx.database, ctx.files
         self._suggesters_lock = threading.Lock()
         self._suggesters: dict[str, tuple[tuple[tuple[str, str], ...], ClassSuggester]] = {}
+        self._exemplars_lock = threading.Lock()
+        self._exemplars: dict[str, tuple[tuple[tuple[str, str, str], ...], list[DefectExemplar]]] = {}
 
     def upload_images(
         self, files: Sequence[tuple[str, bytes]], role: str, class_name: str | None, user: str
@@ -241,15 +243,23 @@ class Sources:
 
     def class_exemplars(self, class_name: str) -> list[DefectExemplar]:
         """The boxed real defects of a class's newest boxed images (`MAX_EXEMPLAR_IMAGES`), each box with its
-        context (`engine.generation.exemplars`), named by the image's id and upload name for the lineage."""
+        context (`engine.generation.exemplars`), named by the image's id and upload name for the lineage; kept until
+        the class's boxed images or their boxes change."""
         from engine.generation.exemplars import exemplars_of
 
         with self.database.session() as s:
             rows = repository.list_boxed_source_images(s, class_name, MAX_EXEMPLAR_IMAGES)
             boxed = [(f"{row.id}:{row.original_name}", row.sha256, list(row.boxes_json)) for row in rows]
+        key = tuple((name, sha256, json.dumps(boxes, sort_keys=True)) for name, sha256, boxes in boxed)
+        with self._exemplars_lock:
+            cached = self._exemplars.get(class_name)
+            if cached is not None and cached[0] == key:
+                return cached[1]
         found = []
         for name, sha256, boxes in boxed:
             found += exemplars_of(name, load_rgb(self.files.path(sha256)), [Box.of(box) for box in boxes])
+        with self._exemplars_lock:
+            self._exemplars[class_name] = (key, found)
         return found
 
     def painted_boxes(self, source_id: int, painted: Image.Image) -> list[dict[str, Any]]:
