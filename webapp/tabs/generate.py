@@ -109,11 +109,12 @@ def create_generate_tab(service: StudioService) -> TabLoad:
                     "whole window is re-textured, with no defect painted in.",
                 )
                 paste_defects = gr.Checkbox(
-                    value=True,
+                    value=False,
                     label="With auto-place, start from the class's boxed real defects pasted in",
                     info="Each candidate starts from the slab with one of the class's boxed real defects (Upload tab) "
                     "blended in at each auto-placed defect, then repainted at the strength: a real defect's texture "
-                    "in a new place on new steel. A class without boxed images is painted by the model alone.",
+                    "in a new place. Off by default: on NEU's slabs it trained recognizers and box-finders worse "
+                    "than the model's own auto-placed defects (docs/results.md).",
                 )
                 with gr.Accordion("Type boxes instead", open=False):
                     box_text = gr.Textbox(label="Boxes x0,y0,x1,y1 in slab pixels (one per line)", lines=2)
