@@ -45,10 +45,10 @@ def exemplars_of(name: str, image: Image.Image, boxes: Iterable[Box]) -> list[De
     height, width = pixels.shape[:2]
     found = []
     for box in boxes:
-        x0, y0 = max(box.xmin - CONTEXT_PX, 0), max(box.ymin - CONTEXT_PX, 0)
-        x1, y1 = min(box.xmax + CONTEXT_PX, width), min(box.ymax + CONTEXT_PX, height)
         if box.width < 2 or box.height < 2:
             continue
+        x0, y0 = max(box.xmin - CONTEXT_PX, 0), max(box.ymin - CONTEXT_PX, 0)
+        x1, y1 = min(box.xmax + CONTEXT_PX, width), min(box.ymax + CONTEXT_PX, height)
         inner = Box(box.xmin - x0, box.ymin - y0, box.xmax - x0, box.ymax - y0)
         found.append(DefectExemplar(pixels[y0:y1, x0:x1].copy(), inner, name, Box(*box.corners)))
     return found
@@ -71,8 +71,9 @@ def paste_exemplars(
     slab: Image.Image, exemplars: list[DefectExemplar], placed: np.ndarray, seed: int
 ) -> tuple[Image.Image, np.ndarray, list[dict]]:
     """One exemplar drawn by `seed` at each defect of the auto-placed mask `placed` (centred on it, flipped at
-    random, cut to fit the slab), Poisson-blended in. Returns the pasted slab, the mask of the pasted defects' boxes
-    and one record per paste (source, box, flips, where it went)."""
+    random, cut to fit the slab), Poisson-blended in with its `CONTEXT_PX` of steel (so the slab changes that far
+    around each box too). Returns the pasted slab, the mask of the pasted defects' boxes and one record per paste
+    (source, box, flips, where it went)."""
     if not exemplars:
         raise ValueError("No real defects to paste: the class's images need boxes or masks.")
     rng = np.random.default_rng(seed)

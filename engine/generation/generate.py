@@ -138,7 +138,8 @@ def generate(
     With a `mask` (the source's size, white = repaint) or `config.auto_place`, only the masked region is
     repainted and every pixel farther than MASK_GROW_PX from the mask keeps the source's value exactly. With
     `exemplars` (auto-place only), each candidate starts from the source with one of the class's real defects pasted
-    at each auto-placed defect (`engine.generation.exemplars`), and its mask is the pasted defects' boxes.
+    at each auto-placed defect (`engine.generation.exemplars`), and its mask is the pasted defects' boxes (the paste
+    blends `exemplars.CONTEXT_PX` around each box, so the slab is kept exactly beyond that).
     """
     if exemplars and not config.auto_place:
         raise ValueError("Real defects are pasted at auto-placed defects: ask for auto-place with them.")
