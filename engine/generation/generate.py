@@ -384,7 +384,8 @@ def _generate_masked(
     multiple = canvas_multiple(pipe)
     base = config.window_size or masked_window_base(loaded, config.class_name)
     pad_x, pad_y = max(0, base - width), max(0, base - height)
-    padded = {id(start): Image.fromarray(mirror_pad(np.asarray(start), pad_x, pad_y)) for start in starts}
+    distinct = {id(start): start for start in starts}
+    padded = {key: Image.fromarray(mirror_pad(np.asarray(start), pad_x, pad_y)) for key, start in distinct.items()}
     canvases = [padded[id(start)] for start in starts]
     planned: dict[int, tuple[np.ndarray, list[MaskWindow]]] = {}
     jobs: list[_MaskJob] = []
