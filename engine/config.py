@@ -40,8 +40,10 @@ MAX_DEFAULT_WINDOW = 256
 MAX_WINDOW_ASPECT = 4.0
 
 
-# Classifier-free guidance: image-oriented samples (and masked repaints) were tuned at 3; from pure noise the token is
-# all the prompt has, and a higher scale made the samples markedly more their class (`docs/results.md`, "Pure noise").
+# Classifier-free guidance: image-oriented samples were tuned at 3. Where the token draws from (nearly) pure noise —
+# strength 1.0, or inside a masked repaint's mask, where the slab holds no defect — it is all the prompt has, and the
+# higher scale made the samples markedly more their class (`docs/results.md`, "Pure noise" and "Masked repaints at
+# the token's own guidance").
 DEFAULT_GUIDANCE = 3.0
 PURE_NOISE_GUIDANCE = 12.0
 # Sampler steps of every generation: DPM-Solver++ gives a usable sample in 20 (12 denoising steps at strength 0.6);
@@ -62,7 +64,7 @@ class GenerationConfig(ConfigMixin):
     # that generates, the few-shot yardstick's best (0.6 redraws texture classes; `docs/results.md`).
     strength: float = 0.4
     steps: int = DEFAULT_STEPS
-    # None: DEFAULT_GUIDANCE, or PURE_NOISE_GUIDANCE for a sample drawn from pure noise (see `guidance`).
+    # None: DEFAULT_GUIDANCE, or PURE_NOISE_GUIDANCE for a sample drawn from pure noise or a mask (see `guidance`).
     guidance_scale: float | None = None
     seed: int = 0
     prompt_template: str = "a grayscale photo of a steel surface with {token}"
@@ -109,11 +111,11 @@ class GenerationConfig(ConfigMixin):
         return 0, (height - length) // 2, side, length
 
     def guidance(self, masked: bool = False) -> float:
-        """The guidance scale a sample is made with: the chosen one, else PURE_NOISE_GUIDANCE at strength 1.0
-        without a mask (nothing but the token then tells the class), else DEFAULT_GUIDANCE."""
+        """The guidance scale a sample is made with: the chosen one, else PURE_NOISE_GUIDANCE for a masked repaint or
+        at strength 1.0 (nothing but the token then tells what to draw), else DEFAULT_GUIDANCE."""
         if self.guidance_scale is not None:
             return self.guidance_scale
-        return PURE_NOISE_GUIDANCE if self.strength >= 1.0 and not masked else DEFAULT_GUIDANCE
+        return PURE_NOISE_GUIDANCE if masked or self.strength >= 1.0 else DEFAULT_GUIDANCE
 
     def centred_on(self, x: float, y: float, width: int, height: int) -> GenerationConfig:
         """This config with its window centred as near (x, y) as the slab allows."""

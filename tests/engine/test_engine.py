@@ -41,10 +41,11 @@ def test_load_rgb_names_a_file_it_cannot_read_and_leaves_a_missing_one_not_found
         load_rgb(tmp_path / "missing.png")
 
 
-def test_guidance_defaults_higher_only_for_pure_noise_without_a_mask():
+def test_guidance_defaults_higher_where_the_token_draws_from_noise():
     assert GenerationConfig("x").guidance() == DEFAULT_GUIDANCE
     assert GenerationConfig("x", strength=1.0).guidance() == PURE_NOISE_GUIDANCE > DEFAULT_GUIDANCE
-    assert GenerationConfig("x", strength=1.0).guidance(masked=True) == DEFAULT_GUIDANCE
+    assert GenerationConfig("x", strength=0.9).guidance(masked=True) == PURE_NOISE_GUIDANCE
+    assert GenerationConfig("x", strength=1.0).guidance(masked=True) == PURE_NOISE_GUIDANCE
     assert GenerationConfig("x", strength=1.0, guidance_scale=2.0).guidance() == 2.0
     with pytest.raises(ValueError, match="Guidance scale must be between 0 and 30"):
         GenerationConfig("x", guidance_scale=31)

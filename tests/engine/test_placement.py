@@ -16,7 +16,7 @@ from PIL import Image
 from engine.adapters import TokenInfo
 from engine.batch import generate_to_folder
 from engine.boxes import from_mask, to_mask
-from engine.config import GenerationConfig
+from engine.config import PURE_NOISE_GUIDANCE, GenerationConfig
 from engine.data import list_images
 from engine.generation.generate import AUTO_PLACE_OWN, generate, masked_window_base, read_png_parameters
 from engine.generation.pipeline import LoadedPipeline, load_pipeline
@@ -147,6 +147,11 @@ def test_auto_place_gives_each_candidate_its_own_mask_with_boxes(pipe):
     assert np.array_equal(again.candidates[0].mask, second.mask)
     outside = ~grow(first.mask)
     assert np.array_equal(np.asarray(first.image)[outside], np.asarray(slab(64, 64))[outside])
+
+
+def test_a_masked_repaint_is_guided_as_strongly_as_pure_noise_below_strength_one(pipe):
+    config = GenerationConfig(class_name="scratches", num_candidates=1, strength=0.9, steps=2, auto_place=True)
+    assert generate(pipe, slab(64, 64), config).candidates[0].params.guidance_scale == PURE_NOISE_GUIDANCE
 
 
 def test_a_class_learns_its_own_defects_sizes_and_counts_and_auto_place_draws_them(
